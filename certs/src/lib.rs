@@ -1,0 +1,19 @@
+//! stagesync's fleet PKI and mutual-TLS plumbing.
+//!
+//! - [`identity`]: the one URI SAN every stagesync certificate carries
+//!   (`spiffe://<trust-domain>/<agent|controller>/<name>`).
+//! - [`pki`]: making a fleet CA and issuing leaf certificates (rcgen).
+//! - [`tls`]: rustls server and client configurations (TLS 1.3, client
+//!   certificates required) that re-read their files when they change.
+
+#![forbid(unsafe_code)]
+
+pub mod identity;
+pub mod pki;
+pub mod tls;
+
+pub use identity::{Identity, IdentityError, Kind};
+pub use tls::{ReloadingClientConfig, ReloadingServerConfig, TlsError, TlsFiles};
+
+/// The trust domain used when none is configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "stagesync";

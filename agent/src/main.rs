@@ -1,1 +1,90 @@
-fn main(){}
+//! `stagesync-agent --config /etc/stagesync/agent.toml`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use stagesync_agent::{EXIT_CONFIG, EXIT_UNAVAILABLE, config};
+
+/// The stagesync agent: dumps and restores the local PostgreSQL databases
+/// its policy allows, for the controllers and peers its policy names.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The agent's configuration file.
+    #[arg(long, short, default_value = config::DEFAULT_PATH, env = "STAGESYNC_AGENT_CONFIG")]
+    config: PathBuf,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let cfg = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stagesync-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    if args.check {
+        println!("{}: ok ({})", args.config.display(), cfg.identity);
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stagesync-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cfg))
+}
+
+async fn run(cfg: config::AgentConfig) -> ExitCode {
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %cfg.source.display(), agent = %cfg.identity, "starting");
+    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "stagesync-agent: cannot listen on {} (listen in {}): {e}",
+                cfg.listen,
+                cfg.source.display()
+            );
+            return ExitCode::from(EXIT_UNAVAILABLE as u8);
+        }
+    };
+    tracing::info!(listen = %cfg.listen, "listening");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM");
+                    std::future::pending::<()>().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    };
+    match stagesync_agent::serve(listener, cfg, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stagesync-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

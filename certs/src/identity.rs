@@ -114,8 +114,8 @@ impl Identity {
 
 /// All `spiffe://` URI SANs of a DER certificate.
 pub fn spiffe_uris(der: &[u8]) -> Result<Vec<String>, IdentityError> {
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
     let mut uris = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -131,7 +131,11 @@ pub fn spiffe_uris(der: &[u8]) -> Result<Vec<String>, IdentityError> {
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}/{}/{}", self.trust_domain, self.kind, self.name)
+        write!(
+            f,
+            "spiffe://{}/{}/{}",
+            self.trust_domain, self.kind, self.name
+        )
     }
 }
 

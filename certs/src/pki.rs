@@ -11,8 +11,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, string::Ia5String,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, string::Ia5String,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -156,7 +156,8 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         let mut sans = vec![SanType::URI(ia5(&identity.uri())?)];
         for dns in &req.dns {
-            let name = Ia5String::try_from(dns.as_str()).map_err(|_| PkiError::BadDns(dns.clone()))?;
+            let name =
+                Ia5String::try_from(dns.as_str()).map_err(|_| PkiError::BadDns(dns.clone()))?;
             if dns.is_empty() || dns.contains(['/', ' ', ':']) {
                 return Err(PkiError::BadDns(dns.clone()));
             }
@@ -305,7 +306,8 @@ mod tests {
         let mut req = LeafRequest::new(Kind::Agent, "prod-db", 10);
         req.dns.push("db1.example.org".into());
         let leaf = ca.issue(&req).unwrap();
-        let der = rustls::pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
         let id = Identity::from_cert_der(&der).unwrap();
         assert_eq!(id.to_string(), "spiffe://example.org/agent/prod-db");
     }
@@ -321,7 +323,10 @@ mod tests {
     fn keys_are_private_and_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let ca = init_dir(dir.path(), "stagesync", 30, false).unwrap();
-        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(
             init_dir(dir.path(), "stagesync", 30, false),

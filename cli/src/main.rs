@@ -1,1 +1,5 @@
-fn main(){}
+//! `stagesync`: the command-line tool. All the work is in the library.
+
+fn main() -> std::process::ExitCode {
+    stagesync_cli::main()
+}

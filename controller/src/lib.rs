@@ -1,0 +1,13 @@
+//! The stagesync controller library: everything the `stagesync` CLI does
+//! besides parsing arguments and drawing output.
+//!
+//! - [`client`]: mutual-TLS gRPC connections to agents, with identity checks
+//!   and errors that say what to do.
+//! - [`status`]: asking agents what they are and what they may do.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod status;
+
+pub use client::{AgentTarget, ClientError, connect};

@@ -1,0 +1,26 @@
+//! Test harness shared by stagesync's integration tests: real PostgreSQL
+//! clusters, a throwaway PKI and in-process agents, each in its own
+//! temporary directory so tests never share state.
+//!
+//! - [`pg`]: `initdb` + `pg_ctl` clusters on their own unix socket
+//!   (run as the `postgres` OS user when the tests run as root).
+//! - [`pki`]: a fleet CA and certificates on disk.
+//! - [`agent`]: agents served in-process on `127.0.0.1:0`.
+
+pub mod agent;
+pub mod pg;
+pub mod pki;
+
+pub use agent::{AgentSpec, TestAgent};
+pub use pg::PgCluster;
+pub use pki::TestPki;
+
+/// Installs a test-friendly tracing subscriber once (`RUST_LOG` to tune).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,521 @@
+//! The agent's configuration file (`agent.toml`).
+//!
+//! TOML is read into [`RawConfig`] (every key spanned, unknown keys refused)
+//! and validated into [`AgentConfig`] before any port is bound. Every error
+//! names the file, the line and the key, and says what to do.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+use stagesync_certs::{Identity, Kind, ReloadingServerConfig, TlsError, TlsFiles};
+use toml::Spanned;
+
+/// Where the agent looks for its configuration when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/stagesync/agent.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+    trust_domain: Option<Spanned<String>>,
+    work_dir: Spanned<String>,
+    tls: RawTls,
+    #[serde(default)]
+    postgres: RawPostgres,
+    policy: RawPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Spanned<String>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    socket_dir: Option<Spanned<String>>,
+    port: Option<Spanned<u16>>,
+    user: Option<Spanned<String>>,
+    bin_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    may_dump: Vec<Spanned<String>>,
+    #[serde(default)]
+    may_overwrite: Vec<Spanned<String>>,
+    controllers: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    peers: Vec<Spanned<String>>,
+}
+
+/// A validated agent configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The file it was read from (for messages).
+    pub source: PathBuf,
+    pub name: String,
+    pub identity: Identity,
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+    pub work_dir: PathBuf,
+    pub postgres: PostgresConfig,
+    pub policy: Policy,
+}
+
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    /// The database role the agent connects as (peer auth: its OS user).
+    pub user: String,
+    /// Where `pg_dump` and `pg_restore` live.
+    pub bin_dir: PathBuf,
+}
+
+/// What this agent may do, and for whom.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub may_dump: Patterns,
+    pub may_overwrite: Patterns,
+    pub controllers: Vec<Identity>,
+    pub peers: Vec<Identity>,
+}
+
+/// A list of database-name globs.
+#[derive(Clone, Debug)]
+pub struct Patterns {
+    pub patterns: Vec<String>,
+    set: GlobSet,
+}
+
+impl Patterns {
+    pub fn new(patterns: &[String]) -> Result<Self, globset::Error> {
+        let mut builder = GlobSetBuilder::new();
+        for p in patterns {
+            builder.add(Glob::new(p)?);
+        }
+        Ok(Patterns {
+            patterns: patterns.to_vec(),
+            set: builder.build()?,
+        })
+    }
+
+    pub fn matches(&self, database: &str) -> bool {
+        self.set.is_match(database)
+    }
+}
+
+/// A configuration error: file, line, key and what is wrong.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is the file as a whole.
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                self.line,
+                self.key,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates an agent configuration file.
+pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        key: String::new(),
+        message: format!("cannot read the agent configuration: {e}; pass --config PATH"),
+    })?;
+    parse(path, &text)
+}
+
+/// Validates configuration text read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
+    let ctx = Ctx { path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+    ctx.validate(raw)
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        self.text[..offset].bytes().filter(|b| *b == b'\n').count() + 1
+    }
+
+    fn error(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: self.line_of(span.start),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn err<T>(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        Err(self.error(span, key, message))
+    }
+
+    /// The dotted key at a line: the table header above it plus the key before `=`.
+    fn key_at(&self, line: usize) -> String {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let Some(here) = lines.get(line.saturating_sub(1)) else {
+            return String::new();
+        };
+        let here = here.trim();
+        if here.starts_with('[') {
+            return here.trim_matches(['[', ']', ' ']).to_string();
+        }
+        let key = here.split('=').next().unwrap_or("").trim().to_string();
+        let table = lines[..line.saturating_sub(1)]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(['[', ']', ' ']).to_string());
+        match table {
+            Some(t) if !key.is_empty() => format!("{t}.{key}"),
+            Some(t) => t,
+            None => key,
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let message = e.message().trim().to_string();
+        let line = e.span().map(|s| self.line_of(s.start)).unwrap_or(0);
+        let mut key = if line > 0 {
+            self.key_at(line)
+        } else {
+            String::new()
+        };
+        // serde names the missing field; the span covers its whole table.
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            key = if key.is_empty()
+                || !self
+                    .text
+                    .lines()
+                    .nth(line.saturating_sub(1))
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('[')
+            {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+        let hint = if message.starts_with("unknown field") {
+            "; remove it or fix its spelling"
+        } else if message.starts_with("missing field") {
+            "; add it (see the example agent.toml files)"
+        } else {
+            ""
+        };
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: line.max(1),
+            key: if key.is_empty() { "(file)".into() } else { key },
+            message: format!("{message}{hint}"),
+        }
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<AgentConfig, ConfigError> {
+        let name = raw.name.get_ref().clone();
+        if let Err(e) = stagesync_certs::identity::validate_name(&name) {
+            return self.err(raw.name.span(), "name", e.to_string());
+        }
+        let trust_domain = match &raw.trust_domain {
+            Some(td) => {
+                if let Err(e) = stagesync_certs::identity::validate_trust_domain(td.get_ref()) {
+                    return self.err(td.span(), "trust_domain", e.to_string());
+                }
+                td.get_ref().clone()
+            }
+            None => stagesync_certs::DEFAULT_TRUST_DOMAIN.to_string(),
+        };
+        let identity = Identity::new(&trust_domain, Kind::Agent, &name)
+            .map_err(|e| self.error(raw.name.span(), "name", e.to_string()))?;
+
+        let listen: SocketAddr = match raw.listen.get_ref().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                return self.err(
+                    raw.listen.span(),
+                    "listen",
+                    format!(
+                        "{:?} is not an address to listen on: use IP:PORT, e.g. \"0.0.0.0:7443\"",
+                        raw.listen.get_ref()
+                    ),
+                );
+            }
+        };
+
+        let tls = self.validate_tls(&raw.tls, &raw.name, &identity)?;
+
+        let work_dir = self.resolve(raw.work_dir.get_ref());
+        if let Err(m) = check_writable_dir(&work_dir) {
+            return self.err(raw.work_dir.span(), "work_dir", m);
+        }
+
+        let postgres = self.validate_postgres(&raw.postgres)?;
+        let policy = self.validate_policy(&raw.policy, &trust_domain)?;
+
+        Ok(AgentConfig {
+            source: self.path.to_path_buf(),
+            name,
+            identity,
+            listen,
+            tls,
+            work_dir,
+            postgres,
+            policy,
+        })
+    }
+
+    fn validate_tls(
+        &self,
+        raw: &RawTls,
+        name: &Spanned<String>,
+        identity: &Identity,
+    ) -> Result<TlsFiles, ConfigError> {
+        let files = TlsFiles {
+            ca: self.resolve(raw.ca.get_ref()),
+            cert: self.resolve(raw.cert.get_ref()),
+            key: self.resolve(raw.key.get_ref()),
+        };
+        let loaded = match ReloadingServerConfig::load(files.clone()) {
+            Ok(l) => l,
+            Err(e) => {
+                let (span, key) = match &e {
+                    TlsError::Read { what, .. } | TlsError::NoCertificate { what, .. } => {
+                        if what.starts_with("CA") {
+                            (raw.ca.span(), "tls.ca")
+                        } else if *what == "private key" {
+                            (raw.key.span(), "tls.key")
+                        } else {
+                            (raw.cert.span(), "tls.cert")
+                        }
+                    }
+                    TlsError::BadKey { .. } | TlsError::Config { .. } => {
+                        (raw.key.span(), "tls.key")
+                    }
+                    TlsError::Identity { .. } => (raw.cert.span(), "tls.cert"),
+                };
+                return self.err(span, key, e.to_string());
+            }
+        };
+        let actual = loaded.identity();
+        if &actual != identity {
+            return self.err(
+                name.span(),
+                "name",
+                format!(
+                    "this agent is configured as {identity} but its certificate {} names {actual}: fix `name`/`trust_domain`, or issue a certificate with `stagesync certs issue agent {}`",
+                    files.cert.display(),
+                    identity.name
+                ),
+            );
+        }
+        Ok(files)
+    }
+
+    fn validate_postgres(&self, raw: &RawPostgres) -> Result<PostgresConfig, ConfigError> {
+        let socket_dir = raw
+            .socket_dir
+            .as_ref()
+            .map(|s| self.resolve(s.get_ref()))
+            .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
+        if !socket_dir.is_dir() {
+            let span = raw.socket_dir.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            return self.err(
+                span,
+                "postgres.socket_dir",
+                format!(
+                    "{} is not a directory: set it to the server's unix_socket_directories",
+                    socket_dir.display()
+                ),
+            );
+        }
+        let port = raw.port.as_ref().map(|p| *p.get_ref()).unwrap_or(5432);
+        if port == 0 {
+            let span = raw.port.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            return self.err(span, "postgres.port", "port 0 is not a PostgreSQL port");
+        }
+        let user = match &raw.user {
+            Some(u) if u.get_ref().is_empty() => {
+                return self.err(u.span(), "postgres.user", "must not be empty");
+            }
+            Some(u) => u.get_ref().clone(),
+            None => os_user_name(),
+        };
+        let bin_dir = match &raw.bin_dir {
+            Some(b) => {
+                let dir = self.resolve(b.get_ref());
+                if let Err(m) = crate::pg::check_bin_dir(&dir) {
+                    return self.err(b.span(), "postgres.bin_dir", m);
+                }
+                dir
+            }
+            None => match crate::pg::find_bin_dir() {
+                Some(d) => d,
+                None => {
+                    return self.err(
+                        0..0,
+                        "postgres.bin_dir",
+                        "pg_dump and pg_restore were not found (pg_config --bindir, /usr/lib/postgresql/*/bin, PATH): install the PostgreSQL client tools or set postgres.bin_dir",
+                    );
+                }
+            },
+        };
+        Ok(PostgresConfig {
+            socket_dir,
+            port,
+            user,
+            bin_dir,
+        })
+    }
+
+    fn validate_policy(&self, raw: &RawPolicy, trust_domain: &str) -> Result<Policy, ConfigError> {
+        let globs = |list: &[Spanned<String>], key: &str| -> Result<Patterns, ConfigError> {
+            for p in list {
+                if let Err(e) = Glob::new(p.get_ref()) {
+                    return self.err(
+                        p.span(),
+                        key,
+                        format!("bad glob {:?}: {}", p.get_ref(), e.kind()),
+                    );
+                }
+                if p.get_ref().is_empty() {
+                    return self.err(p.span(), key, "an empty pattern matches nothing; remove it");
+                }
+            }
+            let all: Vec<String> = list.iter().map(|p| p.get_ref().clone()).collect();
+            Patterns::new(&all).map_err(|e| ConfigError {
+                file: self.path.to_path_buf(),
+                line: 1,
+                key: key.to_string(),
+                message: e.to_string(),
+            })
+        };
+        let identities = |list: &[Spanned<String>], kind: Kind, key: &str| {
+            list.iter()
+                .map(|s| {
+                    let v = s.get_ref();
+                    let id = if v.starts_with("spiffe://") {
+                        v.parse::<Identity>()
+                    } else {
+                        Identity::new(trust_domain, kind, v)
+                    };
+                    match id {
+                        Ok(id) if id.kind == kind && id.trust_domain == trust_domain => Ok(id),
+                        Ok(id) => self.err(
+                            s.span(),
+                            key,
+                            format!("{id} is not a {kind} of trust domain {trust_domain:?}"),
+                        ),
+                        Err(e) => self.err(s.span(), key, e.to_string()),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        if raw.controllers.get_ref().is_empty() {
+            return self.err(
+                raw.controllers.span(),
+                "policy.controllers",
+                "no controller may command this agent: list at least one controller name",
+            );
+        }
+        Ok(Policy {
+            may_dump: globs(&raw.may_dump, "policy.may_dump")?,
+            may_overwrite: globs(&raw.may_overwrite, "policy.may_overwrite")?,
+            controllers: identities(
+                raw.controllers.get_ref(),
+                Kind::Controller,
+                "policy.controllers",
+            )?,
+            peers: identities(&raw.peers, Kind::Agent, "policy.peers")?,
+        })
+    }
+}
+
+/// The name of the OS user this process runs as: the database role that
+/// peer authentication maps it to.
+pub fn os_user_name() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "postgres".to_string())
+}
+
+fn check_writable_dir(dir: &Path) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "{} is not a directory: create it, owned by the agent's user",
+            dir.display()
+        ));
+    }
+    let probe = dir.join(format!(".stagesync-probe-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "{} is not writable by this agent: {e}",
+            dir.display()
+        )),
+    }
+}

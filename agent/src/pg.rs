@@ -1,0 +1,193 @@
+//! The local PostgreSQL server and its tools, as seen by the agent.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::config::PostgresConfig;
+
+/// Checks that `dir` holds executable `pg_dump` and `pg_restore`.
+pub fn check_bin_dir(dir: &Path) -> Result<(), String> {
+    for tool in ["pg_dump", "pg_restore"] {
+        if !is_executable(&dir.join(tool)) {
+            return Err(format!(
+                "{} has no executable {tool}: point it at the PostgreSQL bin directory (pg_config --bindir)",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Finds the newest PostgreSQL bin directory with `pg_dump` and `pg_restore`:
+/// `pg_config --bindir`, then `/usr/lib/postgresql/<major>/bin`, then `PATH`.
+pub fn find_bin_dir() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        && out.status.success()
+    {
+        candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((major, e.path().join("bin")))
+        })
+        .collect();
+    versioned.sort();
+    candidates.extend(versioned.into_iter().rev().map(|(_, p)| p));
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    candidates.into_iter().find(|d| check_bin_dir(d).is_ok())
+}
+
+/// First line of `<tool> --version` and the major version in it.
+pub async fn tool_version(bin_dir: &Path, tool: &str) -> (String, u32) {
+    let run = Command::new(bin_dir.join(tool))
+        .arg("--version")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(out)) if out.status.success() => {
+            let line = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let major = parse_major(&line);
+            (line, major)
+        }
+        Ok(Ok(out)) => (
+            format!(
+                "error: {tool} --version exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            0,
+        ),
+        Ok(Err(e)) => (
+            format!("error: cannot run {}: {e}", bin_dir.join(tool).display()),
+            0,
+        ),
+        Err(_) => (format!("error: {tool} --version did not answer in 10 s"), 0),
+    }
+}
+
+/// `pg_dump (PostgreSQL) 15.18 (Debian ...)` → 15.
+pub fn parse_major(line: &str) -> u32 {
+    line.split_whitespace()
+        .find_map(|w| {
+            let digits: String = w.chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Connects to a database of the local server over its unix socket.
+pub async fn connect(
+    pg: &PostgresConfig,
+    database: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host_path(&pg.socket_dir)
+        .port(pg.port)
+        .user(&pg.user)
+        .dbname(database)
+        .application_name("stagesync-agent")
+        .connect_timeout(Duration::from_secs(10));
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A database on the local server.
+#[derive(Clone, Debug)]
+pub struct DatabaseRow {
+    pub name: String,
+    pub owner: String,
+    pub size_bytes: u64,
+}
+
+/// Server version and the databases a client can connect to.
+pub struct ServerInfo {
+    pub version: String,
+    pub version_num: u32,
+    pub databases: Vec<DatabaseRow>,
+}
+
+pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
+    let describe = |e: tokio_postgres::Error| {
+        format!(
+            "PostgreSQL at {}/.s.PGSQL.{} as role {:?}: {e}",
+            pg.socket_dir.display(),
+            pg.port,
+            pg.user
+        )
+    };
+    let client = connect(pg, "postgres").await.map_err(describe)?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int4",
+            &[],
+        )
+        .await
+        .map_err(describe)?;
+    let version: String = row.get(0);
+    let version_num: i32 = row.get(1);
+    let rows = client
+        .query(
+            "SELECT datname::text, pg_get_userbyid(datdba)::text, pg_database_size(oid)::int8 \
+             FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(describe)?;
+    let databases = rows
+        .iter()
+        .map(|r| DatabaseRow {
+            name: r.get(0),
+            owner: r.get(1),
+            size_bytes: r.get::<_, i64>(2).max(0) as u64,
+        })
+        .collect();
+    Ok(ServerInfo {
+        version,
+        version_num: version_num.max(0) as u32,
+        databases,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_major;
+
+    #[test]
+    fn majors() {
+        assert_eq!(
+            parse_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            15
+        );
+        assert_eq!(parse_major("pg_restore (PostgreSQL) 17beta1"), 17);
+        assert_eq!(parse_major("pg_dump (PostgreSQL) 9.6.24"), 9);
+    }
+}

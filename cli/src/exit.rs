@@ -1,0 +1,21 @@
+//! Exit codes of the `stagesync` command.
+
+use std::process::ExitCode;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything asked for was done.
+    Ok = 0,
+    /// The command failed (and said why).
+    Failed = 1,
+    /// Bad arguments (clap's own code).
+    Usage = 2,
+    /// Some of the work failed, the rest succeeded (e.g. one agent down).
+    Partial = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}

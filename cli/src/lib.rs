@@ -1,0 +1,83 @@
+//! The `stagesync` command line: argument parsing and output. The work
+//! itself is in `stagesync-controller` and `stagesync-certs`.
+
+#![forbid(unsafe_code)]
+
+mod certs_cmd;
+mod exit;
+mod status_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use exit::Exit;
+
+/// stagesync refreshes staging from production: PostgreSQL through agents
+/// on the database hosts, S3 buckets from here.
+#[derive(Parser)]
+#[command(name = "stagesync", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the fleet CA and certificates.
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCommand),
+    /// Ask agents what they are, what they run and what they may do.
+    Status(status_cmd::StatusArgs),
+    /// Run a demo refresh on throwaway local parts.
+    Demo,
+}
+
+/// Where the controller's certificate comes from.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TlsArgs {
+    /// Certs directory made by `stagesync certs init` (ca.crt, controller-NAME.crt/.key).
+    #[arg(long, env = "STAGESYNC_CERTS_DIR", default_value = "certs")]
+    pub certs_dir: PathBuf,
+    /// Controller name whose certificate to use (default: the only controller-*.crt in the certs directory).
+    #[arg(long, env = "STAGESYNC_CONTROLLER")]
+    pub controller: Option<String>,
+    /// CA certificate (overrides the certs directory).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Controller certificate (overrides the certs directory).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Controller private key (overrides the certs directory).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STAGESYNC_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Certs(cmd) => certs_cmd::run(cmd),
+        Command::Status(args) => status_cmd::run(args),
+        Command::Demo => {
+            println!(
+                "stagesync demo: coming soon. Run the tests meanwhile: cargo test --workspace"
+            );
+            Ok(Exit::Ok)
+        }
+    };
+    match result {
+        Ok(exit) => exit.into(),
+        Err(e) => {
+            eprintln!("stagesync: error: {e:#}");
+            Exit::Failed.into()
+        }
+    }
+}

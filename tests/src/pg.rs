@@ -1,0 +1,196 @@
+//! Throwaway PostgreSQL clusters.
+//!
+//! Each cluster lives in its own temporary directory, listens only on a
+//! unix socket in that directory (no TCP, so no port clashes) and trusts
+//! local connections. PostgreSQL refuses to run as root, so under root the
+//! server tools run as the `postgres` OS user, which then owns the directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A running cluster; stopped and deleted when dropped.
+pub struct PgCluster {
+    dir: TempDir,
+    pub data_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub bin_dir: PathBuf,
+    log: PathBuf,
+}
+
+/// The PostgreSQL server bin directory (`pg_config --bindir`, then the
+/// newest `/usr/lib/postgresql/*/bin`).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let has_server = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_server(&d) {
+            return Ok(d);
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, d): &(u32, PathBuf)| has_server(d))
+        .collect();
+    found.sort();
+    match found.pop() {
+        Some((_, d)) => Ok(d),
+        None => bail!(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql"
+        ),
+    }
+}
+
+fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A command run as the `postgres` OS user when we are root.
+fn server_command(program: &Path) -> Command {
+    if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut cmd: Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl PgCluster {
+    /// `initdb` and start a new cluster.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin_dir = bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("stagesync-pg-").tempdir()?;
+        let data_dir = dir.path().join("data");
+        let socket_dir = dir.path().join("sock");
+        std::fs::create_dir(&socket_dir)?;
+        let log = dir.path().join("server.log");
+        if running_as_root() {
+            let pg = nix::unistd::User::from_name("postgres")?
+                .context("no `postgres` OS user: apt-get install postgresql")?;
+            for p in [dir.path(), socket_dir.as_path()] {
+                nix::unistd::chown(p, Some(pg.uid), Some(pg.gid))?;
+            }
+        }
+        // Ports only name the socket file; spread them so two clusters in
+        // one socket directory could never clash either.
+        let port = 20000
+            + ((std::process::id() as u16).wrapping_mul(31) % 20000)
+            + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 5000;
+        let mut initdb = server_command(&bin_dir.join("initdb"));
+        initdb.arg("-D").arg(&data_dir).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]);
+        run(initdb, "initdb")?;
+        let cluster = PgCluster {
+            dir,
+            data_dir,
+            socket_dir,
+            port,
+            bin_dir,
+            log,
+        };
+        cluster.pg_ctl_start()?;
+        Ok(cluster)
+    }
+
+    fn pg_ctl_start(&self) -> anyhow::Result<()> {
+        let opts = format!(
+            "-c listen_addresses='' -k {} -p {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50",
+            self.socket_dir.display(),
+            self.port
+        );
+        let mut start = server_command(&self.bin_dir.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "60", "-o", &opts, "start"]);
+        run(start, "pg_ctl start").with_context(|| {
+            format!(
+                "server log: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        })
+    }
+
+    /// The temporary directory holding the cluster.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Connects as `postgres` to `database`.
+    pub async fn client(&self, database: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host_path(&self.socket_dir)
+            .port(self.port)
+            .user("postgres")
+            .dbname(database)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .with_context(|| {
+                format!("connecting to {database} in {}", self.socket_dir.display())
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Runs SQL statements in `database`.
+    pub async fn exec(&self, database: &str, sql: &str) -> anyhow::Result<()> {
+        let client = self.client(database).await?;
+        client
+            .batch_execute(sql)
+            .await
+            .with_context(|| format!("in {database}: {sql}"))?;
+        Ok(())
+    }
+
+    /// Stops the server immediately (as after a crash).
+    pub fn stop(&self) {
+        let mut stop = server_command(&self.bin_dir.join("pg_ctl"));
+        stop.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "immediate", "-w", "stop"]);
+        let _ = stop.output();
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

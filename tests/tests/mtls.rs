@@ -1,0 +1,247 @@
+//! Mutual TLS and authorization between a controller and a real agent.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use stagesync_certs::pki::LeafRequest;
+use stagesync_certs::{Kind, ReloadingClientConfig, TlsFiles};
+use stagesync_controller::client::StaticClientTls;
+use stagesync_controller::status::info;
+use stagesync_controller::{AgentTarget, ClientError};
+use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
+use time::{Duration, OffsetDateTime};
+
+fn err_text(r: Result<stagesync_proto::v1::InfoResponse, ClientError>) -> String {
+    match r {
+        Ok(i) => panic!("expected a refusal, got an answer from {}", i.name),
+        Err(e) => e.to_string(),
+    }
+}
+
+async fn agent(pki: &TestPki) -> TestAgent {
+    TestAgent::start(pki, None, AgentSpec::new("staging-db"))
+        .await
+        .expect("agent starts")
+}
+
+#[tokio::test]
+async fn info_works_for_an_allowed_controller() {
+    stagesync_harness::init_tracing();
+    let pg = PgCluster::start().expect("cluster");
+    for sql in [
+        "CREATE ROLE stage LOGIN",
+        "CREATE DATABASE stage OWNER stage",
+        "CREATE DATABASE other",
+    ] {
+        pg.exec("postgres", sql).await.unwrap();
+    }
+    let pki = TestPki::new().unwrap();
+    let mut spec = AgentSpec::new("staging-db");
+    spec.may_overwrite = vec!["stage*".into()];
+    spec.may_dump = vec!["stage".into()];
+    let agent = TestAgent::start(&pki, Some(&pg), spec).await.unwrap();
+
+    let info = info(pki.controller_tls("ops").unwrap(), &agent.target())
+        .await
+        .expect("allowed controller gets Info");
+    assert_eq!(info.name, "staging-db");
+    assert_eq!(info.identity, "spiffe://stagesync/agent/staging-db");
+    let pgi = info.postgres.unwrap();
+    assert!(pgi.reachable, "{}", pgi.error);
+    assert!(pgi.server_version_num >= 100000);
+    let stage = pgi
+        .databases
+        .iter()
+        .find(|d| d.name == "stage")
+        .expect("stage listed");
+    assert_eq!(stage.owner, "stage");
+    assert!(stage.size_bytes > 0);
+    assert!(stage.may_overwrite && stage.may_dump);
+    let other = pgi.databases.iter().find(|d| d.name == "other").unwrap();
+    assert!(!other.may_overwrite && !other.may_dump);
+    let tools = info.tools.unwrap();
+    assert_eq!(tools.pg_dump_major, pgi.server_version_num / 10000);
+    assert_eq!(tools.pg_restore_major, tools.pg_dump_major);
+    let policy = info.policy.unwrap();
+    assert_eq!(
+        policy.controllers,
+        vec!["spiffe://stagesync/controller/ops"]
+    );
+    assert_eq!(policy.may_overwrite, vec!["stage*"]);
+    assert!(info.work_dir.unwrap().free_bytes > 0);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn info_reports_an_unreachable_postgres() {
+    let pki = TestPki::new().unwrap();
+    let agent = agent(&pki).await;
+    let info = info(pki.controller_tls("ops").unwrap(), &agent.target())
+        .await
+        .unwrap();
+    let pgi = info.postgres.unwrap();
+    assert!(!pgi.reachable);
+    assert!(pgi.error.contains(".s.PGSQL.5432"), "{}", pgi.error);
+}
+
+/// A client configuration that presents no certificate at all.
+fn no_client_cert(pki: &TestPki) -> Arc<StaticClientTls> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(pki.ca_path()).unwrap())
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(StaticClientTls(Arc::new(cfg)))
+}
+
+#[tokio::test]
+async fn refused_without_a_client_certificate() {
+    let pki = TestPki::new().unwrap();
+    let agent = agent(&pki).await;
+    let msg = err_text(info(no_client_cert(&pki), &agent.target()).await);
+    assert!(msg.contains("requires a client certificate"), "{msg}");
+}
+
+#[tokio::test]
+async fn refused_with_a_certificate_from_another_ca() {
+    let pki = TestPki::new().unwrap();
+    let agent = agent(&pki).await;
+    let other = TestPki::new().unwrap();
+    // Trust the real CA (so the agent itself verifies) but present a
+    // certificate from another CA.
+    let mut files = other.controller("ops").unwrap();
+    files.ca = pki.ca_path();
+    let tls = Arc::new(ReloadingClientConfig::load(files).unwrap());
+    let msg = err_text(info(tls, &agent.target()).await);
+    assert!(msg.contains("not from the fleet CA"), "{msg}");
+}
+
+#[tokio::test]
+async fn refused_with_an_expired_certificate() {
+    let pki = TestPki::new().unwrap();
+    let agent = agent(&pki).await;
+    let mut req = LeafRequest::new(Kind::Controller, "ops", 1);
+    req.not_before = OffsetDateTime::now_utc() - Duration::days(10);
+    req.not_after = OffsetDateTime::now_utc() - Duration::days(1);
+    let files = pki.issue(&req, "ops-expired").unwrap();
+    let tls = Arc::new(ReloadingClientConfig::load(files).unwrap());
+    let msg = err_text(info(tls, &agent.target()).await);
+    assert!(msg.contains("expired"), "{msg}");
+}
+
+#[tokio::test]
+async fn refused_for_a_controller_not_in_the_policy() {
+    let pki = TestPki::new().unwrap();
+    let agent = agent(&pki).await;
+    let err = info(pki.controller_tls("rogue").unwrap(), &agent.target())
+        .await
+        .unwrap_err();
+    match &err {
+        ClientError::Refused { code, message, .. } => {
+            assert_eq!(*code, tonic::Code::PermissionDenied);
+            assert!(
+                message.contains("spiffe://stagesync/controller/rogue"),
+                "{message}"
+            );
+            assert!(message.contains("policy.controllers"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn refused_for_an_agent_calling_a_controller_rpc() {
+    let pki = TestPki::new().unwrap();
+    let mut spec = AgentSpec::new("staging-db");
+    spec.peers = vec!["prod-db".into()];
+    let agent = TestAgent::start(&pki, None, spec).await.unwrap();
+    // A listed peer agent, with a valid certificate, still may not call Info.
+    let peer = Arc::new(ReloadingClientConfig::load(pki.agent("prod-db").unwrap()).unwrap());
+    let err = info(peer, &agent.target()).await.unwrap_err();
+    match &err {
+        ClientError::Refused { code, message, .. } => {
+            assert_eq!(*code, tonic::Code::PermissionDenied);
+            assert!(message.contains("for controllers"), "{message}");
+            assert!(message.contains("agent/prod-db"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn the_controller_refuses_an_agent_with_another_identity() {
+    let pki = TestPki::new().unwrap();
+    let agent = agent(&pki).await;
+    let mut target = agent.target();
+    target.expected = Some("spiffe://stagesync/agent/prod-db".parse().unwrap());
+    let msg = err_text(info(pki.controller_tls("ops").unwrap(), &target).await);
+    assert!(
+        msg.contains("answered as spiffe://stagesync/agent/staging-db, not the expected spiffe://stagesync/agent/prod-db"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_down_agent_is_reported_as_such() {
+    let pki = TestPki::new().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let target = AgentTarget {
+        address: addr.to_string(),
+        expected: None,
+    };
+    let msg = err_text(info(pki.controller_tls("ops").unwrap(), &target).await);
+    assert!(msg.contains("nothing listens"), "{msg}");
+}
+
+/// The certificate the agent presents to a new connection.
+async fn presented_cert(agent: &TestAgent, client: &TlsFiles) -> Vec<u8> {
+    let cfg = ReloadingClientConfig::load(client.clone())
+        .unwrap()
+        .current();
+    let tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn rotated_certificates_are_used_without_a_restart() {
+    let pki = TestPki::new().unwrap();
+    let agent = agent(&pki).await;
+    let controller = pki.controller("ops").unwrap();
+    let before = presented_cert(&agent, &controller).await;
+    let old_file = std::fs::read(&agent.tls.cert).unwrap();
+    assert_eq!(
+        before,
+        CertificateDer::from_pem_slice(&old_file).unwrap().to_vec()
+    );
+
+    // Rotate: a new key and certificate for the same agent, written in place.
+    let rotated = pki.agent("staging-db").unwrap();
+    assert_eq!(rotated.cert, agent.tls.cert);
+    let new_file = std::fs::read(&agent.tls.cert).unwrap();
+    assert_ne!(old_file, new_file, "the certificate file really changed");
+
+    let after = presented_cert(&agent, &controller).await;
+    assert_eq!(
+        after,
+        CertificateDer::from_pem_slice(&new_file).unwrap().to_vec()
+    );
+    assert_ne!(before, after);
+    // And the agent still answers calls.
+    info(pki.controller_tls("ops").unwrap(), &agent.target())
+        .await
+        .unwrap();
+}

@@ -162,6 +162,15 @@ pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
     ctx.validate(raw)
 }
 
+/// Checks only the file's shape (TOML syntax, known keys, types), not the
+/// files and directories it names: for example configurations.
+pub fn check_syntax(path: &Path, text: &str) -> Result<(), ConfigError> {
+    let ctx = Ctx { path, text };
+    toml::from_str::<RawConfig>(text)
+        .map(|_| ())
+        .map_err(|e| ctx.toml_error(&e))
+}
+
 struct Ctx<'a> {
     path: &'a Path,
     text: &'a str,

@@ -62,7 +62,10 @@ async fn run(cfg: config::AgentConfig) -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE as u8);
         }
     };
-    tracing::info!(listen = %cfg.listen, "listening");
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(listen = %addr, "listening"),
+        Err(_) => tracing::info!(listen = %cfg.listen, "listening"),
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let shutdown = async {
         let mut term =

@@ -120,6 +120,21 @@ pub async fn connect(
     Ok(client)
 }
 
+/// An error and its causes on one line (tokio-postgres keeps the useful
+/// part, such as "No such file or directory", in the source).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
 /// A database on the local server.
 #[derive(Clone, Debug)]
 pub struct DatabaseRow {
@@ -138,10 +153,11 @@ pub struct ServerInfo {
 pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
     let describe = |e: tokio_postgres::Error| {
         format!(
-            "PostgreSQL at {}/.s.PGSQL.{} as role {:?}: {e}",
+            "PostgreSQL at {}/.s.PGSQL.{} as role {:?}: {}",
             pg.socket_dir.display(),
             pg.port,
-            pg.user
+            pg.user,
+            error_chain(&e)
         )
     };
     let client = connect(pg, "postgres").await.map_err(describe)?;

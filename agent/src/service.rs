@@ -68,6 +68,8 @@ impl AgentService {
         let (pg_dump_version, pg_dump_major) = pg::tool_version(&pg_cfg.bin_dir, "pg_dump").await;
         let (pg_restore_version, pg_restore_major) =
             pg::tool_version(&pg_cfg.bin_dir, "pg_restore").await;
+        // The statvfs field types differ between platforms, hence the casts.
+        #[allow(clippy::unnecessary_cast)]
         let work_dir = match nix::sys::statvfs::statvfs(&cfg.work_dir) {
             Ok(s) => pb::WorkDir {
                 path: cfg.work_dir.display().to_string(),

@@ -180,7 +180,7 @@ impl Ca {
 }
 
 fn ia5(s: &str) -> Result<Ia5String, PkiError> {
-    Ia5String::try_from(s).map_err(|e| PkiError::Rcgen(rcgen::Error::from(e)))
+    Ia5String::try_from(s).map_err(PkiError::Rcgen)
 }
 
 /// The trust domain a CA certificate names in its `spiffe://<td>` URI SAN.

@@ -1,0 +1,304 @@
+//! Bad agent configurations stop the real binary before it binds a port,
+//! with exit code 64 and a message naming the file, the line and the key.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stagesync_harness::agent::write_config;
+use stagesync_harness::{AgentSpec, TestPki};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_stagesync-agent");
+
+struct Fixture {
+    _pki: TestPki,
+    dir: tempfile::TempDir,
+    base: String,
+}
+
+fn fixture() -> Fixture {
+    let pki = TestPki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = pki.agent("staging-db").unwrap();
+    let mut spec = AgentSpec::new("staging-db");
+    spec.may_overwrite = vec!["stage".into()];
+    let path = write_config(dir.path(), &spec, &tls, None).unwrap();
+    let base = std::fs::read_to_string(path).unwrap();
+    Fixture {
+        _pki: pki,
+        dir,
+        base,
+    }
+}
+
+/// Runs the agent on `config`; it must exit by itself within 30 s.
+fn run_agent(config: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(AGENT)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let _ = status;
+            return (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the agent accepted the configuration and kept running: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `text` as a config and expects exit 64 naming `key` on the line
+/// that contains `marker`, plus `needle` somewhere in the message.
+fn expect_error(f: &Fixture, text: &str, marker: &str, key: &str, needle: &str) {
+    let path: PathBuf = f.dir.path().join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("marker {marker:?} not in the config"))
+        + 1;
+    let (code, stderr) = run_agent(&path);
+    assert_eq!(code, Some(64), "exit code; stderr: {stderr}");
+    let prefix = format!("{}:{line}: {key}: ", path.display());
+    assert!(stderr.contains(&prefix), "expected {prefix:?} in: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+fn replace_line(text: &str, starts_with: &str, new: &str) -> String {
+    let mut found = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if !found && l.starts_with(starts_with) {
+                found = true;
+                new.to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(found, "no line starts with {starts_with:?}");
+    out.join("\n") + "\n"
+}
+
+#[test]
+fn the_valid_base_configuration_is_accepted() {
+    let f = fixture();
+    let path = f.dir.path().join("agent.toml");
+    std::fs::write(&path, &f.base).unwrap();
+    let out = Command::new(AGENT)
+        .args(["--check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://stagesync/agent/staging-db"));
+}
+
+#[test]
+fn missing_file() {
+    let (code, stderr) = run_agent(Path::new("/nonexistent/stagesync/agent.toml"));
+    assert_eq!(code, Some(64));
+    assert!(
+        stderr.contains("/nonexistent/stagesync/agent.toml: cannot read the agent configuration"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--config"), "{stderr}");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let f = fixture();
+    let text = format!("nmae = \"x\"\n{}", f.base);
+    expect_error(&f, &text, "nmae", "nmae", "unknown field `nmae`");
+}
+
+#[test]
+fn unknown_key_in_a_table() {
+    let f = fixture();
+    let text = replace_line(&f.base, "peers", "peers = []\nmay_dmp = [\"x\"]");
+    expect_error(
+        &f,
+        &text,
+        "may_dmp",
+        "policy.may_dmp",
+        "unknown field `may_dmp`",
+    );
+}
+
+#[test]
+fn bad_glob() {
+    let f = fixture();
+    let text = replace_line(&f.base, "may_dump", "may_dump = [\"prod\", \"prod[\"]");
+    expect_error(
+        &f,
+        &text,
+        "may_dump",
+        "policy.may_dump",
+        "bad glob \"prod[\"",
+    );
+}
+
+#[test]
+fn unreadable_key_file() {
+    let f = fixture();
+    let text = replace_line(&f.base, "key =", "key = \"/nonexistent/agent.key\"");
+    expect_error(&f, &text, "key =", "tls.key", "cannot read the private key");
+}
+
+#[test]
+fn key_file_without_a_key() {
+    let f = fixture();
+    let bogus = f.dir.path().join("bogus.key");
+    std::fs::write(&bogus, "not a key\n").unwrap();
+    let text = replace_line(&f.base, "key =", &format!("key = {bogus:?}"));
+    expect_error(&f, &text, "key =", "tls.key", "no PEM private key");
+}
+
+#[test]
+fn key_of_another_certificate() {
+    let f = fixture();
+    let other = f._pki.agent("other-db").unwrap();
+    let text = replace_line(&f.base, "key =", &format!("key = {:?}", other.key));
+    expect_error(
+        &f,
+        &text,
+        "key =",
+        "tls.key",
+        "does not belong to the certificate",
+    );
+}
+
+#[test]
+fn name_does_not_match_the_certificate() {
+    let f = fixture();
+    let text = replace_line(&f.base, "name =", "name = \"prod-db\"");
+    expect_error(
+        &f,
+        &text,
+        "name =",
+        "name",
+        "configured as spiffe://stagesync/agent/prod-db but its certificate",
+    );
+}
+
+#[test]
+fn bad_listen_address() {
+    let f = fixture();
+    let text = replace_line(&f.base, "listen", "listen = \"localhost\"");
+    expect_error(&f, &text, "listen", "listen", "IP:PORT");
+}
+
+#[test]
+fn wrong_type() {
+    let f = fixture();
+    let text = replace_line(&f.base, "port", "port = \"abc\"");
+    expect_error(&f, &text, "port", "postgres.port", "invalid type");
+}
+
+#[test]
+fn missing_required_key() {
+    let f = fixture();
+    let text = replace_line(&f.base, "controllers", "");
+    expect_error(
+        &f,
+        &text,
+        "[policy]",
+        "policy.controllers",
+        "missing field `controllers`",
+    );
+}
+
+#[test]
+fn work_dir_that_does_not_exist() {
+    let f = fixture();
+    let text = replace_line(&f.base, "work_dir", "work_dir = \"/nonexistent/work\"");
+    expect_error(&f, &text, "work_dir", "work_dir", "is not a directory");
+}
+
+#[test]
+fn bin_dir_without_the_tools() {
+    let f = fixture();
+    let text = replace_line(&f.base, "user", "user = \"postgres\"\nbin_dir = \"/\"");
+    expect_error(
+        &f,
+        &text,
+        "bin_dir",
+        "postgres.bin_dir",
+        "has no executable pg_dump",
+    );
+}
+
+#[test]
+fn no_controllers() {
+    let f = fixture();
+    let text = replace_line(&f.base, "controllers", "controllers = []");
+    expect_error(
+        &f,
+        &text,
+        "controllers",
+        "policy.controllers",
+        "list at least one",
+    );
+}
+
+#[test]
+fn bad_controller_name() {
+    let f = fixture();
+    let text = replace_line(&f.base, "controllers", "controllers = [\"Ops Team\"]");
+    expect_error(
+        &f,
+        &text,
+        "controllers",
+        "policy.controllers",
+        "invalid name \"Ops Team\"",
+    );
+}
+
+#[test]
+fn bad_trust_domain() {
+    let f = fixture();
+    let text = format!("trust_domain = \"Bad Domain\"\n{}", f.base);
+    expect_error(
+        &f,
+        &text,
+        "trust_domain",
+        "trust_domain",
+        "invalid trust domain",
+    );
+}
+
+#[test]
+fn example_configurations_are_well_formed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    for name in ["agent-production.toml", "agent-staging.toml"] {
+        let path = root.join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        stagesync_agent::config::check_syntax(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let prod = std::fs::read_to_string(root.join("agent-production.toml")).unwrap();
+    assert!(
+        prod.contains("may_overwrite = []"),
+        "production overwrites nothing"
+    );
+}

@@ -1,0 +1,133 @@
+//! The real agent binary: readiness for systemd, graceful SIGTERM, and the
+//! hardened unit file.
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stagesync_harness::agent::write_config;
+use stagesync_harness::{AgentSpec, TestPki};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_stagesync-agent");
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn signals_readiness_and_stops_gracefully_on_sigterm() {
+    let pki = TestPki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = pki.agent("staging-db").unwrap();
+    let path = write_config(dir.path(), &AgentSpec::new("staging-db"), &tls, None).unwrap();
+    let port = free_port();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&path, text).unwrap();
+
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+
+    let mut child = Command::new(AGENT)
+        .arg("--config")
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).expect("the agent notifies systemd");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+    // Ready means listening.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening once ready");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "agent ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "exit {status}: {stderr}");
+    assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    let n = notify
+        .recv(&mut buf)
+        .expect("the agent tells systemd it is stopping");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}
+
+fn verify_unit(unit: &Path) -> (bool, String) {
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze is installed (apt-get install systemd)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && text.trim().is_empty(), text)
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let repo_unit =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/stagesync-agent.service");
+    let unit = std::fs::read_to_string(&repo_unit).unwrap();
+    for needle in [
+        "User=postgres",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "Restart=on-failure",
+        "ReadWritePaths=/var/lib/stagesync",
+        "Type=notify",
+    ] {
+        assert!(unit.contains(needle), "the unit must contain {needle}");
+    }
+    // systemd-analyze checks that ExecStart exists: point it at the binary
+    // cargo just built.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("stagesync-agent.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/stagesync-agent", AGENT)).unwrap();
+    let (ok, text) = verify_unit(&copy);
+    assert!(ok, "systemd-analyze verify complained: {text}");
+
+    // The check itself can fail: a misspelt directive is reported.
+    let typo = dir.path().join("typo.service");
+    std::fs::write(
+        &typo,
+        unit.replace("ProtectSystem=", "ProtectSytem=")
+            .replace("/usr/local/bin/stagesync-agent", AGENT),
+    )
+    .unwrap();
+    let (ok, text) = verify_unit(&typo);
+    assert!(!ok && text.contains("ProtectSytem"), "{text}");
+}

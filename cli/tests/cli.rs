@@ -1,0 +1,201 @@
+//! The real `stagesync` binary: certificates and status.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
+
+const STAGESYNC: &str = env!("CARGO_BIN_EXE_stagesync");
+
+fn stagesync(args: &[&str], cwd: &Path) -> Output {
+    Command::new(STAGESYNC)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("STAGESYNC_CERTS_DIR")
+        .env_remove("STAGESYNC_CONTROLLER")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn certs_init_and_issue() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = stagesync(
+        &[
+            "certs",
+            "init",
+            "--dir",
+            "pki",
+            "--trust-domain",
+            "example.org",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(mode(&d.join("pki/ca.key")), 0o600);
+
+    let o = stagesync(
+        &[
+            "certs",
+            "issue",
+            "agent",
+            "prod-db",
+            "--dir",
+            "pki",
+            "--dns",
+            "db1.example.org",
+            "--ip",
+            "10.0.0.5",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("spiffe://example.org/agent/prod-db"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(mode(&d.join("pki/agent-prod-db.key")), 0o600);
+
+    let o = stagesync(&["certs", "issue", "controller", "ops", "--dir", "pki"], d);
+    assert!(o.status.success(), "{}", text(&o));
+    let key = std::fs::read(d.join("pki/controller-ops.key")).unwrap();
+
+    // An existing key is never replaced without --force.
+    let o = stagesync(&["certs", "issue", "controller", "ops", "--dir", "pki"], d);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("already exists; pass --force"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read(d.join("pki/controller-ops.key")).unwrap(),
+        key
+    );
+    let o = stagesync(&["certs", "init", "--dir", "pki"], d);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("ca.key already exists"), "{}", text(&o));
+
+    let o = stagesync(
+        &[
+            "certs",
+            "issue",
+            "controller",
+            "ops",
+            "--dir",
+            "pki",
+            "--force",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(
+        std::fs::read(d.join("pki/controller-ops.key")).unwrap(),
+        key
+    );
+    assert_eq!(mode(&d.join("pki/controller-ops.key")), 0o600);
+
+    // Mistakes get clear errors.
+    let o = stagesync(&["certs", "issue", "agent", "db2", "--dir", "pki"], d);
+    assert!(
+        text(&o).contains("add --dns HOST and/or --ip ADDRESS"),
+        "{}",
+        text(&o)
+    );
+    let o = stagesync(
+        &["certs", "issue", "controller", "Bad Name", "--dir", "pki"],
+        d,
+    );
+    assert!(
+        text(&o).contains("invalid name \"Bad Name\""),
+        "{}",
+        text(&o)
+    );
+    let o = stagesync(
+        &["certs", "issue", "controller", "ops", "--dir", "nowhere"],
+        d,
+    );
+    assert!(
+        text(&o).contains("stagesync certs init --dir nowhere"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_prints_a_table_and_reports_problems() {
+    let pg = PgCluster::start().unwrap();
+    let pki = TestPki::new().unwrap();
+    pki.controller("ops").unwrap();
+    let mut spec = AgentSpec::new("staging-db");
+    spec.may_overwrite = vec!["stage".into()];
+    let agent = TestAgent::start(&pki, Some(&pg), spec).await.unwrap();
+    let certs = pki.dir();
+    let good = format!("staging-db={}", agent.addr);
+    let wrong = format!("prod-db={}", agent.addr);
+
+    let (o1, o2) = {
+        let certs = certs.clone();
+        tokio::task::spawn_blocking(move || {
+            let certs = certs.to_str().unwrap();
+            let ok = stagesync(
+                &["status", "--certs-dir", certs, "--agent", &good],
+                Path::new("/"),
+            );
+            let mixed = stagesync(
+                &[
+                    "status",
+                    "--certs-dir",
+                    certs,
+                    "--agent",
+                    &good,
+                    "--agent",
+                    &wrong,
+                ],
+                Path::new("/"),
+            );
+            (ok, mixed)
+        })
+        .await
+        .unwrap()
+    };
+    assert!(o1.status.success(), "{}", text(&o1));
+    let out = String::from_utf8_lossy(&o1.stdout);
+    assert!(out.contains("staging-db") && out.contains("ok"), "{out}");
+    assert!(out.contains("(none)"), "may_dump is empty: {out}");
+
+    assert_eq!(o2.status.code(), Some(3), "partial failure: {}", text(&o2));
+    assert!(
+        text(&o2).contains("answered as spiffe://stagesync/agent/staging-db, not the expected spiffe://stagesync/agent/prod-db"),
+        "{}",
+        text(&o2)
+    );
+    agent.stop().await;
+}
+
+#[test]
+fn status_without_certificates_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stagesync(&["status", "--agent", "127.0.0.1:1"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("cannot read the certs directory certs"),
+        "{}",
+        text(&o)
+    );
+}

@@ -27,6 +27,16 @@ struct RawConfig {
     #[serde(default)]
     postgres: RawPostgres,
     policy: RawPolicy,
+    #[serde(default)]
+    jobs: RawJobs,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    controller_timeout_secs: Option<Spanned<u64>>,
+    stall_timeout_secs: Option<Spanned<u64>>,
+    ticket_ttl_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +80,28 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     pub postgres: PostgresConfig,
     pub policy: Policy,
+    pub jobs: JobLimits,
+    /// Test-only fault injection; never set from a configuration file.
+    #[doc(hidden)]
+    pub faults: Faults,
+}
+
+/// Timeouts that end jobs nobody is looking after.
+#[derive(Clone, Debug)]
+pub struct JobLimits {
+    /// A job no controller has watched for this long is aborted.
+    pub controller_timeout: std::time::Duration,
+    /// A dump stream that delivers nothing for this long has failed.
+    pub stall_timeout: std::time::Duration,
+    /// A prepared job whose stream has not started within this long is aborted.
+    pub ticket_ttl: std::time::Duration,
+}
+
+/// Faults the tests inject to prove that the agent survives them.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Source side: flip a byte in this data frame after its CRC is computed.
+    pub corrupt_frame: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -320,6 +352,20 @@ impl Ctx<'_> {
 
         let postgres = self.validate_postgres(&raw.postgres)?;
         let policy = self.validate_policy(&raw.policy, &trust_domain)?;
+        let secs = |v: &Option<Spanned<u64>>, key: &str, default: u64| match v {
+            Some(s) if *s.get_ref() == 0 => self.err(s.span(), key, "must be at least 1 second"),
+            Some(s) => Ok(std::time::Duration::from_secs(*s.get_ref())),
+            None => Ok(std::time::Duration::from_secs(default)),
+        };
+        let jobs = JobLimits {
+            controller_timeout: secs(
+                &raw.jobs.controller_timeout_secs,
+                "jobs.controller_timeout_secs",
+                60,
+            )?,
+            stall_timeout: secs(&raw.jobs.stall_timeout_secs, "jobs.stall_timeout_secs", 120)?,
+            ticket_ttl: secs(&raw.jobs.ticket_ttl_secs, "jobs.ticket_ttl_secs", 600)?,
+        };
 
         Ok(AgentConfig {
             source: self.path.to_path_buf(),
@@ -330,6 +376,8 @@ impl Ctx<'_> {
             work_dir,
             postgres,
             policy,
+            jobs,
+            faults: Faults::default(),
         })
     }
 

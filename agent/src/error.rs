@@ -7,9 +7,22 @@ pub enum AgentError {
     /// The caller presented no usable identity.
     #[error("agent {agent}: {reason}")]
     Unauthenticated { agent: String, reason: String },
-    /// The caller is known but may not do this.
+    /// The caller is known but may not do this (policy, direction guard, ticket).
     #[error("agent {agent}: {reason}")]
     PermissionDenied { agent: String, reason: String },
+    /// The request itself is malformed.
+    #[error("agent {agent}: {reason}")]
+    InvalidArgument { agent: String, reason: String },
+    /// No such job.
+    #[error("agent {agent}: {reason}")]
+    NotFound { agent: String, reason: String },
+    /// The request is fine but the state does not allow it (a refresh of the
+    /// same database running, a missing role, a job not ready to commit).
+    #[error("agent {agent}: {reason}")]
+    FailedPrecondition { agent: String, reason: String },
+    /// Something on this host failed (PostgreSQL, disk).
+    #[error("agent {agent}: {reason}")]
+    Internal { agent: String, reason: String },
 }
 
 impl From<AgentError> for Status {
@@ -17,6 +30,10 @@ impl From<AgentError> for Status {
         let code = match &e {
             AgentError::Unauthenticated { .. } => Code::Unauthenticated,
             AgentError::PermissionDenied { .. } => Code::PermissionDenied,
+            AgentError::InvalidArgument { .. } => Code::InvalidArgument,
+            AgentError::NotFound { .. } => Code::NotFound,
+            AgentError::FailedPrecondition { .. } => Code::FailedPrecondition,
+            AgentError::Internal { .. } => Code::Internal,
         };
         Status::new(code, e.to_string())
     }

@@ -7,22 +7,35 @@
 //! - [`auth`]: every RPC is checked against the policy by caller identity.
 //! - [`service`]: the `stagesync.v1.Agent` gRPC service.
 //! - [`pg`]: the local server and its `pg_dump`/`pg_restore`.
+//! - [`jobs`]: refresh jobs, their state, progress and lease;
+//!   [`source`] dumps and pushes, [`dest`] receives and restores,
+//!   [`db`] creates, swaps, rolls back and cleans databases.
+//! - [`frames`]: the dump stream's chunks, CRC32C, zstd and SHA-256.
+//! - [`args`], [`sql`]: command lines and SQL text, always quoted.
 //!
 //! [`serve`] is the one entry point; the binary and the tests both use it.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod args;
 pub mod auth;
 pub mod config;
+pub mod db;
+pub mod dest;
 pub mod error;
+pub mod frames;
+pub mod jobs;
 pub mod pg;
+mod procs;
 pub mod service;
+pub mod source;
+pub mod sql;
 pub mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use stagesync_certs::ReloadingServerConfig;
+use stagesync_certs::{ReloadingClientConfig, ReloadingServerConfig};
 use stagesync_proto::AgentServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,24 +56,61 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the agent on `listener` until `shutdown` completes, then lets
-/// in-flight calls finish.
+/// Removes what jobs interrupted by a crash left behind: unfinished
+/// databases and work directories. Runs before the agent serves.
+pub async fn recover(config: &AgentConfig) {
+    dest::clean_work_dir(&config.work_dir).await;
+    match db::drop_orphans(&config.postgres, &[]).await {
+        Ok(dropped) if !dropped.is_empty() => {
+            tracing::info!(?dropped, "dropped databases left by interrupted jobs")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look for databases left by interrupted jobs")
+        }
+    }
+}
+
+/// Serves the agent on `listener` until `shutdown` completes, then aborts
+/// running jobs and lets in-flight calls finish.
 pub async fn serve(
     listener: TcpListener,
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_with_ready(listener, config, shutdown, || {}).await
+}
+
+/// [`serve`], calling `ready` once recovery is done and calls are accepted.
+pub async fn serve_with_ready(
+    listener: TcpListener,
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+    ready: impl FnOnce(),
+) -> Result<(), ServeError> {
     let tls = Arc::new(ReloadingServerConfig::load(config.tls.clone())?);
+    let client_tls = Arc::new(ReloadingClientConfig::load(config.tls.clone())?);
+    recover(&config).await;
     let config = Arc::new(config);
+    let jobs = Arc::new(jobs::Jobs::new(config.clone()));
     let cancel = CancellationToken::new();
     let incoming = ReceiverStream::new(transport::accept_loop(listener, tls, cancel.clone()));
-    let service = service::AgentService::new(config.clone());
+    let service = service::AgentService::new(config.clone(), jobs.clone(), client_tls);
+    let server = AgentServer::new(service)
+        .max_decoding_message_size(frames::MAX_MESSAGE)
+        .max_encoding_message_size(frames::MAX_MESSAGE);
     tracing::info!(agent = %config.identity, "serving");
+    ready();
     let result = tonic::transport::Server::builder()
-        .add_service(AgentServer::new(service))
+        .initial_stream_window_size(Some(stagesync_certs::channel::STREAM_WINDOW))
+        .initial_connection_window_size(Some(stagesync_certs::channel::CONNECTION_WINDOW))
+        .http2_keepalive_interval(Some(stagesync_certs::channel::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(stagesync_certs::channel::KEEPALIVE_TIMEOUT))
+        .add_service(server)
         .serve_with_incoming_shutdown(incoming, async {
             shutdown.await;
             cancel.cancel();
+            jobs.abort_all("the agent is shutting down");
         })
         .await;
     cancel.cancel();

@@ -66,7 +66,6 @@ async fn run(cfg: config::AgentConfig) -> ExitCode {
         Ok(addr) => tracing::info!(listen = %addr, "listening"),
         Err(_) => tracing::info!(listen = %cfg.listen, "listening"),
     }
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -83,7 +82,10 @@ async fn run(cfg: config::AgentConfig) -> ExitCode {
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     };
-    match stagesync_agent::serve(listener, cfg, shutdown).await {
+    let ready = || {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    };
+    match stagesync_agent::serve_with_ready(listener, cfg, shutdown, ready).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stagesync-agent: {e}");

@@ -120,6 +120,14 @@ pub async fn connect(
     Ok(client)
 }
 
+/// Free bytes on the file system holding `path` (0 when unknown).
+#[allow(clippy::unnecessary_cast)] // the statvfs field types differ between platforms
+pub fn free_bytes(path: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(path)
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .unwrap_or(0)
+}
+
 /// An error and its causes on one line (tokio-postgres keeps the useful
 /// part, such as "No such file or directory", in the source).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -148,6 +156,8 @@ pub struct ServerInfo {
     pub version: String,
     pub version_num: u32,
     pub databases: Vec<DatabaseRow>,
+    pub roles: Vec<String>,
+    pub data_dir_free_bytes: u64,
 }
 
 pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
@@ -186,10 +196,30 @@ pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
             size_bytes: r.get::<_, i64>(2).max(0) as u64,
         })
         .collect();
+    let roles = client
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(describe)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Readable by superusers and pg_read_all_settings; 0 when we cannot tell.
+    let data_dir_free_bytes = match client.query_one("SHOW data_directory", &[]).await {
+        Ok(row) => {
+            let dir: String = row.get(0);
+            free_bytes(std::path::Path::new(&dir))
+        }
+        Err(_) => 0,
+    };
     Ok(ServerInfo {
         version,
         version_num: version_num.max(0) as u32,
         databases,
+        roles,
+        data_dir_free_bytes,
     })
 }
 

@@ -1,30 +1,54 @@
 //! The `stagesync.v1.Agent` gRPC service.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use stagesync_certs::{Identity, ReloadingClientConfig};
 use stagesync_proto::v1 as pb;
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Caller, authorize};
 use crate::config::AgentConfig;
+use crate::error::AgentError;
+use crate::jobs::Jobs;
 use crate::pg;
 use crate::transport::PeerInfo;
 
 pub struct AgentService {
     config: Arc<AgentConfig>,
+    jobs: Arc<Jobs>,
+    client_tls: Arc<ReloadingClientConfig>,
 }
 
+/// How often a watcher gets a status when nothing changed.
+const WATCH_TICK: Duration = Duration::from_millis(500);
+
 impl AgentService {
-    pub fn new(config: Arc<AgentConfig>) -> Self {
-        AgentService { config }
+    pub fn new(
+        config: Arc<AgentConfig>,
+        jobs: Arc<Jobs>,
+        client_tls: Arc<ReloadingClientConfig>,
+    ) -> Self {
+        AgentService {
+            config,
+            jobs,
+            client_tls,
+        }
     }
 
-    fn authorize<T>(&self, req: &Request<T>, wanted: Caller, rpc: &str) -> Result<(), Status> {
+    fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        wanted: Caller,
+        rpc: &str,
+    ) -> Result<Identity, Status> {
         let peer = req.extensions().get::<PeerInfo>();
         match authorize(&self.config, peer, wanted, rpc) {
             Ok(id) => {
                 tracing::debug!(caller = %id, rpc, "authorized");
-                Ok(())
+                Ok(id)
             }
             Err(e) => {
                 tracing::warn!(remote = ?peer.map(|p| p.remote), rpc, error = %e, "call refused");
@@ -56,8 +80,11 @@ impl AgentService {
                     .collect(),
                 socket_dir: pg_cfg.socket_dir.display().to_string(),
                 port: pg_cfg.port.into(),
+                data_dir_free_bytes: info.data_dir_free_bytes,
+                roles: info.roles,
             },
             Err(error) => pb::PostgresInfo {
+                data_dir_free_bytes: 0,
                 reachable: false,
                 error,
                 socket_dir: pg_cfg.socket_dir.display().to_string(),
@@ -103,9 +130,12 @@ impl AgentService {
                 peers: policy.peers.iter().map(|i| i.to_string()).collect(),
             }),
             work_dir: Some(work_dir),
+            jobs: self.jobs.all().iter().map(|j| j.status()).collect(),
         }
     }
 }
+
+type StatusStream = Pin<Box<dyn futures::Stream<Item = Result<pb::JobStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentService {
@@ -115,5 +145,116 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::InfoResponse>, Status> {
         self.authorize(&request, Caller::Controller, "Info")?;
         Ok(Response::new(self.info().await))
+    }
+
+    async fn prepare_restore(
+        &self,
+        request: Request<pb::PrepareRestoreRequest>,
+    ) -> Result<Response<pb::PrepareRestoreResponse>, Status> {
+        self.authorize(&request, Caller::Controller, "PrepareRestore")?;
+        Ok(Response::new(
+            self.jobs.prepare_restore(request.into_inner()).await?,
+        ))
+    }
+
+    async fn start_dump(
+        &self,
+        request: Request<pb::StartDumpRequest>,
+    ) -> Result<Response<pb::StartDumpResponse>, Status> {
+        self.authorize(&request, Caller::Controller, "StartDump")?;
+        let resp = self
+            .jobs
+            .start_dump(request.into_inner(), self.client_tls.clone())
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn push_dump(
+        &self,
+        request: Request<Streaming<pb::DumpFrame>>,
+    ) -> Result<Response<pb::PushDumpResponse>, Status> {
+        let caller = self.authorize(&request, Caller::Peer, "PushDump")?;
+        let resp = self.jobs.push_dump(caller, request.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    type WatchJobStream = StatusStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.authorize(&request, Caller::Controller, "WatchJob")?;
+        let id = request.into_inner().job_id;
+        let job = self.jobs.get(&id).ok_or_else(|| {
+            Status::from(AgentError::NotFound {
+                agent: self.config.name.clone(),
+                reason: format!("no job {id:?} here"),
+            })
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let _guard = job.watch_guard();
+            let mut changed = job.subscribe();
+            loop {
+                let status = job.status();
+                let done = job.is_terminal();
+                if tx.send(Ok(status)).await.is_err() || done {
+                    break;
+                }
+                tokio::select! {
+                    _ = changed.changed() => {}
+                    _ = tokio::time::sleep(WATCH_TICK) => {}
+                    _ = tx.closed() => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        self.authorize(&request, Caller::Controller, "Commit")?;
+        Ok(Response::new(
+            self.jobs.commit(&request.into_inner().job_id).await?,
+        ))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<pb::AbortRequest>,
+    ) -> Result<Response<pb::AbortResponse>, Status> {
+        let caller = self.authorize(&request, Caller::Controller, "Abort")?;
+        let req = request.into_inner();
+        let job = self.jobs.get(&req.job_id).ok_or_else(|| {
+            Status::from(AgentError::NotFound {
+                agent: self.config.name.clone(),
+                reason: format!("no job {:?} here", req.job_id),
+            })
+        })?;
+        let reason = if req.reason.is_empty() {
+            format!("aborted by {caller}")
+        } else {
+            format!("aborted by {caller}: {}", req.reason)
+        };
+        job.abort(&reason).map_err(|r| {
+            Status::from(AgentError::FailedPrecondition {
+                agent: self.config.name.clone(),
+                reason: r,
+            })
+        })?;
+        Ok(Response::new(pb::AbortResponse {}))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::RollbackResponse>, Status> {
+        self.authorize(&request, Caller::Controller, "Rollback")?;
+        Ok(Response::new(
+            self.jobs.rollback(&request.into_inner().database).await?,
+        ))
     }
 }

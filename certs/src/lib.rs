@@ -5,9 +5,11 @@
 //! - [`pki`]: making a fleet CA and issuing leaf certificates (rcgen).
 //! - [`tls`]: rustls server and client configurations (TLS 1.3, client
 //!   certificates required) that re-read their files when they change.
+//! - [`channel`]: dialing an agent over mutual TLS with an identity check.
 
 #![forbid(unsafe_code)]
 
+pub mod channel;
 pub mod identity;
 pub mod pki;
 pub mod tls;

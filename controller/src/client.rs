@@ -1,92 +1,13 @@
-//! Dialing agents over mutual TLS.
-//!
-//! The controller verifies the agent's certificate against the fleet CA and
-//! the address it dialed, then checks that the certificate names the agent
-//! it expected. Failures are turned into messages an operator can act on.
+//! Controller-side agent clients, and errors an operator can act on.
 
 use std::error::Error as StdError;
-use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use stagesync_certs::{Identity, ReloadingClientConfig};
+use stagesync_certs::channel::CONNECT_TIMEOUT;
+pub use stagesync_certs::channel::{AgentTarget, ClientTls, StaticClientTls, WrongPeer};
 use stagesync_proto::AgentClient;
-use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint, Uri};
-
-/// How long to wait for TCP and TLS to come up.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where a connection gets its TLS client configuration. The fleet's
-/// [`ReloadingClientConfig`] re-reads rotated files; tests can pass a fixed
-/// configuration (for example one without a client certificate).
-pub trait ClientTls: Send + Sync + 'static {
-    fn client_config(&self) -> Arc<rustls::ClientConfig>;
-}
-
-impl ClientTls for ReloadingClientConfig {
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        self.current()
-    }
-}
-
-/// A fixed client configuration.
-pub struct StaticClientTls(pub Arc<rustls::ClientConfig>);
-
-impl ClientTls for StaticClientTls {
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        self.0.clone()
-    }
-}
-
-/// An agent to dial, and who it should turn out to be.
-#[derive(Clone, Debug)]
-pub struct AgentTarget {
-    /// `host:port`, `ip:port` or `[v6]:port`.
-    pub address: String,
-    /// The identity the agent's certificate must carry, when known.
-    pub expected: Option<Identity>,
-}
-
-impl AgentTarget {
-    /// A short name for messages: the expected agent name, or the address.
-    pub fn label(&self) -> String {
-        match &self.expected {
-            Some(id) => format!("agent {} at {}", id.name, self.address),
-            None => format!("agent at {}", self.address),
-        }
-    }
-}
-
-/// The certificate at the far end names someone else.
-#[derive(Debug)]
-pub struct WrongPeer {
-    pub address: String,
-    pub expected: Identity,
-    pub actual: Result<Identity, String>,
-}
-
-impl fmt::Display for WrongPeer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.actual {
-            Ok(actual) => write!(
-                f,
-                "{} answered as {actual}, not the expected {}: check the agent's address",
-                self.address, self.expected
-            ),
-            Err(e) => write!(
-                f,
-                "{} presented a certificate without a stagesync identity ({e})",
-                self.address
-            ),
-        }
-    }
-}
-
-impl StdError for WrongPeer {}
+use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -102,76 +23,31 @@ pub enum ClientError {
     BadAddress(String),
 }
 
-fn split_host_port(address: &str) -> Option<(String, u16)> {
-    if let Ok(sa) = address.parse::<std::net::SocketAddr>() {
-        return Some((sa.ip().to_string(), sa.port()));
-    }
-    let (host, port) = address.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    if host.is_empty() || host.contains(['/', ' ']) {
-        return None;
-    }
-    Some((host.trim_matches(['[', ']']).to_string(), port))
-}
-
-/// Opens a gRPC channel to an agent (lazily verified: the first call makes
+/// Opens a client for an agent (lazily connected: the first call makes
 /// the connection, and its errors go through [`explain`]).
 pub async fn connect<T: ClientTls>(
     tls: Arc<T>,
     target: &AgentTarget,
 ) -> Result<AgentClient<Channel>, ClientError> {
-    let (host, port) = split_host_port(&target.address)
-        .ok_or_else(|| ClientError::BadAddress(target.address.clone()))?;
-    let endpoint = Endpoint::from_shared(format!("http://{}", target.address))
-        .map_err(|_| ClientError::BadAddress(target.address.clone()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let address = target.address.clone();
-    let expected = target.expected.clone();
-    let connector = tower::service_fn(move |_: Uri| {
-        let tls = tls.clone();
-        let host = host.clone();
-        let address = address.clone();
-        let expected = expected.clone();
-        async move {
-            let name = ServerName::try_from(host.clone())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let tls_stream = tokio_rustls::TlsConnector::from(tls.client_config())
-                .connect(name, tcp)
-                .await?;
-            if let Some(expected) = expected {
-                let actual =
-                    stagesync_certs::tls::peer_identity(tls_stream.get_ref().1.peer_certificates())
-                        .map_err(|e| e.to_string());
-                if actual.as_ref() != Ok(&expected) {
-                    return Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        WrongPeer {
-                            address,
-                            expected,
-                            actual,
-                        },
-                    ));
-                }
-            }
-            Ok::<_, io::Error>(TokioIo::new(tls_stream))
-        }
-    });
-    let channel = endpoint.connect_with_connector_lazy(connector);
+    let channel =
+        stagesync_certs::channel::channel(tls, target).map_err(|e| ClientError::BadAddress(e.0))?;
     Ok(AgentClient::new(channel))
 }
 
 /// Turns a failed call into an error that says what happened and what to do.
 pub fn explain(target: &AgentTarget, status: &tonic::Status) -> ClientError {
     let label = target.label();
+    // These codes are the agent's own answer, with its own explanation.
     if matches!(
         status.code(),
-        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-    ) {
+        tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::AlreadyExists
+    ) || (status.code() == tonic::Code::Internal && status.message().starts_with("agent "))
+    {
         return ClientError::Refused {
             target: label,
             code: status.code(),

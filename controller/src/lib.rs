@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod refresh;
 pub mod status;
 
 pub use client::{AgentTarget, ClientError, connect};

@@ -8,6 +8,7 @@
 //! - [`agent`]: agents served in-process on `127.0.0.1:0`.
 
 pub mod agent;
+pub mod fixtures;
 pub mod pg;
 pub mod pki;
 

@@ -1,0 +1,217 @@
+//! Command lines for `pg_dump` and `pg_restore`. Options from the controller
+//! become separate arguments (never a shell string), and extra arguments
+//! pass only if they are on a short list of harmless flags.
+
+use std::path::Path;
+
+use stagesync_proto::v1 as pb;
+
+use crate::config::PostgresConfig;
+
+/// Extra `pg_dump` flags a plan may add.
+pub const SAFE_DUMP_ARGS: &[&str] = &[
+    "--no-comments",
+    "--no-publications",
+    "--no-subscriptions",
+    "--no-security-labels",
+    "--no-tablespaces",
+    "--no-toast-compression",
+    "--no-unlogged-table-data",
+    "--no-table-access-method",
+    "--no-blobs",
+    "--no-large-objects",
+    "--quote-all-identifiers",
+    "--lock-wait-timeout=",
+    "--extra-float-digits=",
+];
+
+/// Extra `pg_restore` flags a plan may add.
+pub const SAFE_RESTORE_ARGS: &[&str] = &[
+    "--no-comments",
+    "--no-publications",
+    "--no-security-labels",
+    "--no-tablespaces",
+    "--no-table-access-method",
+    "--disable-triggers",
+    "--no-data-for-failed-tables",
+];
+
+fn check_extra(args: &[String], safe: &[&str], tool: &str) -> Result<(), String> {
+    for a in args {
+        let ok = safe.iter().any(|s| {
+            if s.ends_with('=') {
+                a.starts_with(s)
+                    && a.len() > s.len()
+                    && a[s.len()..]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.')
+            } else {
+                a == s
+            }
+        });
+        if !ok {
+            return Err(format!(
+                "{tool} argument {a:?} is not allowed; allowed extra arguments: {}",
+                safe.join(" ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn connection_args(pg: &PostgresConfig) -> Vec<String> {
+    vec![
+        format!("--host={}", pg.socket_dir.display()),
+        format!("--port={}", pg.port),
+        format!("--username={}", pg.user),
+        "--no-password".to_string(),
+    ]
+}
+
+fn check_pattern(p: &str, what: &str) -> Result<(), String> {
+    if p.is_empty() || p.starts_with('-') || p.contains('\0') || p.contains('\n') {
+        return Err(format!(
+            "{what} pattern {p:?} is not a valid pg_dump pattern"
+        ));
+    }
+    Ok(())
+}
+
+/// `pg_dump` for `database`: custom format to stdout (stream mode) or a
+/// directory with `jobs` workers (parallel mode). pg_dump's own compression
+/// is off: the wire compresses.
+pub fn pg_dump(
+    pg: &PostgresConfig,
+    database: &str,
+    opts: &pb::DumpOptions,
+    parallel: Option<(&Path, u32)>,
+) -> Result<Vec<String>, String> {
+    check_extra(&opts.extra_args, SAFE_DUMP_ARGS, "pg_dump")?;
+    let mut args = connection_args(pg);
+    match parallel {
+        None => args.extend(["--format=custom".to_string(), "--compress=0".to_string()]),
+        Some((dir, jobs)) => args.extend([
+            "--format=directory".to_string(),
+            "--compress=0".to_string(),
+            format!("--jobs={}", jobs.max(1)),
+            format!("--file={}", dir.display()),
+        ]),
+    }
+    for (list, flag, what) in [
+        (&opts.exclude_tables, "--exclude-table=", "exclude_tables"),
+        (
+            &opts.exclude_table_data,
+            "--exclude-table-data=",
+            "exclude_table_data",
+        ),
+        (&opts.schemas, "--schema=", "schemas"),
+        (
+            &opts.exclude_schemas,
+            "--exclude-schema=",
+            "exclude_schemas",
+        ),
+    ] {
+        for p in list {
+            check_pattern(p, what)?;
+            args.push(format!("{flag}{p}"));
+        }
+    }
+    args.extend(opts.extra_args.iter().cloned());
+    // Last, so nothing above can be read as the database name.
+    args.push(format!("--dbname={}", conninfo_dbname(database)));
+    Ok(args)
+}
+
+/// `pg_restore` into `new_database` as `owner`, from stdin (stream mode) or
+/// a directory with `jobs` workers (parallel mode).
+pub fn pg_restore(
+    pg: &PostgresConfig,
+    new_database: &str,
+    owner: &str,
+    opts: &pb::RestoreOptions,
+    parallel: Option<(&Path, u32)>,
+) -> Result<Vec<String>, String> {
+    check_extra(&opts.extra_args, SAFE_RESTORE_ARGS, "pg_restore")?;
+    let mut args = connection_args(pg);
+    args.extend([
+        format!("--dbname={}", conninfo_dbname(new_database)),
+        "--no-owner".to_string(),
+        format!("--role={owner}"),
+        "--exit-on-error".to_string(),
+        // A subscription restored on staging would connect to production's
+        // publisher; never restore them.
+        "--no-subscriptions".to_string(),
+    ]);
+    if !opts.privileges {
+        args.push("--no-privileges".to_string());
+    }
+    args.extend(opts.extra_args.iter().cloned());
+    match parallel {
+        None => args.push("--format=custom".to_string()),
+        Some((dir, jobs)) => {
+            args.push("--format=directory".to_string());
+            args.push(format!("--jobs={}", jobs.max(1)));
+            args.push(dir.display().to_string());
+        }
+    }
+    Ok(args)
+}
+
+/// A database name as a conninfo string, so names with spaces, quotes or
+/// `=` are never parsed as connection options.
+fn conninfo_dbname(name: &str) -> String {
+    format!(
+        "dbname='{}'",
+        name.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pg() -> PostgresConfig {
+        PostgresConfig {
+            socket_dir: "/run/pg".into(),
+            port: 5432,
+            user: "postgres".into(),
+            bin_dir: "/usr/bin".into(),
+        }
+    }
+
+    #[test]
+    fn extra_args_are_checked() {
+        let mut opts = pb::DumpOptions {
+            extra_args: vec!["--no-comments".into(), "--lock-wait-timeout=30s".into()],
+            ..Default::default()
+        };
+        assert!(pg_dump(&pg(), "db", &opts, None).is_ok());
+        for bad in [
+            "--file=/etc/passwd",
+            "--lock-wait-timeout=1;x",
+            "-f",
+            "--no-comments2",
+        ] {
+            opts.extra_args = vec![bad.into()];
+            assert!(pg_dump(&pg(), "db", &opts, None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_conninfo_quoted() {
+        let args = pg_dump(&pg(), "it's a db", &pb::DumpOptions::default(), None).unwrap();
+        assert_eq!(args.last().unwrap(), "--dbname=dbname='it\\'s a db'");
+    }
+
+    #[test]
+    fn patterns() {
+        let mut opts = pb::DumpOptions {
+            exclude_table_data: vec!["public.cache_*".into()],
+            ..Default::default()
+        };
+        let args = pg_dump(&pg(), "db", &opts, None).unwrap();
+        assert!(args.contains(&"--exclude-table-data=public.cache_*".to_string()));
+        opts.exclude_table_data = vec!["--file=x".into()];
+        assert!(pg_dump(&pg(), "db", &opts, None).is_err());
+    }
+}

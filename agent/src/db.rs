@@ -1,0 +1,477 @@
+//! Database-level operations on the destination: the fresh database a job
+//! restores into, the atomic swap, rollback, and cleaning up after crashes.
+//!
+//! The swap renames inside one transaction (PostgreSQL allows `ALTER
+//! DATABASE ... RENAME` in a transaction block), so the live name always
+//! points at a complete database: the old one or the new one, never neither.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::config::PostgresConfig;
+use crate::pg::{self, error_chain};
+use crate::sql::{NEW_PREFIX, ident, literal, previous_database, swap_database};
+
+/// A database operation failed; the message says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DbError(pub String);
+
+fn err(context: impl std::fmt::Display, e: tokio_postgres::Error) -> DbError {
+    DbError(format!("{context}: {}", error_chain(&e)))
+}
+
+async fn admin(pg: &PostgresConfig) -> Result<Client, DbError> {
+    pg::connect(pg, "postgres").await.map_err(|e| {
+        err(
+            format!("connecting to PostgreSQL at {}", pg.socket_dir.display()),
+            e,
+        )
+    })
+}
+
+pub async fn database_exists(c: &Client, name: &str) -> Result<bool, DbError> {
+    let row = c
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(|e| err("reading pg_database", e))?;
+    Ok(row.is_some())
+}
+
+pub async fn role_exists(c: &Client, name: &str) -> Result<bool, DbError> {
+    let row = c
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .map_err(|e| err("reading pg_roles", e))?;
+    Ok(row.is_some())
+}
+
+/// Creates the database a job restores into, owned by `owner`, with the live
+/// database's encoding and locale when it exists.
+pub async fn create_new(
+    pg: &PostgresConfig,
+    new_db: &str,
+    live: &str,
+    owner: &str,
+) -> Result<(), DbError> {
+    let c = admin(pg).await?;
+    if !role_exists(&c, owner).await? {
+        return Err(DbError(format!(
+            "the owner role {owner:?} does not exist on this server: create it (CREATE ROLE {} LOGIN) or fix the pair's owner",
+            ident(owner)
+        )));
+    }
+    let mut sql = format!(
+        "CREATE DATABASE {} OWNER {} TEMPLATE template0",
+        ident(new_db),
+        ident(owner)
+    );
+    let row = c
+        .query_opt(
+            "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = $1",
+            &[&live],
+        )
+        .await
+        .map_err(|e| err("reading the live database's locale", e))?;
+    if let Some(row) = row {
+        let (enc, collate, ctype): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        sql.push_str(&format!(
+            " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            literal(&enc),
+            literal(&collate),
+            literal(&ctype)
+        ));
+    }
+    c.batch_execute(&sql)
+        .await
+        .map_err(|e| err(format!("creating database {new_db:?}"), e))?;
+    Ok(())
+}
+
+/// Drops a database, ending its sessions first.
+pub async fn drop_database(pg: &PostgresConfig, name: &str) -> Result<(), DbError> {
+    let c = admin(pg).await?;
+    c.batch_execute(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        ident(name)
+    ))
+    .await
+    .map_err(|e| err(format!("dropping database {name:?}"), e))
+}
+
+/// Drops every `stagesync_new_*` database not in `keep`: what a crashed job
+/// left behind. Returns the names dropped.
+pub async fn drop_orphans(pg: &PostgresConfig, keep: &[String]) -> Result<Vec<String>, DbError> {
+    let c = admin(pg).await?;
+    let rows = c
+        .query(
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
+            &[&NEW_PREFIX],
+        )
+        .await
+        .map_err(|e| err("listing leftover databases", e))?;
+    let mut dropped = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        if keep.contains(&name) {
+            continue;
+        }
+        c.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            ident(&name)
+        ))
+        .await
+        .map_err(|e| err(format!("dropping leftover database {name:?}"), e))?;
+        dropped.push(name);
+    }
+    Ok(dropped)
+}
+
+/// Stops new connections to `db` and ends the sessions on it.
+async fn close_database(c: &Client, db: &str) -> Result<(), DbError> {
+    c.batch_execute(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+        ident(db)
+    ))
+    .await
+    .map_err(|e| err(format!("stopping new connections to {db:?}"), e))?;
+    end_sessions(c, db).await
+}
+
+/// Ends the sessions on `db` and waits until they are gone.
+async fn end_sessions(c: &Client, db: &str) -> Result<(), DbError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = c
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid))::int8 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&db],
+            )
+            .await
+            .map_err(|e| err(format!("ending sessions on {db:?}"), e))?;
+        let left: i64 = row.get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(DbError(format!(
+                "{left} sessions on {db:?} did not end within 30 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a live database carries that a restored one must inherit.
+struct Carried {
+    owner: String,
+    allow_connections: bool,
+    connection_limit: i32,
+    /// (role or "" for all roles, "name=value")
+    settings: Vec<(String, String)>,
+    /// None: default privileges. Some: (grantee or "" for PUBLIC, privilege, grantable).
+    grants: Option<Vec<(String, String, bool)>>,
+}
+
+async fn carried(c: &Client, db: &str) -> Result<Carried, DbError> {
+    let e = |x| err(format!("reading the settings of {db:?}"), x);
+    let row = c
+        .query_one(
+            "SELECT pg_get_userbyid(datdba)::text, datallowconn, datconnlimit, datacl IS NULL \
+             FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .map_err(e)?;
+    let default_acl: bool = row.get(3);
+    let settings = c
+        .query(
+            "SELECT COALESCE(r.rolname::text, ''), unnest(s.setconfig) \
+             FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+             LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = $1",
+            &[&db],
+        )
+        .await
+        .map_err(e)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let grants = if default_acl {
+        None
+    } else {
+        Some(
+            c.query(
+                "SELECT COALESCE(r.rolname::text, ''), a.privilege_type::text, a.is_grantable \
+                 FROM pg_database d, aclexplode(d.datacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee \
+                 WHERE d.datname = $1",
+                &[&db],
+            )
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect(),
+        )
+    };
+    Ok(Carried {
+        owner: row.get(0),
+        allow_connections: row.get(1),
+        connection_limit: row.get(2),
+        settings,
+        grants,
+    })
+}
+
+/// Settings whose value is a list: stored as `a, "b c"`, set back as
+/// separate literals (`'a', 'b c'`), the way pg_dump does.
+const LIST_SETTINGS: &[&str] = &[
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "local_preload_libraries",
+];
+
+fn setting_value(name: &str, value: &str) -> String {
+    if !LIST_SETTINGS.contains(&name.to_ascii_lowercase().as_str()) {
+        return literal(value);
+    }
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut chars = value.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => items.push(std::mem::take(&mut cur)),
+            c if c.is_whitespace() && !quoted => {}
+            c => cur.push(c),
+        }
+    }
+    items.push(cur);
+    items
+        .iter()
+        .map(|i| literal(i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// SQL that gives `db` what `carried` describes.
+fn apply(db: &str, k: &Carried) -> String {
+    let d = ident(db);
+    let mut sql = format!(
+        "ALTER DATABASE {d} OWNER TO {};\nALTER DATABASE {d} CONNECTION LIMIT {};\n",
+        ident(&k.owner),
+        k.connection_limit
+    );
+    for (role, setting) in &k.settings {
+        let Some((name, value)) = setting.split_once('=') else {
+            continue;
+        };
+        let target = if role.is_empty() {
+            format!("ALTER DATABASE {d}")
+        } else {
+            format!("ALTER ROLE {} IN DATABASE {d}", ident(role))
+        };
+        sql.push_str(&format!(
+            "{target} SET {} TO {};\n",
+            ident(name),
+            setting_value(name, value)
+        ));
+    }
+    if let Some(grants) = &k.grants {
+        sql.push_str(&format!("REVOKE ALL ON DATABASE {d} FROM PUBLIC;\n"));
+        for (grantee, privilege, grantable) in grants {
+            let who = if grantee.is_empty() {
+                "PUBLIC".to_string()
+            } else {
+                ident(grantee)
+            };
+            let privilege = match privilege.as_str() {
+                "CREATE" | "CONNECT" | "TEMPORARY" => privilege.as_str(),
+                _ => continue,
+            };
+            sql.push_str(&format!(
+                "GRANT {privilege} ON DATABASE {d} TO {who}{};\n",
+                if *grantable { " WITH GRANT OPTION" } else { "" }
+            ));
+        }
+    }
+    sql
+}
+
+/// Swaps `new_db` in as `live`; the old live database becomes the previous
+/// copy (replacing an older one). Returns the previous copy's name.
+pub async fn swap_in(pg: &PostgresConfig, new_db: &str, live: &str) -> Result<String, DbError> {
+    let mut c = admin(pg).await?;
+    let previous = previous_database(live);
+    if !database_exists(&c, new_db).await? {
+        return Err(DbError(format!("the restored database {new_db:?} is gone")));
+    }
+    let live_exists = database_exists(&c, live).await?;
+    if live_exists && database_exists(&c, &previous).await? {
+        c.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(&previous)))
+            .await
+            .map_err(|e| err(format!("dropping the older previous copy {previous:?}"), e))?;
+    }
+    // Our own restore sessions may still be closing.
+    end_sessions(&c, new_db).await?;
+    let carried = if live_exists {
+        let k = carried(&c, live).await?;
+        close_database(&c, live).await?;
+        Some(k)
+    } else {
+        None
+    };
+    let mut sql = String::new();
+    if let Some(k) = &carried {
+        sql.push_str(&format!(
+            "ALTER DATABASE {} RENAME TO {};\n",
+            ident(live),
+            ident(&previous)
+        ));
+        sql.push_str(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {};\n",
+            ident(&previous),
+            k.allow_connections
+        ));
+    }
+    sql.push_str(&format!(
+        "ALTER DATABASE {} RENAME TO {};\n",
+        ident(new_db),
+        ident(live)
+    ));
+    if let Some(k) = &carried {
+        sql.push_str(&apply(live, k));
+    }
+    let result = async {
+        let tx = c.transaction().await?;
+        tx.batch_execute(&sql).await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = result {
+        // Nothing was renamed; let the live database take connections again.
+        if let Some(k) = &carried {
+            let _ = c
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} ALLOW_CONNECTIONS {}",
+                    ident(live),
+                    k.allow_connections
+                ))
+                .await;
+        }
+        return Err(err(format!("swapping {new_db:?} in as {live:?}"), e));
+    }
+    Ok(previous)
+}
+
+/// Swaps the previous copy of `live` back in; the current one becomes the
+/// previous copy, so a second rollback undoes the first.
+pub async fn rollback(pg: &PostgresConfig, live: &str) -> Result<String, DbError> {
+    let mut c = admin(pg).await?;
+    let previous = previous_database(live);
+    if !database_exists(&c, &previous).await? {
+        return Err(DbError(format!(
+            "there is no previous copy of {live:?} ({previous:?}) to roll back to"
+        )));
+    }
+    let swap = swap_database(live);
+    let live_exists = database_exists(&c, live).await?;
+    let live_allow = if live_exists {
+        let k = carried(&c, live).await?;
+        close_database(&c, live).await?;
+        Some(k.allow_connections)
+    } else {
+        None
+    };
+    close_database(&c, &previous).await?;
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| err("starting the rollback transaction", e))?;
+    let mut sql = String::new();
+    if live_exists {
+        sql.push_str(&format!(
+            "ALTER DATABASE {} RENAME TO {};\n",
+            ident(live),
+            ident(&swap)
+        ));
+    }
+    sql.push_str(&format!(
+        "ALTER DATABASE {} RENAME TO {};\n",
+        ident(&previous),
+        ident(live)
+    ));
+    sql.push_str(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS true;\n",
+        ident(live)
+    ));
+    if let Some(allow) = live_allow {
+        sql.push_str(&format!(
+            "ALTER DATABASE {} RENAME TO {};\n",
+            ident(&swap),
+            ident(&previous)
+        ));
+        sql.push_str(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow};\n",
+            ident(&previous)
+        ));
+    }
+    tx.batch_execute(&sql)
+        .await
+        .map_err(|e| err(format!("rolling {live:?} back"), e))?;
+    tx.commit()
+        .await
+        .map_err(|e| err(format!("rolling {live:?} back"), e))?;
+    Ok(previous)
+}
+
+/// Runs the post-restore SQL in `db` as `owner`, in one transaction.
+pub async fn post_restore(
+    pg: &PostgresConfig,
+    db: &str,
+    owner: &str,
+    sql: &str,
+) -> Result<(), DbError> {
+    let mut c = pg::connect(pg, db)
+        .await
+        .map_err(|e| err(format!("connecting to {db:?}"), e))?;
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| err("starting the post-restore transaction", e))?;
+    tx.batch_execute(&format!("SET LOCAL ROLE {}", ident(owner)))
+        .await
+        .map_err(|e| err(format!("becoming role {owner:?}"), e))?;
+    // The error says what PostgreSQL objected to; the SQL itself (which may
+    // hold secrets) is never logged or echoed.
+    tx.batch_execute(sql)
+        .await
+        .map_err(|e| err("the post-restore SQL failed", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| err("committing the post-restore SQL", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::setting_value;
+
+    #[test]
+    fn list_settings_split() {
+        assert_eq!(
+            setting_value("search_path", "app, public"),
+            "'app', 'public'"
+        );
+        assert_eq!(
+            setting_value("search_path", "\"$user\", \"a\"\"b\""),
+            "'$user', 'a\"b'"
+        );
+        assert_eq!(setting_value("work_mem", "7MB"), "'7MB'");
+    }
+}

@@ -1,0 +1,753 @@
+//! The destination side of a refresh: a fresh database, the incoming dump
+//! stream fed to `pg_restore`, post-restore SQL, and the swap on commit.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use stagesync_certs::Identity;
+use stagesync_proto::v1 as pb;
+use tokio::io::AsyncWriteExt;
+use tonic::Streaming;
+
+use crate::error::AgentError;
+use crate::frames::{Decoder, FrameError};
+use crate::jobs::{DestSetup, Job, Jobs, Side};
+use crate::{args, db, procs, sql};
+
+/// A pipeline failure: the step, what happened, and the tool's stderr.
+pub struct StepError {
+    pub step: &'static str,
+    pub message: String,
+    pub stderr: String,
+}
+
+impl StepError {
+    fn new(step: &'static str, message: impl Into<String>) -> Self {
+        StepError {
+            step,
+            message: message.into(),
+            stderr: String::new(),
+        }
+    }
+}
+
+impl From<FrameError> for StepError {
+    fn from(e: FrameError) -> Self {
+        StepError::new("stream", e.to_string())
+    }
+}
+
+fn valid_job_id(id: &str) -> bool {
+    (8..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+impl Jobs {
+    fn agent_error(
+        &self,
+        f: fn(String, String) -> AgentError,
+        reason: impl Into<String>,
+    ) -> AgentError {
+        f(self.config.name.clone(), reason.into())
+    }
+
+    /// Checks the direction guard for overwriting `database`.
+    pub fn guard_overwrite(&self, database: &str) -> Result<(), AgentError> {
+        let policy = &self.config.policy;
+        if database.starts_with("stagesync_")
+            || ["template0", "template1"].contains(&database)
+            || database.is_empty()
+        {
+            return Err(self.agent_error(
+                |agent, reason| AgentError::PermissionDenied { agent, reason },
+                format!("database {database:?} cannot be a refresh destination"),
+            ));
+        }
+        if !policy.may_overwrite.matches(database) {
+            return Err(self.agent_error(
+                |agent, reason| AgentError::PermissionDenied { agent, reason },
+                format!(
+                    "direction guard: this agent may not overwrite database {database:?} (policy.may_overwrite = {:?} in {})",
+                    policy.may_overwrite.patterns,
+                    self.config.source.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `PrepareRestore`: checks everything, creates the fresh database.
+    pub async fn prepare_restore(
+        self: &Arc<Self>,
+        req: pb::PrepareRestoreRequest,
+    ) -> Result<pb::PrepareRestoreResponse, AgentError> {
+        let invalid = |r: String| AgentError::InvalidArgument {
+            agent: self.config.name.clone(),
+            reason: r,
+        };
+        let precondition = |r: String| AgentError::FailedPrecondition {
+            agent: self.config.name.clone(),
+            reason: r,
+        };
+        if !valid_job_id(&req.job_id) {
+            return Err(invalid(format!(
+                "job id {:?} is not 8-32 lowercase hex digits",
+                req.job_id
+            )));
+        }
+        self.guard_overwrite(&req.database)?;
+        if req.owner.is_empty() {
+            return Err(invalid("the owner role is empty".into()));
+        }
+        let mode = pb::Mode::try_from(req.mode).unwrap_or(pb::Mode::Unspecified);
+        if mode == pb::Mode::Unspecified {
+            return Err(invalid("mode must be stream or parallel".into()));
+        }
+        if !(1..=64).contains(&req.jobs) {
+            return Err(invalid(format!("jobs must be 1 to 64, not {}", req.jobs)));
+        }
+        let restore = req.restore.clone().unwrap_or_default();
+        args::pg_restore(&self.config.postgres, "x", &req.owner, &restore, None)
+            .map_err(&invalid)?;
+        let post_sql = sql::substitute(&req.post_restore_sql, &req.params).map_err(&invalid)?;
+        if req.ticket.len() < 32 {
+            return Err(invalid("the ticket is too short".into()));
+        }
+        let source: Identity = req
+            .source_identity
+            .parse()
+            .map_err(|e| invalid(format!("source identity: {e}")))?;
+        if !self.config.policy.peers.contains(&source) {
+            return Err(AgentError::PermissionDenied {
+                agent: self.config.name.clone(),
+                reason: format!(
+                    "{source} may not stream into this agent; add {:?} to policy.peers in {}",
+                    source.name,
+                    self.config.source.display()
+                ),
+            });
+        }
+        if let Some(other) = self.busy(&req.database) {
+            return Err(precondition(format!(
+                "a refresh of database {:?} is already running here as job {other}; wait for it or abort it",
+                req.database
+            )));
+        }
+        let new_db = sql::new_database(&req.job_id);
+        let work_dir = (mode == pb::Mode::Parallel)
+            .then(|| self.config.work_dir.join("jobs").join(&req.job_id));
+        let job = Job::new(
+            &self.config.name,
+            &req.job_id,
+            Side::Dest,
+            &req.database,
+            new_db.clone(),
+            work_dir.clone(),
+            Some(DestSetup {
+                owner: req.owner.clone(),
+                mode,
+                jobs: req.jobs,
+                restore,
+                post_sql,
+                ticket: std::sync::Mutex::new(Some(req.ticket.clone())),
+                ticket_expires: std::time::Instant::now() + self.config.jobs.ticket_ttl,
+                source,
+            }),
+        );
+        self.insert(job.clone()).map_err(&precondition)?;
+
+        // Leftovers of crashed jobs go first: they hold disk we may need.
+        let keep = self.live_new_databases();
+        match db::drop_orphans(&self.config.postgres, &keep).await {
+            Ok(dropped) if !dropped.is_empty() => {
+                tracing::info!(?dropped, "dropped leftover databases")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not clean leftover databases"),
+        }
+        let made = async {
+            db::create_new(&self.config.postgres, &new_db, &req.database, &req.owner)
+                .await
+                .map_err(|e| e.0)?;
+            if let Some(dir) = &work_dir {
+                tokio::fs::create_dir_all(dir.join("dump"))
+                    .await
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        if let Err(e) = made {
+            job.fail("prepare", e.clone(), String::new());
+            self.spawn_supervisor(job);
+            return Err(precondition(e));
+        }
+        tracing::info!(job = %job.id, database = %req.database, new = %new_db, "prepared");
+        self.spawn_supervisor(job);
+        Ok(pb::PrepareRestoreResponse {
+            new_database: new_db,
+            previous_database: sql::previous_database(&req.database),
+        })
+    }
+
+    /// Watches a job's lease, then cleans up after a failure or abort.
+    pub fn spawn_supervisor(self: &Arc<Self>, job: Arc<Job>) {
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            let limits = jobs.config.jobs.clone();
+            loop {
+                tokio::select! {
+                    _ = job.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                }
+                if job.is_terminal() {
+                    break;
+                }
+                let unwatched = job.unwatched_for();
+                if unwatched > limits.controller_timeout {
+                    let _ = job.abort(&format!(
+                        "no controller has watched this job for {} s (jobs.controller_timeout_secs): the controller is gone",
+                        unwatched.as_secs()
+                    ));
+                    break;
+                }
+                if let Some(d) = &job.dest
+                    && job.phase() == pb::Phase::Waiting
+                    && std::time::Instant::now() > d.ticket_expires
+                {
+                    let _ = job.abort(
+                        "the source agent did not start streaming before the ticket expired",
+                    );
+                    break;
+                }
+            }
+            if matches!(job.phase(), pb::Phase::Failed | pb::Phase::Aborted) {
+                // Wait until the pipeline has killed and reaped its tools.
+                let _running = job.pipeline.lock().await;
+                jobs.clean_up(&job).await;
+            }
+        });
+    }
+
+    async fn clean_up(&self, job: &Job) {
+        if job.side == Side::Dest {
+            match db::drop_database(&self.config.postgres, &job.new_database).await {
+                Ok(()) => {
+                    tracing::info!(job = %job.id, database = %job.new_database, "dropped the unfinished database")
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, error = %e, "could not drop the unfinished database; it is dropped when the agent next starts")
+                }
+            }
+        }
+        remove_work_dir(job.work_dir.as_deref()).await;
+    }
+
+    /// `PushDump`: the stream from the source agent.
+    pub async fn push_dump(
+        self: &Arc<Self>,
+        caller: Identity,
+        mut stream: Streaming<pb::DumpFrame>,
+    ) -> Result<pb::PushDumpResponse, AgentError> {
+        let denied = |r: String| AgentError::PermissionDenied {
+            agent: self.config.name.clone(),
+            reason: r,
+        };
+        let first = stream
+            .message()
+            .await
+            .map_err(|e| AgentError::InvalidArgument {
+                agent: self.config.name.clone(),
+                reason: format!("reading the stream header: {}", e.message()),
+            })?;
+        let Some(pb::DumpFrame {
+            kind: Some(pb::dump_frame::Kind::Header(header)),
+        }) = first
+        else {
+            return Err(AgentError::InvalidArgument {
+                agent: self.config.name.clone(),
+                reason: "the stream must start with a header".into(),
+            });
+        };
+        let job = self
+            .get(&header.job_id)
+            .filter(|j| j.side == Side::Dest)
+            .ok_or_else(|| {
+                denied(format!(
+                    "no job {:?} is waiting for a stream here",
+                    header.job_id
+                ))
+            })?;
+        let setup = job
+            .dest
+            .as_ref()
+            .ok_or_else(|| denied("not a destination job".into()))?;
+        if caller != setup.source {
+            return Err(denied(format!(
+                "job {} expects its stream from {}, not from {caller}",
+                job.id, setup.source
+            )));
+        }
+        {
+            let mut ticket = setup.ticket.lock().unwrap_or_else(|p| p.into_inner());
+            let valid = match ticket.as_deref() {
+                None => {
+                    return Err(denied(format!(
+                        "the ticket of job {} was already used",
+                        job.id
+                    )));
+                }
+                Some(t) => constant_time_eq(t.as_bytes(), header.ticket.as_bytes()),
+            };
+            if !valid {
+                return Err(denied(format!("wrong ticket for job {}", job.id)));
+            }
+            if std::time::Instant::now() > setup.ticket_expires {
+                return Err(denied(format!("the ticket of job {} has expired", job.id)));
+            }
+            *ticket = None;
+        }
+        let mode = pb::Mode::try_from(header.mode).unwrap_or(pb::Mode::Unspecified);
+        if mode != setup.mode {
+            job.fail(
+                "stream",
+                "the stream's mode differs from the prepared job's",
+                String::new(),
+            );
+            return Err(denied("mode mismatch".into()));
+        }
+        let compression =
+            pb::Compression::try_from(header.compression).unwrap_or(pb::Compression::None);
+        let _pipeline = job.pipeline.lock().await;
+        if !job.advance(pb::Phase::Restoring) {
+            return Err(denied(format!(
+                "job {} has ended ({:?})",
+                job.id,
+                job.phase()
+            )));
+        }
+        tracing::info!(job = %job.id, source = %caller, ?mode, "stream started");
+        let result = match mode {
+            pb::Mode::Parallel => {
+                self.restore_parallel(&job, setup, compression, &mut stream)
+                    .await
+            }
+            _ => {
+                self.restore_stream(&job, setup, compression, &mut stream)
+                    .await
+            }
+        };
+        let result = match result {
+            Ok(()) => self.post_restore(&job, setup).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                job.advance(pb::Phase::Ready);
+                tracing::info!(job = %job.id, bytes = job.restored.load(Ordering::Relaxed), "restored; ready to commit");
+                Ok(pb::PushDumpResponse {
+                    bytes_received: job.received.load(Ordering::Relaxed),
+                })
+            }
+            Err(e) => {
+                job.fail(e.step, e.message.clone(), e.stderr.clone());
+                Err(AgentError::FailedPrecondition {
+                    agent: self.config.name.clone(),
+                    reason: format!("{} failed: {}", e.step, e.message),
+                })
+            }
+        }
+    }
+
+    /// Waits for the next frame, giving up on a stall or cancellation.
+    async fn next_frame(
+        &self,
+        job: &Job,
+        stream: &mut Streaming<pb::DumpFrame>,
+    ) -> Result<pb::dump_frame::Kind, StepError> {
+        let stall = self.config.jobs.stall_timeout;
+        let msg = tokio::select! {
+            _ = job.cancel.cancelled() => return Err(StepError::new("stream", "the job was cancelled")),
+            r = tokio::time::timeout(stall, stream.message()) => r,
+        };
+        let msg = msg.map_err(|_| {
+            StepError::new(
+                "stream",
+                format!("no data from the source agent for {} s (jobs.stall_timeout_secs): the link or the source is down", stall.as_secs()),
+            )
+        })?;
+        let msg = msg.map_err(|s| {
+            StepError::new(
+                "stream",
+                format!("the stream from the source agent broke: {}", s.message()),
+            )
+        })?;
+        match msg {
+            Some(pb::DumpFrame { kind: Some(k) }) => {
+                if let pb::dump_frame::Kind::Data(d) = &k {
+                    job.received
+                        .fetch_add(d.payload.len() as u64, Ordering::Relaxed);
+                }
+                Ok(k)
+            }
+            Some(_) => Err(StepError::new("stream", "an empty frame arrived")),
+            None => Err(StepError::new(
+                "stream",
+                "the stream ended before its trailer: the source agent stopped or failed",
+            )),
+        }
+    }
+
+    async fn restore_stream(
+        &self,
+        job: &Job,
+        setup: &DestSetup,
+        compression: pb::Compression,
+        stream: &mut Streaming<pb::DumpFrame>,
+    ) -> Result<(), StepError> {
+        let pg = &self.config.postgres;
+        let argv = args::pg_restore(pg, &job.new_database, &setup.owner, &setup.restore, None)
+            .map_err(|e| StepError::new("pg_restore", e))?;
+        let mut tool = procs::spawn(
+            &pg.bin_dir,
+            "pg_restore",
+            &argv,
+            Stdio::piped(),
+            Stdio::null(),
+        )
+        .map_err(|e| StepError::new("pg_restore", format!("cannot start pg_restore: {e}")))?;
+        let mut stdin = tool.child.stdin.take();
+        let mut decoder = Decoder::new(compression);
+        let fed = loop {
+            let frame = match self.next_frame(job, stream).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tool.kill().await;
+                    return Err(e);
+                }
+            };
+            match frame {
+                pb::dump_frame::Kind::Data(d) => {
+                    let raw = match decoder.data(&d) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tool.kill().await;
+                            return Err(e.into());
+                        }
+                    };
+                    let Some(w) = stdin.as_mut() else { break false };
+                    let wrote = tokio::select! {
+                        _ = job.cancel.cancelled() => {
+                            tool.kill().await;
+                            return Err(StepError::new("stream", "the job was cancelled"));
+                        }
+                        r = w.write_all(&raw) => r,
+                    };
+                    if wrote.is_err() {
+                        // pg_restore stopped reading: its exit status says why.
+                        break false;
+                    }
+                    job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
+                }
+                pb::dump_frame::Kind::Trailer(t) => {
+                    if let Err(e) = decoder.finish(&t) {
+                        tool.kill().await;
+                        return Err(e.into());
+                    }
+                    break true;
+                }
+                _ => {
+                    tool.kill().await;
+                    return Err(StepError::new(
+                        "stream",
+                        "a parallel-mode frame arrived in a stream-mode job",
+                    ));
+                }
+            }
+        };
+        drop(stdin);
+        let status = tokio::select! {
+            _ = job.cancel.cancelled() => {
+                tool.kill().await;
+                return Err(StepError::new("pg_restore", "the job was cancelled"));
+            }
+            s = tool.child.wait() => s,
+        };
+        match status {
+            Ok(s) if s.success() && fed => Ok(()),
+            Ok(s) => Err(StepError {
+                step: "pg_restore",
+                message: format!("pg_restore into {:?} failed ({s})", job.new_database),
+                stderr: tool.stderr.text(),
+            }),
+            Err(e) => Err(StepError::new(
+                "pg_restore",
+                format!("waiting for pg_restore: {e}"),
+            )),
+        }
+    }
+
+    async fn restore_parallel(
+        &self,
+        job: &Job,
+        setup: &DestSetup,
+        compression: pb::Compression,
+        stream: &mut Streaming<pb::DumpFrame>,
+    ) -> Result<(), StepError> {
+        let dir = job
+            .work_dir
+            .as_ref()
+            .map(|d| d.join("dump"))
+            .ok_or_else(|| StepError::new("stream", "parallel job without a work directory"))?;
+        let mut decoder = Decoder::new(compression);
+        let mut file: Option<(String, tokio::fs::File, u64)> = None;
+        let io = |what: String| {
+            move |e: std::io::Error| StepError::new("stream", format!("{what}: {e}"))
+        };
+        loop {
+            match self.next_frame(job, stream).await? {
+                pb::dump_frame::Kind::FileStart(f) => {
+                    if file.is_some() {
+                        return Err(StepError::new(
+                            "stream",
+                            "a file started before the previous one ended",
+                        ));
+                    }
+                    let name = check_file_name(&f.name)?;
+                    let path = dir.join(&name);
+                    let handle = tokio::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .await
+                        .map_err(io(format!("creating {}", path.display())))?;
+                    file = Some((name, handle, 0));
+                }
+                pb::dump_frame::Kind::Data(d) => {
+                    let raw = decoder.data(&d)?;
+                    let Some((name, handle, written)) = file.as_mut() else {
+                        return Err(StepError::new("stream", "data arrived outside a file"));
+                    };
+                    handle
+                        .write_all(&raw)
+                        .await
+                        .map_err(io(format!("writing {name}")))?;
+                    *written += raw.len() as u64;
+                    job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
+                }
+                pb::dump_frame::Kind::FileEnd(end) => {
+                    let Some((name, mut handle, written)) = file.take() else {
+                        return Err(StepError::new("stream", "a file ended that never started"));
+                    };
+                    if end.name != name || end.size != written {
+                        return Err(StepError::new(
+                            "stream",
+                            format!(
+                                "file {name} ended with {written} bytes, the source says {} bytes of {}",
+                                end.size, end.name
+                            ),
+                        ));
+                    }
+                    handle
+                        .flush()
+                        .await
+                        .map_err(io(format!("writing {name}")))?;
+                }
+                pb::dump_frame::Kind::Trailer(t) => {
+                    if file.is_some() {
+                        return Err(StepError::new("stream", "the stream ended inside a file"));
+                    }
+                    decoder.finish(&t)?;
+                    break;
+                }
+                pb::dump_frame::Kind::Header(_) => {
+                    return Err(StepError::new("stream", "a second header arrived"));
+                }
+            }
+        }
+        let pg = &self.config.postgres;
+        let argv = args::pg_restore(
+            pg,
+            &job.new_database,
+            &setup.owner,
+            &setup.restore,
+            Some((&dir, setup.jobs)),
+        )
+        .map_err(|e| StepError::new("pg_restore", e))?;
+        let mut tool = procs::spawn(
+            &pg.bin_dir,
+            "pg_restore",
+            &argv,
+            Stdio::null(),
+            Stdio::null(),
+        )
+        .map_err(|e| StepError::new("pg_restore", format!("cannot start pg_restore: {e}")))?;
+        let status = tokio::select! {
+            _ = job.cancel.cancelled() => {
+                tool.kill().await;
+                return Err(StepError::new("pg_restore", "the job was cancelled"));
+            }
+            s = tool.child.wait() => s,
+        };
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(StepError {
+                step: "pg_restore",
+                message: format!("pg_restore into {:?} failed ({s})", job.new_database),
+                stderr: tool.stderr.text(),
+            }),
+            Err(e) => Err(StepError::new(
+                "pg_restore",
+                format!("waiting for pg_restore: {e}"),
+            )),
+        }
+    }
+
+    async fn post_restore(&self, job: &Job, setup: &DestSetup) -> Result<(), StepError> {
+        if setup.post_sql.trim().is_empty() {
+            return Ok(());
+        }
+        job.advance(pb::Phase::PostRestore);
+        db::post_restore(
+            &self.config.postgres,
+            &job.new_database,
+            &setup.owner,
+            &setup.post_sql,
+        )
+        .await
+        .map_err(|e| StepError::new("post-restore SQL", e.0))
+    }
+
+    /// `Commit`: swap the restored database in.
+    pub async fn commit(&self, job_id: &str) -> Result<pb::CommitResponse, AgentError> {
+        let job = self
+            .get(job_id)
+            .filter(|j| j.side == Side::Dest)
+            .ok_or_else(|| AgentError::NotFound {
+                agent: self.config.name.clone(),
+                reason: format!("no destination job {job_id:?} here"),
+            })?;
+        if job.phase() != pb::Phase::Ready || !job.advance(pb::Phase::Committing) {
+            return Err(AgentError::FailedPrecondition {
+                agent: self.config.name.clone(),
+                reason: format!("job {job_id} is {:?}, not ready to commit", job.phase()),
+            });
+        }
+        match db::swap_in(&self.config.postgres, &job.new_database, &job.database).await {
+            Ok(previous) => {
+                job.advance(pb::Phase::Committed);
+                tracing::info!(job = %job.id, database = %job.database, %previous, "committed");
+                remove_work_dir(job.work_dir.as_deref()).await;
+                Ok(pb::CommitResponse {
+                    database: job.database.clone(),
+                    previous_database: previous,
+                })
+            }
+            Err(e) => {
+                // The swap is one transaction: nothing was renamed.
+                job.advance(pb::Phase::Failed);
+                let _ = db::drop_database(&self.config.postgres, &job.new_database).await;
+                remove_work_dir(job.work_dir.as_deref()).await;
+                Err(AgentError::Internal {
+                    agent: self.config.name.clone(),
+                    reason: format!("swap failed, the live database is unchanged: {e}"),
+                })
+            }
+        }
+    }
+
+    /// `Rollback`: the previous copy of `database` back in.
+    pub async fn rollback(&self, database: &str) -> Result<pb::RollbackResponse, AgentError> {
+        self.guard_overwrite(database)?;
+        if let Some(job) = self.busy(database) {
+            return Err(AgentError::FailedPrecondition {
+                agent: self.config.name.clone(),
+                reason: format!(
+                    "a refresh of {database:?} is running as job {job}; wait for it first"
+                ),
+            });
+        }
+        let previous = db::rollback(&self.config.postgres, database)
+            .await
+            .map_err(|e| AgentError::FailedPrecondition {
+                agent: self.config.name.clone(),
+                reason: e.0,
+            })?;
+        tracing::info!(database, %previous, "rolled back");
+        Ok(pb::RollbackResponse {
+            database: database.to_string(),
+            previous_database: previous,
+        })
+    }
+}
+
+/// A file name from the peer: one plain path component, nothing else.
+pub fn check_file_name(name: &str) -> Result<String, StepError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(StepError::new(
+            "stream",
+            format!("the source sent an unacceptable file name {name:?}"),
+        ))
+    }
+}
+
+pub async fn remove_work_dir(dir: Option<&Path>) {
+    if let Some(dir) = dir
+        && let Err(e) = tokio::fs::remove_dir_all(dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove the job's work directory");
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Removes what crashed jobs left in the work directory.
+pub async fn clean_work_dir(work_dir: &Path) {
+    let jobs: PathBuf = work_dir.join("jobs");
+    match tokio::fs::remove_dir_all(&jobs).await {
+        Ok(()) => tracing::info!(dir = %jobs.display(), "removed leftover job directories"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %jobs.display(), error = %e, "could not remove leftover job directories")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_file_name;
+
+    #[test]
+    fn file_names() {
+        for ok in ["toc.dat", "3456.dat", "blobs.toc", "blob_1234.dat"] {
+            assert!(check_file_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "/etc/passwd",
+            "..",
+            "a\0b",
+            &"x".repeat(65),
+        ] {
+            assert!(check_file_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

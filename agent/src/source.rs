@@ -1,0 +1,422 @@
+//! The source side of a refresh: `pg_dump`, framed and pushed to the
+//! destination agent over its own mutual-TLS connection.
+//!
+//! Backpressure runs end to end: frames go through a small bounded channel
+//! into the gRPC stream, whose HTTP/2 window fills when the destination
+//! stops reading, so a slow `pg_restore` slows `pg_dump` and memory stays
+//! flat.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+use stagesync_certs::channel::AgentTarget;
+use stagesync_certs::{Identity, ReloadingClientConfig};
+use stagesync_proto::AgentClient;
+use stagesync_proto::v1 as pb;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::dest::{StepError, remove_work_dir};
+use crate::error::AgentError;
+use crate::frames::{CHUNK, Encoder, MAX_MESSAGE};
+use crate::jobs::{Job, Jobs, Side};
+use crate::{args, db, pg, procs};
+
+/// Frames buffered between pg_dump and the network.
+const QUEUE: usize = 4;
+
+type Frames = mpsc::Sender<pb::DumpFrame>;
+
+fn frame(kind: pb::dump_frame::Kind) -> pb::DumpFrame {
+    pb::DumpFrame { kind: Some(kind) }
+}
+
+impl Jobs {
+    /// `StartDump`: checks the request and starts pushing.
+    pub async fn start_dump(
+        self: &Arc<Self>,
+        req: pb::StartDumpRequest,
+        client_tls: Arc<ReloadingClientConfig>,
+    ) -> Result<pb::StartDumpResponse, AgentError> {
+        let cfg = &self.config;
+        let invalid = |r: String| AgentError::InvalidArgument {
+            agent: cfg.name.clone(),
+            reason: r,
+        };
+        if !(8..=32).contains(&req.job_id.len())
+            || !req.job_id.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(invalid(format!(
+                "job id {:?} is not 8-32 hex digits",
+                req.job_id
+            )));
+        }
+        if !cfg.policy.may_dump.matches(&req.database) || req.database.starts_with("stagesync_") {
+            return Err(AgentError::PermissionDenied {
+                agent: cfg.name.clone(),
+                reason: format!(
+                    "direction guard: this agent may not dump database {:?} (policy.may_dump = {:?} in {})",
+                    req.database,
+                    cfg.policy.may_dump.patterns,
+                    cfg.source.display()
+                ),
+            });
+        }
+        let mode = pb::Mode::try_from(req.mode).unwrap_or(pb::Mode::Unspecified);
+        if mode == pb::Mode::Unspecified {
+            return Err(invalid("mode must be stream or parallel".into()));
+        }
+        if !(1..=64).contains(&req.jobs) {
+            return Err(invalid(format!("jobs must be 1 to 64, not {}", req.jobs)));
+        }
+        let dump = req.dump.clone().unwrap_or_default();
+        args::pg_dump(&cfg.postgres, &req.database, &dump, None).map_err(&invalid)?;
+        let dest: Identity = req
+            .dest_identity
+            .parse()
+            .map_err(|e| invalid(format!("destination identity: {e}")))?;
+        let exists = async {
+            let c = pg::connect(&cfg.postgres, "postgres")
+                .await
+                .map_err(|e| pg::error_chain(&e))?;
+            db::database_exists(&c, &req.database)
+                .await
+                .map_err(|e| e.0)
+        }
+        .await
+        .map_err(|e| AgentError::Internal {
+            agent: cfg.name.clone(),
+            reason: e,
+        })?;
+        if !exists {
+            return Err(AgentError::FailedPrecondition {
+                agent: cfg.name.clone(),
+                reason: format!("database {:?} does not exist here", req.database),
+            });
+        }
+        let work_dir =
+            (mode == pb::Mode::Parallel).then(|| cfg.work_dir.join("jobs").join(&req.job_id));
+        let job = Job::new(
+            &cfg.name,
+            &req.job_id,
+            Side::Source,
+            &req.database,
+            String::new(),
+            work_dir,
+            None,
+        );
+        self.insert(job.clone())
+            .map_err(|r| AgentError::FailedPrecondition {
+                agent: cfg.name.clone(),
+                reason: r,
+            })?;
+        self.spawn_supervisor(job.clone());
+        let jobs = self.clone();
+        let target = AgentTarget {
+            address: req.dest_address.clone(),
+            expected: Some(dest),
+        };
+        tokio::spawn(async move {
+            let _pipeline = job.pipeline.lock().await;
+            match jobs.push(&job, &req, mode, &dump, target, client_tls).await {
+                Ok(()) => {
+                    job.advance(pb::Phase::Sent);
+                    tracing::info!(job = %job.id, bytes = job.dumped.load(Ordering::Relaxed), "dump sent");
+                }
+                Err(e) => job.fail(e.step, e.message, e.stderr),
+            }
+            remove_work_dir(job.work_dir.as_deref()).await;
+        });
+        Ok(pb::StartDumpResponse {})
+    }
+
+    async fn push(
+        &self,
+        job: &Job,
+        req: &pb::StartDumpRequest,
+        mode: pb::Mode,
+        dump: &pb::DumpOptions,
+        target: AgentTarget,
+        tls: Arc<ReloadingClientConfig>,
+    ) -> Result<(), StepError> {
+        let channel = stagesync_certs::channel::channel(tls, &target).map_err(|e| StepError {
+            step: "connect",
+            message: e.to_string(),
+            stderr: String::new(),
+        })?;
+        let mut client = AgentClient::new(channel)
+            .max_encoding_message_size(MAX_MESSAGE)
+            .max_decoding_message_size(MAX_MESSAGE);
+        let compression = match pb::Compression::try_from(req.compression) {
+            Ok(pb::Compression::None) => pb::Compression::None,
+            _ => pb::Compression::Zstd,
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tx.send(frame(pb::dump_frame::Kind::Header(pb::DumpHeader {
+            job_id: req.job_id.clone(),
+            ticket: req.ticket.clone(),
+            mode: mode as i32,
+            compression: compression as i32,
+            source_database: req.database.clone(),
+        })))
+        .await
+        .map_err(|_| step("stream", "the stream closed before it started"))?;
+        let push = tokio::spawn(async move { client.push_dump(ReceiverStream::new(rx)).await });
+        let mut enc = Encoder::new(compression, self.config.faults.corrupt_frame);
+        let produced = match mode {
+            pb::Mode::Parallel => self.produce_parallel(job, req, dump, &mut enc, &tx).await,
+            _ => self.produce_stream(job, req, dump, &mut enc, &tx).await,
+        };
+        if produced.is_ok() {
+            let _ = tx
+                .send(frame(pb::dump_frame::Kind::Trailer(enc.trailer())))
+                .await;
+        }
+        drop(tx);
+        let answer = tokio::select! {
+            _ = job.cancel.cancelled() => return Err(step("stream", "the job was cancelled")),
+            a = push => a,
+        };
+        let answer = answer.map_err(|e| step("stream", format!("the push task failed: {e}")))?;
+        // The destination's verdict explains a refused or broken stream
+        // better than our side's view of it.
+        match (answer, produced) {
+            (Ok(_), Ok(())) => Ok(()),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(status), Err(e)) if e.step == "pg_dump" => Err(e.with_note(status.message())),
+            (Err(status), _) => Err(step(
+                "stream",
+                format!(
+                    "the destination agent {} refused or lost the stream: {}",
+                    target.address,
+                    status.message()
+                ),
+            )),
+        }
+    }
+
+    /// Stream mode: `pg_dump -Fc` stdout, chunked.
+    async fn produce_stream(
+        &self,
+        job: &Job,
+        req: &pb::StartDumpRequest,
+        dump: &pb::DumpOptions,
+        enc: &mut Encoder,
+        tx: &Frames,
+    ) -> Result<(), StepError> {
+        let pg = &self.config.postgres;
+        let argv = args::pg_dump(pg, &req.database, dump, None).map_err(|e| step("pg_dump", e))?;
+        let mut tool = procs::spawn(&pg.bin_dir, "pg_dump", &argv, Stdio::null(), Stdio::piped())
+            .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))?;
+        let mut out = tool
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| step("pg_dump", "no stdout"))?;
+        let sent = send_reader(job, &mut out, enc, tx).await;
+        if let Err(e) = sent {
+            tool.kill().await;
+            return Err(e);
+        }
+        finish_tool(job, &mut tool).await
+    }
+
+    /// Parallel mode: `pg_dump -Fd -j N`, each file shipped once pg_dump
+    /// closes it, `toc.dat` last.
+    async fn produce_parallel(
+        &self,
+        job: &Job,
+        req: &pb::StartDumpRequest,
+        dump: &pb::DumpOptions,
+        enc: &mut Encoder,
+        tx: &Frames,
+    ) -> Result<(), StepError> {
+        let dir = job
+            .work_dir
+            .as_ref()
+            .map(|d| d.join("dump"))
+            .ok_or_else(|| step("pg_dump", "parallel job without a work directory"))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| step("pg_dump", format!("cannot create {}: {e}", dir.display())))?;
+        let inotify =
+            inotify::Inotify::init().map_err(|e| step("pg_dump", format!("inotify: {e}")))?;
+        inotify
+            .watches()
+            .add(&dir, inotify::WatchMask::CLOSE_WRITE)
+            .map_err(|e| step("pg_dump", format!("inotify on {}: {e}", dir.display())))?;
+        let mut events = inotify
+            .into_event_stream(vec![0u8; 4096])
+            .map_err(|e| step("pg_dump", format!("inotify: {e}")))?;
+        let pg = &self.config.postgres;
+        let argv = args::pg_dump(pg, &req.database, dump, Some((&dir, req.jobs)))
+            .map_err(|e| step("pg_dump", e))?;
+        let mut tool = procs::spawn(&pg.bin_dir, "pg_dump", &argv, Stdio::null(), Stdio::null())
+            .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))?;
+        let mut shipped: HashSet<String> = HashSet::new();
+        let status = loop {
+            tokio::select! {
+                _ = job.cancel.cancelled() => {
+                    tool.kill().await;
+                    return Err(step("pg_dump", "the job was cancelled"));
+                }
+                ev = events.next() => {
+                    if let Some(Ok(ev)) = ev
+                        && let Some(name) = ev.name.and_then(|n| n.to_str().map(str::to_string))
+                        && name != "toc.dat"
+                        && !shipped.contains(&name)
+                    {
+                        if let Err(e) = send_file(job, &dir, &name, enc, tx).await {
+                            tool.kill().await;
+                            return Err(e);
+                        }
+                        shipped.insert(name);
+                    }
+                }
+                s = tool.child.wait() => break s,
+            }
+        };
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                return Err(StepError {
+                    step: "pg_dump",
+                    message: format!("pg_dump of {:?} failed ({s})", req.database),
+                    stderr: tool.stderr.text(),
+                });
+            }
+            Err(e) => return Err(step("pg_dump", format!("waiting for pg_dump: {e}"))),
+        }
+        let mut rest: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(|e| step("pg_dump", format!("reading {}: {e}", dir.display())))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !shipped.contains(n) && n != "toc.dat")
+            .collect();
+        rest.sort();
+        rest.push("toc.dat".to_string());
+        for name in rest {
+            send_file(job, &dir, &name, enc, tx).await?;
+        }
+        Ok(())
+    }
+}
+
+fn step(step: &'static str, message: impl Into<String>) -> StepError {
+    StepError {
+        step,
+        message: message.into(),
+        stderr: String::new(),
+    }
+}
+
+impl StepError {
+    fn with_note(mut self, note: &str) -> Self {
+        self.message = format!("{} (destination: {note})", self.message);
+        self
+    }
+}
+
+async fn send(job: &Job, tx: &Frames, f: pb::DumpFrame) -> Result<(), StepError> {
+    tokio::select! {
+        _ = job.cancel.cancelled() => Err(step("stream", "the job was cancelled")),
+        r = tx.send(f) => r.map_err(|_| step("stream", "the destination agent closed the stream")),
+    }
+}
+
+/// Reads `r` to the end in chunks and sends them as data frames.
+async fn send_reader(
+    job: &Job,
+    r: &mut (impl AsyncRead + Unpin),
+    enc: &mut Encoder,
+    tx: &Frames,
+) -> Result<u64, StepError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < CHUNK {
+            let n = tokio::select! {
+                _ = job.cancel.cancelled() => return Err(step("pg_dump", "the job was cancelled")),
+                n = r.read(&mut buf[filled..]) => n.map_err(|e| step("pg_dump", format!("reading the dump: {e}")))?,
+            };
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        let data = enc
+            .data(&buf[..filled])
+            .map_err(|e| step("stream", format!("compressing: {e}")))?;
+        job.dumped.fetch_add(filled as u64, Ordering::Relaxed);
+        job.sent
+            .fetch_add(data.payload.len() as u64, Ordering::Relaxed);
+        total += filled as u64;
+        send(job, tx, frame(pb::dump_frame::Kind::Data(data))).await?;
+        if filled < CHUNK {
+            return Ok(total);
+        }
+    }
+}
+
+async fn send_file(
+    job: &Job,
+    dir: &Path,
+    name: &str,
+    enc: &mut Encoder,
+    tx: &Frames,
+) -> Result<(), StepError> {
+    let path: PathBuf = dir.join(name);
+    let mut f = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| step("pg_dump", format!("opening {}: {e}", path.display())))?;
+    send(
+        job,
+        tx,
+        frame(pb::dump_frame::Kind::FileStart(pb::FileStart {
+            name: name.to_string(),
+        })),
+    )
+    .await?;
+    let size = send_reader(job, &mut f, enc, tx).await?;
+    send(
+        job,
+        tx,
+        frame(pb::dump_frame::Kind::FileEnd(pb::FileEnd {
+            name: name.to_string(),
+            size,
+        })),
+    )
+    .await?;
+    drop(f);
+    // Shipped: free the source's disk as we go.
+    let _ = tokio::fs::remove_file(&path).await;
+    Ok(())
+}
+
+async fn finish_tool(job: &Job, tool: &mut procs::Tool) -> Result<(), StepError> {
+    let status = tokio::select! {
+        _ = job.cancel.cancelled() => {
+            tool.kill().await;
+            return Err(step(tool.name, "the job was cancelled"));
+        }
+        s = tool.child.wait() => s,
+    };
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(StepError {
+            step: tool.name,
+            message: format!("{} exited with {s}", tool.name),
+            stderr: tool.stderr.text(),
+        }),
+        Err(e) => Err(step(tool.name, format!("waiting for {}: {e}", tool.name))),
+    }
+}

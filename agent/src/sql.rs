@@ -1,0 +1,128 @@
+//! SQL text built by the agent: identifiers are always quoted, values are
+//! always literals, and stagesync's own database names are recognisable.
+
+use sha2::{Digest, Sha256};
+
+/// `"name"` with embedded quotes doubled: safe for any identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A string literal that is correct whatever `standard_conforming_strings` is.
+pub fn literal(value: &str) -> String {
+    let doubled = value.replace('\'', "''");
+    if value.contains('\\') {
+        format!("E'{}'", doubled.replace('\\', "\\\\"))
+    } else {
+        format!("'{doubled}'")
+    }
+}
+
+/// Prefix of the databases a job restores into before the swap.
+pub const NEW_PREFIX: &str = "stagesync_new_";
+/// Prefix of the previous copies kept for rollback.
+pub const PREVIOUS_PREFIX: &str = "stagesync_prev_";
+/// PostgreSQL truncates identifiers to 63 bytes; we never rely on that.
+const MAX_IDENT: usize = 63;
+
+/// The database a job restores into.
+pub fn new_database(job_id: &str) -> String {
+    format!("{NEW_PREFIX}{job_id}")
+}
+
+/// The name a live database keeps for rollback after a swap.
+pub fn previous_database(live: &str) -> String {
+    with_prefix(PREVIOUS_PREFIX, live)
+}
+
+/// A transient name used while swapping back.
+pub fn swap_database(live: &str) -> String {
+    with_prefix("stagesync_swap_", live)
+}
+
+fn with_prefix(prefix: &str, live: &str) -> String {
+    let plain = format!("{prefix}{live}");
+    if plain.len() <= MAX_IDENT {
+        return plain;
+    }
+    // Too long: keep a readable head and make it unique with a hash.
+    let hash = hex::encode(&Sha256::digest(live.as_bytes())[..6]);
+    let mut head = String::new();
+    for c in live.chars() {
+        if prefix.len() + head.len() + c.len_utf8() + 1 + hash.len() > MAX_IDENT {
+            break;
+        }
+        head.push(c);
+    }
+    format!("{prefix}{head}_{hash}")
+}
+
+/// Replaces `${NAME}` with the quoted literal of `params[NAME]`.
+/// `$${` stays a literal `${`.
+pub fn substitute(
+    sql: &str,
+    params: &std::collections::HashMap<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(pos) = rest.find("${") {
+        if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
+            out.push_str(&rest[..pos - 1]);
+            out.push_str("${");
+            rest = &rest[pos + 2..];
+            continue;
+        }
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed ${ in the post-restore SQL".to_string())?;
+        let name = &after[..end];
+        let value = params.get(name).ok_or_else(|| {
+            format!("the post-restore SQL uses ${{{name}}}, but no value for {name} was sent")
+        })?;
+        out.push_str(&literal(value));
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(ident("my \"db\""), "\"my \"\"db\"\"\"");
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("a\\'b"), "E'a\\\\''b'");
+    }
+
+    #[test]
+    fn names_fit() {
+        let long = "x".repeat(63);
+        let p = previous_database(&long);
+        assert!(p.len() <= 63 && p.starts_with(PREVIOUS_PREFIX));
+        assert_ne!(previous_database(&long), previous_database(&"x".repeat(62)));
+        assert_eq!(previous_database("stage"), "stagesync_prev_stage");
+        let uni = "é".repeat(40);
+        assert!(previous_database(&uni).len() <= 63);
+    }
+
+    #[test]
+    fn substitution() {
+        let params = HashMap::from([("SECRET".to_string(), "o'hara".to_string())]);
+        assert_eq!(
+            substitute("UPDATE t SET s = ${SECRET}, d = '$${x}'", &params).unwrap(),
+            "UPDATE t SET s = 'o''hara', d = '${x}'"
+        );
+        assert!(
+            substitute("SELECT ${MISSING}", &params)
+                .unwrap_err()
+                .contains("MISSING")
+        );
+        assert!(substitute("SELECT ${OPEN", &params).is_err());
+    }
+}

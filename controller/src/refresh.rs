@@ -1,0 +1,527 @@
+//! One database refresh, end to end, driven from the controller.
+//!
+//! Preflight (both agents, versions, policy, owner role, disk), then the
+//! destination prepares a fresh database, the source dumps and pushes to the
+//! destination directly, the controller watches both and commits only when
+//! the destination reports the restore verified and finished. Any failure
+//! aborts both sides; the live database is untouched until the commit, and
+//! the commit is one transaction on the destination.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use stagesync_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+use crate::client::{self, AgentTarget, ClientError, ClientTls};
+use crate::status;
+
+/// Everything one pair's refresh needs.
+#[derive(Clone, Debug)]
+pub struct PairSpec {
+    pub source: AgentTarget,
+    pub source_db: String,
+    pub dest: AgentTarget,
+    pub dest_db: String,
+    pub owner: String,
+    pub mode: pb::Mode,
+    /// Workers for parallel mode.
+    pub jobs: u32,
+    pub dump: pb::DumpOptions,
+    pub restore: pb::RestoreOptions,
+    pub post_restore_sql: String,
+    /// Values for `${NAME}` in the post-restore SQL (secrets: never logged).
+    pub params: HashMap<String, String>,
+    /// zstd on the wire (on by default).
+    pub compress: bool,
+}
+
+impl PairSpec {
+    pub fn new(
+        source: AgentTarget,
+        source_db: &str,
+        dest: AgentTarget,
+        dest_db: &str,
+        owner: &str,
+    ) -> Self {
+        PairSpec {
+            source,
+            source_db: source_db.to_string(),
+            dest,
+            dest_db: dest_db.to_string(),
+            owner: owner.to_string(),
+            mode: pb::Mode::Stream,
+            jobs: 2,
+            dump: pb::DumpOptions::default(),
+            restore: pb::RestoreOptions::default(),
+            post_restore_sql: String::new(),
+            params: HashMap::new(),
+            compress: true,
+        }
+    }
+}
+
+/// What a refresh reports while it runs.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Preflight {
+        source_size: u64,
+    },
+    Prepared {
+        job_id: String,
+        new_database: String,
+    },
+    Progress {
+        source: Option<Box<pb::JobStatus>>,
+        dest: Option<Box<pb::JobStatus>>,
+    },
+    Committed {
+        database: String,
+        previous: String,
+    },
+}
+
+/// A finished refresh.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub job_id: String,
+    pub database: String,
+    pub previous: String,
+    pub bytes_dumped: u64,
+    pub bytes_sent: u64,
+    pub bytes_restored: u64,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// Refused before anything changed.
+    #[error("preflight: {0}")]
+    Preflight(String),
+    #[error(transparent)]
+    Agent(#[from] ClientError),
+    /// A step failed on an agent; the destination is as it was.
+    #[error("{step} failed on {host}: {message}{}", tail(.stderr_tail))]
+    Job {
+        step: String,
+        host: String,
+        message: String,
+        stderr_tail: String,
+    },
+    /// An agent stopped answering mid-job.
+    #[error("lost contact with {0} during the refresh: {1}")]
+    Lost(String, String),
+}
+
+fn tail(t: &str) -> String {
+    if t.trim().is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n  last lines of its output:\n    {}",
+            t.trim().replace('\n', "\n    ")
+        )
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Checks both agents and the pair before anything changes.
+pub async fn preflight<T: ClientTls>(
+    tls: Arc<T>,
+    spec: &PairSpec,
+) -> Result<(pb::InfoResponse, pb::InfoResponse), RefreshError> {
+    let (src, dst) = tokio::join!(
+        status::info(tls.clone(), &spec.source),
+        status::info(tls.clone(), &spec.dest)
+    );
+    let (src, dst) = (src?, dst?);
+    let fail = |m: String| Err(RefreshError::Preflight(m));
+    let spg = src.postgres.clone().unwrap_or_default();
+    let dpg = dst.postgres.clone().unwrap_or_default();
+    if !spg.reachable {
+        return fail(format!(
+            "source agent {}: PostgreSQL: {}",
+            src.name, spg.error
+        ));
+    }
+    if !dpg.reachable {
+        return fail(format!(
+            "destination agent {}: PostgreSQL: {}",
+            dst.name, dpg.error
+        ));
+    }
+    let Some(sdb) = spg.databases.iter().find(|d| d.name == spec.source_db) else {
+        return fail(format!(
+            "database {:?} does not exist on the source agent {}",
+            spec.source_db, src.name
+        ));
+    };
+    if !sdb.may_dump {
+        return fail(format!(
+            "direction guard: the source agent {} may not dump {:?} (its policy.may_dump)",
+            src.name, spec.source_db
+        ));
+    }
+    if let Some(d) = dpg.databases.iter().find(|d| d.name == spec.dest_db)
+        && !d.may_overwrite
+    {
+        return fail(format!(
+            "direction guard: the destination agent {} may not overwrite {:?} (its policy.may_overwrite)",
+            dst.name, spec.dest_db
+        ));
+    }
+    if !dpg.roles.iter().any(|r| r == &spec.owner) {
+        return fail(format!(
+            "the owner role {:?} does not exist on the destination agent {}: create it first",
+            spec.owner, dst.name
+        ));
+    }
+    let stools = src.tools.clone().unwrap_or_default();
+    let dtools = dst.tools.clone().unwrap_or_default();
+    if stools.pg_dump_major == 0 || dtools.pg_restore_major == 0 {
+        return fail(format!(
+            "cannot tell the tool versions (source pg_dump: {:?}, destination pg_restore: {:?})",
+            stools.pg_dump_version, dtools.pg_restore_version
+        ));
+    }
+    if dtools.pg_restore_major < stools.pg_dump_major {
+        return fail(format!(
+            "pg_restore {} on {} cannot read what pg_dump {} on {} writes: upgrade the destination's client tools",
+            dtools.pg_restore_major, dst.name, stools.pg_dump_major, src.name
+        ));
+    }
+    // A second copy of the database must fit next to the live one.
+    let need = sdb.size_bytes + sdb.size_bytes / 10;
+    if dpg.data_dir_free_bytes > 0 && dpg.data_dir_free_bytes < need {
+        return fail(format!(
+            "the destination {} has {} MiB free where PostgreSQL keeps its data; a copy of {:?} needs about {} MiB",
+            dst.name,
+            dpg.data_dir_free_bytes >> 20,
+            spec.source_db,
+            need >> 20
+        ));
+    }
+    if spec.mode == pb::Mode::Parallel {
+        for (info, side) in [(&src, "source"), (&dst, "destination")] {
+            let free = info.work_dir.as_ref().map(|w| w.free_bytes).unwrap_or(0);
+            if free > 0 && free < need {
+                return fail(format!(
+                    "parallel mode lands the dump in the {side} agent {}'s work directory, which has {} MiB free; it needs about {} MiB",
+                    info.name,
+                    free >> 20,
+                    need >> 20
+                ));
+            }
+        }
+    }
+    Ok((src, dst))
+}
+
+enum Side {
+    Source,
+    Dest,
+}
+
+/// Forwards a job's status stream into `tx` until it ends.
+async fn watch<T: ClientTls>(
+    tls: Arc<T>,
+    target: AgentTarget,
+    job_id: String,
+    side: Side,
+    tx: mpsc::Sender<(u8, Result<Option<pb::JobStatus>, String>)>,
+) {
+    let tag = match side {
+        Side::Source => 0,
+        Side::Dest => 1,
+    };
+    let stream = async {
+        let mut c = client::connect(tls, &target)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp = c
+            .watch_job(pb::WatchJobRequest { job_id })
+            .await
+            .map_err(|s| client::explain(&target, &s).to_string())?;
+        Ok::<_, String>(resp.into_inner())
+    }
+    .await;
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send((tag, Err(e))).await;
+            return;
+        }
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(s)) => {
+                if tx.send((tag, Ok(Some(s)))).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                let _ = tx.send((tag, Ok(None))).await;
+                return;
+            }
+            Err(status) => {
+                let _ = tx
+                    .send((tag, Err(client::explain(&target, &status).to_string())))
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+fn phase(s: &pb::JobStatus) -> pb::Phase {
+    pb::Phase::try_from(s.phase).unwrap_or(pb::Phase::Unspecified)
+}
+
+fn failed(s: &pb::JobStatus) -> bool {
+    matches!(phase(s), pb::Phase::Failed | pb::Phase::Aborted)
+}
+
+/// Picks the error that explains a failure best: a tool or SQL failure over
+/// the stream breaking, which is usually its consequence.
+fn best_error(
+    source: Option<&pb::JobStatus>,
+    dest: Option<&pb::JobStatus>,
+) -> Option<pb::JobError> {
+    let errs: Vec<pb::JobError> = [source, dest]
+        .into_iter()
+        .flatten()
+        .filter(|s| failed(s))
+        .filter_map(|s| s.error.clone())
+        .collect();
+    errs.iter()
+        .find(|e| e.step != "stream" && e.step != "abort")
+        .or_else(|| errs.iter().find(|e| e.step != "abort"))
+        .or(errs.first())
+        .cloned()
+}
+
+async fn abort_both<T: ClientTls>(tls: Arc<T>, spec: &PairSpec, job_id: &str, reason: &str) {
+    for target in [&spec.source, &spec.dest] {
+        if let Ok(mut c) = client::connect(tls.clone(), target).await {
+            let mut req = tonic::Request::new(pb::AbortRequest {
+                job_id: job_id.to_string(),
+                reason: reason.to_string(),
+            });
+            req.set_timeout(Duration::from_secs(10));
+            let _ = c.abort(req).await;
+        }
+    }
+}
+
+/// Refreshes `spec.dest_db` from `spec.source_db`.
+pub async fn refresh<T: ClientTls>(
+    tls: Arc<T>,
+    spec: &PairSpec,
+    mut on_event: impl FnMut(Event),
+) -> Result<Report, RefreshError> {
+    let started = Instant::now();
+    let (src_info, dst_info) = preflight(tls.clone(), spec).await?;
+    let source_size = src_info
+        .postgres
+        .as_ref()
+        .and_then(|p| p.databases.iter().find(|d| d.name == spec.source_db))
+        .map(|d| d.size_bytes)
+        .unwrap_or(0);
+    on_event(Event::Preflight { source_size });
+
+    let job_id = random_hex(8);
+    let ticket = random_hex(32);
+    let call_err = |t: &AgentTarget, s: tonic::Status| RefreshError::Agent(client::explain(t, &s));
+    let mut dest = client::connect(tls.clone(), &spec.dest).await?;
+    let prepared = dest
+        .prepare_restore(pb::PrepareRestoreRequest {
+            job_id: job_id.clone(),
+            database: spec.dest_db.clone(),
+            owner: spec.owner.clone(),
+            mode: spec.mode as i32,
+            jobs: spec.jobs,
+            restore: Some(spec.restore.clone()),
+            post_restore_sql: spec.post_restore_sql.clone(),
+            params: spec.params.clone(),
+            ticket: ticket.clone(),
+            source_identity: src_info.identity.clone(),
+        })
+        .await
+        .map_err(|s| call_err(&spec.dest, s))?
+        .into_inner();
+    on_event(Event::Prepared {
+        job_id: job_id.clone(),
+        new_database: prepared.new_database.clone(),
+    });
+
+    let (tx, mut rx) = mpsc::channel(16);
+    tokio::spawn(watch(
+        tls.clone(),
+        spec.dest.clone(),
+        job_id.clone(),
+        Side::Dest,
+        tx.clone(),
+    ));
+    let mut source = client::connect(tls.clone(), &spec.source).await?;
+    let started_dump = source
+        .start_dump(pb::StartDumpRequest {
+            job_id: job_id.clone(),
+            database: spec.source_db.clone(),
+            mode: spec.mode as i32,
+            jobs: spec.jobs,
+            dump: Some(spec.dump.clone()),
+            dest_address: spec.dest.address.clone(),
+            dest_identity: dst_info.identity.clone(),
+            ticket,
+            compression: if spec.compress {
+                pb::Compression::Zstd as i32
+            } else {
+                pb::Compression::None as i32
+            },
+        })
+        .await;
+    if let Err(s) = started_dump {
+        abort_both(tls.clone(), spec, &job_id, "the dump could not start").await;
+        return Err(call_err(&spec.source, s));
+    }
+    tokio::spawn(watch(
+        tls.clone(),
+        spec.source.clone(),
+        job_id.clone(),
+        Side::Source,
+        tx,
+    ));
+
+    let mut last_src: Option<pb::JobStatus> = None;
+    let mut last_dst: Option<pb::JobStatus> = None;
+    let mut source_done = false;
+    loop {
+        let Some((tag, msg)) = rx.recv().await else {
+            abort_both(
+                tls.clone(),
+                spec,
+                &job_id,
+                "the controller lost both agents",
+            )
+            .await;
+            return Err(RefreshError::Lost("both agents".into(), "no status".into()));
+        };
+        match msg {
+            Ok(Some(status)) => {
+                if tag == 0 {
+                    source_done = phase(&status) == pb::Phase::Sent;
+                    last_src = Some(status);
+                } else {
+                    last_dst = Some(status);
+                }
+                on_event(Event::Progress {
+                    source: last_src.clone().map(Box::new),
+                    dest: last_dst.clone().map(Box::new),
+                });
+            }
+            Ok(None) if tag == 0 && source_done => continue,
+            Ok(None) | Err(_) => {
+                let (who, target) = if tag == 0 {
+                    ("the source agent", &spec.source)
+                } else {
+                    ("the destination agent", &spec.dest)
+                };
+                let why = match msg {
+                    Err(e) => e,
+                    _ => "its status stream ended".to_string(),
+                };
+                // A failed side usually reported why before its stream ended.
+                if let Some(e) = best_error(last_src.as_ref(), last_dst.as_ref()) {
+                    abort_both(tls.clone(), spec, &job_id, &e.message).await;
+                    return Err(job_error(e));
+                }
+                abort_both(tls.clone(), spec, &job_id, &format!("lost {who}")).await;
+                return Err(RefreshError::Lost(format!("{who} {}", target.label()), why));
+            }
+        }
+        let src_failed = last_src.as_ref().is_some_and(failed);
+        let dst_failed = last_dst.as_ref().is_some_and(failed);
+        if src_failed || dst_failed {
+            // Give the other side a moment to report its view, then choose.
+            let deadline = tokio::time::sleep(Duration::from_secs(2));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => break,
+                    m = rx.recv() => match m {
+                        Some((0, Ok(Some(s)))) => last_src = Some(s),
+                        Some((1, Ok(Some(s)))) => last_dst = Some(s),
+                        Some(_) => {}
+                        None => break,
+                    },
+                }
+                if last_src.as_ref().is_some_and(failed) && last_dst.as_ref().is_some_and(failed) {
+                    break;
+                }
+            }
+            let e = best_error(last_src.as_ref(), last_dst.as_ref()).unwrap_or(pb::JobError {
+                step: "refresh".into(),
+                host: String::new(),
+                message: "failed without a reason".into(),
+                stderr_tail: String::new(),
+            });
+            abort_both(tls.clone(), spec, &job_id, &format!("{} failed", e.step)).await;
+            return Err(job_error(e));
+        }
+        if last_dst.as_ref().map(phase) == Some(pb::Phase::Ready) {
+            let committed = dest
+                .commit(pb::CommitRequest {
+                    job_id: job_id.clone(),
+                })
+                .await
+                .map_err(|s| call_err(&spec.dest, s))?
+                .into_inner();
+            on_event(Event::Committed {
+                database: committed.database.clone(),
+                previous: committed.previous_database.clone(),
+            });
+            let s = last_src.unwrap_or_default();
+            let d = last_dst.unwrap_or_default();
+            return Ok(Report {
+                job_id,
+                database: committed.database,
+                previous: committed.previous_database,
+                bytes_dumped: s.bytes_dumped,
+                bytes_sent: s.bytes_sent,
+                bytes_restored: d.bytes_restored,
+                elapsed: started.elapsed(),
+            });
+        }
+    }
+}
+
+fn job_error(e: pb::JobError) -> RefreshError {
+    RefreshError::Job {
+        step: e.step,
+        host: e.host,
+        message: e.message,
+        stderr_tail: e.stderr_tail,
+    }
+}
+
+/// Swaps the previous copy of `database` back in on `dest`.
+pub async fn rollback<T: ClientTls>(
+    tls: Arc<T>,
+    dest: &AgentTarget,
+    database: &str,
+) -> Result<pb::RollbackResponse, RefreshError> {
+    let mut c = client::connect(tls, dest).await?;
+    c.rollback(pb::RollbackRequest {
+        database: database.to_string(),
+    })
+    .await
+    .map(|r| r.into_inner())
+    .map_err(|s| RefreshError::Agent(client::explain(dest, &s)))
+}

@@ -1,0 +1,147 @@
+//! Test data and the ways tests compare databases.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::PgCluster;
+
+/// A database with what a web app's database has: several schemas, an
+/// extension from contrib, sequences, foreign keys, views, functions,
+/// triggers, a 100k-row table and a bytea table.
+pub const RICH_SCHEMA: &str = r#"
+CREATE EXTENSION pgcrypto;
+CREATE SCHEMA app;
+CREATE SCHEMA audit;
+CREATE TABLE app.users (
+    id bigserial PRIMARY KEY,
+    email text NOT NULL UNIQUE,
+    created timestamptz NOT NULL DEFAULT '2024-01-01 00:00:00+00'
+);
+CREATE TABLE app.posts (
+    id serial PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES app.users(id) ON DELETE CASCADE,
+    title text NOT NULL,
+    body text
+);
+CREATE INDEX posts_user_idx ON app.posts(user_id);
+CREATE TABLE app.images (id int PRIMARY KEY, data bytea NOT NULL, digest text);
+CREATE TABLE audit.log (id bigserial PRIMARY KEY, tbl text, op text);
+CREATE SEQUENCE app.invoice_seq START 1000;
+CREATE FUNCTION audit.record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO audit.log(tbl, op) VALUES (TG_TABLE_NAME, TG_OP);
+  RETURN NEW;
+END $$;
+CREATE TRIGGER posts_audit AFTER INSERT ON app.posts FOR EACH ROW EXECUTE FUNCTION audit.record();
+CREATE FUNCTION app.post_count(uid bigint) RETURNS bigint LANGUAGE sql STABLE
+  AS $$ SELECT count(*) FROM app.posts WHERE user_id = uid $$;
+CREATE VIEW app.user_stats AS
+  SELECT u.id, u.email, app.post_count(u.id) AS posts FROM app.users u;
+CREATE TABLE public.socialaccount_socialapp (
+    id serial PRIMARY KEY, provider text, client_id text, secret text
+);
+INSERT INTO app.users(email) SELECT 'user' || g || '@example.com' FROM generate_series(1, 2000) g;
+INSERT INTO app.posts(user_id, title, body)
+  SELECT 1 + (g % 2000), 'post ' || g, repeat(md5(g::text), 3) FROM generate_series(1, 100000) g;
+INSERT INTO app.images SELECT g, gen_random_bytes(512) || decode(md5(g::text), 'hex'), NULL FROM generate_series(1, 300) g;
+UPDATE app.images SET digest = encode(digest(data, 'sha256'), 'hex');
+SELECT nextval('app.invoice_seq') FROM generate_series(1, 42);
+INSERT INTO public.socialaccount_socialapp(provider, client_id, secret) VALUES ('github', 'prod-id', 'prod-secret');
+"#;
+
+/// Creates `db` owned by a role of the same name (made if missing) and loads
+/// [`RICH_SCHEMA`] into it.
+pub async fn seed_rich(cluster: &PgCluster, db: &str) -> anyhow::Result<()> {
+    cluster
+        .exec("postgres", &format!("CREATE DATABASE \"{db}\""))
+        .await?;
+    cluster.exec(db, RICH_SCHEMA).await
+}
+
+/// `md5` of every user table's rows, in key order, by qualified name.
+pub async fn content_hashes(
+    cluster: &PgCluster,
+    db: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let c = cluster.client(db).await?;
+    let tables = c
+        .query(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+            &[],
+        )
+        .await?;
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let name: String = t.get(0);
+        let row = c
+            .query_one(
+                &format!("SELECT count(*)::text || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {name} t"),
+                &[],
+            )
+            .await
+            .with_context(|| format!("hashing {name}"))?;
+        out.insert(name, row.get(0));
+    }
+    Ok(out)
+}
+
+/// `pg_dump --schema-only` without owners and privileges, and without the
+/// version header, so two databases restored by different roles compare.
+pub fn schema_dump(cluster: &PgCluster, db: &str) -> anyhow::Result<String> {
+    let out = Command::new(cluster.bin_dir.join("pg_dump"))
+        .arg(format!("--host={}", cluster.socket_dir.display()))
+        .arg(format!("--port={}", cluster.port))
+        .args([
+            "--username=postgres",
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+        ])
+        .arg(format!("--dbname={db}"))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        // Version lines, and the random key of \restrict (newer pg_dump).
+        .filter(|l| {
+            !l.starts_with("-- Dumped")
+                && !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// Objects in user schemas (and the schemas themselves) not owned by `role`.
+pub async fn objects_not_owned_by(
+    cluster: &PgCluster,
+    db: &str,
+    role: &str,
+) -> anyhow::Result<Vec<String>> {
+    let c = cluster.client(db).await?;
+    let rows = c
+        .query(
+            "SELECT 'relation ' || c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+               AND pg_get_userbyid(c.relowner) <> $1 \
+             UNION ALL SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+               WHERE n.nspname NOT IN ('pg_catalog','information_schema') AND pg_get_userbyid(p.proowner) <> $1 \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') \
+             UNION ALL SELECT 'schema ' || nspname FROM pg_namespace \
+               WHERE nspname NOT IN ('pg_catalog','information_schema','public') AND nspname NOT LIKE 'pg_%' \
+               AND pg_get_userbyid(nspowner) <> $1 \
+             UNION ALL SELECT 'extension ' || extname FROM pg_extension WHERE extname <> 'plpgsql' AND pg_get_userbyid(extowner) <> $1",
+            &[&role],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

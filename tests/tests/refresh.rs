@@ -1,0 +1,313 @@
+//! Database refreshes between two real agents over mutual TLS, on two real
+//! PostgreSQL clusters.
+
+use std::sync::Arc;
+
+use stagesync_certs::ReloadingClientConfig;
+use stagesync_controller::refresh::{PairSpec, RefreshError, refresh, rollback};
+use stagesync_harness::fixtures::{content_hashes, objects_not_owned_by, schema_dump, seed_rich};
+use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
+use stagesync_proto::v1 as pb;
+
+struct Fleet {
+    src: PgCluster,
+    dst: PgCluster,
+    _pki: TestPki,
+    prod: TestAgent,
+    staging: TestAgent,
+    tls: Arc<ReloadingClientConfig>,
+}
+
+/// Production with the rich database, staging with an older `stage`.
+async fn fleet() -> Fleet {
+    stagesync_harness::init_tracing();
+    let src = PgCluster::start().unwrap();
+    let dst = PgCluster::start().unwrap();
+    seed_rich(&src, "production").await.unwrap();
+    dst.exec("postgres", "CREATE ROLE stage LOGIN")
+        .await
+        .unwrap();
+    dst.exec("postgres", "CREATE DATABASE stage OWNER stage")
+        .await
+        .unwrap();
+    dst.exec(
+        "stage",
+        "CREATE TABLE old_data (id int); INSERT INTO old_data VALUES (1), (2)",
+    )
+    .await
+    .unwrap();
+    let pki = TestPki::new().unwrap();
+    let mut p = AgentSpec::new("prod-db");
+    p.may_dump = vec!["production".into()];
+    let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
+    let mut s = AgentSpec::new("staging-db");
+    s.may_overwrite = vec!["stage*".into(), "Stage *".into()];
+    s.peers = vec!["prod-db".into()];
+    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
+    let tls = pki.controller_tls("ops").unwrap();
+    Fleet {
+        src,
+        dst,
+        _pki: pki,
+        prod,
+        staging,
+        tls,
+    }
+}
+
+impl Fleet {
+    fn spec(&self) -> PairSpec {
+        PairSpec::new(
+            self.prod.target(),
+            "production",
+            self.staging.target(),
+            "stage",
+            "stage",
+        )
+    }
+
+    async fn databases(&self) -> Vec<String> {
+        let c = self.dst.client("postgres").await.unwrap();
+        c.query("SELECT datname::text FROM pg_database ORDER BY 1", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}
+
+async fn assert_identical(f: &Fleet) {
+    assert_eq!(
+        content_hashes(&f.src, "production").await.unwrap(),
+        content_hashes(&f.dst, "stage").await.unwrap(),
+        "same content"
+    );
+    assert_eq!(
+        schema_dump(&f.src, "production").unwrap(),
+        schema_dump(&f.dst, "stage").unwrap(),
+        "same schema"
+    );
+    let foreign = objects_not_owned_by(&f.dst, "stage", "stage")
+        .await
+        .unwrap();
+    assert!(
+        foreign.is_empty(),
+        "objects not owned by stage: {foreign:?}"
+    );
+    // Sequences continue where production's stopped.
+    let c = f.dst.client("stage").await.unwrap();
+    let next: i64 = c
+        .query_one("SELECT nextval('app.invoice_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 1042);
+    let next_user: i64 = c
+        .query_one(
+            "INSERT INTO app.users(email) VALUES ('new@example.com') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next_user, 2001);
+}
+
+async fn refresh_and_compare(mode: pb::Mode) {
+    let f = fleet().await;
+    let mut spec = f.spec();
+    spec.mode = mode;
+    let mut events = 0;
+    let report = refresh(f.tls.clone(), &spec, |_| events += 1)
+        .await
+        .expect("refresh succeeds");
+    assert!(events >= 3);
+    assert_eq!(report.database, "stage");
+    assert_eq!(report.previous, "stagesync_prev_stage");
+    assert!(report.bytes_restored > 1_000_000, "{report:?}");
+    assert_identical(&f).await;
+    // The old content is kept as the previous copy; nothing else is left.
+    let dbs = f.databases().await;
+    assert!(dbs.contains(&"stagesync_prev_stage".to_string()), "{dbs:?}");
+    assert!(
+        !dbs.iter().any(|d| d.starts_with("stagesync_new_")),
+        "{dbs:?}"
+    );
+    let old = f.dst.client("stagesync_prev_stage").await.unwrap();
+    let n: i64 = old
+        .query_one("SELECT count(*) FROM old_data", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_mode_arrives_identical() {
+    refresh_and_compare(pb::Mode::Stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_mode_arrives_identical() {
+    refresh_and_compare(pb::Mode::Parallel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settings_grants_sessions_and_rollback() {
+    let f = fleet().await;
+    f.dst
+        .exec("postgres", "CREATE ROLE reader LOGIN")
+        .await
+        .unwrap();
+    f.dst
+        .exec(
+            "postgres",
+            "ALTER DATABASE stage SET work_mem = '7MB'; ALTER ROLE reader IN DATABASE stage SET search_path = app, public; \
+             REVOKE ALL ON DATABASE stage FROM PUBLIC; GRANT CONNECT ON DATABASE stage TO reader; ALTER DATABASE stage CONNECTION LIMIT 40",
+        )
+        .await
+        .unwrap();
+    let before = content_hashes(&f.dst, "stage").await.unwrap();
+    // A session open during the refresh is ended.
+    let open = f.dst.client("stage").await.unwrap();
+    open.query_one("SELECT 1", &[]).await.unwrap();
+
+    let mut spec = f.spec();
+    spec.post_restore_sql = "UPDATE public.socialaccount_socialapp SET client_id = ${CLIENT_ID}, secret = ${SECRET} WHERE provider = 'github'".into();
+    spec.params.insert("CLIENT_ID".into(), "stage-id".into());
+    spec.params.insert("SECRET".into(), "it's s3cret\\".into());
+    refresh(f.tls.clone(), &spec, |_| {}).await.unwrap();
+
+    assert!(
+        open.query_one("SELECT 1", &[]).await.is_err(),
+        "the old session was ended"
+    );
+    let c = f.dst.client("postgres").await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT pg_get_userbyid(datdba)::text, datconnlimit, datacl::text FROM pg_database WHERE datname = 'stage'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "stage");
+    assert_eq!(row.get::<_, i32>(1), 40);
+    let acl: String = row.get(2);
+    assert!(acl.contains("reader=c/"), "{acl}");
+    assert!(
+        !acl.contains("=Tc/"),
+        "PUBLIC must not get CONNECT back: {acl}"
+    );
+    let settings: Vec<String> = c
+        .query(
+            "SELECT coalesce(r.rolname, '*') || ':' || array_to_string(s.setconfig, ',') FROM pg_db_role_setting s \
+             JOIN pg_database d ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole \
+             WHERE d.datname = 'stage' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        settings,
+        vec!["*:work_mem=7MB", "reader:search_path=app, public"]
+    );
+    // New sessions see the new data, with the post-restore SQL applied.
+    let s = f.dst.client("stage").await.unwrap();
+    let app = s
+        .query_one(
+            "SELECT client_id, secret FROM public.socialaccount_socialapp",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(app.get::<_, String>(0), "stage-id");
+    assert_eq!(app.get::<_, String>(1), "it's s3cret\\");
+
+    let back = rollback(f.tls.clone(), &f.staging.target(), "stage")
+        .await
+        .unwrap();
+    assert_eq!(back.previous_database, "stagesync_prev_stage");
+    assert_eq!(content_hashes(&f.dst, "stage").await.unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn names_that_need_quoting() {
+    let f = fleet().await;
+    f.src
+        .exec("postgres", r#"CREATE DATABASE "Prod ""Main"" DB""#)
+        .await
+        .unwrap();
+    f.src
+        .exec(
+            r#"Prod "Main" DB"#,
+            "CREATE TABLE t (x int); INSERT INTO t VALUES (42)",
+        )
+        .await
+        .unwrap();
+    let evil_role = r#"Stage "Owner"; DROP ROLE stage; --"#;
+    f.dst
+        .exec(
+            "postgres",
+            &format!("CREATE ROLE \"{}\" LOGIN", evil_role.replace('"', "\"\"")),
+        )
+        .await
+        .unwrap();
+    // Production's agent must be allowed to dump it.
+    let pki = TestPki::new().unwrap();
+    let _ = pki;
+    let mut spec = f.spec();
+    spec.source_db = r#"Prod "Main" DB"#.into();
+    spec.dest_db = "Stage 'q' DB".into();
+    spec.owner = evil_role.into();
+    let err = refresh(f.tls.clone(), &spec, |_| {}).await.unwrap_err();
+    // The prod agent only dumps "production": the guard speaks first.
+    assert!(err.to_string().contains("may not dump"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_outside_the_policies() {
+    let f = fleet().await;
+    // Restore into a database the destination may not overwrite.
+    let mut spec = f.spec();
+    spec.dest_db = "postgres".into();
+    let err = refresh(f.tls.clone(), &spec, |_| {}).await.unwrap_err();
+    assert!(err.to_string().contains("may not overwrite"), "{err}");
+    // Dump a database the source may not dump.
+    f.src
+        .exec("postgres", "CREATE DATABASE secrets")
+        .await
+        .unwrap();
+    let mut spec = f.spec();
+    spec.source_db = "secrets".into();
+    let err = refresh(f.tls.clone(), &spec, |_| {}).await.unwrap_err();
+    assert!(err.to_string().contains("may not dump"), "{err}");
+    // A missing owner role.
+    let mut spec = f.spec();
+    spec.owner = "nobody".into();
+    let err = refresh(f.tls.clone(), &spec, |_| {}).await.unwrap_err();
+    assert!(matches!(err, RefreshError::Preflight(_)), "{err}");
+    assert!(
+        err.to_string().contains("\"nobody\" does not exist"),
+        "{err}"
+    );
+    // A reversed pair: staging into production. Production's agent refuses.
+    let reversed = PairSpec::new(
+        f.staging.target(),
+        "stage",
+        f.prod.target(),
+        "production",
+        "postgres",
+    );
+    let err = refresh(f.tls.clone(), &reversed, |_| {}).await.unwrap_err();
+    assert!(err.to_string().contains("may not"), "{err}");
+    assert!(
+        f.databases()
+            .await
+            .iter()
+            .all(|d| !d.starts_with("stagesync_"))
+    );
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
 use stagesync_agent::{EXIT_CONFIG, EXIT_UNAVAILABLE, config};
 
 /// The stagesync agent: dumps and restores the local PostgreSQL databases
@@ -66,19 +67,22 @@ async fn run(cfg: config::AgentConfig) -> ExitCode {
         Ok(addr) => tracing::info!(listen = %addr, "listening"),
         Err(_) => tracing::info!(listen = %cfg.listen, "listening"),
     }
-    let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot watch SIGTERM");
-                    std::future::pending::<()>().await;
-                    return;
-                }
-            };
+    // Watch the signals before telling systemd we are ready, so a stop
+    // right after start is never missed.
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("stagesync-agent: cannot watch SIGTERM/SIGINT: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     };

@@ -137,6 +137,16 @@ fn diagnose(target: &AgentTarget, status: &tonic::Status, chain: &str) -> Option
             return Some((*advice).to_string());
         }
     }
+    if chain.contains("close_notify")
+        || chain.contains("connection reset")
+        || chain.contains("Connection reset")
+        || chain.contains("broken pipe")
+    {
+        return Some(format!(
+            "the connection to {} dropped: the agent stopped or crashed, or the network failed",
+            target.address
+        ));
+    }
     if chain.contains("timed out") || status.message().contains("timed out") {
         return Some(format!(
             "no answer from {} within {} s: check the address, the agent and any firewall",

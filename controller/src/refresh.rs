@@ -24,6 +24,9 @@ pub struct PairSpec {
     pub source: AgentTarget,
     pub source_db: String,
     pub dest: AgentTarget,
+    /// The address the source agent dials for the destination, when it is
+    /// not the one the controller uses (a private network between hosts).
+    pub dest_peer_address: Option<String>,
     pub dest_db: String,
     pub owner: String,
     pub mode: pb::Mode,
@@ -50,6 +53,7 @@ impl PairSpec {
             source,
             source_db: source_db.to_string(),
             dest,
+            dest_peer_address: None,
             dest_db: dest_db.to_string(),
             owner: owner.to_string(),
             mode: pb::Mode::Stream,
@@ -377,7 +381,10 @@ pub async fn refresh<T: ClientTls>(
             mode: spec.mode as i32,
             jobs: spec.jobs,
             dump: Some(spec.dump.clone()),
-            dest_address: spec.dest.address.clone(),
+            dest_address: spec
+                .dest_peer_address
+                .clone()
+                .unwrap_or_else(|| spec.dest.address.clone()),
             dest_identity: dst_info.identity.clone(),
             ticket,
             compression: if spec.compress {
@@ -443,7 +450,7 @@ pub async fn refresh<T: ClientTls>(
                     return Err(job_error(e));
                 }
                 abort_both(tls.clone(), spec, &job_id, &format!("lost {who}")).await;
-                return Err(RefreshError::Lost(format!("{who} {}", target.label()), why));
+                return Err(RefreshError::Lost(format!("{who} ({})", target.address), why));
             }
         }
         let src_failed = last_src.as_ref().is_some_and(failed);

@@ -20,6 +20,10 @@ pub struct AgentSpec {
     pub may_overwrite: Vec<String>,
     pub controllers: Vec<String>,
     pub peers: Vec<String>,
+    /// TOML appended to the generated file (e.g. a `[jobs]` table).
+    pub extra_toml: String,
+    /// Faults to inject (in-process agents only).
+    pub faults: stagesync_agent::config::Faults,
 }
 
 impl AgentSpec {
@@ -31,6 +35,8 @@ impl AgentSpec {
             may_overwrite: Vec::new(),
             controllers: vec!["ops".into()],
             peers: Vec::new(),
+            extra_toml: String::new(),
+            faults: Default::default(),
         }
     }
 }
@@ -84,10 +90,123 @@ peers = {peers}
         overwrite = toml_list(&spec.may_overwrite),
         controllers = toml_list(&spec.controllers),
         peers = toml_list(&spec.peers),
-    );
+    ) + &spec.extra_toml;
     let path = dir.join("agent.toml");
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// An agent running as its own process (the real binary), so tests can
+/// kill it like a crash would.
+pub struct AgentProcess {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    child: Option<std::process::Child>,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+/// The `stagesync-agent` binary next to the running test binary.
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .ok_or_else(|| anyhow::anyhow!("no target directory"))?;
+    let bin = dir.join("stagesync-agent");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "stagesync-agent", "--bin", "stagesync-agent"])
+            .status()?;
+        anyhow::ensure!(status.success(), "building stagesync-agent failed");
+    }
+    Ok(bin)
+}
+
+impl AgentProcess {
+    /// Starts the real agent binary for `spec` on a free loopback port and
+    /// waits until it accepts connections.
+    pub fn spawn(pki: &TestPki, cluster: Option<&PgCluster>, spec: AgentSpec) -> anyhow::Result<Self> {
+        let tls = pki.agent(&spec.name)?;
+        let dir = tempfile::Builder::new().prefix("stagesync-agentp-").tempdir()?;
+        let config_path = write_config(dir.path(), &spec, &tls, cluster)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let text = std::fs::read_to_string(&config_path)?
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+        std::fs::write(&config_path, text)?;
+        let mut p = AgentProcess {
+            name: spec.name,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            config_path,
+            child: None,
+            log: dir.path().join("agent.log"),
+            _dir: dir,
+        };
+        p.start()?;
+        Ok(p)
+    }
+
+    /// (Re)starts the process with the same configuration.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = std::process::Command::new(agent_binary()?)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "agent did not listen: {}", self.log_text());
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                anyhow::bail!("agent exited with {status}: {}", self.log_text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILLs the agent and returns how it ended (proof that it died).
+    pub fn kill(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut c = self.child.take().ok_or_else(|| anyhow::anyhow!("not running"))?;
+        c.kill()?;
+        Ok(c.wait()?)
+    }
+
+    pub fn target(&self) -> AgentTarget {
+        AgentTarget {
+            address: self.addr.to_string(),
+            expected: Some(
+                Identity::new(stagesync_certs::DEFAULT_TRUST_DOMAIN, Kind::Agent, &self.name)
+                    .expect("test agent names are valid"),
+            ),
+        }
+    }
+
+    /// The agent's work directory.
+    pub fn work_dir(&self) -> PathBuf {
+        self.config_path.parent().map(|d| d.join("work")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// An agent running inside the test process.
@@ -113,7 +232,8 @@ impl TestAgent {
             .prefix("stagesync-agent-")
             .tempdir()?;
         let config_path = write_config(dir.path(), &spec, &tls, cluster)?;
-        let cfg = config::load(&config_path)?;
+        let mut cfg = config::load(&config_path)?;
+        cfg.faults = spec.faults.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
@@ -147,6 +267,11 @@ impl TestAgent {
                 .expect("test agent names are valid"),
             ),
         }
+    }
+
+    /// The agent's work directory.
+    pub fn work_dir(&self) -> PathBuf {
+        self.config_path.parent().map(|d| d.join("work")).unwrap_or_default()
     }
 
     /// Stops the agent and waits for it to finish.

@@ -11,8 +11,9 @@ pub mod agent;
 pub mod fixtures;
 pub mod pg;
 pub mod pki;
+pub mod proxy;
 
-pub use agent::{AgentSpec, TestAgent};
+pub use agent::{AgentProcess, AgentSpec, TestAgent};
 pub use pg::PgCluster;
 pub use pki::TestPki;
 

@@ -38,7 +38,7 @@ async fn fleet() -> Fleet {
     .unwrap();
     let pki = TestPki::new().unwrap();
     let mut p = AgentSpec::new("prod-db");
-    p.may_dump = vec!["production".into()];
+    p.may_dump = vec!["production".into(), "Prod *".into()];
     let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
     let mut s = AgentSpec::new("staging-db");
     s.may_overwrite = vec!["stage*".into(), "Stage *".into()];
@@ -237,35 +237,50 @@ async fn settings_grants_sessions_and_rollback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn names_that_need_quoting() {
     let f = fleet().await;
+    let source_db = r#"Prod "Main" DB"#;
+    let dest_db = "Stage 'q' DB";
+    let owner = r#"Stage "Owner"; DROP ROLE stage; --"#;
     f.src
-        .exec("postgres", r#"CREATE DATABASE "Prod ""Main"" DB""#)
+        .exec("postgres", &format!("CREATE DATABASE \"{}\"", source_db.replace('"', "\"\"")))
         .await
         .unwrap();
-    f.src
-        .exec(
-            r#"Prod "Main" DB"#,
-            "CREATE TABLE t (x int); INSERT INTO t VALUES (42)",
-        )
-        .await
-        .unwrap();
-    let evil_role = r#"Stage "Owner"; DROP ROLE stage; --"#;
+    f.src.exec(source_db, "CREATE TABLE t (x int); INSERT INTO t VALUES (42)").await.unwrap();
     f.dst
-        .exec(
-            "postgres",
-            &format!("CREATE ROLE \"{}\" LOGIN", evil_role.replace('"', "\"\"")),
-        )
+        .exec("postgres", &format!("CREATE ROLE \"{}\" LOGIN", owner.replace('"', "\"\"")))
         .await
         .unwrap();
-    // Production's agent must be allowed to dump it.
-    let pki = TestPki::new().unwrap();
-    let _ = pki;
     let mut spec = f.spec();
-    spec.source_db = r#"Prod "Main" DB"#.into();
-    spec.dest_db = "Stage 'q' DB".into();
-    spec.owner = evil_role.into();
-    let err = refresh(f.tls.clone(), &spec, |_| {}).await.unwrap_err();
-    // The prod agent only dumps "production": the guard speaks first.
-    assert!(err.to_string().contains("may not dump"), "{err}");
+    spec.source_db = source_db.into();
+    spec.dest_db = dest_db.into();
+    spec.owner = owner.into();
+    spec.post_restore_sql = "INSERT INTO t VALUES (${V})".into();
+    spec.params.insert("V".into(), "7".into());
+    for mode in [pb::Mode::Stream, pb::Mode::Parallel] {
+        spec.mode = mode;
+        refresh(f.tls.clone(), &spec, |_| {}).await.expect("quoted names work");
+    }
+    let c = f.dst.client(dest_db).await.unwrap();
+    let rows: Vec<String> = c
+        .query("SELECT x::text FROM t ORDER BY x", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // '7' is a text literal, cast on insert: the value never became SQL.
+    assert_eq!(rows, vec!["42", "7"]);
+    let owner_of: String = c
+        .query_one("SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE relname = 't'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner_of, owner);
+    let stage_role: i64 = c
+        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = 'stage'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stage_role, 1, "nothing was injected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

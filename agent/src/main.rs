@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
 use stagesync_agent::{EXIT_CONFIG, EXIT_UNAVAILABLE, config};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// The stagesync agent: dumps and restores the local PostgreSQL databases
 /// its policy allows, for the controllers and peers its policy names.

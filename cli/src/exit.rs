@@ -12,6 +12,8 @@ pub enum Exit {
     Usage = 2,
     /// Some of the work failed, the rest succeeded (e.g. one agent down).
     Partial = 3,
+    /// Refused by preflight: nothing was changed.
+    Refused = 4,
 }
 
 impl From<Exit> for ExitCode {

@@ -5,6 +5,7 @@
 
 mod certs_cmd;
 mod exit;
+mod refresh_cmd;
 mod status_cmd;
 
 use std::path::PathBuf;
@@ -30,6 +31,10 @@ enum Command {
     Certs(certs_cmd::CertsCommand),
     /// Ask agents what they are, what they run and what they may do.
     Status(status_cmd::StatusArgs),
+    /// Refresh one database from another through their agents.
+    Refresh(refresh_cmd::RefreshArgs),
+    /// Swap the previous copy of a database back in.
+    Rollback(refresh_cmd::RollbackArgs),
     /// Run a demo refresh on throwaway local parts.
     Demo,
 }
@@ -66,6 +71,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Status(args) => status_cmd::run(args),
+        Command::Refresh(args) => refresh_cmd::run(args),
+        Command::Rollback(args) => refresh_cmd::run_rollback(args),
         Command::Demo => {
             println!(
                 "stagesync demo: coming soon. Run the tests meanwhile: cargo test --workspace"

@@ -450,7 +450,10 @@ pub async fn refresh<T: ClientTls>(
                     return Err(job_error(e));
                 }
                 abort_both(tls.clone(), spec, &job_id, &format!("lost {who}")).await;
-                return Err(RefreshError::Lost(format!("{who} ({})", target.address), why));
+                return Err(RefreshError::Lost(
+                    format!("{who} ({})", target.address),
+                    why,
+                ));
             }
         }
         let src_failed = last_src.as_ref().is_some_and(failed);

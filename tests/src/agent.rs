@@ -128,13 +128,23 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
 impl AgentProcess {
     /// Starts the real agent binary for `spec` on a free loopback port and
     /// waits until it accepts connections.
-    pub fn spawn(pki: &TestPki, cluster: Option<&PgCluster>, spec: AgentSpec) -> anyhow::Result<Self> {
+    pub fn spawn(
+        pki: &TestPki,
+        cluster: Option<&PgCluster>,
+        spec: AgentSpec,
+    ) -> anyhow::Result<Self> {
         let tls = pki.agent(&spec.name)?;
-        let dir = tempfile::Builder::new().prefix("stagesync-agentp-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("stagesync-agentp-")
+            .tempdir()?;
         let config_path = write_config(dir.path(), &spec, &tls, cluster)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let text = std::fs::read_to_string(&config_path)?
-            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let text = std::fs::read_to_string(&config_path)?.replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
         std::fs::write(&config_path, text)?;
         let mut p = AgentProcess {
             name: spec.name,
@@ -150,7 +160,10 @@ impl AgentProcess {
 
     /// (Re)starts the process with the same configuration.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = std::process::Command::new(agent_binary()?)
             .arg("--config")
             .arg(&self.config_path)
@@ -162,7 +175,11 @@ impl AgentProcess {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(self.addr).is_err() {
-            anyhow::ensure!(std::time::Instant::now() < deadline, "agent did not listen: {}", self.log_text());
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "agent did not listen: {}",
+                self.log_text()
+            );
             if let Some(c) = self.child.as_mut()
                 && let Some(status) = c.try_wait()?
             {
@@ -179,7 +196,10 @@ impl AgentProcess {
 
     /// SIGKILLs the agent and returns how it ended (proof that it died).
     pub fn kill(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut c = self.child.take().ok_or_else(|| anyhow::anyhow!("not running"))?;
+        let mut c = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("not running"))?;
         c.kill()?;
         Ok(c.wait()?)
     }
@@ -188,15 +208,22 @@ impl AgentProcess {
         AgentTarget {
             address: self.addr.to_string(),
             expected: Some(
-                Identity::new(stagesync_certs::DEFAULT_TRUST_DOMAIN, Kind::Agent, &self.name)
-                    .expect("test agent names are valid"),
+                Identity::new(
+                    stagesync_certs::DEFAULT_TRUST_DOMAIN,
+                    Kind::Agent,
+                    &self.name,
+                )
+                .expect("test agent names are valid"),
             ),
         }
     }
 
     /// The agent's work directory.
     pub fn work_dir(&self) -> PathBuf {
-        self.config_path.parent().map(|d| d.join("work")).unwrap_or_default()
+        self.config_path
+            .parent()
+            .map(|d| d.join("work"))
+            .unwrap_or_default()
     }
 }
 
@@ -271,7 +298,10 @@ impl TestAgent {
 
     /// The agent's work directory.
     pub fn work_dir(&self) -> PathBuf {
-        self.config_path.parent().map(|d| d.join("work")).unwrap_or_default()
+        self.config_path
+            .parent()
+            .map(|d| d.join("work"))
+            .unwrap_or_default()
     }
 
     /// Stops the agent and waits for it to finish.

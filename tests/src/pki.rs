@@ -45,6 +45,13 @@ impl TestPki {
         self.issue(&req, name)
     }
 
+    /// An agent certificate for one IP address (a test host in a namespace).
+    pub fn agent_at(&self, name: &str, ip: IpAddr) -> anyhow::Result<TlsFiles> {
+        let mut req = LeafRequest::new(Kind::Agent, name, 30);
+        req.ips.push(ip);
+        self.issue(&req, name)
+    }
+
     pub fn controller(&self, name: &str) -> anyhow::Result<TlsFiles> {
         self.issue(&LeafRequest::new(Kind::Controller, name, 30), name)
     }

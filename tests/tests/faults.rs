@@ -72,8 +72,12 @@ async fn setup(o: Options) -> Setup {
     let src = PgCluster::start().unwrap();
     let dst = PgCluster::start().unwrap();
     seed_rich(&src, "production").await.unwrap();
-    dst.exec("postgres", "CREATE ROLE stage LOGIN").await.unwrap();
-    dst.exec("postgres", "CREATE DATABASE stage OWNER stage").await.unwrap();
+    dst.exec("postgres", "CREATE ROLE stage LOGIN")
+        .await
+        .unwrap();
+    dst.exec("postgres", "CREATE DATABASE stage OWNER stage")
+        .await
+        .unwrap();
     dst.exec("stage", "CREATE TABLE old_data (id int, v text); INSERT INTO old_data SELECT g, md5(g::text) FROM generate_series(1, 500) g")
         .await
         .unwrap();
@@ -113,12 +117,21 @@ async fn setup(o: Options) -> Setup {
 
 impl Setup {
     fn spec(&self) -> PairSpec {
-        let mut spec = PairSpec::new(self.prod.target(), "production", self.staging.target(), "stage", "stage");
+        let mut spec = PairSpec::new(
+            self.prod.target(),
+            "production",
+            self.staging.target(),
+            "stage",
+            "stage",
+        );
         spec.dest_peer_address = Some(self.proxy.addr.to_string());
         spec
     }
 
-    fn start(&self, spec: PairSpec) -> tokio::task::JoinHandle<Result<stagesync_controller::refresh::Report, String>> {
+    fn start(
+        &self,
+        spec: PairSpec,
+    ) -> tokio::task::JoinHandle<Result<stagesync_controller::refresh::Report, String>> {
         let tls = self.tls.clone();
         tokio::spawn(async move { refresh(tls, &spec, |_| {}).await.map_err(|e| e.to_string()) })
     }
@@ -127,37 +140,58 @@ impl Setup {
     async fn wait_restoring(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(info) = stagesync_controller::status::info(self.tls.clone(), &self.staging.target()).await
-                && info.jobs.iter().any(|j| j.phase == pb::Phase::Restoring as i32 && j.bytes_restored > 0)
+            if let Ok(info) =
+                stagesync_controller::status::info(self.tls.clone(), &self.staging.target()).await
+                && info
+                    .jobs
+                    .iter()
+                    .any(|j| j.phase == pb::Phase::Restoring as i32 && j.bytes_restored > 0)
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "the refresh never started restoring");
+            assert!(
+                Instant::now() < deadline,
+                "the refresh never started restoring"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     async fn stagesync_databases(&self) -> Vec<String> {
         let c = self.dst.client("postgres").await.unwrap();
-        c.query("SELECT datname::text FROM pg_database WHERE datname LIKE 'stagesync%'", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
+        c.query(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'stagesync%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
     }
 
     /// The live database is as it was; nothing of the job is left.
     async fn assert_untouched(&self) {
-        assert_eq!(content_hashes(&self.dst, "stage").await.unwrap(), self.before, "live database changed");
+        assert_eq!(
+            content_hashes(&self.dst, "stage").await.unwrap(),
+            self.before,
+            "live database changed"
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let dbs = self.stagesync_databases().await;
-            let procs: Vec<u32> = [&self.src, &self.dst].iter().flat_map(|c| tool_processes(&c.socket_dir)).collect();
+            let procs: Vec<u32> = [&self.src, &self.dst]
+                .iter()
+                .flat_map(|c| tool_processes(&c.socket_dir))
+                .collect();
             let dirs: Vec<PathBuf> = [&self.prod, &self.staging]
                 .iter()
                 .map(|a| a.work_dir().join("jobs"))
-                .filter(|d| std::fs::read_dir(d).map(|mut r| r.next().is_some()).unwrap_or(false))
+                .filter(|d| {
+                    std::fs::read_dir(d)
+                        .map(|mut r| r.next().is_some())
+                        .unwrap_or(false)
+                })
                 .collect();
             if dbs.is_empty() && procs.is_empty() && dirs.is_empty() {
                 return;
@@ -173,11 +207,19 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn source_agent_killed_mid_stream() {
-    let mut s = setup(Options { prod_process: true, ..Default::default() }).await;
+    let mut s = setup(Options {
+        prod_process: true,
+        ..Default::default()
+    })
+    .await;
     let run = s.start(s.spec());
     s.wait_restoring().await;
     let status = s.prod.proc().kill().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "the source agent was killed");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the source agent was killed"
+    );
     let err = run.await.unwrap().unwrap_err();
     assert!(err.contains("lost contact with the source agent"), "{err}");
     assert!(err.contains("stopped or crashed"), "{err}");
@@ -186,16 +228,27 @@ async fn source_agent_killed_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn destination_agent_killed_mid_restore_then_restarted() {
-    let mut s = setup(Options { staging_process: true, ..Default::default() }).await;
+    let mut s = setup(Options {
+        staging_process: true,
+        ..Default::default()
+    })
+    .await;
     let run = s.start(s.spec());
     s.wait_restoring().await;
     let status = s.staging.proc().kill().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "the destination agent was killed");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the destination agent was killed"
+    );
     let err = run.await.unwrap().unwrap_err();
     assert!(!err.is_empty());
     // The crash left the half-restored database behind...
     let left = s.stagesync_databases().await;
-    assert!(left.iter().any(|d| d.starts_with("stagesync_new_")), "{left:?}");
+    assert!(
+        left.iter().any(|d| d.starts_with("stagesync_new_")),
+        "{left:?}"
+    );
     // ...and pg_restore died with its agent.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !tool_processes(&s.dst.socket_dir).is_empty() {
@@ -205,7 +258,12 @@ async fn destination_agent_killed_mid_restore_then_restarted() {
     // A restarted agent cleans up before it serves.
     s.staging.proc().start().unwrap();
     s.assert_untouched().await;
-    assert!(s.staging.proc().log_text().contains("dropped databases left by interrupted jobs"));
+    assert!(
+        s.staging
+            .proc()
+            .log_text()
+            .contains("dropped databases left by interrupted jobs")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -215,7 +273,11 @@ async fn pg_restore_killed() {
     s.wait_restoring().await;
     let pids = tool_processes(&s.dst.socket_dir);
     assert_eq!(pids.len(), 1, "one pg_restore runs: {pids:?}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let err = run.await.unwrap().unwrap_err();
     assert!(err.contains("pg_restore"), "{err}");
     assert!(err.contains("signal: 9"), "the error shows the kill: {err}");
@@ -226,7 +288,11 @@ async fn pg_restore_killed() {
 async fn corrupted_frame_is_caught_by_its_checksum() {
     let mut p = prod_spec();
     p.faults.corrupt_frame = Some(2);
-    let s = setup(Options { prod_spec: Some(p), ..Default::default() }).await;
+    let s = setup(Options {
+        prod_spec: Some(p),
+        ..Default::default()
+    })
+    .await;
     s.proxy.throttle(0);
     let err = s.start(s.spec()).await.unwrap().unwrap_err();
     assert!(err.contains("frame 2 failed its CRC32C check"), "{err}");
@@ -238,7 +304,8 @@ async fn post_restore_sql_failing() {
     let s = setup(Options::default()).await;
     s.proxy.throttle(0);
     let mut spec = s.spec();
-    spec.post_restore_sql = "UPDATE public.socialaccount_socialapp SET client_id = 'x'; SELECT 1/0".into();
+    spec.post_restore_sql =
+        "UPDATE public.socialaccount_socialapp SET client_id = 'x'; SELECT 1/0".into();
     let err = s.start(spec).await.unwrap().unwrap_err();
     assert!(err.contains("post-restore SQL failed"), "{err}");
     assert!(err.contains("division by zero"), "{err}");
@@ -260,11 +327,16 @@ async fn controller_vanishing_mid_job() {
     let run = s.start(s.spec());
     s.wait_restoring().await;
     run.abort();
-    assert!(run.await.unwrap_err().is_cancelled(), "the controller is gone");
+    assert!(
+        run.await.unwrap_err().is_cancelled(),
+        "the controller is gone"
+    );
     // The destination aborts the job on its own once nobody watches.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let info = stagesync_controller::status::info(s.tls.clone(), &s.staging.target()).await.unwrap();
+        let info = stagesync_controller::status::info(s.tls.clone(), &s.staging.target())
+            .await
+            .unwrap();
         let job = &info.jobs[0];
         if job.phase == pb::Phase::Aborted as i32 {
             let why = job.error.clone().unwrap_or_default().message;
@@ -292,7 +364,10 @@ async fn link_stalls_mid_stream() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(s.proxy.forwarded(), frozen, "the link is really dead");
     let err = run.await.unwrap().unwrap_err();
-    assert!(err.contains("no data from the source agent for 3 s"), "{err}");
+    assert!(
+        err.contains("no data from the source agent for 3 s"),
+        "{err}"
+    );
     s.assert_untouched().await;
 }
 
@@ -302,9 +377,15 @@ async fn second_refresh_of_the_same_destination_is_refused() {
     let first = s.start(s.spec());
     s.wait_restoring().await;
     let err = s.start(s.spec()).await.unwrap().unwrap_err();
-    assert!(err.contains("a refresh of database \"stage\" is already running here as job"), "{err}");
+    assert!(
+        err.contains("a refresh of database \"stage\" is already running here as job"),
+        "{err}"
+    );
     s.proxy.throttle(0);
-    first.await.unwrap().expect("the first refresh still succeeds");
+    first
+        .await
+        .unwrap()
+        .expect("the first refresh still succeeds");
     assert_eq!(
         content_hashes(&s.dst, "stage").await.unwrap(),
         content_hashes(&s.src, "production").await.unwrap()
@@ -314,7 +395,9 @@ async fn second_refresh_of_the_same_destination_is_refused() {
 /// Pushes a stream header straight to the destination as `as_agent`.
 async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> tonic::Status {
     let tls = Arc::new(ReloadingClientConfig::load(s.pki.agent(as_agent).unwrap()).unwrap());
-    let mut c = stagesync_controller::client::connect(tls, &s.staging.target()).await.unwrap();
+    let mut c = stagesync_controller::client::connect(tls, &s.staging.target())
+        .await
+        .unwrap();
     let header = pb::DumpFrame {
         kind: Some(pb::dump_frame::Kind::Header(pb::DumpHeader {
             job_id: job_id.into(),
@@ -324,14 +407,18 @@ async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> t
             source_database: "production".into(),
         })),
     };
-    c.push_dump(futures::stream::iter(vec![header])).await.unwrap_err()
+    c.push_dump(futures::stream::iter(vec![header]))
+        .await
+        .unwrap_err()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_with_bad_tickets_or_from_strangers_are_refused() {
     let s = setup(Options::default()).await;
     let ticket = "a".repeat(64);
-    let mut dest = stagesync_controller::client::connect(s.tls.clone(), &s.staging.target()).await.unwrap();
+    let mut dest = stagesync_controller::client::connect(s.tls.clone(), &s.staging.target())
+        .await
+        .unwrap();
     dest.prepare_restore(pb::PrepareRestoreRequest {
         job_id: "0123456789abcdef".into(),
         database: "stage".into(),
@@ -348,16 +435,28 @@ async fn streams_with_bad_tickets_or_from_strangers_are_refused() {
     .unwrap();
     let wrong = push_header(&s, "prod-db", "0123456789abcdef", &"b".repeat(64)).await;
     assert_eq!(wrong.code(), tonic::Code::PermissionDenied);
-    assert!(wrong.message().contains("wrong ticket"), "{}", wrong.message());
+    assert!(
+        wrong.message().contains("wrong ticket"),
+        "{}",
+        wrong.message()
+    );
     let stranger = push_header(&s, "rogue-db", "0123456789abcdef", &ticket).await;
     assert_eq!(stranger.code(), tonic::Code::PermissionDenied);
-    assert!(stranger.message().contains("policy.peers"), "{}", stranger.message());
+    assert!(
+        stranger.message().contains("policy.peers"),
+        "{}",
+        stranger.message()
+    );
     // The right ticket is accepted once (the stream then fails: it has no
     // data), and a replay is refused.
     let first = push_header(&s, "prod-db", "0123456789abcdef", &ticket).await;
     assert!(!first.message().contains("ticket"), "{}", first.message());
     let replay = push_header(&s, "prod-db", "0123456789abcdef", &ticket).await;
     assert_eq!(replay.code(), tonic::Code::PermissionDenied);
-    assert!(replay.message().contains("already used") || replay.message().contains("has ended"), "{}", replay.message());
+    assert!(
+        replay.message().contains("already used") || replay.message().contains("has ended"),
+        "{}",
+        replay.message()
+    );
     s.assert_untouched().await;
 }

@@ -241,12 +241,24 @@ async fn names_that_need_quoting() {
     let dest_db = "Stage 'q' DB";
     let owner = r#"Stage "Owner"; DROP ROLE stage; --"#;
     f.src
-        .exec("postgres", &format!("CREATE DATABASE \"{}\"", source_db.replace('"', "\"\"")))
+        .exec(
+            "postgres",
+            &format!("CREATE DATABASE \"{}\"", source_db.replace('"', "\"\"")),
+        )
         .await
         .unwrap();
-    f.src.exec(source_db, "CREATE TABLE t (x int); INSERT INTO t VALUES (42)").await.unwrap();
+    f.src
+        .exec(
+            source_db,
+            "CREATE TABLE t (x int); INSERT INTO t VALUES (42)",
+        )
+        .await
+        .unwrap();
     f.dst
-        .exec("postgres", &format!("CREATE ROLE \"{}\" LOGIN", owner.replace('"', "\"\"")))
+        .exec(
+            "postgres",
+            &format!("CREATE ROLE \"{}\" LOGIN", owner.replace('"', "\"\"")),
+        )
         .await
         .unwrap();
     let mut spec = f.spec();
@@ -257,7 +269,9 @@ async fn names_that_need_quoting() {
     spec.params.insert("V".into(), "7".into());
     for mode in [pb::Mode::Stream, pb::Mode::Parallel] {
         spec.mode = mode;
-        refresh(f.tls.clone(), &spec, |_| {}).await.expect("quoted names work");
+        refresh(f.tls.clone(), &spec, |_| {})
+            .await
+            .expect("quoted names work");
     }
     let c = f.dst.client(dest_db).await.unwrap();
     let rows: Vec<String> = c
@@ -270,7 +284,10 @@ async fn names_that_need_quoting() {
     // '7' is a text literal, cast on insert: the value never became SQL.
     assert_eq!(rows, vec!["42", "7"]);
     let owner_of: String = c
-        .query_one("SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE relname = 't'", &[])
+        .query_one(
+            "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE relname = 't'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

@@ -1,0 +1,251 @@
+//! `stagesync refresh` and `stagesync rollback`: one database pair, named
+//! on the command line (the plan file's `sync` runs many).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use stagesync_certs::{Identity, Kind, ReloadingClientConfig};
+use stagesync_controller::AgentTarget;
+use stagesync_controller::refresh::{Event, PairSpec, RefreshError, refresh, rollback};
+use stagesync_proto::v1 as pb;
+
+use crate::status_cmd::tls_files;
+use crate::{Exit, TlsArgs};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    /// pg_dump -Fc streamed into pg_restore; nothing lands on disk.
+    Stream,
+    /// pg_dump -Fd -j N, files shipped as they complete, pg_restore -j N.
+    Parallel,
+}
+
+#[derive(clap::Args)]
+pub struct RefreshArgs {
+    /// The source agent, NAME=HOST:PORT.
+    #[arg(long, value_name = "NAME=HOST:PORT")]
+    source: String,
+    /// The database to copy.
+    #[arg(long)]
+    source_db: String,
+    /// The destination agent, NAME=HOST:PORT.
+    #[arg(long, value_name = "NAME=HOST:PORT")]
+    dest: String,
+    /// The database to replace.
+    #[arg(long)]
+    dest_db: String,
+    /// The role that will own everything restored.
+    #[arg(long)]
+    owner: String,
+    #[arg(long, value_enum, default_value = "stream")]
+    mode: ModeArg,
+    /// Workers for parallel mode.
+    #[arg(long, default_value_t = 2)]
+    jobs: u32,
+    /// Send the dump uncompressed (for fast links where CPU is scarcer).
+    #[arg(long)]
+    no_compress: bool,
+    /// Tables to leave out (pg_dump patterns).
+    #[arg(long)]
+    exclude_table: Vec<String>,
+    /// Tables whose rows to leave out, e.g. big cache tables.
+    #[arg(long)]
+    exclude_table_data: Vec<String>,
+    /// Only these schemas.
+    #[arg(long)]
+    schema: Vec<String>,
+    #[arg(long)]
+    exclude_schema: Vec<String>,
+    /// SQL run in the new database before the swap; ${NAME} takes the value
+    /// of environment variable NAME (see --param).
+    #[arg(long, value_name = "FILE")]
+    post_restore_sql: Option<PathBuf>,
+    /// Environment variables the post-restore SQL may use as ${NAME}.
+    #[arg(long, value_name = "NAME")]
+    param: Vec<String>,
+    /// The address the source agent dials for the destination, if not --dest's.
+    #[arg(long, value_name = "HOST:PORT")]
+    dest_peer_address: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(clap::Args)]
+pub struct RollbackArgs {
+    /// The destination agent, NAME=HOST:PORT.
+    #[arg(long, value_name = "NAME=HOST:PORT")]
+    dest: String,
+    /// The database to roll back to its previous copy.
+    #[arg(long)]
+    database: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+fn target(spec: &str, trust_domain: &str, flag: &str) -> anyhow::Result<AgentTarget> {
+    let (name, address) = spec
+        .split_once('=')
+        .with_context(|| format!("{flag} {spec:?}: use NAME=HOST:PORT"))?;
+    Ok(AgentTarget {
+        address: address.to_string(),
+        expected: Some(
+            Identity::new(trust_domain, Kind::Agent, name)
+                .with_context(|| format!("{flag} {spec:?}"))?,
+        ),
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1048576.0)
+}
+
+pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
+    let tls = Arc::new(ReloadingClientConfig::load(tls_files(&args.tls)?)?);
+    let td = tls.identity().trust_domain;
+    let mut spec = PairSpec::new(
+        target(&args.source, &td, "--source")?,
+        &args.source_db,
+        target(&args.dest, &td, "--dest")?,
+        &args.dest_db,
+        &args.owner,
+    );
+    spec.mode = match args.mode {
+        ModeArg::Stream => pb::Mode::Stream,
+        ModeArg::Parallel => pb::Mode::Parallel,
+    };
+    spec.jobs = args.jobs;
+    spec.compress = !args.no_compress;
+    spec.dest_peer_address = args.dest_peer_address;
+    spec.dump = pb::DumpOptions {
+        exclude_tables: args.exclude_table,
+        exclude_table_data: args.exclude_table_data,
+        schemas: args.schema,
+        exclude_schemas: args.exclude_schema,
+        extra_args: Vec::new(),
+    };
+    if let Some(file) = &args.post_restore_sql {
+        spec.post_restore_sql = std::fs::read_to_string(file)
+            .with_context(|| format!("--post-restore-sql {}", file.display()))?;
+    }
+    let mut params = HashMap::new();
+    for name in &args.param {
+        match std::env::var(name) {
+            Ok(v) => {
+                params.insert(name.clone(), v);
+            }
+            Err(_) => bail!("--param {name}: environment variable {name} is not set"),
+        }
+    }
+    spec.params = params;
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b.set_prefix(format!("{} → {}", args.source_db, args.dest_db));
+        b.enable_steady_tick(Duration::from_millis(120));
+        Some(b)
+    } else {
+        None
+    };
+    let mut last_line = Instant::now() - Duration::from_secs(10);
+    let on_event = |e: Event| {
+        let line = match e {
+            Event::Preflight { source_size } => {
+                format!("preflight ok: source database is {}", mib(source_size))
+            }
+            Event::Prepared {
+                job_id,
+                new_database,
+            } => format!("job {job_id}: restoring into {new_database}"),
+            Event::Progress { source, dest } => {
+                let s = source.map(|s| *s).unwrap_or_default();
+                let d = dest.map(|d| *d).unwrap_or_default();
+                let phase = pb::Phase::try_from(d.phase)
+                    .map(|p| format!("{p:?}"))
+                    .unwrap_or_default();
+                let line = format!(
+                    "{}: dumped {}, sent {}, restored {} ({}/s)",
+                    phase.to_lowercase(),
+                    mib(s.bytes_dumped),
+                    mib(s.bytes_sent),
+                    mib(d.bytes_restored),
+                    mib(d.rate as u64)
+                );
+                if bar.is_none() && last_line.elapsed() < Duration::from_secs(2) {
+                    return;
+                }
+                last_line = Instant::now();
+                line
+            }
+            Event::Committed { database, previous } => {
+                format!("swapped in {database}; the old one is kept as {previous}")
+            }
+        };
+        match &bar {
+            Some(b) => b.set_message(line),
+            None => eprintln!("stagesync: {line}"),
+        }
+    };
+    let result = runtime.block_on(refresh(tls, &spec, on_event));
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    match result {
+        Ok(r) => {
+            println!(
+                "refreshed {:?} from {:?} in {:.1} s: {} dumped, {} sent, {} restored; the previous copy is {:?} (undo with `stagesync rollback --dest {} --database {:?}`)",
+                r.database,
+                args.source_db,
+                r.elapsed.as_secs_f64(),
+                mib(r.bytes_dumped),
+                mib(r.bytes_sent),
+                mib(r.bytes_restored),
+                r.previous,
+                args.dest,
+                r.database
+            );
+            Ok(Exit::Ok)
+        }
+        Err(e @ RefreshError::Preflight(_)) => {
+            eprintln!("stagesync: refused: {e}\nstagesync: nothing was changed");
+            Ok(Exit::Refused)
+        }
+        Err(e) => {
+            eprintln!(
+                "stagesync: refresh failed: {e}\nstagesync: the destination database {:?} is unchanged",
+                args.dest_db
+            );
+            Ok(Exit::Failed)
+        }
+    }
+}
+
+pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
+    let tls = Arc::new(ReloadingClientConfig::load(tls_files(&args.tls)?)?);
+    let td = tls.identity().trust_domain;
+    let dest = target(&args.dest, &td, "--dest")?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match runtime.block_on(rollback(tls, &dest, &args.database)) {
+        Ok(r) => {
+            println!(
+                "rolled {:?} back to its previous copy; the replaced one is now {:?} (roll back again to undo)",
+                r.database, r.previous_database
+            );
+            Ok(Exit::Ok)
+        }
+        Err(e) => {
+            eprintln!("stagesync: rollback failed: {e}");
+            Ok(Exit::Failed)
+        }
+    }
+}

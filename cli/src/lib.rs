@@ -32,7 +32,7 @@ enum Command {
     /// Ask agents what they are, what they run and what they may do.
     Status(status_cmd::StatusArgs),
     /// Refresh one database from another through their agents.
-    Refresh(refresh_cmd::RefreshArgs),
+    Refresh(Box<refresh_cmd::RefreshArgs>),
     /// Swap the previous copy of a database back in.
     Rollback(refresh_cmd::RollbackArgs),
     /// Run a demo refresh on throwaway local parts.
@@ -71,7 +71,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Status(args) => status_cmd::run(args),
-        Command::Refresh(args) => refresh_cmd::run(args),
+        Command::Refresh(args) => refresh_cmd::run(*args),
         Command::Rollback(args) => refresh_cmd::run_rollback(args),
         Command::Demo => {
             println!(

@@ -104,6 +104,8 @@ pub async fn serve_with_ready(
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(stagesync_certs::channel::STREAM_WINDOW))
         .initial_connection_window_size(Some(stagesync_certs::channel::CONNECTION_WINDOW))
+        // Big HTTP/2 frames: fewer frame headers per 256 KiB chunk.
+        .max_frame_size(Some(1 << 20))
         .http2_keepalive_interval(Some(stagesync_certs::channel::KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(stagesync_certs::channel::KEEPALIVE_TIMEOUT))
         .add_service(server)

@@ -61,6 +61,16 @@ pub struct RefreshArgs {
     schema: Vec<String>,
     #[arg(long)]
     exclude_schema: Vec<String>,
+    /// Extra pg_dump arguments (only harmless ones are accepted, e.g. --no-comments).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pg_dump_arg: Vec<String>,
+    /// Extra pg_restore arguments (only harmless ones are accepted).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pg_restore_arg: Vec<String>,
+    /// Restore GRANT/REVOKE from the dump (off by default: production's
+    /// roles rarely exist on staging).
+    #[arg(long)]
+    privileges: bool,
     /// SQL run in the new database before the swap; ${NAME} takes the value
     /// of environment variable NAME (see --param).
     #[arg(long, value_name = "FILE")]
@@ -126,7 +136,11 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
         exclude_table_data: args.exclude_table_data,
         schemas: args.schema,
         exclude_schemas: args.exclude_schema,
-        extra_args: Vec::new(),
+        extra_args: args.pg_dump_arg,
+    };
+    spec.restore = pb::RestoreOptions {
+        privileges: args.privileges,
+        extra_args: args.pg_restore_arg,
     };
     if let Some(file) = &args.post_restore_sql {
         spec.post_restore_sql = std::fs::read_to_string(file)
@@ -158,7 +172,12 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
         None
     };
     let mut last_line = Instant::now() - Duration::from_secs(10);
+    let job_id: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let seen_job = job_id.clone();
     let on_event = |e: Event| {
+        if let Event::Prepared { job_id, .. } = &e {
+            *seen_job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job_id.clone());
+        }
         let line = match e {
             Event::Preflight { source_size } => {
                 format!("preflight ok: source database is {}", mib(source_size))
@@ -196,10 +215,33 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
             None => eprintln!("stagesync: {line}"),
         }
     };
-    let result = runtime.block_on(refresh(tls, &spec, on_event));
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = refresh(tls.clone(), &spec, on_event) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    let Some(result) = result else {
+        let job = job_id.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(job) = &job {
+            runtime.block_on(stagesync_controller::refresh::abort_both(
+                tls,
+                &spec,
+                job,
+                "interrupted by the operator",
+            ));
+        }
+        eprintln!(
+            "stagesync: interrupted{}; the destination database {:?} is unchanged",
+            job.map(|j| format!(": job {j} aborted"))
+                .unwrap_or_default(),
+            args.dest_db
+        );
+        return Ok(Exit::Interrupted);
+    };
     match result {
         Ok(r) => {
             println!(

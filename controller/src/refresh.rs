@@ -311,7 +311,9 @@ fn best_error(
         .cloned()
 }
 
-async fn abort_both<T: ClientTls>(tls: Arc<T>, spec: &PairSpec, job_id: &str, reason: &str) {
+/// Asks both agents to abort `job_id` (best effort: an agent that cannot be
+/// reached aborts on its own once nobody watches the job).
+pub async fn abort_both<T: ClientTls>(tls: Arc<T>, spec: &PairSpec, job_id: &str, reason: &str) {
     for target in [&spec.source, &spec.dest] {
         if let Ok(mut c) = client::connect(tls.clone(), target).await {
             let mut req = tonic::Request::new(pb::AbortRequest {

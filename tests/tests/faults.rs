@@ -392,6 +392,46 @@ async fn second_refresh_of_the_same_destination_is_refused() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_ticket_is_refused() {
+    let s = setup(Options {
+        staging_toml: "\n[jobs]\nticket_ttl_secs = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let ticket = "c".repeat(64);
+    prepare(&s, &ticket).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let late = push_header(&s, "prod-db", "0123456789abcdef", &ticket).await;
+    assert_eq!(late.code(), tonic::Code::PermissionDenied);
+    assert!(
+        late.message().contains("expired") || late.message().contains("no job"),
+        "{}",
+        late.message()
+    );
+    s.assert_untouched().await;
+}
+
+async fn prepare(s: &Setup, ticket: &str) {
+    let mut dest = stagesync_controller::client::connect(s.tls.clone(), &s.staging.target())
+        .await
+        .unwrap();
+    dest.prepare_restore(pb::PrepareRestoreRequest {
+        job_id: "0123456789abcdef".into(),
+        database: "stage".into(),
+        owner: "stage".into(),
+        mode: pb::Mode::Stream as i32,
+        jobs: 1,
+        restore: None,
+        post_restore_sql: String::new(),
+        params: Default::default(),
+        ticket: ticket.into(),
+        source_identity: "spiffe://stagesync/agent/prod-db".into(),
+    })
+    .await
+    .unwrap();
+}
+
 /// Pushes a stream header straight to the destination as `as_agent`.
 async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> tonic::Status {
     let tls = Arc::new(ReloadingClientConfig::load(s.pki.agent(as_agent).unwrap()).unwrap());

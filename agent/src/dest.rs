@@ -470,25 +470,7 @@ impl Jobs {
             }
         };
         drop(stdin);
-        let status = tokio::select! {
-            _ = job.cancel.cancelled() => {
-                tool.kill().await;
-                return Err(StepError::new("pg_restore", "the job was cancelled"));
-            }
-            s = tool.child.wait() => s,
-        };
-        match status {
-            Ok(s) if s.success() && fed => Ok(()),
-            Ok(s) => Err(StepError {
-                step: "pg_restore",
-                message: format!("pg_restore into {:?} failed ({s})", job.new_database),
-                stderr: tool.stderr.text(),
-            }),
-            Err(e) => Err(StepError::new(
-                "pg_restore",
-                format!("waiting for pg_restore: {e}"),
-            )),
-        }
+        finish_tool(job, &mut tool, fed, &job.new_database).await
     }
 
     async fn restore_parallel(
@@ -586,25 +568,7 @@ impl Jobs {
             Stdio::null(),
         )
         .map_err(|e| StepError::new("pg_restore", format!("cannot start pg_restore: {e}")))?;
-        let status = tokio::select! {
-            _ = job.cancel.cancelled() => {
-                tool.kill().await;
-                return Err(StepError::new("pg_restore", "the job was cancelled"));
-            }
-            s = tool.child.wait() => s,
-        };
-        match status {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(StepError {
-                step: "pg_restore",
-                message: format!("pg_restore into {:?} failed ({s})", job.new_database),
-                stderr: tool.stderr.text(),
-            }),
-            Err(e) => Err(StepError::new(
-                "pg_restore",
-                format!("waiting for pg_restore: {e}"),
-            )),
-        }
+        finish_tool(job, &mut tool, true, &job.new_database).await
     }
 
     async fn post_restore(&self, job: &Job, setup: &DestSetup) -> Result<(), StepError> {
@@ -682,6 +646,34 @@ impl Jobs {
             database: database.to_string(),
             previous_database: previous,
         })
+    }
+}
+
+/// Waits for a tool to exit (killing it if the job is cancelled) and turns
+/// a failure into a step error carrying its stderr. `complete` is false when
+/// the tool stopped taking input early: then even a clean exit is a failure.
+pub(crate) async fn finish_tool(
+    job: &Job,
+    tool: &mut procs::Tool,
+    complete: bool,
+    database: &str,
+) -> Result<(), StepError> {
+    let name = tool.name;
+    let status = tokio::select! {
+        _ = job.cancel.cancelled() => {
+            tool.kill().await;
+            return Err(StepError::new(name, "the job was cancelled"));
+        }
+        s = tool.child.wait() => s,
+    };
+    match status {
+        Ok(s) if s.success() && complete => Ok(()),
+        Ok(s) => Err(StepError {
+            step: name,
+            message: format!("{name} on {database:?} failed ({s})"),
+            stderr: tool.stderr.text(),
+        }),
+        Err(e) => Err(StepError::new(name, format!("waiting for {name}: {e}"))),
     }
 }
 

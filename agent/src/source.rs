@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::dest::{StepError, remove_work_dir};
+use crate::dest::{StepError, finish_tool, remove_work_dir};
 use crate::error::AgentError;
 use crate::frames::{CHUNK, Encoder, MAX_MESSAGE};
 use crate::jobs::{Job, Jobs, Side};
@@ -223,7 +223,7 @@ impl Jobs {
             tool.kill().await;
             return Err(e);
         }
-        finish_tool(job, &mut tool).await
+        finish_tool(job, &mut tool, true, &req.database).await
     }
 
     /// Parallel mode: `pg_dump -Fd -j N`, each file shipped once pg_dump
@@ -286,7 +286,7 @@ impl Jobs {
             Ok(s) => {
                 return Err(StepError {
                     step: "pg_dump",
-                    message: format!("pg_dump of {:?} failed ({s})", req.database),
+                    message: format!("pg_dump on {:?} failed ({s})", req.database),
                     stderr: tool.stderr.text(),
                 });
             }
@@ -400,23 +400,4 @@ async fn send_file(
     // Shipped: free the source's disk as we go.
     let _ = tokio::fs::remove_file(&path).await;
     Ok(())
-}
-
-async fn finish_tool(job: &Job, tool: &mut procs::Tool) -> Result<(), StepError> {
-    let status = tokio::select! {
-        _ = job.cancel.cancelled() => {
-            tool.kill().await;
-            return Err(step(tool.name, "the job was cancelled"));
-        }
-        s = tool.child.wait() => s,
-    };
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(StepError {
-            step: tool.name,
-            message: format!("{} exited with {s}", tool.name),
-            stderr: tool.stderr.text(),
-        }),
-        Err(e) => Err(step(tool.name, format!("waiting for {}: {e}", tool.name))),
-    }
 }

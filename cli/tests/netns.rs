@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stagesync_harness::agent::{agent_binary, write_config};
-use stagesync_harness::fixtures::{content_hashes, seed_rich};
+use stagesync_harness::fixtures::{content_hashes, seed_rich, seed_stage};
 use stagesync_harness::proxy::tool_processes;
 use stagesync_harness::{AgentSpec, PgCluster, TestPki};
 
@@ -167,18 +167,7 @@ async fn link_cut_mid_stream_leaves_the_destination_untouched() {
     let src = PgCluster::start().unwrap();
     let dst = PgCluster::start().unwrap();
     seed_rich(&src, "production").await.unwrap();
-    dst.exec("postgres", "CREATE ROLE stage LOGIN")
-        .await
-        .unwrap();
-    dst.exec("postgres", "CREATE DATABASE stage OWNER stage")
-        .await
-        .unwrap();
-    dst.exec(
-        "stage",
-        "CREATE TABLE old_data (id int); INSERT INTO old_data VALUES (1), (2)",
-    )
-    .await
-    .unwrap();
+    seed_stage(&dst).await.unwrap();
     let before = content_hashes(&dst, "stage").await.unwrap();
 
     let link = Link::new();

@@ -96,6 +96,17 @@ peers = {peers}
     Ok(path)
 }
 
+/// How a controller dials test agent `name` at `addr`, expecting its identity.
+pub fn target_for(name: &str, addr: SocketAddr) -> AgentTarget {
+    AgentTarget {
+        address: addr.to_string(),
+        expected: Some(
+            Identity::new(stagesync_certs::DEFAULT_TRUST_DOMAIN, Kind::Agent, name)
+                .expect("test agent names are valid"),
+        ),
+    }
+}
+
 /// An agent running as its own process (the real binary), so tests can
 /// kill it like a crash would.
 pub struct AgentProcess {
@@ -205,17 +216,7 @@ impl AgentProcess {
     }
 
     pub fn target(&self) -> AgentTarget {
-        AgentTarget {
-            address: self.addr.to_string(),
-            expected: Some(
-                Identity::new(
-                    stagesync_certs::DEFAULT_TRUST_DOMAIN,
-                    Kind::Agent,
-                    &self.name,
-                )
-                .expect("test agent names are valid"),
-            ),
-        }
+        target_for(&self.name, self.addr)
     }
 
     /// The agent's work directory.
@@ -283,17 +284,7 @@ impl TestAgent {
 
     /// Where a controller dials this agent, expecting its identity.
     pub fn target(&self) -> AgentTarget {
-        AgentTarget {
-            address: self.addr.to_string(),
-            expected: Some(
-                Identity::new(
-                    stagesync_certs::DEFAULT_TRUST_DOMAIN,
-                    Kind::Agent,
-                    &self.name,
-                )
-                .expect("test agent names are valid"),
-            ),
-        }
+        target_for(&self.name, self.addr)
     }
 
     /// The agent's work directory.

@@ -60,6 +60,20 @@ pub async fn seed_rich(cluster: &PgCluster, db: &str) -> anyhow::Result<()> {
     cluster.exec(db, RICH_SCHEMA).await
 }
 
+/// A staging database `stage`, owned by role `stage`, with older data.
+pub async fn seed_stage(cluster: &PgCluster) -> anyhow::Result<()> {
+    cluster.exec("postgres", "CREATE ROLE stage LOGIN").await?;
+    cluster
+        .exec("postgres", "CREATE DATABASE stage OWNER stage")
+        .await?;
+    cluster
+        .exec(
+            "stage",
+            "CREATE TABLE old_data (id int, v text); INSERT INTO old_data SELECT g, md5(g::text) FROM generate_series(1, 500) g",
+        )
+        .await
+}
+
 /// `md5` of every user table's rows, in key order, by qualified name.
 pub async fn content_hashes(
     cluster: &PgCluster,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use stagesync_certs::ReloadingClientConfig;
 use stagesync_controller::AgentTarget;
 use stagesync_controller::refresh::{PairSpec, refresh};
-use stagesync_harness::fixtures::{content_hashes, seed_rich};
+use stagesync_harness::fixtures::{content_hashes, seed_rich, seed_stage};
 use stagesync_harness::proxy::{FaultProxy, tool_processes};
 use stagesync_harness::{AgentProcess, AgentSpec, PgCluster, TestAgent, TestPki};
 use stagesync_proto::v1 as pb;
@@ -72,15 +72,7 @@ async fn setup(o: Options) -> Setup {
     let src = PgCluster::start().unwrap();
     let dst = PgCluster::start().unwrap();
     seed_rich(&src, "production").await.unwrap();
-    dst.exec("postgres", "CREATE ROLE stage LOGIN")
-        .await
-        .unwrap();
-    dst.exec("postgres", "CREATE DATABASE stage OWNER stage")
-        .await
-        .unwrap();
-    dst.exec("stage", "CREATE TABLE old_data (id int, v text); INSERT INTO old_data SELECT g, md5(g::text) FROM generate_series(1, 500) g")
-        .await
-        .unwrap();
+    seed_stage(&dst).await.unwrap();
     let before = content_hashes(&dst, "stage").await.unwrap();
     let pki = TestPki::new().unwrap();
     let p = o.prod_spec.unwrap_or_else(prod_spec);

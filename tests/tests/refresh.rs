@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use stagesync_certs::ReloadingClientConfig;
 use stagesync_controller::refresh::{PairSpec, RefreshError, refresh, rollback};
-use stagesync_harness::fixtures::{content_hashes, objects_not_owned_by, schema_dump, seed_rich};
+use stagesync_harness::fixtures::{
+    content_hashes, objects_not_owned_by, schema_dump, seed_rich, seed_stage,
+};
 use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
 use stagesync_proto::v1 as pb;
 
@@ -24,18 +26,7 @@ async fn fleet() -> Fleet {
     let src = PgCluster::start().unwrap();
     let dst = PgCluster::start().unwrap();
     seed_rich(&src, "production").await.unwrap();
-    dst.exec("postgres", "CREATE ROLE stage LOGIN")
-        .await
-        .unwrap();
-    dst.exec("postgres", "CREATE DATABASE stage OWNER stage")
-        .await
-        .unwrap();
-    dst.exec(
-        "stage",
-        "CREATE TABLE old_data (id int); INSERT INTO old_data VALUES (1), (2)",
-    )
-    .await
-    .unwrap();
+    seed_stage(&dst).await.unwrap();
     let pki = TestPki::new().unwrap();
     let mut p = AgentSpec::new("prod-db");
     p.may_dump = vec!["production".into(), "Prod *".into()];
@@ -140,7 +131,7 @@ async fn refresh_and_compare(mode: pb::Mode) {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 2);
+    assert_eq!(n, 500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

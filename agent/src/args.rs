@@ -176,6 +176,7 @@ mod tests {
             port: 5432,
             user: "postgres".into(),
             bin_dir: "/usr/bin".into(),
+            restore_settings: Vec::new(),
         }
     }
 

@@ -54,6 +54,7 @@ struct RawPostgres {
     port: Option<Spanned<u16>>,
     user: Option<Spanned<String>>,
     bin_dir: Option<Spanned<String>>,
+    restore_settings: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,7 +113,15 @@ pub struct PostgresConfig {
     pub user: String,
     /// Where `pg_dump` and `pg_restore` live.
     pub bin_dir: PathBuf,
+    /// Session settings for `pg_restore` and the post-restore SQL, as
+    /// `name=value`: the database being restored is private to the job, so
+    /// it can trade durability for speed until the swap.
+    pub restore_settings: Vec<String>,
 }
+
+/// Used when `postgres.restore_settings` is not given.
+pub const DEFAULT_RESTORE_SETTINGS: &[&str] =
+    &["synchronous_commit=off", "maintenance_work_mem=256MB"];
 
 /// What this agent may do, and for whom.
 #[derive(Clone, Debug)]
@@ -476,11 +485,45 @@ impl Ctx<'_> {
                 }
             },
         };
+        let restore_settings = match &raw.restore_settings {
+            None => DEFAULT_RESTORE_SETTINGS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            Some(list) => {
+                let mut out = Vec::new();
+                for item in list.get_ref() {
+                    let v = item.get_ref();
+                    let ok = v.split_once('=').is_some_and(|(name, value)| {
+                        !name.is_empty()
+                            && name
+                                .bytes()
+                                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+                            && !value.is_empty()
+                            && value
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                    });
+                    if !ok {
+                        return self.err(
+                            item.span(),
+                            "postgres.restore_settings",
+                            format!(
+                                "{v:?} is not name=value (e.g. \"maintenance_work_mem=512MB\")"
+                            ),
+                        );
+                    }
+                    out.push(v.clone());
+                }
+                out
+            }
+        };
         Ok(PostgresConfig {
             socket_dir,
             port,
             user,
             bin_dir,
+            restore_settings,
         })
     }
 

@@ -416,6 +416,7 @@ impl Jobs {
             &pg.bin_dir,
             "pg_restore",
             &argv,
+            &pg.restore_settings,
             Stdio::piped(),
             Stdio::null(),
         )
@@ -564,6 +565,7 @@ impl Jobs {
             &pg.bin_dir,
             "pg_restore",
             &argv,
+            &pg.restore_settings,
             Stdio::null(),
             Stdio::null(),
         )

@@ -40,16 +40,20 @@ pub struct Tool {
     pub stderr: StderrTail,
 }
 
-/// Starts `bin_dir/name args` with the given stdin/stdout.
+/// Starts `bin_dir/name args` with the given stdin/stdout; `settings`
+/// (`name=value`) become the tool's session settings through PGOPTIONS.
 pub fn spawn(
     bin_dir: &Path,
     name: &'static str,
     args: &[String],
+    settings: &[String],
     stdin: Stdio,
     stdout: Stdio,
 ) -> std::io::Result<Tool> {
     let mut cmd = Command::new(bin_dir.join(name));
+    let options: Vec<String> = settings.iter().map(|s| format!("-c {s}")).collect();
     cmd.args(args)
+        .env("PGOPTIONS", options.join(" "))
         .stdin(stdin)
         .stdout(stdout)
         .stderr(Stdio::piped())

@@ -211,8 +211,15 @@ impl Jobs {
     ) -> Result<(), StepError> {
         let pg = &self.config.postgres;
         let argv = args::pg_dump(pg, &req.database, dump, None).map_err(|e| step("pg_dump", e))?;
-        let mut tool = procs::spawn(&pg.bin_dir, "pg_dump", &argv, Stdio::null(), Stdio::piped())
-            .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))?;
+        let mut tool = procs::spawn(
+            &pg.bin_dir,
+            "pg_dump",
+            &argv,
+            &[],
+            Stdio::null(),
+            Stdio::piped(),
+        )
+        .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))?;
         let mut out = tool
             .child
             .stdout
@@ -256,8 +263,15 @@ impl Jobs {
         let pg = &self.config.postgres;
         let argv = args::pg_dump(pg, &req.database, dump, Some((&dir, req.jobs)))
             .map_err(|e| step("pg_dump", e))?;
-        let mut tool = procs::spawn(&pg.bin_dir, "pg_dump", &argv, Stdio::null(), Stdio::null())
-            .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))?;
+        let mut tool = procs::spawn(
+            &pg.bin_dir,
+            "pg_dump",
+            &argv,
+            &[],
+            Stdio::null(),
+            Stdio::null(),
+        )
+        .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))?;
         let mut shipped: HashSet<String> = HashSet::new();
         let status = loop {
             tokio::select! {

@@ -250,6 +250,23 @@ fn bin_dir_without_the_tools() {
 }
 
 #[test]
+fn bad_restore_setting() {
+    let f = fixture();
+    let text = replace_line(
+        &f.base,
+        "user",
+        "user = \"postgres\"\nrestore_settings = [\"work_mem=64MB\", \"fsync=off; DROP\"]",
+    );
+    expect_error(
+        &f,
+        &text,
+        "restore_settings",
+        "postgres.restore_settings",
+        "is not name=value",
+    );
+}
+
+#[test]
 fn no_controllers() {
     let f = fixture();
     let text = replace_line(&f.base, "controllers", "controllers = []");

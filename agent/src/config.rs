@@ -4,7 +4,6 @@
 //! and validated into [`AgentConfig`] before any port is bound. Every error
 //! names the file, the line and the key, and says what to do.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +11,9 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use stagesync_certs::{Identity, Kind, ReloadingServerConfig, TlsError, TlsFiles};
 use toml::Spanned;
+
+pub use stagesync_proto::tomlfile::ConfigError;
+use stagesync_proto::tomlfile::TomlFile;
 
 /// Where the agent looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/stagesync/agent.toml";
@@ -156,35 +158,6 @@ impl Patterns {
     }
 }
 
-/// A configuration error: file, line, key and what is wrong.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the problem is the file as a whole.
-    pub line: usize,
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.file.display(),
-                self.line,
-                self.key,
-                self.message
-            )
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// Reads and validates an agent configuration file.
 pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -198,129 +171,31 @@ pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
 
 /// Validates configuration text read from `path`.
 pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
-    let ctx = Ctx { path, text };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.toml_error(&e))?;
+    let ctx = Ctx(TomlFile { path, text });
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| ctx.toml_error(&e, "see the example agent.toml files"))?;
     ctx.validate(raw)
 }
 
 /// Checks only the file's shape (TOML syntax, known keys, types), not the
 /// files and directories it names: for example configurations.
 pub fn check_syntax(path: &Path, text: &str) -> Result<(), ConfigError> {
-    let ctx = Ctx { path, text };
+    let ctx = Ctx(TomlFile { path, text });
     toml::from_str::<RawConfig>(text)
         .map(|_| ())
-        .map_err(|e| ctx.toml_error(&e))
+        .map_err(|e| ctx.toml_error(&e, "see the example agent.toml files"))
 }
 
-struct Ctx<'a> {
-    path: &'a Path,
-    text: &'a str,
+struct Ctx<'a>(TomlFile<'a>);
+
+impl<'a> std::ops::Deref for Ctx<'a> {
+    type Target = TomlFile<'a>;
+    fn deref(&self) -> &TomlFile<'a> {
+        &self.0
+    }
 }
 
 impl Ctx<'_> {
-    fn line_of(&self, offset: usize) -> usize {
-        let offset = offset.min(self.text.len());
-        self.text[..offset].bytes().filter(|b| *b == b'\n').count() + 1
-    }
-
-    fn error(
-        &self,
-        span: std::ops::Range<usize>,
-        key: &str,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        ConfigError {
-            file: self.path.to_path_buf(),
-            line: self.line_of(span.start),
-            key: key.to_string(),
-            message: message.into(),
-        }
-    }
-
-    fn err<T>(
-        &self,
-        span: std::ops::Range<usize>,
-        key: &str,
-        message: impl Into<String>,
-    ) -> Result<T, ConfigError> {
-        Err(self.error(span, key, message))
-    }
-
-    /// The dotted key at a line: the table header above it plus the key before `=`.
-    fn key_at(&self, line: usize) -> String {
-        let lines: Vec<&str> = self.text.lines().collect();
-        let Some(here) = lines.get(line.saturating_sub(1)) else {
-            return String::new();
-        };
-        let here = here.trim();
-        if here.starts_with('[') {
-            return here.trim_matches(['[', ']', ' ']).to_string();
-        }
-        let key = here.split('=').next().unwrap_or("").trim().to_string();
-        let table = lines[..line.saturating_sub(1)]
-            .iter()
-            .rev()
-            .map(|l| l.trim())
-            .find(|l| l.starts_with('['))
-            .map(|l| l.trim_matches(['[', ']', ' ']).to_string());
-        match table {
-            Some(t) if !key.is_empty() => format!("{t}.{key}"),
-            Some(t) => t,
-            None => key,
-        }
-    }
-
-    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
-        let message = e.message().trim().to_string();
-        let line = e.span().map(|s| self.line_of(s.start)).unwrap_or(0);
-        let mut key = if line > 0 {
-            self.key_at(line)
-        } else {
-            String::new()
-        };
-        // serde names the missing field; the span covers its whole table.
-        if let Some(field) = message
-            .strip_prefix("missing field `")
-            .and_then(|m| m.split('`').next())
-        {
-            key = if key.is_empty()
-                || !self
-                    .text
-                    .lines()
-                    .nth(line.saturating_sub(1))
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('[')
-            {
-                field.to_string()
-            } else {
-                format!("{key}.{field}")
-            };
-        }
-        let hint = if message.starts_with("unknown field") {
-            "; remove it or fix its spelling"
-        } else if message.starts_with("missing field") {
-            "; add it (see the example agent.toml files)"
-        } else {
-            ""
-        };
-        ConfigError {
-            file: self.path.to_path_buf(),
-            line: line.max(1),
-            key: if key.is_empty() { "(file)".into() } else { key },
-            message: format!("{message}{hint}"),
-        }
-    }
-
-    fn resolve(&self, p: &str) -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.path.parent().unwrap_or(Path::new(".")).join(p)
-        }
-    }
-
     fn validate(&self, raw: RawConfig) -> Result<AgentConfig, ConfigError> {
         let name = raw.name.get_ref().clone();
         if let Err(e) = stagesync_certs::identity::validate_name(&name) {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod plan;
 pub mod refresh;
 pub mod status;
 

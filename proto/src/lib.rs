@@ -6,5 +6,7 @@ pub mod v1 {
     tonic::include_proto!("stagesync.v1");
 }
 
+pub mod tomlfile;
+
 pub use v1::agent_client::AgentClient;
 pub use v1::agent_server::{Agent, AgentServer};

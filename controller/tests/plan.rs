@@ -1,0 +1,271 @@
+//! The plan file: a valid plan parses, and each kind of mistake is an error
+//! naming the file, the line and the key.
+
+use std::path::Path;
+
+use stagesync_controller::plan::{self, Plan};
+use stagesync_proto::v1 as pb;
+
+const VALID: &str = r#"
+[controller]
+name = "ops"
+certs_dir = "certs"
+parallel = 2
+
+[agents]
+prod-db = { endpoint = "db1.example.com:7443" }
+staging-db = { endpoint = "staging-db1.example.com:7443", peer_endpoint = "10.0.0.7:7443" }
+dev-db = { endpoint = "dev-db1.example.com:7443" }
+
+[defaults]
+mode = "stream"
+exclude_table_data = ["public.django_session"]
+
+[pairs.prod-to-stage1]
+source = { agent = "prod-db", database = "production" }
+dest = { agent = "staging-db", database = "stage", owner = "stage" }
+post_restore_sql = "UPDATE socialaccount_socialapp SET secret = ${SOCIAL_SECRET}"
+params = ["SOCIAL_SECRET"]
+
+[pairs.stage1-to-dev]
+source = { agent = "staging-db", database = "stage" }
+dest = { agent = "dev-db", database = "dev", owner = "dev" }
+mode = "parallel"
+jobs = 4
+after = ["prod-to-stage1"]
+"#;
+
+fn parse(text: &str) -> Result<Plan, String> {
+    plan::parse(Path::new("/etc/stagesync/stagesync.toml"), text).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_valid_plan_parses_in_dag_order() {
+    let p = parse(VALID).unwrap();
+    assert_eq!(p.order(), vec!["prod-to-stage1", "stage1-to-dev"]);
+    let dev = &p.pairs["stage1-to-dev"];
+    assert_eq!(dev.mode, pb::Mode::Parallel);
+    assert_eq!(dev.jobs, 4);
+    assert_eq!(dev.dump.exclude_table_data, vec!["public.django_session"]);
+    assert_eq!(
+        p.tls.cert,
+        Path::new("/etc/stagesync/certs/controller-ops.crt")
+    );
+    let spec = p
+        .pair_spec("prod-to-stage1", "stagesync", |k| {
+            (k == "SOCIAL_SECRET").then(|| "s".to_string())
+        })
+        .unwrap();
+    assert_eq!(spec.dest_peer_address.as_deref(), Some("10.0.0.7:7443"));
+    assert_eq!(spec.params["SOCIAL_SECRET"], "s");
+    let missing = p
+        .pair_spec("prod-to-stage1", "stagesync", |_| None)
+        .unwrap_err();
+    assert!(missing.contains("SOCIAL_SECRET is not set"), "{missing}");
+}
+
+/// Replaces the first line containing `find` and expects an error at that
+/// line (or at the line containing `at`), for `key`, mentioning `needle`.
+fn bad(find: &str, replace: &str, at: &str, key: &str, needle: &str) {
+    let text = VALID.replacen(find, replace, 1);
+    assert_ne!(text, VALID, "{find:?} not found");
+    let line = text.lines().position(|l| l.contains(at)).expect("marker") + 1;
+    let err = parse(&text).expect_err("should be refused");
+    let prefix = format!("/etc/stagesync/stagesync.toml:{line}: {key}: ");
+    assert!(err.starts_with(&prefix), "expected {prefix:?}, got {err:?}");
+    assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    bad(
+        "[defaults]",
+        "[defualts]",
+        "[defualts]",
+        "defualts",
+        "unknown field `defualts`",
+    );
+}
+
+#[test]
+fn unknown_key_in_a_pair() {
+    bad(
+        "jobs = 4",
+        "jobz = 4",
+        "jobz",
+        "pairs.stage1-to-dev.jobz",
+        "unknown field",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    bad(
+        "jobs = 4",
+        "jobs = \"four\"",
+        "jobs = \"four\"",
+        "pairs.stage1-to-dev.jobs",
+        "invalid type",
+    );
+}
+
+#[test]
+fn unknown_source_agent() {
+    bad(
+        "source = { agent = \"prod-db\"",
+        "source = { agent = \"prdo-db\"",
+        "prdo-db",
+        "pairs.prod-to-stage1.source.agent",
+        "no agent named \"prdo-db\"",
+    );
+}
+
+#[test]
+fn unknown_dest_agent() {
+    bad(
+        "dest = { agent = \"dev-db\"",
+        "dest = { agent = \"qa-db\"",
+        "qa-db",
+        "pairs.stage1-to-dev.dest.agent",
+        "no agent named \"qa-db\"",
+    );
+}
+
+#[test]
+fn unknown_pair_in_after() {
+    bad(
+        "after = [\"prod-to-stage1\"]",
+        "after = [\"prod-to-stage9\"]",
+        "prod-to-stage9",
+        "pairs.stage1-to-dev.after",
+        "no pair named",
+    );
+}
+
+#[test]
+fn cycle_in_after() {
+    bad(
+        "params = [\"SOCIAL_SECRET\"]",
+        "params = [\"SOCIAL_SECRET\"]\nafter = [\"stage1-to-dev\"]",
+        "after = [\"stage1-to-dev\"]",
+        "pairs.prod-to-stage1.after",
+        "cycle: prod-to-stage1 -> stage1-to-dev -> prod-to-stage1",
+    );
+}
+
+#[test]
+fn two_pairs_write_one_destination() {
+    let extra = "\n[pairs.prod-to-stage2]\nsource = { agent = \"prod-db\", database = \"production\" }\ndest = { agent = \"staging-db\", database = \"stage\", owner = \"stage\" }\n";
+    let text = format!("{VALID}{extra}");
+    let line = text.lines().count();
+    let err = parse(&text).unwrap_err();
+    assert!(
+        err.starts_with(&format!(
+            "/etc/stagesync/stagesync.toml:{line}: pairs.prod-to-stage2.dest: "
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("both write \"stage\" on agent \"staging-db\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn pair_writes_into_its_own_source() {
+    bad(
+        "dest = { agent = \"dev-db\", database = \"dev\"",
+        "dest = { agent = \"staging-db\", database = \"stage\"",
+        "dest = { agent = \"staging-db\", database = \"stage\", owner = \"dev\"",
+        "pairs.stage1-to-dev.dest",
+        "the pair writes into its own source",
+    );
+    // And production into itself:
+    let text = VALID.replacen(
+        "dest = { agent = \"staging-db\", database = \"stage\", owner = \"stage\" }",
+        "dest = { agent = \"prod-db\", database = \"production\", owner = \"stage\" }",
+        1,
+    );
+    let err = parse(&text).unwrap_err();
+    assert!(
+        err.contains("pairs.prod-to-stage1.dest: the pair writes into its own source"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_owner() {
+    bad(
+        ", owner = \"dev\" }",
+        " }",
+        "dest = { agent = \"dev-db\", database = \"dev\" }",
+        "pairs.stage1-to-dev.dest.owner",
+        "missing",
+    );
+}
+
+#[test]
+fn unknown_mode() {
+    bad(
+        "mode = \"parallel\"",
+        "mode = \"turbo\"",
+        "turbo",
+        "pairs.stage1-to-dev.mode",
+        "unknown mode \"turbo\"",
+    );
+}
+
+#[test]
+fn post_restore_sql_uses_an_unlisted_variable() {
+    bad(
+        "params = [\"SOCIAL_SECRET\"]",
+        "params = []",
+        "post_restore_sql",
+        "pairs.prod-to-stage1.post_restore_sql",
+        "${SOCIAL_SECRET}, which is not listed in params",
+    );
+}
+
+#[test]
+fn bad_endpoint() {
+    bad(
+        "endpoint = \"db1.example.com:7443\"",
+        "endpoint = \"db1.example.com\"",
+        "db1.example.com\"",
+        "agents.prod-db.endpoint",
+        "is not HOST:PORT",
+    );
+}
+
+#[test]
+fn bad_parallelism() {
+    bad(
+        "parallel = 2",
+        "parallel = 0",
+        "parallel = 0",
+        "controller.parallel",
+        "1 to 64",
+    );
+}
+
+#[test]
+fn missing_controller_name() {
+    bad(
+        "name = \"ops\"\n",
+        "",
+        "[controller]",
+        "controller.name",
+        "missing field `name`",
+    );
+}
+
+#[test]
+fn missing_file() {
+    let err = plan::load(Path::new("/nonexistent/stagesync.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/nonexistent/stagesync.toml: cannot read the plan"),
+        "{err}"
+    );
+}

@@ -5,13 +5,16 @@
 //! DATABASE ... RENAME` in a transaction block), so the live name always
 //! points at a complete database: the old one or the new one, never neither.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
 use crate::config::PostgresConfig;
 use crate::pg::{self, error_chain};
-use crate::sql::{NEW_PREFIX, ident, literal, previous_database, swap_database};
+use crate::sql::{
+    DROP_PREFIX, NEW_PREFIX, ident, literal, previous_database, swap_database, with_prefix,
+};
 
 /// A database operation failed; the message says which and why.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +109,8 @@ pub async fn drop_orphans(pg: &PostgresConfig, keep: &[String]) -> Result<Vec<St
     let c = admin(pg).await?;
     let rows = c
         .query(
-            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
-            &[&NEW_PREFIX],
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) OR starts_with(datname, $2)",
+            &[&NEW_PREFIX, &DROP_PREFIX],
         )
         .await
         .map_err(|e| err("listing leftover databases", e))?;
@@ -304,45 +307,127 @@ fn apply(db: &str, k: &Carried) -> String {
     sql
 }
 
+/// Remembers, in `dir`, that database `name` was closed to connections (and
+/// whether it allowed them before), so a crash between closing and
+/// reopening is repaired when the agent starts again.
+fn mark_closed(dir: &Path, name: &str, allowed: bool) -> Result<(), DbError> {
+    std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(dir.join(hex::encode(name)), format!("{allowed}\n{name}")))
+        .map_err(|e| {
+            DbError(format!(
+                "cannot record closing {name:?} in {}: {e}",
+                dir.display()
+            ))
+        })
+}
+
+fn unmark(dir: &Path, name: &str) {
+    let _ = std::fs::remove_file(dir.join(hex::encode(name)));
+}
+
+/// Lets connections back into `name` after a failed swap or rollback.
+async fn reopen(c: &Client, dir: &Path, name: &str, allowed: bool) {
+    let sql = format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allowed}", ident(name));
+    match c.batch_execute(&sql).await {
+        Ok(()) => unmark(dir, name),
+        Err(e) => {
+            tracing::error!(database = name, error = %error_chain(&e), "could not reopen the database; the agent retries when it next starts")
+        }
+    }
+}
+
+/// Reopens databases a crash left closed (see [`mark_closed`]).
+pub async fn reopen_closed(pg: &PostgresConfig, dir: &Path) -> Result<Vec<String>, DbError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let c = admin(pg).await?;
+    let mut reopened = Vec::new();
+    for entry in entries.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let Some((allowed, name)) = text.split_once('\n') else {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        };
+        if database_exists(&c, name).await? {
+            reopen(&c, dir, name, allowed == "true").await;
+            reopened.push(name.to_string());
+        } else {
+            unmark(dir, name);
+        }
+    }
+    Ok(reopened)
+}
+
 /// Swaps `new_db` in as `live`; the old live database becomes the previous
-/// copy (replacing an older one). Returns the previous copy's name.
-pub async fn swap_in(pg: &PostgresConfig, new_db: &str, live: &str) -> Result<String, DbError> {
+/// copy (replacing an older one, dropped only once the swap committed).
+/// `closed` is where closings are recorded. Returns the previous copy's name.
+pub async fn swap_in(
+    pg: &PostgresConfig,
+    closed: &Path,
+    new_db: &str,
+    live: &str,
+) -> Result<String, DbError> {
     let mut c = admin(pg).await?;
     let previous = previous_database(live);
+    let retired = with_prefix(DROP_PREFIX, live);
     if !database_exists(&c, new_db).await? {
         return Err(DbError(format!("the restored database {new_db:?} is gone")));
     }
     let live_exists = database_exists(&c, live).await?;
-    if live_exists && database_exists(&c, &previous).await? {
-        c.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(&previous)))
+    let previous_exists = live_exists && database_exists(&c, &previous).await?;
+    if database_exists(&c, &retired).await? {
+        c.batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", ident(&retired)))
             .await
-            .map_err(|e| err(format!("dropping the older previous copy {previous:?}"), e))?;
+            .map_err(|e| err(format!("dropping {retired:?}"), e))?;
     }
-    // Our own restore sessions may still be closing.
+    // Nobody may connect to the new database until it has the live name.
+    c.batch_execute(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+        ident(new_db)
+    ))
+    .await
+    .map_err(|e| err(format!("closing {new_db:?}"), e))?;
     end_sessions(&c, new_db).await?;
     let carried = if live_exists {
-        let k = carried(&c, live).await?;
-        close_database(&c, live).await?;
-        Some(k)
+        Some(carried(&c, live).await?)
     } else {
         None
     };
+    let allowed = carried.as_ref().is_none_or(|k| k.allow_connections);
+    if live_exists {
+        mark_closed(closed, live, allowed)?;
+        if let Err(e) = close_database(&c, live).await {
+            reopen(&c, closed, live, allowed).await;
+            return Err(e);
+        }
+    }
     let mut sql = String::new();
-    if let Some(k) = &carried {
+    if previous_exists {
+        sql.push_str(&format!(
+            "ALTER DATABASE {} RENAME TO {};\n",
+            ident(&previous),
+            ident(&retired)
+        ));
+    }
+    if live_exists {
         sql.push_str(&format!(
             "ALTER DATABASE {} RENAME TO {};\n",
             ident(live),
             ident(&previous)
         ));
         sql.push_str(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS {};\n",
-            ident(&previous),
-            k.allow_connections
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allowed};\n",
+            ident(&previous)
         ));
     }
     sql.push_str(&format!(
         "ALTER DATABASE {} RENAME TO {};\n",
         ident(new_db),
+        ident(live)
+    ));
+    sql.push_str(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS {allowed};\n",
         ident(live)
     ));
     if let Some(k) = &carried {
@@ -356,23 +441,28 @@ pub async fn swap_in(pg: &PostgresConfig, new_db: &str, live: &str) -> Result<St
     .await;
     if let Err(e) = result {
         // Nothing was renamed; let the live database take connections again.
-        if let Some(k) = &carried {
-            let _ = c
-                .batch_execute(&format!(
-                    "ALTER DATABASE {} ALLOW_CONNECTIONS {}",
-                    ident(live),
-                    k.allow_connections
-                ))
-                .await;
+        if live_exists {
+            reopen(&c, closed, live, allowed).await;
         }
         return Err(err(format!("swapping {new_db:?} in as {live:?}"), e));
+    }
+    unmark(closed, live);
+    if previous_exists
+        && let Err(e) = c
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                ident(&retired)
+            ))
+            .await
+    {
+        tracing::warn!(database = %retired, error = %error_chain(&e), "could not drop the older previous copy; it is dropped when the agent next starts");
     }
     Ok(previous)
 }
 
 /// Swaps the previous copy of `live` back in; the current one becomes the
 /// previous copy, so a second rollback undoes the first.
-pub async fn rollback(pg: &PostgresConfig, live: &str) -> Result<String, DbError> {
+pub async fn rollback(pg: &PostgresConfig, closed: &Path, live: &str) -> Result<String, DbError> {
     let mut c = admin(pg).await?;
     let previous = previous_database(live);
     if !database_exists(&c, &previous).await? {
@@ -383,17 +473,28 @@ pub async fn rollback(pg: &PostgresConfig, live: &str) -> Result<String, DbError
     let swap = swap_database(live);
     let live_exists = database_exists(&c, live).await?;
     let live_allow = if live_exists {
-        let k = carried(&c, live).await?;
-        close_database(&c, live).await?;
-        Some(k.allow_connections)
+        carried(&c, live).await?.allow_connections
     } else {
-        None
+        true
     };
-    close_database(&c, &previous).await?;
-    let tx = c
-        .transaction()
-        .await
-        .map_err(|e| err("starting the rollback transaction", e))?;
+    let prev_allow = carried(&c, &previous).await?.allow_connections;
+    let mut closed_now: Vec<(&str, bool)> = Vec::new();
+    for (db, allow, exists) in [
+        (live, live_allow, live_exists),
+        (previous.as_str(), prev_allow, true),
+    ] {
+        if !exists {
+            continue;
+        }
+        mark_closed(closed, db, allow)?;
+        closed_now.push((db, allow));
+        if let Err(e) = close_database(&c, db).await {
+            for (d, a) in &closed_now {
+                reopen(&c, closed, d, *a).await;
+            }
+            return Err(e);
+        }
+    }
     let mut sql = String::new();
     if live_exists {
         sql.push_str(&format!(
@@ -408,30 +509,42 @@ pub async fn rollback(pg: &PostgresConfig, live: &str) -> Result<String, DbError
         ident(live)
     ));
     sql.push_str(&format!(
-        "ALTER DATABASE {} ALLOW_CONNECTIONS true;\n",
+        "ALTER DATABASE {} ALLOW_CONNECTIONS {prev_allow};\n",
         ident(live)
     ));
-    if let Some(allow) = live_allow {
+    if live_exists {
         sql.push_str(&format!(
             "ALTER DATABASE {} RENAME TO {};\n",
             ident(&swap),
             ident(&previous)
         ));
         sql.push_str(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS {allow};\n",
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {live_allow};\n",
             ident(&previous)
         ));
     }
-    tx.batch_execute(&sql)
-        .await
-        .map_err(|e| err(format!("rolling {live:?} back"), e))?;
-    tx.commit()
-        .await
-        .map_err(|e| err(format!("rolling {live:?} back"), e))?;
+    let result = async {
+        let tx = c.transaction().await?;
+        tx.batch_execute(&sql).await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = result {
+        for (d, a) in &closed_now {
+            reopen(&c, closed, d, *a).await;
+        }
+        return Err(err(format!("rolling {live:?} back"), e));
+    }
+    for (d, _) in &closed_now {
+        unmark(closed, d);
+    }
     Ok(previous)
 }
 
-/// Runs the post-restore SQL in `db` as `owner`, in one transaction.
+/// Runs the post-restore SQL in `db`, in one transaction, with the owner's
+/// rights only: it runs inside a SECURITY DEFINER function owned by the
+/// owner, where `RESET ROLE` and `SET SESSION AUTHORIZATION` are refused, so
+/// it cannot climb back to the agent's superuser login.
 pub async fn post_restore(
     pg: &PostgresConfig,
     db: &str,
@@ -445,12 +558,17 @@ pub async fn post_restore(
         .transaction()
         .await
         .map_err(|e| err("starting the post-restore transaction", e))?;
-    tx.batch_execute(&format!("SET LOCAL ROLE {}", ident(owner)))
-        .await
-        .map_err(|e| err(format!("becoming role {owner:?}"), e))?;
-    // The error says what PostgreSQL objected to; the SQL itself (which may
-    // hold secrets) is never logged or echoed.
-    tx.batch_execute(sql)
+    tx.batch_execute(&format!(
+        "CREATE FUNCTION pg_temp.stagesync_post_restore(sql text) RETURNS void \
+         LANGUAGE plpgsql SECURITY DEFINER AS $f$ BEGIN EXECUTE sql; END $f$;\n\
+         ALTER FUNCTION pg_temp.stagesync_post_restore(text) OWNER TO {}",
+        ident(owner)
+    ))
+    .await
+    .map_err(|e| err(format!("preparing to run as {owner:?}"), e))?;
+    // The SQL (which may hold secrets) travels as a parameter and is never
+    // logged or echoed; the error says what PostgreSQL objected to.
+    tx.execute("SELECT pg_temp.stagesync_post_restore($1)", &[&sql])
         .await
         .map_err(|e| err("the post-restore SQL failed", e))?;
     tx.commit()

@@ -159,35 +159,40 @@ impl Jobs {
             }),
         );
         self.insert(job.clone()).map_err(&precondition)?;
-
-        // Leftovers of crashed jobs go first: they hold disk we may need.
-        let keep = self.live_new_databases();
-        match db::drop_orphans(&self.config.postgres, &keep).await {
-            Ok(dropped) if !dropped.is_empty() => {
-                tracing::info!(?dropped, "dropped leftover databases")
+        // Supervised from now on: if this call is cancelled half-way, the
+        // lease still ends the job and the cleanup still runs.
+        self.spawn_supervisor(job.clone());
+        let jobs = self.clone();
+        let j = job.clone();
+        let (database, owner) = (req.database.clone(), req.owner.clone());
+        let made = tokio::spawn(async move {
+            let _pipeline = j.pipeline.lock().await;
+            // Leftovers of crashed jobs go first: they hold disk we may need.
+            let keep = jobs.live_new_databases();
+            match db::drop_orphans(&jobs.config.postgres, &keep).await {
+                Ok(dropped) if !dropped.is_empty() => {
+                    tracing::info!(?dropped, "dropped leftover databases")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not clean leftover databases"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not clean leftover databases"),
-        }
-        let made = async {
-            db::create_new(&self.config.postgres, &new_db, &req.database, &req.owner)
+            db::create_new(&jobs.config.postgres, &j.new_database, &database, &owner)
                 .await
                 .map_err(|e| e.0)?;
-            if let Some(dir) = &work_dir {
+            if let Some(dir) = &j.work_dir {
                 tokio::fs::create_dir_all(dir.join("dump"))
                     .await
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
             Ok::<(), String>(())
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("preparing failed: {e}")));
         if let Err(e) = made {
             job.fail("prepare", e.clone(), String::new());
-            self.spawn_supervisor(job);
             return Err(precondition(e));
         }
         tracing::info!(job = %job.id, database = %req.database, new = %new_db, "prepared");
-        self.spawn_supervisor(job);
         Ok(pb::PrepareRestoreResponse {
             new_database: new_db,
             previous_database: sql::previous_database(&req.database),
@@ -208,11 +213,15 @@ impl Jobs {
                     break;
                 }
                 let unwatched = job.unwatched_for();
-                if unwatched > limits.controller_timeout {
-                    let _ = job.abort(&format!(
-                        "no controller has watched this job for {} s (jobs.controller_timeout_secs): the controller is gone",
-                        unwatched.as_secs()
-                    ));
+                // A job that is committing cannot be aborted; keep watching it.
+                if unwatched > limits.controller_timeout
+                    && job
+                        .abort(&format!(
+                            "no controller has watched this job for {} s (jobs.controller_timeout_secs): the controller is gone",
+                            unwatched.as_secs()
+                        ))
+                        .is_ok()
+                {
                     break;
                 }
                 if let Some(d) = &job.dest
@@ -370,35 +379,41 @@ impl Jobs {
         stream: &mut Streaming<pb::DumpFrame>,
     ) -> Result<pb::dump_frame::Kind, StepError> {
         let stall = self.config.jobs.stall_timeout;
-        let msg = tokio::select! {
-            _ = job.cancel.cancelled() => return Err(StepError::new("stream", "the job was cancelled")),
-            r = tokio::time::timeout(stall, stream.message()) => r,
-        };
-        let msg = msg.map_err(|_| {
-            StepError::new(
-                "stream",
-                format!("no data from the source agent for {} s (jobs.stall_timeout_secs): the link or the source is down", stall.as_secs()),
-            )
-        })?;
-        let msg = msg.map_err(|s| {
-            StepError::new(
-                "stream",
-                format!("the stream from the source agent broke: {}", s.message()),
-            )
-        })?;
-        match msg {
-            Some(pb::DumpFrame { kind: Some(k) }) => {
-                if let pb::dump_frame::Kind::Data(d) = &k {
-                    job.received
-                        .fetch_add(d.payload.len() as u64, Ordering::Relaxed);
+        loop {
+            let msg = tokio::select! {
+                _ = job.cancel.cancelled() => return Err(StepError::new("stream", "the job was cancelled")),
+                r = tokio::time::timeout(stall, stream.message()) => r,
+            };
+            let msg = msg.map_err(|_| {
+                StepError::new(
+                    "stream",
+                    format!("no data from the source agent for {} s (jobs.stall_timeout_secs): the link or the source is down", stall.as_secs()),
+                )
+            })?;
+            let msg = msg.map_err(|s| {
+                StepError::new(
+                    "stream",
+                    format!("the stream from the source agent broke: {}", s.message()),
+                )
+            })?;
+            return match msg {
+                // Alive but quiet: wait for the next frame with a fresh timer.
+                Some(pb::DumpFrame {
+                    kind: Some(pb::dump_frame::Kind::Heartbeat(_)),
+                }) => continue,
+                Some(pb::DumpFrame { kind: Some(k) }) => {
+                    if let pb::dump_frame::Kind::Data(d) = &k {
+                        job.received
+                            .fetch_add(d.payload.len() as u64, Ordering::Relaxed);
+                    }
+                    Ok(k)
                 }
-                Ok(k)
-            }
-            Some(_) => Err(StepError::new("stream", "an empty frame arrived")),
-            None => Err(StepError::new(
-                "stream",
-                "the stream ended before its trailer: the source agent stopped or failed",
-            )),
+                Some(_) => Err(StepError::new("stream", "an empty frame arrived")),
+                None => Err(StepError::new(
+                    "stream",
+                    "the stream ended before its trailer: the source agent stopped or failed",
+                )),
+            };
         }
     }
 
@@ -547,7 +562,7 @@ impl Jobs {
                     decoder.finish(&t)?;
                     break;
                 }
-                pb::dump_frame::Kind::Header(_) => {
+                pb::dump_frame::Kind::Header(_) | pb::dump_frame::Kind::Heartbeat(_) => {
                     return Err(StepError::new("stream", "a second header arrived"));
                 }
             }
@@ -588,8 +603,9 @@ impl Jobs {
         .map_err(|e| StepError::new("post-restore SQL", e.0))
     }
 
-    /// `Commit`: swap the restored database in.
-    pub async fn commit(&self, job_id: &str) -> Result<pb::CommitResponse, AgentError> {
+    /// `Commit`: swap the restored database in. The swap runs in its own
+    /// task, so a caller that goes away mid-commit cannot leave it half done.
+    pub async fn commit(self: &Arc<Self>, job_id: &str) -> Result<pb::CommitResponse, AgentError> {
         let job = self
             .get(job_id)
             .filter(|j| j.side == Side::Dest)
@@ -603,7 +619,27 @@ impl Jobs {
                 reason: format!("job {job_id} is {:?}, not ready to commit", job.phase()),
             });
         }
-        match db::swap_in(&self.config.postgres, &job.new_database, &job.database).await {
+        let jobs = self.clone();
+        tokio::spawn(async move { jobs.swap(&job).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(AgentError::Internal {
+                    agent: self.config.name.clone(),
+                    reason: format!("the swap task failed: {e}"),
+                })
+            })
+    }
+
+    async fn swap(&self, job: &Job) -> Result<pb::CommitResponse, AgentError> {
+        let closed = self.config.work_dir.join("closed");
+        match db::swap_in(
+            &self.config.postgres,
+            &closed,
+            &job.new_database,
+            &job.database,
+        )
+        .await
+        {
             Ok(previous) => {
                 job.advance(pb::Phase::Committed);
                 tracing::info!(job = %job.id, database = %job.database, %previous, "committed");
@@ -614,13 +650,11 @@ impl Jobs {
                 })
             }
             Err(e) => {
-                // The swap is one transaction: nothing was renamed.
-                job.advance(pb::Phase::Failed);
-                let _ = db::drop_database(&self.config.postgres, &job.new_database).await;
-                remove_work_dir(job.work_dir.as_deref()).await;
+                let message = format!("swap failed, the live database is unchanged: {e}");
+                job.commit_failed(message.clone());
                 Err(AgentError::Internal {
                     agent: self.config.name.clone(),
-                    reason: format!("swap failed, the live database is unchanged: {e}"),
+                    reason: message,
                 })
             }
         }
@@ -637,7 +671,8 @@ impl Jobs {
                 ),
             });
         }
-        let previous = db::rollback(&self.config.postgres, database)
+        let closed = self.config.work_dir.join("closed");
+        let previous = db::rollback(&self.config.postgres, &closed, database)
             .await
             .map_err(|e| AgentError::FailedPrecondition {
                 agent: self.config.name.clone(),
@@ -668,8 +703,14 @@ pub(crate) async fn finish_tool(
         }
         s = tool.child.wait() => s,
     };
+    tool.drain().await;
     match status {
         Ok(s) if s.success() && complete => Ok(()),
+        Ok(s) if s.success() => Err(StepError {
+            step: name,
+            message: format!("{name} on {database:?} stopped reading before the dump ended"),
+            stderr: tool.stderr.text(),
+        }),
         Ok(s) => Err(StepError {
             step: name,
             message: format!("{name} on {database:?} failed ({s})"),

@@ -112,6 +112,13 @@ impl Decoder {
                 got: frame.seq,
             });
         }
+        if frame.raw_len as usize > CHUNK {
+            return Err(FrameError::Length {
+                seq: frame.seq,
+                want: frame.raw_len,
+                got: CHUNK,
+            });
+        }
         let got = crc32c::crc32c(&frame.payload);
         if got != frame.crc32c {
             return Err(FrameError::Crc {

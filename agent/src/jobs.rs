@@ -178,6 +178,24 @@ impl Job {
         self.bump();
     }
 
+    /// Marks a job whose commit failed (the swap is one transaction, so the
+    /// live database is unchanged) and lets the supervisor clean up.
+    pub fn commit_failed(&self, message: String) {
+        {
+            let mut s = self.state();
+            s.phase = pb::Phase::Failed;
+            s.finished = Some(Instant::now());
+            s.error = Some(pb::JobError {
+                step: "swap".to_string(),
+                host: host_label(&self.agent),
+                message,
+                stderr_tail: String::new(),
+            });
+        }
+        self.cancel.cancel();
+        self.bump();
+    }
+
     /// Aborts the job on request (controller, lease, shutdown).
     pub fn abort(&self, reason: &str) -> Result<(), String> {
         {

@@ -60,6 +60,18 @@ pub enum ServeError {
 /// databases and work directories. Runs before the agent serves.
 pub async fn recover(config: &AgentConfig) {
     dest::clean_work_dir(&config.work_dir).await;
+    match db::reopen_closed(&config.postgres, &config.work_dir.join("closed")).await {
+        Ok(reopened) if !reopened.is_empty() => {
+            tracing::warn!(
+                ?reopened,
+                "reopened databases an interrupted swap had closed"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check for databases an interrupted swap closed")
+        }
+    }
     match db::drop_orphans(&config.postgres, &[]).await {
         Ok(dropped) if !dropped.is_empty() => {
             tracing::info!(?dropped, "dropped databases left by interrupted jobs")

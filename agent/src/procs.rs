@@ -38,7 +38,11 @@ pub struct Tool {
     pub name: &'static str,
     pub child: Child,
     pub stderr: StderrTail,
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// Longest stderr line kept (pg_restore echoes whole failed commands).
+const MAX_LINE: usize = 2048;
 
 /// Starts `bin_dir/name args` with the given stdin/stdout; `settings`
 /// (`name=value`) become the tool's session settings through PGOPTIONS.
@@ -58,6 +62,8 @@ pub fn spawn(
         .stdout(stdout)
         .stderr(Stdio::piped())
         .env("PGAPPNAME", format!("stagesync-{name}"))
+        // Its own process group, so a cancel reaches the -j workers too.
+        .process_group(0)
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before exec and only
     // makes the prctl system call, which is async-signal-safe.
@@ -71,27 +77,60 @@ pub fn spawn(
     }
     let mut child = cmd.spawn()?;
     let tail = StderrTail::default();
-    if let Some(err) = child.stderr.take() {
+    let reader = child.stderr.take().map(|err| {
         let tail = tail.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            while let Ok(Some(mut line)) = lines.next_line().await {
                 tracing::debug!(tool = name, line = %line, "stderr");
+                if line.len() > MAX_LINE {
+                    let mut cut = MAX_LINE;
+                    while !line.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    line.truncate(cut);
+                    line.push_str(" [...]");
+                }
                 tail.push(line);
             }
-        });
-    }
+        })
+    });
     Ok(Tool {
         name,
         child,
         stderr: tail,
+        reader,
     })
 }
 
 impl Tool {
-    /// Kills the tool (if still running) and reaps it.
+    /// Stops the tool and its workers: SIGTERM to the process group (the
+    /// tools pass it on and cancel their queries), SIGKILL if they are still
+    /// there after a grace period, then reaps.
     pub async fn kill(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let group = nix::unistd::Pid::from_raw(-(pid as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+            if tokio::time::timeout(std::time::Duration::from_secs(5), self.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            } else {
+                // The leader is gone; make sure no worker outlives it.
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+        self.drain().await;
+    }
+
+    /// Waits (briefly) until everything the tool wrote to stderr was read,
+    /// so the tail holds its last words.
+    pub async fn drain(&mut self) {
+        if let Some(r) = self.reader.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), r).await;
+        }
     }
 }

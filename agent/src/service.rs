@@ -198,7 +198,14 @@ impl pb::agent_server::Agent for AgentService {
             let mut changed = job.subscribe();
             loop {
                 let status = job.status();
-                let done = job.is_terminal();
+                // Decided from the status sent, so the last one sent is final.
+                let done = matches!(
+                    pb::Phase::try_from(status.phase),
+                    Ok(pb::Phase::Committed
+                        | pb::Phase::Failed
+                        | pb::Phase::Aborted
+                        | pb::Phase::Sent)
+                );
                 if tx.send(Ok(status)).await.is_err() || done {
                     break;
                 }

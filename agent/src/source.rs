@@ -168,10 +168,14 @@ impl Jobs {
         .map_err(|_| step("stream", "the stream closed before it started"))?;
         let push = tokio::spawn(async move { client.push_dump(ReceiverStream::new(rx)).await });
         let mut enc = Encoder::new(compression, self.config.faults.corrupt_frame);
+        let heartbeat = tokio::spawn(heartbeats(tx.clone(), job.id.clone()));
         let produced = match mode {
             pb::Mode::Parallel => self.produce_parallel(job, req, dump, &mut enc, &tx).await,
             _ => self.produce_stream(job, req, dump, &mut enc, &tx).await,
         };
+        // Stop the heartbeats before the trailer, and before the stream may end.
+        heartbeat.abort();
+        let _ = heartbeat.await;
         if produced.is_ok() {
             let _ = tx
                 .send(frame(pb::dump_frame::Kind::Trailer(enc.trailer())))
@@ -295,6 +299,7 @@ impl Jobs {
                 s = tool.child.wait() => break s,
             }
         };
+        tool.drain().await;
         match status {
             Ok(s) if s.success() => {}
             Ok(s) => {
@@ -318,6 +323,22 @@ impl Jobs {
             send_file(job, &dir, &name, enc, tx).await?;
         }
         Ok(())
+    }
+}
+
+/// How often the source says it is alive when it has nothing else to send.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn heartbeats(tx: Frames, job: String) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let beat = frame(pb::dump_frame::Kind::Heartbeat(pb::Heartbeat {}));
+        if tx.send(beat).await.is_err() {
+            tracing::debug!(%job, "heartbeats stop: the stream closed");
+            return;
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub fn literal(value: &str) -> String {
 pub const NEW_PREFIX: &str = "stagesync_new_";
 /// Prefix of the previous copies kept for rollback.
 pub const PREVIOUS_PREFIX: &str = "stagesync_prev_";
+/// Prefix of an older previous copy between a swap and its drop.
+pub const DROP_PREFIX: &str = "stagesync_drop_";
 /// PostgreSQL truncates identifiers to 63 bytes; we never rely on that.
 const MAX_IDENT: usize = 63;
 
@@ -40,7 +42,8 @@ pub fn swap_database(live: &str) -> String {
     with_prefix("stagesync_swap_", live)
 }
 
-fn with_prefix(prefix: &str, live: &str) -> String {
+/// `prefix` + `live`, shortened with a hash when too long for PostgreSQL.
+pub fn with_prefix(prefix: &str, live: &str) -> String {
     let plain = format!("{prefix}{live}");
     if plain.len() <= MAX_IDENT {
         return plain;

@@ -7,6 +7,7 @@ mod certs_cmd;
 mod exit;
 mod refresh_cmd;
 mod status_cmd;
+mod sync_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,10 @@ enum Command {
     Certs(certs_cmd::CertsCommand),
     /// Ask agents what they are, what they run and what they may do.
     Status(status_cmd::StatusArgs),
+    /// Refresh pairs of the plan (databases, in `after` order).
+    Sync(sync_cmd::SyncArgs),
+    /// Show what earlier runs did.
+    History(sync_cmd::HistoryArgs),
     /// Refresh one database from another through their agents.
     Refresh(Box<refresh_cmd::RefreshArgs>),
     /// Swap the previous copy of a database back in.
@@ -72,6 +77,8 @@ pub fn main() -> ExitCode {
         Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Status(args) => status_cmd::run(args),
         Command::Refresh(args) => refresh_cmd::run(*args),
+        Command::Sync(args) => sync_cmd::run(args),
+        Command::History(args) => sync_cmd::history_cmd(args),
         Command::Rollback(args) => refresh_cmd::run_rollback(args),
         Command::Demo => {
             println!(

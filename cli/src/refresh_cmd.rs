@@ -87,12 +87,21 @@ pub struct RefreshArgs {
 
 #[derive(clap::Args)]
 pub struct RollbackArgs {
-    /// The destination agent, NAME=HOST:PORT.
-    #[arg(long, value_name = "NAME=HOST:PORT")]
-    dest: String,
-    /// The database to roll back to its previous copy.
-    #[arg(long)]
-    database: String,
+    /// A pair of the plan: its destination database is rolled back.
+    pair: Option<String>,
+    #[command(flatten)]
+    plan: crate::sync_cmd::PlanArg,
+    /// Without a plan: the destination agent, NAME=HOST:PORT.
+    #[arg(
+        long,
+        value_name = "NAME=HOST:PORT",
+        conflicts_with = "pair",
+        requires = "database"
+    )]
+    dest: Option<String>,
+    /// Without a plan: the database to roll back to its previous copy.
+    #[arg(long, conflicts_with = "pair", requires = "dest")]
+    database: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -273,11 +282,34 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
 }
 
 pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<Exit> {
-    let tls = Arc::new(ReloadingClientConfig::load(tls_files(&args.tls)?)?);
+    let (tls_files, dest_spec, database) = match (&args.pair, &args.dest, &args.database) {
+        (Some(pair), _, _) => {
+            let plan = match crate::sync_cmd::load_plan(&args.plan.plan) {
+                Ok(p) => p,
+                Err(exit) => return Ok(exit),
+            };
+            let Some(p) = plan.pairs.get(pair) else {
+                eprintln!(
+                    "stagesync: no pair named {pair:?} in {}",
+                    plan.source.display()
+                );
+                return Ok(Exit::Usage);
+            };
+            let a = &plan.agents[&p.dest_agent];
+            (
+                plan.tls.clone(),
+                format!("{}={}", a.name, a.endpoint),
+                p.dest_db.clone(),
+            )
+        }
+        (None, Some(dest), Some(db)) => (tls_files(&args.tls)?, dest.clone(), db.clone()),
+        _ => bail!("name a pair of the plan, or give --dest NAME=HOST:PORT and --database DB"),
+    };
+    let tls = Arc::new(ReloadingClientConfig::load(tls_files)?);
     let td = tls.identity().trust_domain;
-    let dest = target(&args.dest, &td, "--dest")?;
+    let dest = target(&dest_spec, &td, "--dest")?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    match runtime.block_on(rollback(tls, &dest, &args.database)) {
+    match runtime.block_on(rollback(tls, &dest, &database)) {
         Ok(r) => {
             println!(
                 "rolled {:?} back to its previous copy; the replaced one is now {:?} (roll back again to undo)",

@@ -14,9 +14,11 @@ use crate::{Exit, TlsArgs};
 #[derive(clap::Args)]
 pub struct StatusArgs {
     /// An agent to ask, as NAME=HOST:PORT (its certificate must name NAME)
-    /// or HOST:PORT. Repeat for several.
-    #[arg(long = "agent", required = true, value_name = "[NAME=]HOST:PORT")]
+    /// or HOST:PORT. Repeat for several. Without it, the plan's agents.
+    #[arg(long = "agent", value_name = "[NAME=]HOST:PORT")]
     agents: Vec<String>,
+    #[command(flatten)]
+    plan: crate::sync_cmd::PlanArg,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -94,11 +96,23 @@ fn parse_target(spec: &str, trust_domain: &str) -> anyhow::Result<AgentTarget> {
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
-    let files = tls_files(&args.tls)?;
+    let (files, agents) = if args.agents.is_empty() {
+        let plan = match crate::sync_cmd::load_plan(&args.plan.plan) {
+            Ok(p) => p,
+            Err(exit) => return Ok(exit),
+        };
+        let agents = plan
+            .agents
+            .values()
+            .map(|a| format!("{}={}", a.name, a.endpoint))
+            .collect();
+        (plan.tls.clone(), agents)
+    } else {
+        (tls_files(&args.tls)?, args.agents.clone())
+    };
     let tls = Arc::new(ReloadingClientConfig::load(files)?);
     let trust_domain = tls.identity().trust_domain;
-    let targets = args
-        .agents
+    let targets = agents
         .iter()
         .map(|s| parse_target(s, &trust_domain))
         .collect::<anyhow::Result<Vec<_>>>()?;

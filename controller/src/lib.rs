@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod dag;
+pub mod history;
 pub mod plan;
 pub mod refresh;
 pub mod status;

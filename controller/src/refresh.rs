@@ -375,7 +375,19 @@ pub async fn refresh<T: ClientTls>(
         Side::Dest,
         tx.clone(),
     ));
-    let mut source = client::connect(tls.clone(), &spec.source).await?;
+    let mut source = match client::connect(tls.clone(), &spec.source).await {
+        Ok(c) => c,
+        Err(e) => {
+            abort_both(
+                tls.clone(),
+                spec,
+                &job_id,
+                "the source agent cannot be reached",
+            )
+            .await;
+            return Err(e.into());
+        }
+    };
     let started_dump = source
         .start_dump(pb::StartDumpRequest {
             job_id: job_id.clone(),
@@ -488,13 +500,17 @@ pub async fn refresh<T: ClientTls>(
             return Err(job_error(e));
         }
         if last_dst.as_ref().map(phase) == Some(pb::Phase::Ready) {
-            let committed = dest
+            let committed = match dest
                 .commit(pb::CommitRequest {
                     job_id: job_id.clone(),
                 })
                 .await
-                .map_err(|s| call_err(&spec.dest, s))?
-                .into_inner();
+            {
+                Ok(c) => c.into_inner(),
+                Err(status) => {
+                    commit_outcome(tls.clone(), spec, &job_id, &prepared, status).await?
+                }
+            };
             on_event(Event::Committed {
                 database: committed.database.clone(),
                 previous: committed.previous_database.clone(),
@@ -512,6 +528,54 @@ pub async fn refresh<T: ClientTls>(
             });
         }
     }
+}
+
+/// After a commit call that got no answer, asks the destination how the
+/// job ended: the swap runs to its end on the agent whatever the caller does.
+async fn commit_outcome<T: ClientTls>(
+    tls: Arc<T>,
+    spec: &PairSpec,
+    job_id: &str,
+    prepared: &pb::PrepareRestoreResponse,
+    status: tonic::Status,
+) -> Result<pb::CommitResponse, RefreshError> {
+    let answered = !matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    );
+    if answered {
+        return Err(RefreshError::Agent(client::explain(&spec.dest, &status)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(info) = status::info(tls.clone(), &spec.dest).await
+            && let Some(job) = info.jobs.iter().find(|j| j.job_id == job_id)
+        {
+            match phase(job) {
+                pb::Phase::Committed => {
+                    return Ok(pb::CommitResponse {
+                        database: spec.dest_db.clone(),
+                        previous_database: prepared.previous_database.clone(),
+                    });
+                }
+                pb::Phase::Failed | pb::Phase::Aborted => {
+                    return Err(job_error(job.error.clone().unwrap_or_default()));
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(RefreshError::Lost(
+        format!("the destination agent ({})", spec.dest.address),
+        format!(
+            "the commit got no answer ({}) and the job's outcome could not be read: check `stagesync status` before retrying",
+            status.message()
+        ),
+    ))
 }
 
 fn job_error(e: pb::JobError) -> RefreshError {

@@ -34,6 +34,12 @@ impl Agent {
             Agent::Proc(a) => a.work_dir(),
         }
     }
+    fn config_path(&self) -> PathBuf {
+        match self {
+            Agent::In(a) => a.config_path.clone(),
+            Agent::Proc(a) => a.config_path.clone(),
+        }
+    }
     fn proc(&mut self) -> &mut AgentProcess {
         match self {
             Agent::Proc(p) => p,
@@ -306,38 +312,85 @@ async fn post_restore_sql_failing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn controller_vanishing_mid_job() {
+    let limits = "\n[jobs]\ncontroller_timeout_secs = 2\n";
     let s = setup(Options {
-        staging_toml: "\n[jobs]\ncontroller_timeout_secs = 2\n".into(),
+        staging_toml: limits.into(),
         prod_spec: Some({
             let mut p = prod_spec();
-            p.extra_toml = "\n[jobs]\ncontroller_timeout_secs = 2\n".into();
+            p.extra_toml = limits.into();
             p
         }),
         ..Default::default()
     })
     .await;
-    let run = s.start(s.spec());
-    s.wait_restoring().await;
-    run.abort();
-    assert!(
-        run.await.unwrap_err().is_cancelled(),
-        "the controller is gone"
-    );
-    // The destination aborts the job on its own once nobody watches.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = stagesync_controller::status::info(s.tls.clone(), &s.staging.target())
-            .await
-            .unwrap();
-        let job = &info.jobs[0];
-        if job.phase == pb::Phase::Aborted as i32 {
-            let why = job.error.clone().unwrap_or_default().message;
-            assert!(why.contains("no controller has watched"), "{why}");
-            break;
+    // Parallel mode too: pg_dump's -j workers must stop with their job.
+    for mode in [pb::Mode::Stream, pb::Mode::Parallel] {
+        let mut spec = s.spec();
+        spec.mode = mode;
+        let run = s.start(spec);
+        s.wait_restoring().await;
+        run.abort();
+        assert!(
+            run.await.unwrap_err().is_cancelled(),
+            "the controller is gone"
+        );
+        // The destination aborts the job on its own once nobody watches.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = stagesync_controller::status::info(s.tls.clone(), &s.staging.target())
+                .await
+                .unwrap();
+            let job = info.jobs.last().unwrap();
+            if job.phase == pb::Phase::Aborted as i32 {
+                let why = job.error.clone().unwrap_or_default().message;
+                assert!(why.contains("no controller has watched"), "{why}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "job still {:?}", job.phase);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < deadline, "job still {:?}", job.phase);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.assert_untouched().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn post_restore_sql_cannot_leave_the_owner_role() {
+    let s = setup(Options::default()).await;
+    s.proxy.throttle(0);
+    let mut spec = s.spec();
+    spec.post_restore_sql = "RESET ROLE; DROP DATABASE postgres".into();
+    let err = s.start(spec).await.unwrap().unwrap_err();
+    assert!(err.contains("cannot set parameter \"role\""), "{err}");
+    let mut spec = s.spec();
+    spec.post_restore_sql = "DROP TABLE pg_catalog.pg_class".into();
+    let err = s.start(spec).await.unwrap().unwrap_err();
+    assert!(err.contains("must be owner"), "{err}");
+    s.assert_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_mid_swap_is_repaired_at_start() {
+    let s = setup(Options::default()).await;
+    // What a crash between closing the live database and the swap leaves:
+    // the database closed to connections, and the agent's note of it.
+    let closed = s.staging.work_dir().join("closed");
+    std::fs::create_dir_all(&closed).unwrap();
+    std::fs::write(closed.join(hex::encode("stage")), "true\nstage").unwrap();
+    s.dst
+        .exec("postgres", "ALTER DATABASE stage ALLOW_CONNECTIONS false")
+        .await
+        .unwrap();
+    assert!(
+        s.dst.client("stage").await.is_err(),
+        "the database is really closed"
+    );
+    let config = stagesync_agent::config::load(&s.staging.config_path()).unwrap();
+    stagesync_agent::recover(&config).await;
+    s.dst.client("stage").await.expect("reopened at start");
+    assert!(
+        std::fs::read_dir(&closed).unwrap().next().is_none(),
+        "the note is gone"
+    );
     s.assert_untouched().await;
 }
 

@@ -1,0 +1,427 @@
+//! `stagesync sync`: refresh pairs of the plan in `after` order, with
+//! bounded parallelism, progress, a summary and a history record.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::json;
+use stagesync_certs::ReloadingClientConfig;
+use stagesync_controller::dag::{self, Outcome};
+use stagesync_controller::history::{self, Record};
+use stagesync_controller::plan::{self, Plan};
+use stagesync_controller::refresh::{Event, RefreshError, refresh};
+use stagesync_proto::v1 as pb;
+
+use crate::Exit;
+
+#[derive(clap::Args)]
+pub struct PlanArg {
+    /// The fleet plan.
+    #[arg(long, short, env = "STAGESYNC_PLAN", default_value = plan::DEFAULT_PLAN)]
+    pub plan: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct SyncArgs {
+    /// Pairs to refresh (their `after` pairs are not added: name them too, or use --all).
+    pairs: Vec<String>,
+    /// Every pair in the plan.
+    #[arg(long, conflicts_with = "pairs")]
+    all: bool,
+    #[command(flatten)]
+    plan: PlanArg,
+    /// Pairs refreshed at the same time (default: controller.parallel, else 2).
+    #[arg(long)]
+    parallel: Option<u32>,
+    /// One JSON event per line on stdout, for automation.
+    #[arg(long)]
+    json: bool,
+    /// Where run history is kept (default: controller.state_dir, else ~/.local/state/stagesync).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+/// Loads the plan, printing a located error on failure.
+pub fn load_plan(path: &std::path::Path) -> Result<Plan, Exit> {
+    plan::load(path).map_err(|e| {
+        eprintln!("stagesync: bad plan: {e}");
+        Exit::BadPlan
+    })
+}
+
+pub fn state_dir(flag: Option<PathBuf>, plan: &Plan) -> PathBuf {
+    flag.or_else(|| plan.state_dir.clone())
+        .unwrap_or_else(history::default_state_dir)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1048576.0)
+}
+
+/// What one pair's run produced.
+#[derive(Clone, Debug, Default)]
+struct PairResult {
+    record: Record,
+}
+
+struct Output {
+    json: bool,
+    bars: Option<(MultiProgress, Mutex<BTreeMap<String, ProgressBar>>)>,
+    last_line: Mutex<BTreeMap<String, Instant>>,
+}
+
+impl Output {
+    fn event(&self, value: serde_json::Value) {
+        if self.json {
+            println!("{value}");
+        }
+    }
+
+    fn line(&self, pair: &str, text: String, throttle: bool) {
+        if self.json {
+            return;
+        }
+        if let Some((_, bars)) = &self.bars {
+            if let Some(b) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(pair) {
+                b.set_message(text);
+            }
+            return;
+        }
+        if throttle {
+            let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+            let t = last
+                .entry(pair.to_string())
+                .or_insert(Instant::now() - Duration::from_secs(10));
+            if t.elapsed() < Duration::from_secs(2) {
+                return;
+            }
+            *t = Instant::now();
+        }
+        eprintln!("stagesync: {pair}: {text}");
+    }
+
+    fn start(&self, pair: &str) {
+        if let Some((multi, bars)) = &self.bars {
+            let b = multi.add(ProgressBar::new_spinner());
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:20} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.set_prefix(pair.to_string());
+            b.enable_steady_tick(Duration::from_millis(120));
+            bars.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pair.to_string(), b);
+        }
+        self.event(json!({"event": "pair_started", "pair": pair}));
+        self.line(pair, "started".into(), false);
+    }
+
+    fn finish(&self, pair: &str, text: String) {
+        if let Some((_, bars)) = &self.bars
+            && let Some(b) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(pair)
+        {
+            b.finish_with_message(text);
+            return;
+        }
+        self.line(pair, text, false);
+    }
+}
+
+pub fn run(args: SyncArgs) -> anyhow::Result<Exit> {
+    let plan = match load_plan(&args.plan.plan) {
+        Ok(p) => p,
+        Err(exit) => return Ok(exit),
+    };
+    let selected: Vec<String> = if args.all {
+        plan.order()
+    } else if args.pairs.is_empty() {
+        eprintln!(
+            "stagesync: name the pairs to refresh, or pass --all (pairs in {}: {})",
+            plan.source.display(),
+            plan.order().join(", ")
+        );
+        return Ok(Exit::Usage);
+    } else {
+        args.pairs.clone()
+    };
+    for p in &selected {
+        if !plan.pairs.contains_key(p) {
+            eprintln!(
+                "stagesync: no pair named {p:?} in {} (pairs: {})",
+                plan.source.display(),
+                plan.order().join(", ")
+            );
+            return Ok(Exit::Usage);
+        }
+    }
+    let tls = Arc::new(
+        ReloadingClientConfig::load(plan.tls.clone())
+            .with_context(|| format!("controller certificate from {}", plan.source.display()))?,
+    );
+    let trust_domain = tls.identity().trust_domain;
+    let parallel = args.parallel.unwrap_or(plan.parallel).max(1) as usize;
+    let nodes: BTreeMap<String, Vec<String>> = selected
+        .iter()
+        .map(|p| (p.clone(), plan.pairs[p].after.clone()))
+        .collect();
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    let out = Arc::new(Output {
+        json: args.json,
+        bars: (!args.json && std::io::stderr().is_terminal())
+            .then(|| (MultiProgress::new(), Mutex::new(BTreeMap::new()))),
+        last_line: Mutex::new(BTreeMap::new()),
+    });
+    out.event(
+        json!({"event": "run_started", "run_id": run_id, "pairs": selected, "parallel": parallel}),
+    );
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let plan = Arc::new(plan);
+    let results = runtime.block_on(dag::run(&nodes, parallel, |pair| {
+        let plan = plan.clone();
+        let tls = tls.clone();
+        let out = out.clone();
+        let td = trust_domain.clone();
+        let run_id = run_id.clone();
+        async move { run_pair(&plan, &pair, tls, &td, out, &run_id).await }
+    }));
+
+    // Summary, history, exit code.
+    let mut records = Vec::new();
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(vec!["PAIR", "OUTCOME", "SECONDS", "RESTORED", "DETAIL"]);
+    let (mut ok, mut failed, mut refused) = (0, 0, 0);
+    for (pair, outcome) in &results {
+        let record = match outcome {
+            Outcome::Done(r) => {
+                ok += 1;
+                r.record.clone()
+            }
+            Outcome::Failed(e) => {
+                let (kind, msg) = e.split_once('\u{1}').unwrap_or(("failed", e));
+                if kind == "refused" {
+                    refused += 1;
+                } else {
+                    failed += 1;
+                }
+                Record {
+                    run_id: run_id.clone(),
+                    pair: pair.clone(),
+                    outcome: kind.to_string(),
+                    error: Some(msg.to_string()),
+                    finished: history::now(),
+                    ..Default::default()
+                }
+            }
+            Outcome::Skipped { after } => {
+                failed += 1;
+                Record {
+                    run_id: run_id.clone(),
+                    pair: pair.clone(),
+                    outcome: "skipped".into(),
+                    error: Some(format!("not run: {after} did not succeed")),
+                    started: history::now(),
+                    finished: history::now(),
+                    ..Default::default()
+                }
+            }
+        };
+        let secs = record.steps.iter().map(|(_, ms)| *ms).sum::<u64>() as f64 / 1000.0;
+        table.add_row(vec![
+            pair.clone(),
+            record.outcome.clone(),
+            format!("{secs:.1}"),
+            mib(record.bytes_restored),
+            record
+                .error
+                .clone()
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        ]);
+        out.event(json!({"event": "pair_finished", "pair": pair, "outcome": record.outcome, "error": record.error, "bytes_restored": record.bytes_restored}));
+        records.push(record);
+    }
+    let dir = state_dir(args.state_dir, &plan);
+    if let Err(e) = history::append(&dir, &records) {
+        eprintln!(
+            "stagesync: warning: could not record the run in {}: {e}",
+            dir.display()
+        );
+    }
+    let exit = if failed == 0 && refused == 0 {
+        Exit::Ok
+    } else if ok > 0 {
+        Exit::Partial
+    } else if refused > 0 && failed == 0 {
+        Exit::Refused
+    } else {
+        Exit::Failed
+    };
+    if args.json {
+        let pairs: Vec<_> = records
+            .iter()
+            .map(|r| json!({"pair": r.pair, "outcome": r.outcome, "error": r.error, "bytes_restored": r.bytes_restored}))
+            .collect();
+        println!(
+            "{}",
+            json!({"event": "summary", "run_id": run_id, "pairs": pairs, "exit_code": exit as i32})
+        );
+    } else {
+        if let Some((m, _)) = &out.bars {
+            let _ = m.clear();
+        }
+        println!("{table}");
+        for r in &records {
+            if let Some(e) = &r.error
+                && r.outcome != "ok"
+            {
+                eprintln!("stagesync: {}: {e}", r.pair);
+            }
+        }
+    }
+    Ok(exit)
+}
+
+/// Refreshes one pair; errors come back as "kind\u{1}message".
+async fn run_pair(
+    plan: &Plan,
+    pair: &str,
+    tls: Arc<ReloadingClientConfig>,
+    trust_domain: &str,
+    out: Arc<Output>,
+    run_id: &str,
+) -> Result<PairResult, String> {
+    out.start(pair);
+    let started = history::now();
+    let t0 = Instant::now();
+    let spec = plan
+        .pair_spec(pair, trust_domain, |k| std::env::var(k).ok())
+        .map_err(|e| format!("refused\u{1}{e}"))?;
+    let o = out.clone();
+    let name = pair.to_string();
+    let result = refresh(tls, &spec, move |e| match e {
+        Event::Progress { source, dest } => {
+            let s = source.map(|s| *s).unwrap_or_default();
+            let d = dest.map(|d| *d).unwrap_or_default();
+            let phase = pb::Phase::try_from(d.phase).map(|p| format!("{p:?}").to_lowercase()).unwrap_or_default();
+            o.event(json!({"event": "progress", "pair": name, "phase": phase, "bytes_dumped": s.bytes_dumped, "bytes_sent": s.bytes_sent, "bytes_restored": d.bytes_restored, "rate": d.rate}));
+            o.line(&name, format!("{phase}: dumped {}, restored {} ({}/s)", mib(s.bytes_dumped), mib(d.bytes_restored), mib(d.rate as u64)), true);
+        }
+        Event::Committed { database, previous } => {
+            o.event(json!({"event": "committed", "pair": name, "database": database, "previous": previous}));
+        }
+        Event::Preflight { source_size } => {
+            o.event(json!({"event": "preflight_ok", "pair": name, "source_size": source_size}));
+        }
+        Event::Prepared { job_id, new_database } => {
+            o.event(json!({"event": "prepared", "pair": name, "job_id": job_id, "new_database": new_database}));
+        }
+    })
+    .await;
+    let ms = t0.elapsed().as_millis() as u64;
+    match result {
+        Ok(r) => {
+            out.finish(
+                pair,
+                format!(
+                    "ok in {:.1} s, {} restored",
+                    ms as f64 / 1000.0,
+                    mib(r.bytes_restored)
+                ),
+            );
+            Ok(PairResult {
+                record: Record {
+                    run_id: run_id.to_string(),
+                    pair: pair.to_string(),
+                    started,
+                    finished: history::now(),
+                    outcome: "ok".into(),
+                    bytes_dumped: r.bytes_dumped,
+                    bytes_restored: r.bytes_restored,
+                    steps: vec![("database".into(), ms)],
+                    ..Default::default()
+                },
+            })
+        }
+        Err(e @ RefreshError::Preflight(_)) => {
+            out.finish(pair, format!("refused: {e}"));
+            Err(format!("refused\u{1}{e}"))
+        }
+        Err(e) => {
+            out.finish(pair, format!("failed: {e}"));
+            Err(format!("failed\u{1}{e}"))
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct HistoryArgs {
+    /// Only this pair.
+    pair: Option<String>,
+    #[command(flatten)]
+    plan: PlanArg,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// The last N runs.
+    #[arg(long, default_value_t = 20)]
+    last: usize,
+}
+
+pub fn history_cmd(args: HistoryArgs) -> anyhow::Result<Exit> {
+    let dir = match args.state_dir {
+        Some(d) => d,
+        None => match plan::load(&args.plan.plan) {
+            Ok(p) => state_dir(None, &p),
+            Err(_) => history::default_state_dir(),
+        },
+    };
+    let records = history::read(&dir, args.pair.as_deref())
+        .with_context(|| format!("reading {}", dir.display()))?;
+    if records.is_empty() {
+        println!("no runs recorded in {}", dir.display());
+        return Ok(Exit::Ok);
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
+        "STARTED", "PAIR", "OUTCOME", "SECONDS", "DUMPED", "RESTORED", "ERROR",
+    ]);
+    let skip = records.len().saturating_sub(args.last);
+    for r in records.iter().skip(skip) {
+        let secs = r.steps.iter().map(|(_, ms)| *ms).sum::<u64>() as f64 / 1000.0;
+        table.add_row(vec![
+            r.started.clone(),
+            r.pair.clone(),
+            r.outcome.clone(),
+            format!("{secs:.1}"),
+            mib(r.bytes_dumped),
+            mib(r.bytes_restored),
+            r.error
+                .clone()
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        ]);
+    }
+    println!("{table}");
+    Ok(Exit::Ok)
+}

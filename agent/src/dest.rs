@@ -282,15 +282,12 @@ impl Jobs {
                 reason: "the stream must start with a header".into(),
             });
         };
-        let job = self
-            .get(&header.job_id)
-            .filter(|j| j.side == Side::Dest)
-            .ok_or_else(|| {
-                denied(format!(
-                    "no job {:?} is waiting for a stream here",
-                    header.job_id
-                ))
-            })?;
+        let job = self.get(&header.job_id, Side::Dest).ok_or_else(|| {
+            denied(format!(
+                "no job {:?} is waiting for a stream here",
+                header.job_id
+            ))
+        })?;
         let setup = job
             .dest
             .as_ref()
@@ -607,8 +604,7 @@ impl Jobs {
     /// task, so a caller that goes away mid-commit cannot leave it half done.
     pub async fn commit(self: &Arc<Self>, job_id: &str) -> Result<pb::CommitResponse, AgentError> {
         let job = self
-            .get(job_id)
-            .filter(|j| j.side == Side::Dest)
+            .get(job_id, Side::Dest)
             .ok_or_else(|| AgentError::NotFound {
                 agent: self.config.name.clone(),
                 reason: format!("no destination job {job_id:?} here"),

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     Source,
     Dest,
@@ -248,6 +248,10 @@ impl Job {
             rate: if terminal(s.phase) { 0.0 } else { s.rate },
             error: s.error.clone(),
             elapsed_ms: self.started.elapsed().as_millis() as u64,
+            side: match self.side {
+                Side::Source => pb::Side::Source as i32,
+                Side::Dest => pb::Side::Dest as i32,
+            },
         }
     }
 
@@ -299,7 +303,7 @@ fn host_label(agent: &str) -> String {
 
 /// All jobs of this agent.
 pub struct Jobs {
-    map: Mutex<HashMap<String, Arc<Job>>>,
+    map: Mutex<HashMap<(String, Side), Arc<Job>>>,
     pub config: Arc<AgentConfig>,
 }
 
@@ -314,17 +318,27 @@ impl Jobs {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Side), Arc<Job>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
-        self.map().get(id).cloned()
+    pub fn get(&self, id: &str, side: Side) -> Option<Arc<Job>> {
+        self.map().get(&(id.to_string(), side)).cloned()
+    }
+
+    /// The job `id` on the side asked for, or on either side if unspecified.
+    pub fn find(&self, id: &str, side: pb::Side) -> Vec<Arc<Job>> {
+        let sides: &[Side] = match side {
+            pb::Side::Source => &[Side::Source],
+            pb::Side::Dest => &[Side::Dest],
+            pb::Side::Unspecified => &[Side::Source, Side::Dest],
+        };
+        sides.iter().filter_map(|s| self.get(id, *s)).collect()
     }
 
     pub fn all(&self) -> Vec<Arc<Job>> {
         let mut v: Vec<_> = self.map().values().cloned().collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.sort_by(|a, b| a.started.cmp(&b.started));
         v
     }
 
@@ -333,7 +347,7 @@ impl Jobs {
     pub fn insert(&self, job: Arc<Job>) -> Result<(), String> {
         let mut map = self.map();
         map.retain(|_, j| j.finished_for().is_none_or(|d| d < KEEP_FINISHED));
-        if map.contains_key(&job.id) {
+        if map.contains_key(&(job.id.clone(), job.side)) {
             return Err(format!("job {} already exists on this agent", job.id));
         }
         if job.side == Side::Dest
@@ -348,7 +362,7 @@ impl Jobs {
                 other.phase()
             ));
         }
-        map.insert(job.id.clone(), job);
+        map.insert((job.id.clone(), job.side), job);
         Ok(())
     }
 

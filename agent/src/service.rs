@@ -185,13 +185,20 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         self.authorize(&request, Caller::Controller, "WatchJob")?;
-        let id = request.into_inner().job_id;
-        let job = self.jobs.get(&id).ok_or_else(|| {
-            Status::from(AgentError::NotFound {
-                agent: self.config.name.clone(),
-                reason: format!("no job {id:?} here"),
-            })
-        })?;
+        let req = request.into_inner();
+        let id = req.job_id;
+        let side = pb::Side::try_from(req.side).unwrap_or(pb::Side::Unspecified);
+        let job = self
+            .jobs
+            .find(&id, side)
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Status::from(AgentError::NotFound {
+                    agent: self.config.name.clone(),
+                    reason: format!("no job {id:?} here"),
+                })
+            })?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let _guard = job.watch_guard();
@@ -235,23 +242,27 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::AbortResponse>, Status> {
         let caller = self.authorize(&request, Caller::Controller, "Abort")?;
         let req = request.into_inner();
-        let job = self.jobs.get(&req.job_id).ok_or_else(|| {
-            Status::from(AgentError::NotFound {
+        let side = pb::Side::try_from(req.side).unwrap_or(pb::Side::Unspecified);
+        let found = self.jobs.find(&req.job_id, side);
+        if found.is_empty() {
+            return Err(Status::from(AgentError::NotFound {
                 agent: self.config.name.clone(),
                 reason: format!("no job {:?} here", req.job_id),
-            })
-        })?;
+            }));
+        }
         let reason = if req.reason.is_empty() {
             format!("aborted by {caller}")
         } else {
             format!("aborted by {caller}: {}", req.reason)
         };
-        job.abort(&reason).map_err(|r| {
-            Status::from(AgentError::FailedPrecondition {
-                agent: self.config.name.clone(),
-                reason: r,
-            })
-        })?;
+        for job in found {
+            job.abort(&reason).map_err(|r| {
+                Status::from(AgentError::FailedPrecondition {
+                    agent: self.config.name.clone(),
+                    reason: r,
+                })
+            })?;
+        }
         Ok(Response::new(pb::AbortResponse {}))
     }
 

@@ -250,7 +250,13 @@ async fn watch<T: ClientTls>(
             .await
             .map_err(|e| e.to_string())?;
         let resp = c
-            .watch_job(pb::WatchJobRequest { job_id })
+            .watch_job(pb::WatchJobRequest {
+                job_id,
+                side: match side {
+                    Side::Source => pb::Side::Source as i32,
+                    Side::Dest => pb::Side::Dest as i32,
+                },
+            })
             .await
             .map_err(|s| client::explain(&target, &s).to_string())?;
         Ok::<_, String>(resp.into_inner())
@@ -319,6 +325,7 @@ pub async fn abort_both<T: ClientTls>(tls: Arc<T>, spec: &PairSpec, job_id: &str
             let mut req = tonic::Request::new(pb::AbortRequest {
                 job_id: job_id.to_string(),
                 reason: reason.to_string(),
+                side: pb::Side::Unspecified as i32,
             });
             req.set_timeout(Duration::from_secs(10));
             let _ = c.abort(req).await;
@@ -552,7 +559,10 @@ async fn commit_outcome<T: ClientTls>(
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         if let Ok(info) = status::info(tls.clone(), &spec.dest).await
-            && let Some(job) = info.jobs.iter().find(|j| j.job_id == job_id)
+            && let Some(job) = info
+                .jobs
+                .iter()
+                .find(|j| j.job_id == job_id && j.side == pb::Side::Dest as i32)
         {
             match phase(job) {
                 pb::Phase::Committed => {

@@ -1,0 +1,299 @@
+//! `stagesync sync`, `history` and `rollback` through the real binary, on
+//! real clusters and agents; and malformed plans refused with file:line:key.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use stagesync_harness::fixtures::content_hashes;
+use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
+
+const STAGESYNC: &str = env!("CARGO_BIN_EXE_stagesync");
+
+fn stagesync(args: &[&str]) -> Output {
+    Command::new(STAGESYNC)
+        .args(args)
+        .env_remove("STAGESYNC_PLAN")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn plan_text(pki_dir: &Path, prod: &TestAgent, staging: &TestAgent) -> String {
+    format!(
+        r#"[controller]
+name = "ops"
+certs_dir = {certs:?}
+parallel = 2
+
+[agents]
+prod-db = {{ endpoint = "{prod}" }}
+staging-db = {{ endpoint = "{staging}" }}
+
+[pairs.prod-to-stage]
+source = {{ agent = "prod-db", database = "production" }}
+dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
+
+[pairs.stage-to-dev]
+source = {{ agent = "staging-db", database = "stage" }}
+dest = {{ agent = "staging-db", database = "dev", owner = "dev" }}
+after = ["prod-to-stage"]
+
+[pairs.prod-to-broken]
+source = {{ agent = "prod-db", database = "production" }}
+dest = {{ agent = "staging-db", database = "broken", owner = "stage" }}
+post_restore_sql = "SELECT 1/0"
+
+[pairs.broken-to-qa]
+source = {{ agent = "staging-db", database = "broken" }}
+dest = {{ agent = "staging-db", database = "qa", owner = "stage" }}
+after = ["prod-to-broken"]
+"#,
+        certs = pki_dir,
+        prod = prod.addr,
+        staging = staging.addr,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_runs_the_plan_in_order_and_records_history() {
+    let src = PgCluster::start().unwrap();
+    let dst = PgCluster::start().unwrap();
+    src.exec("postgres", "CREATE DATABASE production")
+        .await
+        .unwrap();
+    src.exec("production", "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
+        .await
+        .unwrap();
+    for sql in [
+        "CREATE ROLE stage LOGIN",
+        "CREATE ROLE dev LOGIN",
+        "CREATE DATABASE stage OWNER stage",
+        "CREATE DATABASE dev OWNER dev",
+    ] {
+        dst.exec("postgres", sql).await.unwrap();
+    }
+    dst.exec(
+        "dev",
+        "CREATE TABLE old (x int); INSERT INTO old VALUES (1)",
+    )
+    .await
+    .unwrap();
+    let old_dev = content_hashes(&dst, "dev").await.unwrap();
+
+    let pki = TestPki::new().unwrap();
+    pki.controller("ops").unwrap();
+    let mut p = AgentSpec::new("prod-db");
+    p.may_dump = vec!["production".into()];
+    let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
+    let mut s = AgentSpec::new("staging-db");
+    s.may_dump = vec!["stage".into(), "broken".into()];
+    s.may_overwrite = vec!["stage".into(), "dev".into(), "broken".into(), "qa".into()];
+    s.peers = vec!["prod-db".into(), "staging-db".into()];
+    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("stagesync.toml");
+    std::fs::write(&plan, plan_text(&pki.dir(), &prod, &staging)).unwrap();
+    let state = dir.path().join("state");
+    let (plan_s, state_s) = (plan.display().to_string(), state.display().to_string());
+
+    let out = {
+        let (p, st) = (plan_s.clone(), state_s.clone());
+        tokio::task::spawn_blocking(move || {
+            stagesync(&["sync", "--all", "--plan", &p, "--state-dir", &st, "--json"])
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "partial failure: {}",
+        text(&out)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "summary");
+    assert_eq!(last["exit_code"], 3);
+    let outcome = |pair: &str| {
+        last["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pair"] == pair)
+            .map(|p| p["outcome"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(outcome("prod-to-stage"), "ok");
+    assert_eq!(
+        outcome("stage-to-dev"),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(outcome("prod-to-broken"), "failed");
+    assert_eq!(outcome("broken-to-qa"), "skipped");
+    // DAG order: stage-to-dev started only after prod-to-stage finished.
+    let pos = |ev: &str, pair: &str| {
+        events
+            .iter()
+            .position(|e| e["event"] == ev && e["pair"] == pair)
+    };
+    assert!(pos("committed", "prod-to-stage") < pos("pair_started", "stage-to-dev"));
+    assert_eq!(pos("pair_started", "broken-to-qa"), None);
+    // The chain carried production's data through stage into dev.
+    assert_eq!(
+        content_hashes(&dst, "dev").await.unwrap(),
+        content_hashes(&src, "production").await.unwrap()
+    );
+
+    let (p, st) = (plan_s.clone(), state_s.clone());
+    let (hist, back) = tokio::task::spawn_blocking(move || {
+        let hist = stagesync(&["history", "--plan", &p, "--state-dir", &st]);
+        let back = stagesync(&["rollback", "stage-to-dev", "--plan", &p]);
+        (hist, back)
+    })
+    .await
+    .unwrap();
+    assert!(hist.status.success(), "{}", text(&hist));
+    let h = text(&hist);
+    for needle in [
+        "prod-to-stage",
+        "stage-to-dev",
+        "prod-to-broken",
+        "broken-to-qa",
+        "failed",
+        "skipped",
+        "division by zero",
+    ] {
+        assert!(h.contains(needle), "history lacks {needle}: {h}");
+    }
+    assert!(back.status.success(), "{}", text(&back));
+    assert_eq!(
+        content_hashes(&dst, "dev").await.unwrap(),
+        old_dev,
+        "rollback restored dev"
+    );
+}
+
+const BASE: &str = r#"[controller]
+name = "ops"
+certs_dir = "certs"
+
+[agents]
+prod-db = { endpoint = "127.0.0.1:7443" }
+staging-db = { endpoint = "127.0.0.1:7444" }
+
+[pairs.prod-to-stage]
+source = { agent = "prod-db", database = "production" }
+dest = { agent = "staging-db", database = "stage", owner = "stage" }
+mode = "stream"
+jobs = 2
+
+[pairs.stage-to-dev]
+source = { agent = "staging-db", database = "stage" }
+dest = { agent = "staging-db", database = "dev", owner = "dev" }
+after = ["prod-to-stage"]
+"#;
+
+#[test]
+fn malformed_plans_are_refused_with_file_line_and_key() {
+    // (find, replace with, marker on the reported line, key)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("[agents]", "[agentz]", "[agentz]", "agentz"),
+        ("jobs = 2", "jobz = 2", "jobz", "pairs.prod-to-stage.jobz"),
+        (
+            "jobs = 2",
+            "jobs = \"two\"",
+            "jobs",
+            "pairs.prod-to-stage.jobs",
+        ),
+        ("jobs = 2", "jobs = 0", "jobs", "pairs.prod-to-stage.jobs"),
+        (
+            "mode = \"stream\"",
+            "mode = \"fast\"",
+            "mode",
+            "pairs.prod-to-stage.mode",
+        ),
+        (
+            "agent = \"prod-db\", database = \"production\"",
+            "agent = \"prd-db\", database = \"production\"",
+            "prd-db",
+            "pairs.prod-to-stage.source.agent",
+        ),
+        (
+            "agent = \"staging-db\", database = \"dev\"",
+            "agent = \"dev-db\", database = \"dev\"",
+            "dev-db",
+            "pairs.stage-to-dev.dest.agent",
+        ),
+        (
+            "after = [\"prod-to-stage\"]",
+            "after = [\"prod-to-stag\"]",
+            "prod-to-stag\"",
+            "pairs.stage-to-dev.after",
+        ),
+        (
+            "jobs = 2\n",
+            "jobs = 2\nafter = [\"stage-to-dev\"]\n",
+            "after = [\"stage-to-dev\"]",
+            "pairs.prod-to-stage.after",
+        ),
+        (
+            "database = \"dev\", owner = \"dev\"",
+            "database = \"stage\", owner = \"dev\"",
+            "database = \"stage\", owner = \"dev\"",
+            "pairs.stage-to-dev.dest",
+        ),
+        (
+            ", owner = \"dev\" }",
+            " }",
+            "database = \"dev\" }",
+            "pairs.stage-to-dev.dest.owner",
+        ),
+        (
+            "endpoint = \"127.0.0.1:7443\"",
+            "endpoint = \"127.0.0.1\"",
+            "127.0.0.1\"",
+            "agents.prod-db.endpoint",
+        ),
+        (
+            "name = \"ops\"",
+            "name = \"Ops Team\"",
+            "Ops Team",
+            "controller.name",
+        ),
+        (
+            "jobs = 2\n",
+            "jobs = 2\npost_restore_sql = \"UPDATE t SET s = ${SECRET}\"\n",
+            "post_restore_sql",
+            "pairs.prod-to-stage.post_restore_sql",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (find, replace, marker, key) in cases {
+        let text_s = BASE.replacen(find, replace, 1);
+        assert_ne!(text_s, BASE, "{find:?}");
+        let path: PathBuf = dir.path().join("stagesync.toml");
+        std::fs::write(&path, &text_s).unwrap();
+        let line = text_s.lines().position(|l| l.contains(marker)).unwrap() + 1;
+        let out = stagesync(&["sync", "--all", "--plan", path.to_str().unwrap()]);
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(5), "{key}: {msg}");
+        let want = format!("{}:{line}: {key}: ", path.display());
+        assert!(msg.contains(&want), "expected {want:?} in {msg:?}");
+    }
+    let out = stagesync(&["sync", "--all", "--plan", "/nonexistent/stagesync.toml"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(text(&out).contains("/nonexistent/stagesync.toml: cannot read the plan"));
+}

@@ -338,7 +338,7 @@ impl Jobs {
 
     pub fn all(&self) -> Vec<Arc<Job>> {
         let mut v: Vec<_> = self.map().values().cloned().collect();
-        v.sort_by(|a, b| a.started.cmp(&b.started));
+        v.sort_by_key(|j| j.started);
         v
     }
 

@@ -3,6 +3,7 @@
 //! only if every copy succeeded and the guard allows — delete the extras.
 
 use std::cmp::Ordering;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_sdk_s3::Client;
@@ -100,6 +101,7 @@ pub async fn sync_with(
             source,
             dest: dest.clone(),
             slots: Arc::new(Semaphore::new(spec.concurrency)),
+            head_etags: [AtomicBool::new(true), AtomicBool::new(true)],
         },
         options,
         progress,

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -14,7 +15,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirecti
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
-use crate::error::{Classified, Kind, classify};
+use crate::error::{Classified, Kind, Side, classify};
 use crate::listing::Listed;
 use crate::plan::{Identity, META_MD5, META_SOURCE_ETAG, is_plain_md5, same_content};
 use crate::progress::CopyMethod;
@@ -30,6 +31,8 @@ pub(crate) struct Transfer {
     pub dest: Client,
     /// One permit per part-sized buffer.
     pub slots: Arc<Semaphore>,
+    /// Whether HEAD returns ETags, per side (source, dest).
+    pub head_etags: [AtomicBool; 2],
 }
 
 fn sdk<E>(err: SdkError<E, HttpResponse>) -> Classified
@@ -127,27 +130,33 @@ impl Transfer {
     }
 
     /// The identity and headers of one object. Some S3-compatible servers
-    /// leave the ETag out of HEAD (and of listings) but send it with GET, so
-    /// then one byte is fetched to read it.
+    /// leave the ETag out of HEAD (and of listings) but send it with GET;
+    /// once a side is seen doing that, one byte is fetched with GET instead.
     async fn head(
         &self,
-        client: &Client,
-        bucket: &str,
+        side: Side,
         key: &str,
         size: u64,
     ) -> Result<(Identity, Headers), Classified> {
-        let out = client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(sdk)?;
-        if out.e_tag().is_some() {
-            return Ok((
-                Identity::new(out.e_tag(), out.metadata()),
-                headers_from!(out),
-            ));
+        let (client, bucket, head_works) = match side {
+            Side::Source => (&self.source, &self.spec.source.bucket, &self.head_etags[0]),
+            Side::Dest => (&self.dest, &self.spec.dest.bucket, &self.head_etags[1]),
+        };
+        if head_works.load(Ordering::Relaxed) {
+            let out = client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(sdk)?;
+            if out.e_tag().is_some() {
+                return Ok((
+                    Identity::new(out.e_tag(), out.metadata()),
+                    headers_from!(out),
+                ));
+            }
+            head_works.store(false, Ordering::Relaxed);
         }
         let range = (size > 0).then(|| "bytes=0-0".to_string());
         let got = client
@@ -175,15 +184,10 @@ impl Transfer {
     ) -> Result<bool, Classified> {
         let source_key = self.source_key(&source.key);
         let dest_key = self.dest_key(&dest.key);
-        let head_dest = self.head(&self.dest, &self.spec.dest.bucket, &dest_key, dest.size);
+        let head_dest = self.head(Side::Dest, &dest_key, dest.size);
         if source.etag.is_none() {
             // Some servers list no ETags at all: both heads are needed.
-            let head_source = self.head(
-                &self.source,
-                &self.spec.source.bucket,
-                &source_key,
-                source.size,
-            );
+            let head_source = self.head(Side::Source, &source_key, source.size);
             let ((source_id, _), (dest_id, _)) = futures::try_join!(head_source, head_dest)?;
             return Ok(!same_content(&source_id, &dest_id));
         }
@@ -192,14 +196,7 @@ impl Transfer {
             return Ok(false);
         }
         // The source may itself be a stagesync copy carrying an MD5.
-        let (source_id, _) = self
-            .head(
-                &self.source,
-                &self.spec.source.bucket,
-                &source_key,
-                source.size,
-            )
-            .await?;
+        let (source_id, _) = self.head(Side::Source, &source_key, source.size).await?;
         Ok(!same_content(&source_id, &dest_id))
     }
 
@@ -246,14 +243,7 @@ impl Transfer {
         let request = if plain {
             request.metadata_directive(MetadataDirective::Copy)
         } else {
-            let (identity, headers) = self
-                .head(
-                    &self.source,
-                    &self.spec.source.bucket,
-                    &source_key,
-                    object.size,
-                )
-                .await?;
+            let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
             let h = headers.tagged(&identity);
             request
                 .metadata_directive(MetadataDirective::Replace)
@@ -270,14 +260,7 @@ impl Transfer {
 
     async fn server_multipart(&self, object: &Listed) -> Result<(), Classified> {
         let source_key = self.source_key(&object.key);
-        let (identity, headers) = self
-            .head(
-                &self.source,
-                &self.spec.source.bucket,
-                &source_key,
-                object.size,
-            )
-            .await?;
+        let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
         let source = copy_source(&self.spec.source.bucket, &source_key);
         let etag = identity.etag.as_deref().map(quoted);
         self.multipart(
@@ -344,14 +327,7 @@ impl Transfer {
 
     async fn streamed_multipart(&self, object: &Listed) -> Result<(), Classified> {
         let source_key = self.source_key(&object.key);
-        let (identity, headers) = self
-            .head(
-                &self.source,
-                &self.spec.source.bucket,
-                &source_key,
-                object.size,
-            )
-            .await?;
+        let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
         let etag = identity.etag.as_deref().map(quoted);
         self.multipart(
             object,

@@ -6,7 +6,8 @@
 //! - `listing`: page-by-page listing into bounded channels.
 //! - `plan`: the sorted merge and the content comparison (pure logic).
 //! - `transfer`: server-side, multipart and streamed copies of one object.
-//! - [`sync`]: the run itself — preflight, copies, guarded deletes.
+//! - [`sync`]: the run itself — preflight, merge, copies with retries.
+//! - `mirror`: the delete guard and batched deletes of extra objects.
 //! - [`progress`]: events for a progress display, and the final report.
 //! - [`error`]: errors that name the copy, side, bucket and profile.
 
@@ -15,6 +16,7 @@
 pub mod client;
 pub mod error;
 mod listing;
+mod mirror;
 mod plan;
 pub mod progress;
 pub mod spec;

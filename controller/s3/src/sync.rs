@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
@@ -16,13 +15,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::client::ClientPool;
 use crate::error::{Classified, Kind, Side, SyncError, Target, classify, side_error};
 use crate::listing::{self, Listed, Listing};
+use crate::mirror::{self, Deletes};
 use crate::plan::{Verdict, compare, next_step};
 use crate::progress::{CopyReason, Event, Progress, SyncReport};
 use crate::spec::{CopySpec, RetrySettings};
 use crate::transfer::Transfer;
-
-/// DeleteObjects takes at most 1,000 keys.
-const DELETE_BATCH: usize = 1_000;
 
 /// How to run a sync.
 #[derive(Clone, Copy, Debug)]
@@ -134,8 +131,15 @@ pub async fn sync_with(
         });
     }
     if spec.delete && !extras.is_empty() {
-        guard(&spec, extras.len() as u64, report.listed_dest.objects)?;
-        run.delete(&dest, &dest_target, extras, &mut report).await?;
+        mirror::guard(&spec, extras.len() as u64, report.listed_dest.objects)?;
+        let job = Deletes {
+            spec: &spec,
+            dest: &dest,
+            target: &dest_target,
+            options,
+            progress: &run.progress,
+        };
+        mirror::delete_extras(&job, extras, &mut report).await?;
     }
     report.copied_keys.sort();
     report.deleted_keys.sort();
@@ -177,33 +181,7 @@ async fn preflight(client: &Client, target: &Target) -> Result<(), SyncError> {
     Ok(())
 }
 
-fn guard(spec: &CopySpec, would_delete: u64, dest_objects: u64) -> Result<(), SyncError> {
-    if spec.force_delete {
-        return Ok(());
-    }
-    let limit = spec.delete_limit;
-    let over_count = limit.max_count.is_some_and(|max| would_delete > max);
-    let over_percent = limit
-        .max_percent
-        .is_some_and(|pct| would_delete as f64 * 100.0 > pct * dest_objects as f64);
-    if over_count || over_percent {
-        let count = limit
-            .max_count
-            .map_or("any number".into(), |c| c.to_string());
-        let percent = limit
-            .max_percent
-            .map_or("any share".into(), |p| format!("{p}%"));
-        return Err(SyncError::DeleteGuard {
-            copy: spec.name.clone(),
-            would_delete,
-            dest_objects,
-            limit: format!("at most {count} objects and {percent} of the destination"),
-        });
-    }
-    Ok(())
-}
-
-fn backoff(retry: &RetrySettings) -> ExponentialBuilder {
+pub(crate) fn backoff(retry: &RetrySettings) -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_jitter()
         .with_min_delay(retry.initial_backoff)
@@ -211,7 +189,7 @@ fn backoff(retry: &RetrySettings) -> ExponentialBuilder {
         .with_max_times(retry.object_attempts.saturating_sub(1))
 }
 
-fn retryable(err: &Classified) -> bool {
+pub(crate) fn retryable(err: &Classified) -> bool {
     matches!(err.kind, Kind::Transient | Kind::Unreachable)
 }
 
@@ -389,117 +367,6 @@ impl Run {
             key: object.key.clone(),
             error: err.detail.clone(),
         });
-    }
-
-    async fn delete(
-        &self,
-        dest: &Client,
-        target: &Target,
-        extras: Vec<Listed>,
-        report: &mut SyncReport,
-    ) -> Result<(), SyncError> {
-        let record = self.options.record_keys;
-        if self.options.dry_run {
-            for object in extras {
-                report.deleted.add(object.size);
-                (self.progress)(Event::WouldDelete {
-                    key: object.key.clone(),
-                });
-                if record {
-                    report.deleted_keys.push(object.key);
-                }
-            }
-            return Ok(());
-        }
-        let spec = &self.transfer.spec;
-        let (mut failed, mut first) = (0u64, None);
-        for batch in extras.chunks(DELETE_BATCH) {
-            let identifiers = batch
-                .iter()
-                .map(|o| {
-                    ObjectIdentifier::builder()
-                        .key(format!("{}{}", spec.dest.prefix, o.key))
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SyncError::Request {
-                    target: Box::new(target.clone()),
-                    operation: "DeleteObjects",
-                    detail: e.to_string(),
-                })?;
-            let delete = Delete::builder()
-                .set_objects(Some(identifiers))
-                .quiet(true)
-                .build()
-                .map_err(|e| SyncError::Request {
-                    target: Box::new(target.clone()),
-                    operation: "DeleteObjects",
-                    detail: e.to_string(),
-                })?;
-            let sent = (|| async {
-                dest.delete_objects()
-                    .bucket(&spec.dest.bucket)
-                    .delete(delete.clone())
-                    .send()
-                    .await
-                    .map_err(|e| classify(&e))
-            })
-            .retry(backoff(&spec.retry))
-            .when(retryable)
-            .await;
-            let errors: Vec<(String, String)> = match sent {
-                Ok(out) => out
-                    .errors()
-                    .iter()
-                    .map(|e| {
-                        let key = e.key().unwrap_or_default();
-                        let relative = key.strip_prefix(spec.dest.prefix.as_str()).unwrap_or(key);
-                        (
-                            relative.to_string(),
-                            format!(
-                                "{}: {}",
-                                e.code().unwrap_or("error"),
-                                e.message().unwrap_or("")
-                            ),
-                        )
-                    })
-                    .collect(),
-                Err(e) => batch
-                    .iter()
-                    .map(|o| (o.key.clone(), e.detail.clone()))
-                    .collect(),
-            };
-            for object in batch {
-                match errors.iter().find(|(key, _)| *key == object.key) {
-                    Some((key, detail)) => {
-                        failed += 1;
-                        first.get_or_insert_with(|| format!("`{key}`: {detail}"));
-                        (self.progress)(Event::Failed {
-                            key: key.clone(),
-                            error: detail.clone(),
-                        });
-                    }
-                    None => {
-                        report.deleted.add(object.size);
-                        if record {
-                            report.deleted_keys.push(object.key.clone());
-                        }
-                        (self.progress)(Event::Deleted {
-                            key: object.key.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        if failed > 0 {
-            return Err(SyncError::DeletesFailed {
-                copy: spec.name.clone(),
-                target: Box::new(target.clone()),
-                failed,
-                first: first.unwrap_or_default(),
-            });
-        }
-        Ok(())
     }
 }
 

@@ -210,8 +210,8 @@ impl Transfer {
             match self.server_copy(object).await {
                 Ok(()) => return Ok(CopyMethod::ServerSide),
                 // The key was just listed, so "no such key" means the server
-                // could not parse the copy source (s3s-fs with `?` in a
-                // key). Streaming the object needs no copy source; if the
+                // could not parse the copy source (seen with s3s-fs 0.12
+                // and `?` in a key). Streaming the object needs no copy source; if the
                 // object is really gone, its GET fails the same way.
                 Err(e) if e.kind == Kind::NotFound => {
                     tracing::debug!(key = %object.key, error = %e, "server-side copy found no source, streaming instead");

@@ -28,8 +28,8 @@ pub fn client(endpoint: &str, keys: (&str, &str)) -> Client {
         .endpoint_url(endpoint)
         .force_path_style(true)
         .http_client(aws_smithy_http_client::Builder::new().build_http())
-        // s3s-fs keeps a stored checksum when CopyObject overwrites a key,
-        // so checksums would fail on correct bytes; the tests compare bytes.
+        // s3s-fs 0.12 kept a stored checksum when CopyObject overwrote a key,
+        // so checksums failed on correct bytes; the tests compare bytes.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
         .credentials_provider(Credentials::new(keys.0, keys.1, None, None, "test"))

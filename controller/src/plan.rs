@@ -103,6 +103,24 @@ struct RawPair {
     after: Vec<S<String>>,
     #[serde(default)]
     copies: Vec<S<toml::Value>>,
+    #[serde(default)]
+    preflight: RawPreflight,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreflight {
+    git: Option<S<RawGit>>,
+    #[serde(default)]
+    commands: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGit {
+    repo: S<String>,
+    source_ref: S<String>,
+    dest_ref: S<String>,
 }
 
 /// A validated plan.
@@ -143,6 +161,24 @@ pub struct PlanPair {
     pub after: Vec<String>,
     /// S3 copies, kept as written until the S3 engine reads them.
     pub copies: Vec<toml::Value>,
+    pub preflight: Preflight,
+}
+
+/// Checks run before a pair changes anything.
+#[derive(Clone, Debug, Default)]
+pub struct Preflight {
+    /// Refuse unless both refs of this repository point at one commit (the
+    /// code, and so the migrations, must match before the data is copied).
+    pub git: Option<GitCheck>,
+    /// Shell commands that must exit 0.
+    pub commands: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GitCheck {
+    pub repo: String,
+    pub source_ref: String,
+    pub dest_ref: String,
 }
 
 /// Reads and validates a plan file.
@@ -512,6 +548,25 @@ fn validate_pair(
         params,
         after,
         copies: p.copies.iter().map(|c| c.get_ref().clone()).collect(),
+        preflight: Preflight {
+            git: match &p.preflight.git {
+                Some(g) => {
+                    let g = g.get_ref();
+                    for (v, k) in [(&g.repo, "repo"), (&g.source_ref, "source_ref"), (&g.dest_ref, "dest_ref")] {
+                        if v.get_ref().is_empty() || v.get_ref().starts_with('-') {
+                            return f.err(v.span(), &format!("{key}.preflight.git.{k}"), "must be a repository or ref, not empty and not starting with '-'");
+                        }
+                    }
+                    Some(GitCheck {
+                        repo: g.repo.get_ref().clone(),
+                        source_ref: g.source_ref.get_ref().clone(),
+                        dest_ref: g.dest_ref.get_ref().clone(),
+                    })
+                }
+                None => None,
+            },
+            commands: p.preflight.commands.iter().map(|c| c.get_ref().clone()).collect(),
+        },
     })
 }
 

@@ -1,0 +1,199 @@
+//! The mirror half of a sync: the guard against mass deletion and the
+//! batched deletes, run only after every copy of the copy succeeded.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use backon::Retryable;
+
+use crate::error::{SyncError, Target, classify};
+use crate::listing::Listed;
+use crate::progress::{Event, Progress, SyncReport};
+use crate::spec::CopySpec;
+use crate::sync::{SyncOptions, backoff, retryable};
+
+/// DeleteObjects takes at most 1,000 keys.
+const DELETE_BATCH: usize = 1_000;
+
+/// Refuses a mirror that would delete more than the spec allows.
+pub(crate) fn guard(
+    spec: &CopySpec,
+    would_delete: u64,
+    dest_objects: u64,
+) -> Result<(), SyncError> {
+    if spec.force_delete {
+        return Ok(());
+    }
+    let limit = spec.delete_limit;
+    let over_count = limit.max_count.is_some_and(|max| would_delete > max);
+    let over_percent = limit
+        .max_percent
+        .is_some_and(|pct| would_delete as f64 * 100.0 > pct * dest_objects as f64);
+    if over_count || over_percent {
+        let count = limit
+            .max_count
+            .map_or("any number".into(), |c| c.to_string());
+        let percent = limit
+            .max_percent
+            .map_or("any share".into(), |p| format!("{p}%"));
+        return Err(SyncError::DeleteGuard {
+            copy: spec.name.clone(),
+            would_delete,
+            dest_objects,
+            limit: format!("at most {count} objects and {percent} of the destination"),
+        });
+    }
+    Ok(())
+}
+
+/// Everything the deletes need, borrowed from the run.
+#[derive(Clone, Copy)]
+pub(crate) struct Deletes<'a> {
+    pub spec: &'a CopySpec,
+    pub dest: &'a Client,
+    pub target: &'a Target,
+    pub options: SyncOptions,
+    pub progress: &'a Progress,
+}
+
+/// Deletes `extras` from the destination in batches, or in a dry run only
+/// reports them.
+pub(crate) async fn delete_extras(
+    job: &Deletes<'_>,
+    extras: Vec<Listed>,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    let Deletes {
+        spec,
+        dest,
+        target,
+        options,
+        progress,
+    } = *job;
+    let record = options.record_keys;
+    if options.dry_run {
+        for object in extras {
+            report.deleted.add(object.size);
+            progress(Event::WouldDelete {
+                key: object.key.clone(),
+            });
+            if record {
+                report.deleted_keys.push(object.key);
+            }
+        }
+        return Ok(());
+    }
+    let (mut failed, mut first) = (0u64, None);
+    for batch in extras.chunks(DELETE_BATCH) {
+        let identifiers = batch
+            .iter()
+            .map(|o| {
+                ObjectIdentifier::builder()
+                    .key(format!("{}{}", spec.dest.prefix, o.key))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SyncError::Request {
+                target: Box::new(target.clone()),
+                operation: "DeleteObjects",
+                detail: e.to_string(),
+            })?;
+        let delete = Delete::builder()
+            .set_objects(Some(identifiers))
+            .quiet(true)
+            .build()
+            .map_err(|e| SyncError::Request {
+                target: Box::new(target.clone()),
+                operation: "DeleteObjects",
+                detail: e.to_string(),
+            })?;
+        let sent = (|| async {
+            dest.delete_objects()
+                .bucket(&spec.dest.bucket)
+                .delete(delete.clone())
+                .send()
+                .await
+                .map_err(|e| classify(&e))
+        })
+        .retry(backoff(&spec.retry))
+        .when(retryable)
+        .await;
+        let errors: Vec<(String, String)> = match sent {
+            Ok(out) => out
+                .errors()
+                .iter()
+                .map(|e| {
+                    let key = e.key().unwrap_or_default();
+                    let relative = key.strip_prefix(spec.dest.prefix.as_str()).unwrap_or(key);
+                    (
+                        relative.to_string(),
+                        format!(
+                            "{}: {}",
+                            e.code().unwrap_or("error"),
+                            e.message().unwrap_or("")
+                        ),
+                    )
+                })
+                .collect(),
+            Err(e) => batch
+                .iter()
+                .map(|o| (o.key.clone(), e.detail.clone()))
+                .collect(),
+        };
+        for object in batch {
+            match errors.iter().find(|(key, _)| *key == object.key) {
+                Some((key, detail)) => {
+                    failed += 1;
+                    first.get_or_insert_with(|| format!("`{key}`: {detail}"));
+                    progress(Event::Failed {
+                        key: key.clone(),
+                        error: detail.clone(),
+                    });
+                }
+                None => {
+                    report.deleted.add(object.size);
+                    if record {
+                        report.deleted_keys.push(object.key.clone());
+                    }
+                    progress(Event::Deleted {
+                        key: object.key.clone(),
+                    });
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(SyncError::DeletesFailed {
+            copy: spec.name.clone(),
+            target: Box::new(target.clone()),
+            failed,
+            first: first.unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{DeleteLimit, S3Location};
+
+    fn spec(max_count: Option<u64>, max_percent: Option<f64>, force: bool) -> CopySpec {
+        let mut spec = CopySpec::new("t", S3Location::new("src", ""), S3Location::new("dst", ""));
+        spec.delete_limit = DeleteLimit {
+            max_count,
+            max_percent,
+        };
+        spec.force_delete = force;
+        spec
+    }
+
+    #[test]
+    fn guard_counts_and_percentages() {
+        assert!(guard(&spec(Some(2), None, false), 2, 100).is_ok());
+        assert!(guard(&spec(Some(2), None, false), 3, 100).is_err());
+        assert!(guard(&spec(None, Some(10.0), false), 10, 100).is_ok());
+        assert!(guard(&spec(None, Some(10.0), false), 11, 100).is_err());
+        assert!(guard(&spec(Some(1), Some(1.0), true), 99, 100).is_ok());
+        assert!(guard(&spec(None, None, false), 1_000_000, 1).is_ok());
+    }
+}

@@ -1,0 +1,395 @@
+//! One sync from start to end: preflight both buckets, merge the two
+//! listings into work, copy with bounded concurrency and retries, then —
+//! only if every copy succeeded and the guard allows — delete the extras.
+
+use std::cmp::Ordering;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use aws_sdk_s3::Client;
+use backon::{ExponentialBuilder, Retryable};
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::client::ClientPool;
+use crate::error::{Classified, Kind, Side, SyncError, Target, classify, side_error};
+use crate::listing::{self, Listed, Listing};
+use crate::mirror::{self, Deletes};
+use crate::plan::{Verdict, compare, next_step};
+use crate::progress::{CopyReason, Event, Progress, SyncReport};
+use crate::spec::{CopySpec, RetrySettings};
+use crate::transfer::Transfer;
+
+/// How to run a sync.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncOptions {
+    /// List exactly what would be copied and deleted; change nothing.
+    pub dry_run: bool,
+    /// Keep the copied and deleted keys in the report. Off for huge syncs
+    /// where only the counts matter.
+    pub record_keys: bool,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            dry_run: false,
+            record_keys: true,
+        }
+    }
+}
+
+enum Work {
+    Copy(Listed, CopyReason),
+    /// Same size, ETags not comparable: read the recorded identities.
+    Check(Listed, Listed),
+}
+
+/// Syncs one copy with a fresh client pool.
+pub async fn sync(
+    spec: &CopySpec,
+    options: SyncOptions,
+    progress: impl Fn(Event) + Send + Sync + 'static,
+) -> Result<SyncReport, SyncError> {
+    sync_with(&ClientPool::new(), spec, options, Arc::new(progress)).await
+}
+
+/// Syncs one copy, reusing clients from `pool` across copies.
+pub async fn sync_with(
+    pool: &ClientPool,
+    spec: &CopySpec,
+    options: SyncOptions,
+    progress: Progress,
+) -> Result<SyncReport, SyncError> {
+    let filter = spec.validate()?;
+    let spec = Arc::new(spec.clone());
+    let source_target = target(&spec, Side::Source);
+    let dest_target = target(&spec, Side::Dest);
+    let files = &spec.profile_files;
+    let source = pool
+        .client(&spec.source_side, files, spec.retry, &source_target)
+        .await?;
+    let dest = pool
+        .client(&spec.dest_side, files, spec.retry, &dest_target)
+        .await?;
+    preflight(&source, &source_target).await?;
+    preflight(&dest, &dest_target).await?;
+    tracing::info!(copy = %spec.name, source = %spec.source, dest = %spec.dest, dry_run = options.dry_run, "sync starting");
+
+    let source_list = listing::spawn(
+        source.clone(),
+        spec.source.clone(),
+        filter.clone(),
+        source_target,
+        progress.clone(),
+    );
+    let dest_list = listing::spawn(
+        dest.clone(),
+        spec.dest.clone(),
+        filter,
+        dest_target.clone(),
+        progress.clone(),
+    );
+
+    let run = Run {
+        transfer: Transfer {
+            spec: spec.clone(),
+            source,
+            dest: dest.clone(),
+            slots: Arc::new(Semaphore::new(spec.concurrency)),
+            head_etags: [AtomicBool::new(true), AtomicBool::new(true)],
+        },
+        options,
+        progress,
+        report: Mutex::new(SyncReport {
+            copy: spec.name.clone(),
+            dry_run: options.dry_run,
+            ..SyncReport::default()
+        }),
+        first_failure: Mutex::new(None),
+    };
+
+    let (work_tx, work_rx) = mpsc::channel(spec.concurrency * 2);
+    let workers =
+        ReceiverStream::new(work_rx).for_each_concurrent(spec.concurrency, |work| run.handle(work));
+    let (merged, ()) = tokio::join!(run.merge(source_list, dest_list, work_tx), workers);
+    let extras = merged?;
+
+    let mut report = run.take_report();
+    if report.failed.objects > 0 {
+        let first = run
+            .first_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
+        return Err(SyncError::CopiesFailed {
+            copy: spec.name.clone(),
+            failed: report.failed.objects,
+            first,
+        });
+    }
+    if spec.delete && !extras.is_empty() {
+        mirror::guard(&spec, extras.len() as u64, report.listed_dest.objects)?;
+        let job = Deletes {
+            spec: &spec,
+            dest: &dest,
+            target: &dest_target,
+            options,
+            progress: &run.progress,
+        };
+        mirror::delete_extras(&job, extras, &mut report).await?;
+    }
+    report.copied_keys.sort();
+    report.deleted_keys.sort();
+    tracing::info!(
+        copy = %spec.name,
+        copied = report.copied.objects,
+        copied_bytes = report.copied.bytes,
+        skipped = report.skipped.objects,
+        deleted = report.deleted.objects,
+        dry_run = options.dry_run,
+        "sync finished"
+    );
+    Ok(report)
+}
+
+fn target(spec: &CopySpec, side: Side) -> Target {
+    let (location, config) = match side {
+        Side::Source => (&spec.source, &spec.source_side),
+        Side::Dest => (&spec.dest, &spec.dest_side),
+    };
+    Target {
+        copy: spec.name.clone(),
+        side,
+        bucket: location.bucket.clone(),
+        profile: config.profile_label(),
+        endpoint: config.endpoint.clone(),
+    }
+}
+
+/// Checks a bucket is there and readable before any work, so a wrong name
+/// or credential fails fast with a message naming the side.
+async fn preflight(client: &Client, target: &Target) -> Result<(), SyncError> {
+    client
+        .head_bucket()
+        .bucket(&target.bucket)
+        .send()
+        .await
+        .map_err(|e| side_error(target.clone(), "HeadBucket", classify(&e)))?;
+    Ok(())
+}
+
+pub(crate) fn backoff(retry: &RetrySettings) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(retry.initial_backoff)
+        .with_max_delay(retry.max_backoff)
+        .with_max_times(retry.object_attempts.saturating_sub(1))
+}
+
+pub(crate) fn retryable(err: &Classified) -> bool {
+    matches!(err.kind, Kind::Transient | Kind::Unreachable)
+}
+
+struct Run {
+    transfer: Transfer,
+    options: SyncOptions,
+    progress: Progress,
+    report: Mutex<SyncReport>,
+    first_failure: Mutex<Option<String>>,
+}
+
+impl Run {
+    fn with_report(&self, f: impl FnOnce(&mut SyncReport)) {
+        f(&mut self.report.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn take_report(&self) -> SyncReport {
+        std::mem::take(&mut *self.report.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Walks both sorted listings in step. Returns the destination objects
+    /// the source does not have; only those are held in memory.
+    async fn merge(
+        &self,
+        mut source: Listing,
+        mut dest: Listing,
+        work: mpsc::Sender<Work>,
+    ) -> Result<Vec<Listed>, SyncError> {
+        let mut extras = Vec::new();
+        let mut s = next(&mut source, None, &self.transfer.spec, Side::Source).await?;
+        let mut d = next(&mut dest, None, &self.transfer.spec, Side::Dest).await?;
+        while let Some(order) = next_step(s.as_ref(), d.as_ref()) {
+            let (take_source, take_dest) = match order {
+                Ordering::Less => (true, false),
+                Ordering::Greater => (false, true),
+                Ordering::Equal => (true, true),
+            };
+            let source_item = if take_source { s.take() } else { None };
+            let dest_item = if take_dest { d.take() } else { None };
+            if let Some(item) = &source_item {
+                self.with_report(|r| r.listed_source.add(item.size));
+            }
+            if let Some(item) = &dest_item {
+                self.with_report(|r| r.listed_dest.add(item.size));
+            }
+            let job = match (&source_item, dest_item.clone()) {
+                (Some(src), None) => Some(Work::Copy(src.clone(), CopyReason::Missing)),
+                (Some(src), Some(dst)) => match compare(src, &dst) {
+                    Verdict::Same => {
+                        self.skipped(src);
+                        None
+                    }
+                    Verdict::Copy(reason) => Some(Work::Copy(src.clone(), reason)),
+                    Verdict::AskMetadata => Some(Work::Check(src.clone(), dst)),
+                },
+                (None, Some(dst)) => {
+                    if self.transfer.spec.delete {
+                        extras.push(dst);
+                    }
+                    None
+                }
+                (None, None) => None,
+            };
+            if let Some(job) = job
+                && work.send(job).await.is_err()
+            {
+                break;
+            }
+            if take_source {
+                s = next(
+                    &mut source,
+                    source_item.as_ref(),
+                    &self.transfer.spec,
+                    Side::Source,
+                )
+                .await?;
+            }
+            if take_dest {
+                d = next(
+                    &mut dest,
+                    dest_item.as_ref(),
+                    &self.transfer.spec,
+                    Side::Dest,
+                )
+                .await?;
+            }
+        }
+        Ok(extras)
+    }
+
+    fn skipped(&self, object: &Listed) {
+        self.with_report(|r| r.skipped.add(object.size));
+        (self.progress)(Event::Skipped {
+            key: object.key.clone(),
+            bytes: object.size,
+        });
+    }
+
+    async fn handle(&self, work: Work) {
+        match work {
+            Work::Copy(object, reason) => self.copy(object, reason).await,
+            Work::Check(source, dest) => {
+                let retry = &self.transfer.spec.retry;
+                let differs = (|| self.transfer.differs_by_metadata(&source, &dest))
+                    .retry(backoff(retry))
+                    .when(retryable)
+                    .await;
+                match differs {
+                    Ok(false) => self.skipped(&source),
+                    Ok(true) => self.copy(source, CopyReason::ContentDiffers).await,
+                    Err(e) => self.failed(&source, &e),
+                }
+            }
+        }
+    }
+
+    async fn copy(&self, object: Listed, reason: CopyReason) {
+        let record = self.options.record_keys;
+        if self.options.dry_run {
+            self.with_report(|r| {
+                r.copied.add(object.size);
+                if record {
+                    r.copied_keys.push(object.key.clone());
+                }
+            });
+            (self.progress)(Event::WouldCopy {
+                key: object.key,
+                bytes: object.size,
+                reason,
+            });
+            return;
+        }
+        let copied = (|| self.transfer.copy(&object))
+            .retry(backoff(&self.transfer.spec.retry))
+            .when(retryable)
+            .notify(|e, _| {
+                tracing::debug!(key = %object.key, error = %e, "copy failed, retrying");
+                (self.progress)(Event::Retrying {
+                    key: object.key.clone(),
+                    error: e.detail.clone(),
+                });
+            })
+            .await;
+        match copied {
+            Ok(method) => {
+                self.with_report(|r| {
+                    r.copied.add(object.size);
+                    if record {
+                        r.copied_keys.push(object.key.clone());
+                    }
+                });
+                (self.progress)(Event::Copied {
+                    key: object.key,
+                    bytes: object.size,
+                    method,
+                    reason,
+                });
+            }
+            Err(e) => self.failed(&object, &e),
+        }
+    }
+
+    fn failed(&self, object: &Listed, err: &Classified) {
+        tracing::warn!(copy = %self.transfer.spec.name, key = %object.key, error = %err, "copy failed");
+        self.with_report(|r| r.failed.add(object.size));
+        let mut first = self
+            .first_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if first.is_none() {
+            *first = Some(format!("`{}`: {}", object.key, err.detail));
+        }
+        drop(first);
+        (self.progress)(Event::Failed {
+            key: object.key.clone(),
+            error: err.detail.clone(),
+        });
+    }
+}
+
+/// The next listed object of one side, refusing a listing that goes
+/// backwards: the merge (and so every delete) relies on key order.
+async fn next(
+    listing: &mut Listing,
+    previous: Option<&Listed>,
+    spec: &CopySpec,
+    side: Side,
+) -> Result<Option<Listed>, SyncError> {
+    let item = listing.recv().await.transpose()?;
+    if let (Some(prev), Some(item)) = (previous, &item)
+        && item.key.as_str() <= prev.key.as_str()
+    {
+        return Err(SyncError::Request {
+            target: Box::new(target(spec, side)),
+            operation: "ListObjectsV2",
+            detail: format!(
+                "the server listed `{}` after `{}`, out of key order; refusing to compare or delete",
+                item.key, prev.key
+            ),
+        });
+    }
+    Ok(item)
+}

@@ -1,0 +1,517 @@
+//! Moving one object: server-side copy inside one endpoint, or ranged GETs
+//! into PUT/multipart uploads between endpoints. Bytes never touch disk;
+//! every buffered body holds one memory slot, so at most `concurrency`
+//! part-sized buffers exist at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
+
+use crate::error::{Classified, Kind, Side, classify};
+use crate::listing::Listed;
+use crate::plan::{Identity, META_MD5, META_SOURCE_ETAG, is_plain_md5, same_content};
+use crate::progress::CopyMethod;
+use crate::spec::{CopySpec, MAX_PARTS};
+
+/// Parts of one object in flight at once; the memory slots bound the total.
+const PART_CONCURRENCY: usize = 8;
+
+/// Everything needed to move objects for one copy.
+pub(crate) struct Transfer {
+    pub spec: Arc<CopySpec>,
+    pub source: Client,
+    pub dest: Client,
+    /// One permit per part-sized buffer.
+    pub slots: Arc<Semaphore>,
+    /// Whether HEAD returns ETags, per side (source, dest).
+    pub head_etags: [AtomicBool; 2],
+}
+
+fn sdk<E>(err: SdkError<E, HttpResponse>) -> Classified
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    classify(&err)
+}
+
+fn transient(detail: impl std::fmt::Display) -> Classified {
+    Classified {
+        kind: Kind::Transient,
+        detail: detail.to_string(),
+    }
+}
+
+/// The standard headers and user metadata that travel with an object.
+#[derive(Clone, Debug, Default)]
+struct Headers {
+    content_type: Option<String>,
+    cache_control: Option<String>,
+    content_encoding: Option<String>,
+    content_disposition: Option<String>,
+    content_language: Option<String>,
+    metadata: HashMap<String, String>,
+}
+
+macro_rules! headers_from {
+    ($out:expr) => {
+        Headers {
+            content_type: $out.content_type().map(str::to_string),
+            cache_control: $out.cache_control().map(str::to_string),
+            content_encoding: $out.content_encoding().map(str::to_string),
+            content_disposition: $out.content_disposition().map(str::to_string),
+            content_language: $out.content_language().map(str::to_string),
+            metadata: $out.metadata().cloned().unwrap_or_default(),
+        }
+    };
+}
+
+impl Headers {
+    /// The source's metadata plus what stagesync records about its identity.
+    fn tagged(mut self, source: &Identity) -> Self {
+        self.metadata.remove(META_SOURCE_ETAG);
+        self.metadata.remove(META_MD5);
+        if let Some(etag) = &source.etag {
+            self.metadata.insert(META_SOURCE_ETAG.into(), etag.clone());
+        }
+        if let Some(md5) = &source.md5 {
+            self.metadata.insert(META_MD5.into(), md5.clone());
+        }
+        self
+    }
+}
+
+/// ETags travel quoted in conditional headers; some servers insist.
+fn quoted(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+/// `x-amz-copy-source` is `bucket/key` with the key percent-encoded.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = String::with_capacity(bucket.len() + key.len() + 8);
+    out.push_str(bucket);
+    out.push('/');
+    for byte in key.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// Byte ranges (inclusive) of the parts of an object of `size` bytes.
+pub(crate) fn part_ranges(size: u64, part_size: u64) -> Vec<(i32, u64, u64)> {
+    let part = part_size.max(size.div_ceil(MAX_PARTS));
+    (0..size.div_ceil(part))
+        .map(|i| {
+            let start = i * part;
+            ((i + 1) as i32, start, (start + part).min(size) - 1)
+        })
+        .collect()
+}
+
+impl Transfer {
+    fn source_key(&self, key: &str) -> String {
+        format!("{}{key}", self.spec.source.prefix)
+    }
+
+    fn dest_key(&self, key: &str) -> String {
+        format!("{}{key}", self.spec.dest.prefix)
+    }
+
+    /// The identity and headers of one object. Some S3-compatible servers
+    /// leave the ETag out of HEAD (and of listings) but send it with GET;
+    /// once a side is seen doing that, one byte is fetched with GET instead.
+    async fn head(
+        &self,
+        side: Side,
+        key: &str,
+        size: u64,
+    ) -> Result<(Identity, Headers), Classified> {
+        let (client, bucket, head_works) = match side {
+            Side::Source => (&self.source, &self.spec.source.bucket, &self.head_etags[0]),
+            Side::Dest => (&self.dest, &self.spec.dest.bucket, &self.head_etags[1]),
+        };
+        if head_works.load(Ordering::Relaxed) {
+            let out = client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(sdk)?;
+            if out.e_tag().is_some() {
+                return Ok((
+                    Identity::new(out.e_tag(), out.metadata()),
+                    headers_from!(out),
+                ));
+            }
+            head_works.store(false, Ordering::Relaxed);
+        }
+        let range = (size > 0).then(|| "bytes=0-0".to_string());
+        let got = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .set_range(range)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let found = (
+            Identity::new(got.e_tag(), got.metadata()),
+            headers_from!(got),
+        );
+        got.body.collect().await.map_err(transient)?;
+        Ok(found)
+    }
+
+    /// For same-size objects whose ETags do not compare: decide by the
+    /// identities stagesync recorded. True when a copy is needed.
+    pub(crate) async fn differs_by_metadata(
+        &self,
+        source: &Listed,
+        dest: &Listed,
+    ) -> Result<bool, Classified> {
+        let source_key = self.source_key(&source.key);
+        let dest_key = self.dest_key(&dest.key);
+        let head_dest = self.head(Side::Dest, &dest_key, dest.size);
+        if source.etag.is_none() {
+            // Some servers list no ETags at all: both heads are needed.
+            let head_source = self.head(Side::Source, &source_key, source.size);
+            let ((source_id, _), (dest_id, _)) = futures::try_join!(head_source, head_dest)?;
+            return Ok(!same_content(&source_id, &dest_id));
+        }
+        let (dest_id, _) = head_dest.await?;
+        if same_content(&Identity::new(source.etag.as_deref(), None), &dest_id) {
+            return Ok(false);
+        }
+        // The source may itself be a stagesync copy carrying an MD5.
+        let (source_id, _) = self.head(Side::Source, &source_key, source.size).await?;
+        Ok(!same_content(&source_id, &dest_id))
+    }
+
+    /// Copies one object by the cheapest path available.
+    pub(crate) async fn copy(&self, object: &Listed) -> Result<CopyMethod, Classified> {
+        if self.spec.same_side() {
+            if object.size > self.spec.multipart_threshold && object.size > 0 {
+                self.server_multipart(object).await?;
+                return Ok(CopyMethod::ServerSideMultipart);
+            }
+            match self.server_copy(object).await {
+                Ok(()) => return Ok(CopyMethod::ServerSide),
+                // The key was just listed, so "no such key" means the server
+                // could not parse the copy source (seen with s3s-fs 0.12
+                // and `?` in a key). Streaming the object needs no copy source; if the
+                // object is really gone, its GET fails the same way.
+                Err(e) if e.kind == Kind::NotFound => {
+                    tracing::debug!(key = %object.key, error = %e, "server-side copy found no source, streaming instead");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if object.size <= self.spec.part_size {
+            self.streamed(object).await?;
+            return Ok(CopyMethod::Streamed);
+        }
+        self.streamed_multipart(object).await?;
+        Ok(CopyMethod::StreamedMultipart)
+    }
+
+    async fn server_copy(&self, object: &Listed) -> Result<(), Classified> {
+        let source_key = self.source_key(&object.key);
+        let request = self
+            .dest
+            .copy_object()
+            .bucket(&self.spec.dest.bucket)
+            .key(self.dest_key(&object.key))
+            .copy_source(copy_source(&self.spec.source.bucket, &source_key))
+            .set_copy_source_if_match(object.etag.as_deref().map(quoted));
+        // A plain (or unlisted) ETag is the content MD5, which the copy
+        // keeps: copy every header as is and compare ETags next time. Only
+        // multipart or encrypted sources need their identity recorded.
+        let plain = object.etag.as_deref().is_none_or(is_plain_md5);
+        let request = if plain {
+            request.metadata_directive(MetadataDirective::Copy)
+        } else {
+            let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
+            let h = headers.tagged(&identity);
+            request
+                .metadata_directive(MetadataDirective::Replace)
+                .set_content_type(h.content_type)
+                .set_cache_control(h.cache_control)
+                .set_content_encoding(h.content_encoding)
+                .set_content_disposition(h.content_disposition)
+                .set_content_language(h.content_language)
+                .set_metadata(Some(h.metadata))
+        };
+        request.send().await.map_err(sdk)?;
+        Ok(())
+    }
+
+    async fn server_multipart(&self, object: &Listed) -> Result<(), Classified> {
+        let source_key = self.source_key(&object.key);
+        let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
+        let source = copy_source(&self.spec.source.bucket, &source_key);
+        let etag = identity.etag.as_deref().map(quoted);
+        self.multipart(
+            object,
+            headers.tagged(&identity),
+            |upload_id, number, start, end| {
+                let source = source.clone();
+                let etag = etag.clone();
+                async move {
+                    let out = self
+                        .dest
+                        .upload_part_copy()
+                        .bucket(&self.spec.dest.bucket)
+                        .key(self.dest_key(&object.key))
+                        .copy_source(source)
+                        .set_copy_source_if_match(etag)
+                        .copy_source_range(format!("bytes={start}-{end}"))
+                        .part_number(number)
+                        .upload_id(upload_id)
+                        .send()
+                        .await
+                        .map_err(sdk)?;
+                    Ok(out
+                        .copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .map(str::to_string))
+                }
+            },
+        )
+        .await
+    }
+
+    async fn streamed(&self, object: &Listed) -> Result<(), Classified> {
+        let _slot = self.slots.acquire().await.map_err(transient)?;
+        let got = self
+            .source
+            .get_object()
+            .bucket(&self.spec.source.bucket)
+            .key(self.source_key(&object.key))
+            .set_if_match(object.etag.as_deref().map(quoted))
+            .send()
+            .await
+            .map_err(sdk)?;
+        let identity = Identity::new(got.e_tag(), got.metadata());
+        let h = headers_from!(got).tagged(&identity);
+        let body = got.body.collect().await.map_err(transient)?.into_bytes();
+        self.dest
+            .put_object()
+            .bucket(&self.spec.dest.bucket)
+            .key(self.dest_key(&object.key))
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .set_content_type(h.content_type)
+            .set_cache_control(h.cache_control)
+            .set_content_encoding(h.content_encoding)
+            .set_content_disposition(h.content_disposition)
+            .set_content_language(h.content_language)
+            .set_metadata(Some(h.metadata))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
+    async fn streamed_multipart(&self, object: &Listed) -> Result<(), Classified> {
+        let source_key = self.source_key(&object.key);
+        let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
+        let etag = identity.etag.as_deref().map(quoted);
+        self.multipart(
+            object,
+            headers.tagged(&identity),
+            |upload_id, number, start, end| {
+                let source_key = source_key.clone();
+                let etag = etag.clone();
+                async move {
+                    let _slot = self.slots.acquire().await.map_err(transient)?;
+                    let got = self
+                        .source
+                        .get_object()
+                        .bucket(&self.spec.source.bucket)
+                        .key(source_key)
+                        .set_if_match(etag)
+                        .range(format!("bytes={start}-{end}"))
+                        .send()
+                        .await
+                        .map_err(sdk)?;
+                    let body = got.body.collect().await.map_err(transient)?.into_bytes();
+                    let out = self
+                        .dest
+                        .upload_part()
+                        .bucket(&self.spec.dest.bucket)
+                        .key(self.dest_key(&object.key))
+                        .part_number(number)
+                        .upload_id(upload_id)
+                        .content_length(body.len() as i64)
+                        .body(ByteStream::from(body))
+                        .send()
+                        .await
+                        .map_err(sdk)?;
+                    Ok(out.e_tag().map(str::to_string))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Creates a multipart upload, runs `part` for every range, completes
+    /// it, and aborts it on any failure so no orphaned parts are billed.
+    async fn multipart<F, Fut>(
+        &self,
+        object: &Listed,
+        h: Headers,
+        part: F,
+    ) -> Result<(), Classified>
+    where
+        F: Fn(String, i32, u64, u64) -> Fut,
+        Fut: Future<Output = Result<Option<String>, Classified>>,
+    {
+        let bucket = &self.spec.dest.bucket;
+        let key = self.dest_key(&object.key);
+        let created = self
+            .dest
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(&key)
+            .set_content_type(h.content_type)
+            .set_cache_control(h.cache_control)
+            .set_content_encoding(h.content_encoding)
+            .set_content_disposition(h.content_disposition)
+            .set_content_language(h.content_language)
+            .set_metadata(Some(h.metadata))
+            .send()
+            .await
+            .map_err(sdk)?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| transient("CreateMultipartUpload returned no upload id"))?
+            .to_string();
+
+        let parts = futures::stream::iter(part_ranges(object.size, self.spec.part_size))
+            .map(|(number, start, end)| {
+                let done = part(upload_id.clone(), number, start, end);
+                async move {
+                    let etag = done.await?;
+                    Ok::<_, Classified>(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(etag)
+                            .build(),
+                    )
+                }
+            })
+            .buffered(PART_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await;
+
+        let completed = match parts {
+            Ok(parts) => {
+                let done = self
+                    .dest
+                    .complete_multipart_upload()
+                    .bucket(bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await;
+                match done {
+                    Ok(_) => Ok(()),
+                    Err(e) if unparsed_success(&e) => {
+                        self.confirm_complete(bucket, &key, object.size).await
+                    }
+                    Err(e) => Err(sdk(e)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = completed {
+            let aborted = self
+                .dest
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            if let Err(abort) = aborted {
+                tracing::warn!(bucket, key, upload_id, error = %classify(&abort), "could not abort multipart upload");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// A completion the SDK could not parse: confirm the object is there
+    /// with the right size rather than trust or distrust the body.
+    async fn confirm_complete(&self, bucket: &str, key: &str, size: u64) -> Result<(), Classified> {
+        let out = self
+            .dest
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(sdk)?;
+        if out.content_length() == Some(size as i64) {
+            return Ok(());
+        }
+        Err(transient(format!(
+            "multipart upload of `{key}` completed with an unreadable answer and the object is not there"
+        )))
+    }
+}
+
+/// moto answers CompleteMultipartUpload with a root element the SDK does not
+/// expect. S3 reports a failed completion as a 200 with an `<Error>` body,
+/// which the SDK parses into a code; a 200 without a code is a success the
+/// SDK could not read.
+fn unparsed_success<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    match err {
+        SdkError::ServiceError(service) => {
+            service.raw().status().as_u16() == 200 && service.err().code().is_none()
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_copy_source() {
+        assert_eq!(
+            copy_source("bkt", "a b/ü+%?.txt"),
+            "bkt/a%20b/%C3%BC%2B%25%3F.txt"
+        );
+    }
+
+    #[test]
+    fn splits_parts() {
+        assert_eq!(part_ranges(10, 4), vec![(1, 0, 3), (2, 4, 7), (3, 8, 9)]);
+        assert_eq!(part_ranges(8, 4), vec![(1, 0, 3), (2, 4, 7)]);
+        assert!(part_ranges(0, 4).is_empty());
+        // Never more than 10,000 parts: the part size grows instead.
+        let big = part_ranges(100_000 * 4, 4);
+        assert_eq!(big.len(), 10_000);
+        assert_eq!(big.last().map(|p| p.2), Some(100_000 * 4 - 1));
+    }
+}

@@ -26,17 +26,25 @@ async fn resolve(repo: &str, r: &str) -> Result<String, String> {
         ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut hashes: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let mut hashes: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     hashes.dedup();
     match hashes.as_slice() {
         [one] => Ok(one.to_string()),
         [] => Err(format!("{repo} has no ref {r:?}")),
-        _ => Err(format!("{r:?} is ambiguous in {repo}: name it fully, e.g. refs/heads/{r}")),
+        _ => Err(format!(
+            "{r:?} is ambiguous in {repo}: name it fully, e.g. refs/heads/{r}"
+        )),
     }
 }
 
 async fn git(g: &GitCheck) -> Result<(), String> {
-    let (a, b) = tokio::join!(resolve(&g.repo, &g.source_ref), resolve(&g.repo, &g.dest_ref));
+    let (a, b) = tokio::join!(
+        resolve(&g.repo, &g.source_ref),
+        resolve(&g.repo, &g.dest_ref)
+    );
     let (a, b) = (a?, b?);
     if a != b {
         return Err(format!(
@@ -66,7 +74,10 @@ async fn command(c: &str) -> Result<(), String> {
         Err(format!(
             "preflight command {c:?} failed ({}){}",
             out.status,
-            err.lines().last().map(|l| format!(": {l}")).unwrap_or_default()
+            err.lines()
+                .last()
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default()
         ))
     }
 }

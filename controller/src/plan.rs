@@ -552,9 +552,17 @@ fn validate_pair(
             git: match &p.preflight.git {
                 Some(g) => {
                     let g = g.get_ref();
-                    for (v, k) in [(&g.repo, "repo"), (&g.source_ref, "source_ref"), (&g.dest_ref, "dest_ref")] {
+                    for (v, k) in [
+                        (&g.repo, "repo"),
+                        (&g.source_ref, "source_ref"),
+                        (&g.dest_ref, "dest_ref"),
+                    ] {
                         if v.get_ref().is_empty() || v.get_ref().starts_with('-') {
-                            return f.err(v.span(), &format!("{key}.preflight.git.{k}"), "must be a repository or ref, not empty and not starting with '-'");
+                            return f.err(
+                                v.span(),
+                                &format!("{key}.preflight.git.{k}"),
+                                "must be a repository or ref, not empty and not starting with '-'",
+                            );
                         }
                     }
                     Some(GitCheck {
@@ -565,7 +573,12 @@ fn validate_pair(
                 }
                 None => None,
             },
-            commands: p.preflight.commands.iter().map(|c| c.get_ref().clone()).collect(),
+            commands: p
+                .preflight
+                .commands
+                .iter()
+                .map(|c| c.get_ref().clone())
+                .collect(),
         },
     })
 }

@@ -45,6 +45,9 @@ pub struct SyncArgs {
     /// Where run history is kept (default: controller.state_dir, else ~/.local/state/stagesync).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Skip one of the plan's own preflight checks (git, commands).
+    #[arg(long, value_name = "CHECK", value_parser = clap::builder::PossibleValuesParser::new(stagesync_controller::checks::CHECKS))]
+    skip_preflight: Vec<String>,
 }
 
 /// Loads the plan, printing a located error on failure.
@@ -196,7 +199,8 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Exit> {
         let out = out.clone();
         let td = trust_domain.clone();
         let run_id = run_id.clone();
-        async move { run_pair(&plan, &pair, tls, &td, out, &run_id).await }
+        let skip = args.skip_preflight.clone();
+        async move { run_pair(&plan, &pair, tls, &td, out, &run_id, &skip).await }
     }));
 
     // Summary, history, exit code.
@@ -308,10 +312,15 @@ async fn run_pair(
     trust_domain: &str,
     out: Arc<Output>,
     run_id: &str,
+    skip: &[String],
 ) -> Result<PairResult, String> {
     out.start(pair);
     let started = history::now();
     let t0 = Instant::now();
+    if let Err(e) = stagesync_controller::checks::run(&plan.pairs[pair].preflight, skip).await {
+        out.finish(pair, format!("refused: {e}"));
+        return Err(format!("refused\u{1}preflight: {e}"));
+    }
     let spec = plan
         .pair_spec(pair, trust_domain, |k| std::env::var(k).ok())
         .map_err(|e| format!("refused\u{1}{e}"))?;

@@ -297,3 +297,147 @@ fn malformed_plans_are_refused_with_file_line_and_key() {
     assert_eq!(out.status.code(), Some(5));
     assert!(text(&out).contains("/nonexistent/stagesync.toml: cannot read the plan"));
 }
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.org",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git is installed");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preflight_checks_refuse_before_anything_changes() {
+    let src = PgCluster::start().unwrap();
+    let dst = PgCluster::start().unwrap();
+    src.exec("postgres", "CREATE DATABASE production")
+        .await
+        .unwrap();
+    src.exec(
+        "production",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1)",
+    )
+    .await
+    .unwrap();
+    stagesync_harness::fixtures::seed_stage(&dst).await.unwrap();
+    let before = content_hashes(&dst, "stage").await.unwrap();
+    let pki = TestPki::new().unwrap();
+    pki.controller("ops").unwrap();
+    let mut p = AgentSpec::new("prod-db");
+    p.may_dump = vec!["production".into()];
+    let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
+    let mut s = AgentSpec::new("staging-db");
+    s.may_overwrite = vec!["stage".into()];
+    s.peers = vec!["prod-db".into()];
+    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
+
+    // The web app's repository: production's branch ahead of staging's.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("app");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["commit", "-q", "--allow-empty", "-m", "one"]);
+    git(&repo, &["branch", "staging"]);
+    git(&repo, &["commit", "-q", "--allow-empty", "-m", "two"]);
+
+    let write_plan = |preflight: &str| {
+        let text = format!(
+            r#"[controller]
+name = "ops"
+certs_dir = {certs:?}
+[agents]
+prod-db = {{ endpoint = "{prod}" }}
+staging-db = {{ endpoint = "{staging}" }}
+[pairs.prod-to-stage]
+source = {{ agent = "prod-db", database = "production" }}
+dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
+{preflight}
+"#,
+            certs = pki.dir(),
+            prod = prod.addr,
+            staging = staging.addr,
+        );
+        let path = dir.path().join("stagesync.toml");
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let git_check = format!(
+        "preflight.git = {{ repo = {:?}, source_ref = \"refs/heads/main\", dest_ref = \"refs/heads/staging\" }}",
+        repo.display().to_string()
+    );
+    let state = dir.path().join("state").display().to_string();
+    let run = |plan: String, extra: Vec<String>| {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec![
+                "sync".to_string(),
+                "--all".into(),
+                "--plan".into(),
+                plan,
+                "--state-dir".into(),
+                state,
+            ];
+            args.extend(extra);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            stagesync(&refs)
+        })
+    };
+
+    let out = run(write_plan(&git_check), vec![]).await.unwrap();
+    assert_eq!(out.status.code(), Some(4), "refused: {}", text(&out));
+    assert!(
+        text(&out).contains("refs/heads/main is at"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("deploy the same code"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        content_hashes(&dst, "stage").await.unwrap(),
+        before,
+        "nothing changed"
+    );
+
+    let out = run(
+        write_plan("preflight.commands = [\"test -e /nonexistent/maintenance-ok\"]"),
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("preflight command"), "{}", text(&out));
+    assert_eq!(
+        content_hashes(&dst, "stage").await.unwrap(),
+        before,
+        "nothing changed"
+    );
+
+    // The operator may skip a named check; the refresh then runs.
+    let out = run(
+        write_plan(&git_check),
+        vec!["--skip-preflight".into(), "git".into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        content_hashes(&dst, "stage").await.unwrap(),
+        content_hashes(&src, "production").await.unwrap()
+    );
+}

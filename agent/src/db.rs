@@ -336,6 +336,13 @@ async fn reopen(c: &Client, dir: &Path, name: &str, allowed: bool) {
     }
 }
 
+/// Runs `sql` in one transaction: all of it happens, or none.
+async fn in_transaction(c: &mut Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let tx = c.transaction().await?;
+    tx.batch_execute(sql).await?;
+    tx.commit().await
+}
+
 /// Reopens databases a crash left closed (see [`mark_closed`]).
 pub async fn reopen_closed(pg: &PostgresConfig, dir: &Path) -> Result<Vec<String>, DbError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -433,12 +440,7 @@ pub async fn swap_in(
     if let Some(k) = &carried {
         sql.push_str(&apply(live, k));
     }
-    let result = async {
-        let tx = c.transaction().await?;
-        tx.batch_execute(&sql).await?;
-        tx.commit().await
-    }
-    .await;
+    let result = in_transaction(&mut c, &sql).await;
     if let Err(e) = result {
         // Nothing was renamed; let the live database take connections again.
         if live_exists {
@@ -523,12 +525,7 @@ pub async fn rollback(pg: &PostgresConfig, closed: &Path, live: &str) -> Result<
             ident(&previous)
         ));
     }
-    let result = async {
-        let tx = c.transaction().await?;
-        tx.batch_execute(&sql).await?;
-        tx.commit().await
-    }
-    .await;
+    let result = in_transaction(&mut c, &sql).await;
     if let Err(e) = result {
         for (d, a) in &closed_now {
             reopen(&c, closed, d, *a).await;

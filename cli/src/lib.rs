@@ -34,6 +34,9 @@ enum Command {
     Status(status_cmd::StatusArgs),
     /// Refresh pairs of the plan (databases, in `after` order).
     Sync(sync_cmd::SyncArgs),
+    /// Show what `sync` would do (databases, preflight, S3 copies and
+    /// deletes), changing nothing.
+    Plan(sync_cmd::PlanArgs),
     /// Show what earlier runs did.
     History(sync_cmd::HistoryArgs),
     /// Refresh one database from another through their agents.
@@ -79,6 +82,7 @@ pub fn main() -> ExitCode {
         Command::Refresh(args) => refresh_cmd::run(*args),
         Command::Sync(args) => sync_cmd::run(args),
         Command::History(args) => sync_cmd::history_cmd(args),
+        Command::Plan(args) => sync_cmd::plan_cmd(args),
         Command::Rollback(args) => refresh_cmd::run_rollback(args),
         Command::Demo => {
             println!(

@@ -326,13 +326,24 @@ async fn run_pair(
         .map_err(|e| format!("refused\u{1}{e}"))?;
     let o = out.clone();
     let name = pair.to_string();
-    let result = refresh(tls, &spec, move |e| match e {
+    let db = refresh(tls, &spec, move |e| match e {
         Event::Progress { source, dest } => {
             let s = source.map(|s| *s).unwrap_or_default();
             let d = dest.map(|d| *d).unwrap_or_default();
-            let phase = pb::Phase::try_from(d.phase).map(|p| format!("{p:?}").to_lowercase()).unwrap_or_default();
+            let phase = pb::Phase::try_from(d.phase)
+                .map(|p| format!("{p:?}").to_lowercase())
+                .unwrap_or_default();
             o.event(json!({"event": "progress", "pair": name, "phase": phase, "bytes_dumped": s.bytes_dumped, "bytes_sent": s.bytes_sent, "bytes_restored": d.bytes_restored, "rate": d.rate}));
-            o.line(&name, format!("{phase}: dumped {}, restored {} ({}/s)", mib(s.bytes_dumped), mib(d.bytes_restored), mib(d.rate as u64)), true);
+            o.line(
+                &name,
+                format!(
+                    "{phase}: dumped {}, restored {} ({}/s)",
+                    mib(s.bytes_dumped),
+                    mib(d.bytes_restored),
+                    mib(d.rate as u64)
+                ),
+                true,
+            );
         }
         Event::Committed { database, previous } => {
             o.event(json!({"event": "committed", "pair": name, "database": database, "previous": previous}));
@@ -340,22 +351,29 @@ async fn run_pair(
         Event::Preflight { source_size } => {
             o.event(json!({"event": "preflight_ok", "pair": name, "source_size": source_size}));
         }
-        Event::Prepared { job_id, new_database } => {
+        Event::Prepared {
+            job_id,
+            new_database,
+        } => {
             o.event(json!({"event": "prepared", "pair": name, "job_id": job_id, "new_database": new_database}));
         }
-    })
-    .await;
+    });
+    let s3 = run_copies(&plan.pairs[pair].copies, out.clone(), pair, false);
+    let (result, (copied, copy_errors)) = tokio::join!(db, s3);
     let ms = t0.elapsed().as_millis() as u64;
     match result {
-        Ok(r) => {
+        Ok(r) if copy_errors.is_empty() => {
+            let objects: u64 = copied.iter().map(|c| c.1.copied.objects).sum();
             out.finish(
                 pair,
                 format!(
-                    "ok in {:.1} s, {} restored",
+                    "ok in {:.1} s, {} restored, {objects} objects copied",
                     ms as f64 / 1000.0,
                     mib(r.bytes_restored)
                 ),
             );
+            let mut steps = vec![("database".to_string(), ms)];
+            steps.extend(copied.iter().map(|(n, _, ms)| (format!("s3:{n}"), *ms)));
             Ok(PairResult {
                 record: Record {
                     run_id: run_id.to_string(),
@@ -365,10 +383,20 @@ async fn run_pair(
                     outcome: "ok".into(),
                     bytes_dumped: r.bytes_dumped,
                     bytes_restored: r.bytes_restored,
-                    steps: vec![("database".into(), ms)],
+                    objects_copied: objects,
+                    bytes_copied: copied.iter().map(|c| c.1.copied.bytes).sum(),
+                    objects_deleted: copied.iter().map(|c| c.1.deleted.objects).sum(),
+                    steps,
                     ..Default::default()
                 },
             })
+        }
+        Ok(_) => {
+            let e = copy_errors.join("; ");
+            out.finish(pair, format!("failed: {e}"));
+            Err(format!(
+                "failed\u{1}the database was refreshed, but S3: {e}"
+            ))
         }
         Err(e @ RefreshError::Preflight(_)) => {
             out.finish(pair, format!("refused: {e}"));
@@ -379,6 +407,162 @@ async fn run_pair(
             Err(format!("failed\u{1}{e}"))
         }
     }
+}
+
+/// Runs a pair's S3 copies one after the other (alongside its database
+/// refresh). Returns the reports and the errors.
+async fn run_copies(
+    copies: &[stagesync_s3::CopySpec],
+    out: Arc<Output>,
+    pair: &str,
+    dry_run: bool,
+) -> (Vec<(String, stagesync_s3::SyncReport, u64)>, Vec<String>) {
+    let pool = stagesync_s3::ClientPool::new();
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    for c in copies {
+        let t0 = Instant::now();
+        let o = out.clone();
+        let (p, name) = (pair.to_string(), c.name.clone());
+        let progress: stagesync_s3::Progress = Arc::new(move |e: stagesync_s3::Event| {
+            o.event(json!({"event": "s3", "pair": p, "copy": name, "detail": format!("{e:?}")}));
+        });
+        let options = stagesync_s3::SyncOptions {
+            dry_run,
+            record_keys: dry_run,
+        };
+        match stagesync_s3::sync_with(&pool, c, options, progress).await {
+            Ok(r) => {
+                out.line(
+                    pair,
+                    format!(
+                        "s3 {}: {} {} objects ({}), {} {} objects, {} unchanged",
+                        c.name,
+                        if dry_run { "would copy" } else { "copied" },
+                        r.copied.objects,
+                        mib(r.copied.bytes),
+                        if dry_run { "would delete" } else { "deleted" },
+                        r.deleted.objects,
+                        r.skipped.objects
+                    ),
+                    false,
+                );
+                done.push((c.name.clone(), r, t0.elapsed().as_millis() as u64));
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (done, errors)
+}
+
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    /// Pairs to look at (default: all).
+    pairs: Vec<String>,
+    #[command(flatten)]
+    plan: PlanArg,
+}
+
+/// `stagesync plan`: what `sync` would do, changing nothing.
+pub fn plan_cmd(args: PlanArgs) -> anyhow::Result<Exit> {
+    let plan = match load_plan(&args.plan.plan) {
+        Ok(p) => p,
+        Err(exit) => return Ok(exit),
+    };
+    let pairs = if args.pairs.is_empty() {
+        plan.order()
+    } else {
+        args.pairs.clone()
+    };
+    for p in &pairs {
+        if !plan.pairs.contains_key(p) {
+            eprintln!(
+                "stagesync: no pair named {p:?} in {}",
+                plan.source.display()
+            );
+            return Ok(Exit::Usage);
+        }
+    }
+    let tls = Arc::new(ReloadingClientConfig::load(plan.tls.clone())?);
+    let td = tls.identity().trust_domain;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let out = Arc::new(Output {
+        json: false,
+        bars: None,
+        last_line: Mutex::new(BTreeMap::new()),
+    });
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
+        "PAIR",
+        "SOURCE",
+        "SIZE",
+        "DESTINATION",
+        "MODE",
+        "PREFLIGHT",
+        "S3: COPY / DELETE",
+    ]);
+    let mut refused = 0;
+    for name in &pairs {
+        let p = &plan.pairs[name];
+        let (preflight, size) = runtime.block_on(async {
+            let spec = match plan.pair_spec(name, &td, |k| std::env::var(k).ok()) {
+                Ok(s) => s,
+                Err(e) => return (format!("refused: {e}"), String::new()),
+            };
+            if let Err(e) = stagesync_controller::checks::run(&p.preflight, &[]).await {
+                return (format!("refused: {e}"), String::new());
+            }
+            match stagesync_controller::refresh::preflight(tls.clone(), &spec).await {
+                Ok((src, _)) => {
+                    let size = src
+                        .postgres
+                        .and_then(|pg| pg.databases.into_iter().find(|d| d.name == p.source_db))
+                        .map(|d| mib(d.size_bytes))
+                        .unwrap_or_default();
+                    ("ok".to_string(), size)
+                }
+                Err(e) => (format!("refused: {e}"), String::new()),
+            }
+        });
+        if preflight != "ok" {
+            refused += 1;
+        }
+        let (reports, errors) = runtime.block_on(run_copies(&p.copies, out.clone(), name, true));
+        let mut s3: Vec<String> = reports
+            .iter()
+            .map(|(n, r, _)| {
+                format!(
+                    "{n}: {} ({}) / {}",
+                    r.copied.objects,
+                    mib(r.copied.bytes),
+                    r.deleted.objects
+                )
+            })
+            .collect();
+        s3.extend(errors.iter().map(|e| format!("error: {e}")));
+        table.add_row(vec![
+            name.clone(),
+            format!("{}/{}", p.source_agent, p.source_db),
+            size,
+            format!("{}/{} (owner {})", p.dest_agent, p.dest_db, p.owner),
+            format!("{:?}", p.mode).to_lowercase(),
+            preflight,
+            if s3.is_empty() {
+                "(none)".into()
+            } else {
+                s3.join("\n")
+            },
+        ]);
+    }
+    println!("{table}");
+    println!("nothing was changed; `stagesync sync` would do the above");
+    Ok(if refused == 0 {
+        Exit::Ok
+    } else if refused < pairs.len() {
+        Exit::Partial
+    } else {
+        Exit::Refused
+    })
 }
 
 #[derive(clap::Args)]

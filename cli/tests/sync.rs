@@ -441,3 +441,142 @@ dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
         content_hashes(&src, "production").await.unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_changes_nothing_and_sync_then_does_what_it_listed() {
+    use stagesync_harness::s3::{S3Server, profile_files};
+    let src = PgCluster::start().unwrap();
+    let dst = PgCluster::start().unwrap();
+    src.exec("postgres", "CREATE DATABASE production")
+        .await
+        .unwrap();
+    src.exec(
+        "production",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)",
+    )
+    .await
+    .unwrap();
+    stagesync_harness::fixtures::seed_stage(&dst).await.unwrap();
+    let pki = TestPki::new().unwrap();
+    pki.controller("ops").unwrap();
+    let mut p = AgentSpec::new("prod-db");
+    p.may_dump = vec!["production".into()];
+    let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
+    let mut s = AgentSpec::new("staging-db");
+    s.may_overwrite = vec!["stage".into()];
+    s.peers = vec!["prod-db".into()];
+    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
+
+    let s3 = S3Server::start("AKIASTAGESYNCTEST", "test-secret-key-0123")
+        .await
+        .unwrap();
+    s3.put("prod-media", "files/a.jpg", b"photo a").unwrap();
+    s3.put("prod-media", "files/deep/b c+d.png", b"photo b, new")
+        .unwrap();
+    s3.put("stage-media", "files/deep/b c+d.png", b"photo b, old")
+        .unwrap();
+    s3.put("stage-media", "files/gone.txt", b"only on staging")
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, credentials) = profile_files(
+        dir.path(),
+        "stage",
+        "AKIASTAGESYNCTEST",
+        "test-secret-key-0123",
+    )
+    .unwrap();
+    let plan = dir.path().join("stagesync.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"[controller]
+name = "ops"
+certs_dir = {certs:?}
+[agents]
+prod-db = {{ endpoint = "{prod}" }}
+staging-db = {{ endpoint = "{staging}" }}
+[pairs.prod-to-stage]
+source = {{ agent = "prod-db", database = "production" }}
+dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
+[[pairs.prod-to-stage.copies]]
+name = "media"
+source = "s3://prod-media/files/"
+dest = "s3://stage-media/files/"
+profile = "stage"
+endpoint = "{endpoint}"
+"#,
+            certs = pki.dir(),
+            prod = prod.addr,
+            staging = staging.addr,
+            endpoint = s3.endpoint(),
+        ),
+    )
+    .unwrap();
+    let run = |args: Vec<String>| {
+        let (config, credentials) = (config.clone(), credentials.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(STAGESYNC)
+                .args(&args)
+                .env("AWS_CONFIG_FILE", &config)
+                .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+                .env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env_remove("AWS_PROFILE")
+                .output()
+                .unwrap()
+        })
+    };
+    let plan_s = plan.display().to_string();
+    let state = dir.path().join("state").display().to_string();
+
+    let db_before = content_hashes(&dst, "stage").await.unwrap();
+    let src_before = s3.objects("prod-media");
+    let dst_before = s3.objects("stage-media");
+    let out = run(vec!["plan".into(), "--plan".into(), plan_s.clone()])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = text(&out);
+    assert!(listed.contains("would copy 2 objects"), "{listed}");
+    assert!(listed.contains("would delete 1 objects"), "{listed}");
+    assert!(listed.contains("nothing was changed"), "{listed}");
+    assert_eq!(
+        content_hashes(&dst, "stage").await.unwrap(),
+        db_before,
+        "plan changed the database"
+    );
+    assert_eq!(
+        s3.objects("prod-media"),
+        src_before,
+        "plan changed the source bucket"
+    );
+    assert_eq!(
+        s3.objects("stage-media"),
+        dst_before,
+        "plan changed the destination bucket"
+    );
+
+    let out = run(vec![
+        "sync".into(),
+        "--all".into(),
+        "--plan".into(),
+        plan_s,
+        "--state-dir".into(),
+        state,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("copied 2 objects"), "{}", text(&out));
+    assert!(text(&out).contains("deleted 1 objects"), "{}", text(&out));
+    assert_eq!(
+        s3.objects("stage-media"),
+        s3.objects("prod-media"),
+        "the media bucket mirrors production"
+    );
+    assert_eq!(
+        content_hashes(&dst, "stage").await.unwrap(),
+        content_hashes(&src, "production").await.unwrap()
+    );
+}

@@ -102,9 +102,36 @@ struct RawPair {
     #[serde(default)]
     after: Vec<S<String>>,
     #[serde(default)]
-    copies: Vec<S<toml::Value>>,
+    copies: Vec<S<RawCopy>>,
     #[serde(default)]
     preflight: RawPreflight,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCopy {
+    name: S<String>,
+    source: S<String>,
+    dest: S<String>,
+    /// One profile for both sides, as the role does.
+    profile: Option<S<String>>,
+    source_profile: Option<S<String>>,
+    dest_profile: Option<S<String>>,
+    region: Option<String>,
+    source_region: Option<String>,
+    dest_region: Option<String>,
+    endpoint: Option<String>,
+    source_endpoint: Option<String>,
+    dest_endpoint: Option<String>,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    delete: Option<bool>,
+    max_delete: Option<u64>,
+    max_delete_percent: Option<S<f64>>,
+    concurrency: Option<S<usize>>,
+    multipart_threshold: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,8 +186,8 @@ pub struct PlanPair {
     /// Environment variables the post-restore SQL uses.
     pub params: Vec<String>,
     pub after: Vec<String>,
-    /// S3 copies, kept as written until the S3 engine reads them.
-    pub copies: Vec<toml::Value>,
+    /// S3 copies that run alongside the database refresh.
+    pub copies: Vec<stagesync_s3::CopySpec>,
     pub preflight: Preflight,
 }
 
@@ -547,7 +574,12 @@ fn validate_pair(
         post_restore_sql: sql,
         params,
         after,
-        copies: p.copies.iter().map(|c| c.get_ref().clone()).collect(),
+        copies: p
+            .copies
+            .iter()
+            .enumerate()
+            .map(|(i, c)| validate_copy(f, &format!("{key}.copies[{i}]"), c, &p.copies))
+            .collect::<Result<_, _>>()?,
         preflight: Preflight {
             git: match &p.preflight.git {
                 Some(g) => {
@@ -581,6 +613,100 @@ fn validate_pair(
                 .collect(),
         },
     })
+}
+
+fn validate_copy(
+    f: &TomlFile<'_>,
+    key: &str,
+    c: &S<RawCopy>,
+    all: &[S<RawCopy>],
+) -> Result<stagesync_s3::CopySpec, ConfigError> {
+    use stagesync_s3::{CopySpec, S3Location, SideConfig};
+    let r = c.get_ref();
+    let name = r.name.get_ref();
+    if name.is_empty()
+        || all
+            .iter()
+            .filter(|o| o.get_ref().name.get_ref() == name)
+            .count()
+            > 1
+    {
+        return f.err(
+            r.name.span(),
+            &format!("{key}.name"),
+            format!("copy names must be unique and not empty ({name:?})"),
+        );
+    }
+    let source = S3Location::parse(r.source.get_ref())
+        .map_err(|e| f.error(r.source.span(), &format!("{key}.source"), e))?;
+    let dest = S3Location::parse(r.dest.get_ref())
+        .map_err(|e| f.error(r.dest.span(), &format!("{key}.dest"), e))?;
+    if source == dest {
+        return f.err(
+            r.dest.span(),
+            &format!("{key}.dest"),
+            "the copy writes into its own source",
+        );
+    }
+    if let Some(p) = &r.profile
+        && (r.source_profile.is_some() || r.dest_profile.is_some())
+    {
+        return f.err(
+            p.span(),
+            &format!("{key}.profile"),
+            "use either profile (both sides) or source_profile/dest_profile",
+        );
+    }
+    let side = |profile: &Option<S<String>>, region: &Option<String>, endpoint: &Option<String>| {
+        SideConfig {
+            profile: profile
+                .as_ref()
+                .or(r.profile.as_ref())
+                .map(|p| p.get_ref().clone()),
+            region: region.clone().or(r.region.clone()),
+            endpoint: endpoint.clone().or(r.endpoint.clone()),
+        }
+    };
+    let mut spec = CopySpec::new(name.clone(), source, dest);
+    spec.source_side = side(&r.source_profile, &r.source_region, &r.source_endpoint);
+    spec.dest_side = side(&r.dest_profile, &r.dest_region, &r.dest_endpoint);
+    spec.include = r.include.clone();
+    spec.exclude = r.exclude.clone();
+    spec.delete = r.delete.unwrap_or(true);
+    if let Some(n) = r.max_delete {
+        spec.delete_limit.max_count = Some(n);
+    }
+    if let Some(pct) = &r.max_delete_percent {
+        if !(0.0..=100.0).contains(pct.get_ref()) {
+            return f.err(
+                pct.span(),
+                &format!("{key}.max_delete_percent"),
+                "must be 0 to 100",
+            );
+        }
+        spec.delete_limit.max_percent = Some(*pct.get_ref());
+    }
+    if let Some(n) = &r.concurrency {
+        if *n.get_ref() == 0 || *n.get_ref() > 1024 {
+            return f.err(n.span(), &format!("{key}.concurrency"), "must be 1 to 1024");
+        }
+        spec.concurrency = *n.get_ref();
+    }
+    if let Some(t) = r.multipart_threshold {
+        spec.multipart_threshold = t;
+    }
+    for (globs, k) in [(&spec.include, "include"), (&spec.exclude, "exclude")] {
+        for g in globs {
+            if let Err(e) = globset::Glob::new(g) {
+                return f.err(
+                    c.span(),
+                    &format!("{key}.{k}"),
+                    format!("bad glob {g:?}: {}", e.kind()),
+                );
+            }
+        }
+    }
+    Ok(spec)
 }
 
 /// `${NAME}` references in SQL (`$${` is an escaped literal).

@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod pg;
 pub mod pki;
 pub mod proxy;
+pub mod s3;
 
 pub use agent::{AgentProcess, AgentSpec, TestAgent};
 pub use pg::PgCluster;

@@ -43,6 +43,10 @@ enum Command {
     Refresh(Box<refresh_cmd::RefreshArgs>),
     /// Swap the previous copy of a database back in.
     Rollback(refresh_cmd::RollbackArgs),
+    /// Print a shell completion script (e.g. `stagesync completions bash > /etc/bash_completion.d/stagesync`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from this command line.
+    Man,
     /// Run a demo refresh on throwaway local parts.
     Demo,
 }
@@ -84,6 +88,18 @@ pub fn main() -> ExitCode {
         Command::History(args) => sync_cmd::history_cmd(args),
         Command::Plan(args) => sync_cmd::plan_cmd(args),
         Command::Rollback(args) => refresh_cmd::run_rollback(args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "stagesync", &mut std::io::stdout());
+            Ok(Exit::Ok)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => Ok(Exit::Ok),
+                Err(e) => Err(anyhow::anyhow!("writing the man page: {e}")),
+            }
+        }
         Command::Demo => {
             println!(
                 "stagesync demo: coming soon. Run the tests meanwhile: cargo test --workspace"

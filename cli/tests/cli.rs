@@ -199,3 +199,17 @@ fn status_without_certificates_says_what_to_do() {
         text(&o)
     );
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = stagesync(&["completions", "bash"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let script = String::from_utf8_lossy(&o.stdout);
+    assert!(script.contains("stagesync") && script.contains("sync") && script.contains("rollback"));
+    let o = stagesync(&["man"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+    assert!(page.contains("stagesync"));
+}

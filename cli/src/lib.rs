@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod certs_cmd;
+mod demo;
 mod exit;
 mod refresh_cmd;
 mod status_cmd;
@@ -47,8 +48,10 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), generated from this command line.
     Man,
-    /// Run a demo refresh on throwaway local parts.
-    Demo,
+    /// Run a real refresh on a throwaway local fleet (two PostgreSQL
+    /// clusters, an S3-API server, two agents), show what changed and the
+    /// direction guard, then clean up.
+    Demo(demo::DemoArgs),
 }
 
 /// Where the controller's certificate comes from.
@@ -100,12 +103,7 @@ pub fn main() -> ExitCode {
                 Err(e) => Err(anyhow::anyhow!("writing the man page: {e}")),
             }
         }
-        Command::Demo => {
-            println!(
-                "stagesync demo: coming soon. Run the tests meanwhile: cargo test --workspace"
-            );
-            Ok(Exit::Ok)
-        }
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(exit) => exit.into(),

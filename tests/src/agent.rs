@@ -55,9 +55,13 @@ pub fn write_config(
 ) -> anyhow::Result<PathBuf> {
     let work_dir = dir.join("work");
     std::fs::create_dir_all(&work_dir)?;
-    let (socket_dir, port) = match cluster {
-        Some(c) => (c.socket_dir.clone(), c.port),
-        None => (dir.to_path_buf(), 5432),
+    let (socket_dir, port, bin_dir) = match cluster {
+        Some(c) => (
+            c.socket_dir.clone(),
+            c.port,
+            format!("bin_dir = {:?}\n", c.bin_dir),
+        ),
+        None => (dir.to_path_buf(), 5432, String::new()),
     };
     let text = format!(
         r#"name = {name:?}
@@ -73,7 +77,7 @@ key = {key:?}
 socket_dir = {sock:?}
 port = {port}
 user = "postgres"
-
+{bin_dir}
 [policy]
 may_dump = {dump}
 may_overwrite = {overwrite}

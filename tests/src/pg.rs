@@ -24,10 +24,23 @@ pub struct PgCluster {
     log: PathBuf,
 }
 
-/// The PostgreSQL server bin directory (`pg_config --bindir`, then the
-/// newest `/usr/lib/postgresql/*/bin`).
+/// What to do when the PostgreSQL server binaries are missing.
+pub const INSTALL_HINT: &str = "install the PostgreSQL server: `sudo apt-get install postgresql` (Debian, Ubuntu), `sudo dnf install postgresql-server` (Fedora, RHEL), `brew install postgresql` (macOS); or set STAGESYNC_PG_BINDIR to the directory holding initdb, pg_ctl, pg_dump and pg_restore";
+
+/// The PostgreSQL server bin directory: `$STAGESYNC_PG_BINDIR` when set,
+/// else `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let has_server = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    if let Some(d) = std::env::var_os("STAGESYNC_PG_BINDIR") {
+        let d = PathBuf::from(d);
+        if has_server(&d) {
+            return Ok(d);
+        }
+        bail!(
+            "STAGESYNC_PG_BINDIR={}: no initdb and pg_ctl there; {INSTALL_HINT}",
+            d.display()
+        );
+    }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
         && out.status.success()
     {
@@ -47,7 +60,7 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     match found.pop() {
         Some((_, d)) => Ok(d),
         None => bail!(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql"
+            "PostgreSQL server binaries (initdb, pg_ctl) not found (looked at pg_config --bindir and /usr/lib/postgresql/*/bin): {INSTALL_HINT}"
         ),
     }
 }
@@ -91,7 +104,7 @@ impl PgCluster {
         let log = dir.path().join("server.log");
         if running_as_root() {
             let pg = nix::unistd::User::from_name("postgres")?
-                .context("no `postgres` OS user: apt-get install postgresql")?;
+                .context("running as root, PostgreSQL must run as the `postgres` OS user, and there is none: create it (`useradd --system postgres`) or install the server package, which does")?;
             for p in [dir.path(), socket_dir.as_path()] {
                 nix::unistd::chown(p, Some(pg.uid), Some(pg.gid))?;
             }

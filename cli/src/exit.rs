@@ -14,7 +14,8 @@ pub enum Exit {
     Partial = 3,
     /// Refused by preflight: nothing was changed.
     Refused = 4,
-    /// The plan file is wrong (the message names file, line and key).
+    /// The plan file (or a file to import) is wrong; the message names
+    /// file, line and key.
     BadPlan = 5,
     /// Stopped by Ctrl-C (128 + SIGINT).
     Interrupted = 130,

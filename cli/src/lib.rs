@@ -6,6 +6,7 @@
 mod certs_cmd;
 mod demo;
 mod exit;
+mod import_cmd;
 mod refresh_cmd;
 mod status_cmd;
 mod sync_cmd;
@@ -44,6 +45,10 @@ enum Command {
     Refresh(Box<refresh_cmd::RefreshArgs>),
     /// Swap the previous copy of a database back in.
     Rollback(refresh_cmd::RollbackArgs),
+    /// Turn the Ansible role's vars files into plan pairs (printed; warnings
+    /// for settings without an equivalent).
+    #[command(name = "import-ansible")]
+    ImportAnsible(import_cmd::ImportArgs),
     /// Print a shell completion script (e.g. `stagesync completions bash > /etc/bash_completion.d/stagesync`).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), generated from this command line.
@@ -91,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::History(args) => sync_cmd::history_cmd(args),
         Command::Plan(args) => sync_cmd::plan_cmd(args),
         Command::Rollback(args) => refresh_cmd::run_rollback(args),
+        Command::ImportAnsible(args) => import_cmd::run(args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "stagesync", &mut std::io::stdout());

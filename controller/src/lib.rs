@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ansible;
 pub mod checks;
 pub mod client;
 pub mod dag;

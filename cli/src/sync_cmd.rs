@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,9 +99,9 @@ impl Output {
         }
         if throttle {
             let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
-            let t = last
-                .entry(pair.to_string())
-                .or_insert(Instant::now() - Duration::from_secs(10));
+            // The first progress line of a kind comes after 2 s, so quick
+            // steps print only their result.
+            let t = last.entry(pair.to_string()).or_insert_with(Instant::now);
             if t.elapsed() < Duration::from_secs(2) {
                 return;
             }
@@ -124,6 +125,27 @@ impl Output {
         }
         self.event(json!({"event": "pair_started", "pair": pair}));
         self.line(pair, "started".into(), false);
+    }
+
+    /// A progress bar for one S3 copy, under its pair's line (terminal only).
+    fn copy_bar(&self, pair: &str, copy: &str) -> Option<ProgressBar> {
+        let (multi, bars) = self.bars.as_ref()?;
+        let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "  {prefix:18} [{bar:24}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("s3 {copy}"));
+        let bar = match bars.get(pair) {
+            Some(p) => multi.insert_after(p, bar),
+            None => multi.add(bar),
+        };
+        bars.insert(format!("{pair}\u{0}{copy}"), bar.clone());
+        Some(bar)
     }
 
     fn finish(&self, pair: &str, text: String) {
@@ -409,8 +431,120 @@ async fn run_pair(
     }
 }
 
+/// Running totals of one copy, fed by the engine's events from many tasks.
+#[derive(Default)]
+struct CopyTally {
+    listed_objects: AtomicU64,
+    listed_bytes: AtomicU64,
+    done_bytes: AtomicU64,
+    copied: AtomicU64,
+    copied_bytes: AtomicU64,
+    skipped: AtomicU64,
+    deleted: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl CopyTally {
+    fn apply(&self, e: &stagesync_s3::Event) {
+        use stagesync_s3::Event as E;
+        let add = |a: &AtomicU64, n: u64| {
+            a.fetch_add(n, Ordering::Relaxed);
+        };
+        match e {
+            E::Listed {
+                side: stagesync_s3::Side::Source,
+                objects,
+                bytes,
+            } => {
+                add(&self.listed_objects, *objects);
+                add(&self.listed_bytes, *bytes);
+            }
+            E::Listed { .. } | E::Retrying { .. } => {}
+            E::Copied { bytes, .. } | E::WouldCopy { bytes, .. } => {
+                add(&self.copied, 1);
+                add(&self.copied_bytes, *bytes);
+                add(&self.done_bytes, *bytes);
+            }
+            E::Skipped { bytes, .. } => {
+                add(&self.skipped, 1);
+                add(&self.done_bytes, *bytes);
+            }
+            E::Deleted { .. } | E::WouldDelete { .. } => add(&self.deleted, 1),
+            E::Failed { .. } => add(&self.failed, 1),
+        }
+    }
+
+    fn summary(&self, dry_run: bool) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut text = format!(
+            "{} of {} objects listed, {} {} ({}), {} unchanged, {} {}",
+            get(&self.copied) + get(&self.skipped),
+            get(&self.listed_objects),
+            get(&self.copied),
+            if dry_run { "to copy" } else { "copied" },
+            mib(get(&self.copied_bytes)),
+            get(&self.skipped),
+            get(&self.deleted),
+            if dry_run { "to delete" } else { "deleted" },
+        );
+        if get(&self.failed) > 0 {
+            text.push_str(&format!(", {} failed", get(&self.failed)));
+        }
+        text
+    }
+}
+
+/// `ServerSideMultipart` → `server_side_multipart`, for JSON events.
+fn snake(debug: impl std::fmt::Debug) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{debug:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One JSON event per object that changed (or would change), failed or is
+/// retried; listings and unchanged objects only count in the totals.
+fn s3_event(pair: &str, copy: &str, e: &stagesync_s3::Event) -> Option<serde_json::Value> {
+    use stagesync_s3::Event as E;
+    Some(match e {
+        E::Copied {
+            key,
+            bytes,
+            method,
+            reason,
+        } => {
+            json!({"event": "s3_copied", "pair": pair, "copy": copy, "key": key, "bytes": bytes, "method": snake(method), "reason": snake(reason)})
+        }
+        E::WouldCopy { key, bytes, reason } => {
+            json!({"event": "s3_would_copy", "pair": pair, "copy": copy, "key": key, "bytes": bytes, "reason": snake(reason)})
+        }
+        E::Deleted { key } => {
+            json!({"event": "s3_deleted", "pair": pair, "copy": copy, "key": key})
+        }
+        E::WouldDelete { key } => {
+            json!({"event": "s3_would_delete", "pair": pair, "copy": copy, "key": key})
+        }
+        E::Failed { key, error } => {
+            json!({"event": "s3_failed", "pair": pair, "copy": copy, "key": key, "error": error})
+        }
+        E::Retrying { key, error } => {
+            json!({"event": "s3_retrying", "pair": pair, "copy": copy, "key": key, "error": error})
+        }
+        E::Listed { .. } | E::Skipped { .. } => return None,
+    })
+}
+
 /// Runs a pair's S3 copies one after the other (alongside its database
-/// refresh). Returns the reports and the errors.
+/// refresh), each with its own progress bar on a terminal. Returns the
+/// reports and the errors.
 async fn run_copies(
     copies: &[stagesync_s3::CopySpec],
     out: Arc<Output>,
@@ -422,34 +556,63 @@ async fn run_copies(
     let mut errors = Vec::new();
     for c in copies {
         let t0 = Instant::now();
-        let o = out.clone();
-        let (p, name) = (pair.to_string(), c.name.clone());
-        let progress: stagesync_s3::Progress = Arc::new(move |e: stagesync_s3::Event| {
-            o.event(json!({"event": "s3", "pair": p, "copy": name, "detail": format!("{e:?}")}));
-        });
+        let tally = Arc::new(CopyTally::default());
+        let bar = out.copy_bar(pair, &c.name);
+        let progress: stagesync_s3::Progress = {
+            let (o, p, name, tally, bar) = (
+                out.clone(),
+                pair.to_string(),
+                c.name.clone(),
+                tally.clone(),
+                bar.clone(),
+            );
+            Arc::new(move |e: stagesync_s3::Event| {
+                tally.apply(&e);
+                if let Some(v) = s3_event(&p, &name, &e) {
+                    o.event(v);
+                }
+                match &bar {
+                    Some(b) => {
+                        b.set_length(tally.listed_bytes.load(Ordering::Relaxed));
+                        b.set_position(tally.done_bytes.load(Ordering::Relaxed));
+                        b.set_message(tally.summary(dry_run));
+                    }
+                    None => o.line(&format!("{p} s3 {name}"), tally.summary(dry_run), true),
+                }
+            })
+        };
         let options = stagesync_s3::SyncOptions {
             dry_run,
             record_keys: dry_run,
         };
-        match stagesync_s3::sync_with(&pool, c, options, progress).await {
+        let result = stagesync_s3::sync_with(&pool, c, options, progress).await;
+        let ms = t0.elapsed().as_millis() as u64;
+        match result {
             Ok(r) => {
-                out.line(
-                    pair,
-                    format!(
-                        "s3 {}: {} {} objects ({}), {} {} objects, {} unchanged",
-                        c.name,
-                        if dry_run { "would copy" } else { "copied" },
-                        r.copied.objects,
-                        mib(r.copied.bytes),
-                        if dry_run { "would delete" } else { "deleted" },
-                        r.deleted.objects,
-                        r.skipped.objects
-                    ),
-                    false,
+                let text = format!(
+                    "s3 {}: {} {} objects ({}), {} {} objects, {} unchanged",
+                    c.name,
+                    if dry_run { "would copy" } else { "copied" },
+                    r.copied.objects,
+                    mib(r.copied.bytes),
+                    if dry_run { "would delete" } else { "deleted" },
+                    r.deleted.objects,
+                    r.skipped.objects
                 );
-                done.push((c.name.clone(), r, t0.elapsed().as_millis() as u64));
+                out.event(json!({"event": "s3_finished", "pair": pair, "copy": c.name, "dry_run": dry_run, "objects_copied": r.copied.objects, "bytes_copied": r.copied.bytes, "objects_deleted": r.deleted.objects, "objects_unchanged": r.skipped.objects, "ms": ms}));
+                match &bar {
+                    Some(b) => b.finish_with_message(format!("done: {}", tally.summary(dry_run))),
+                    None => out.line(pair, text, false),
+                }
+                done.push((c.name.clone(), r, ms));
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => {
+                out.event(json!({"event": "s3_finished", "pair": pair, "copy": c.name, "dry_run": dry_run, "error": e.to_string(), "ms": ms}));
+                if let Some(b) = &bar {
+                    b.abandon_with_message(format!("failed: {e}"));
+                }
+                errors.push(e.to_string());
+            }
         }
     }
     (done, errors)

@@ -579,4 +579,41 @@ endpoint = "{endpoint}"
         content_hashes(&dst, "stage").await.unwrap(),
         content_hashes(&src, "production").await.unwrap()
     );
+
+    // Again with --json, after one object changed on production: one event
+    // for that object, a finished event per copy, the summary last.
+    s3.put("prod-media", "files/a.jpg", b"photo a, edited")
+        .unwrap();
+    let out = run(vec![
+        "sync".into(),
+        "--all".into(),
+        "--json".into(),
+        "--plan".into(),
+        plan.display().to_string(),
+        "--state-dir".into(),
+        dir.path().join("state").display().to_string(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let copied: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "s3_copied")
+        .collect();
+    assert_eq!(copied.len(), 1, "{events:#?}");
+    assert_eq!(copied[0]["key"], "a.jpg");
+    assert_eq!(copied[0]["reason"], "size_differs");
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "s3_finished")
+        .unwrap_or_else(|| panic!("no s3_finished in {events:#?}"));
+    assert_eq!(finished["copy"], "media");
+    assert_eq!(finished["objects_copied"], 1);
+    assert_eq!(finished["objects_unchanged"], 1);
+    assert_eq!(finished["objects_deleted"], 0);
+    assert_eq!(events.last().unwrap()["event"], "summary");
 }

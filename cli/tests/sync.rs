@@ -428,6 +428,37 @@ dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
         "nothing changed"
     );
 
+    // An owner role the destination does not have.
+    let path = write_plan("");
+    let text_with_owner = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("owner = \"stage\"", "owner = \"no_such_role\"");
+    std::fs::write(&path, text_with_owner).unwrap();
+    let out = run(path, vec![]).await.unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("the owner role \"no_such_role\" does not exist on the destination agent"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        content_hashes(&dst, "stage").await.unwrap(),
+        before,
+        "nothing changed"
+    );
+    let leftovers = dst
+        .client("postgres")
+        .await
+        .unwrap()
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'stagesync%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(leftovers.is_empty(), "a refused run created a database");
+
     // The operator may skip a named check; the refresh then runs.
     let out = run(
         write_plan(&git_check),

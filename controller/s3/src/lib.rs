@@ -2,6 +2,8 @@
 //! another, copying only what differs and deleting only what is safe to.
 //!
 //! - [`spec`]: what a copy is (locations, sides, filters, limits).
+//! - [`backups`]: database backups kept in S3 (upload, manifest, list,
+//!   verify, copy, prune).
 //! - [`client`]: one S3 client per (profile, region, endpoint), reused.
 //! - `listing`: page-by-page listing into bounded channels.
 //! - `plan`: the sorted merge and the content comparison (pure logic).
@@ -13,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backups;
 pub mod client;
 pub mod error;
 mod listing;

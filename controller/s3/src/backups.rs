@@ -298,6 +298,12 @@ impl Store {
                 progress(counts);
             }
             let number = parts.len() as i32 + 1;
+            if number as u64 > MAX_PARTS {
+                return Err(self.err(
+                    "uploading the dump",
+                    format!("more than {MAX_PARTS} parts: the dump is larger than S3 allows"),
+                ));
+            }
             let last = filled < cap;
             let store = self.clone();
             let up = upload.clone();

@@ -31,6 +31,17 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     jobs: RawJobs,
+    #[serde(default)]
+    s3: RawS3,
+}
+
+/// AWS profile files for backups (default: the standard locations of the
+/// agent's user, `~/.aws/config` and `~/.aws/credentials`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    config_file: Option<Spanned<String>>,
+    credentials_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +80,8 @@ struct RawPolicy {
     controllers: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     peers: Vec<Spanned<String>>,
+    #[serde(default)]
+    may_backup_to: Vec<Spanned<String>>,
 }
 
 /// A validated agent configuration.
@@ -84,6 +97,8 @@ pub struct AgentConfig {
     pub postgres: PostgresConfig,
     pub policy: Policy,
     pub jobs: JobLimits,
+    /// AWS profile files for backups.
+    pub s3_files: stagesync_s3::ProfileFilePaths,
     /// Test-only fault injection; never set from a configuration file.
     #[doc(hidden)]
     pub faults: Faults,
@@ -132,6 +147,8 @@ pub struct Policy {
     pub may_overwrite: Patterns,
     pub controllers: Vec<Identity>,
     pub peers: Vec<Identity>,
+    /// Where backups may be uploaded: globs over `s3://bucket/prefix/`.
+    pub may_backup_to: Patterns,
 }
 
 /// A list of database-name globs.
@@ -251,6 +268,28 @@ impl Ctx<'_> {
             ticket_ttl: secs(&raw.jobs.ticket_ttl_secs, "jobs.ticket_ttl_secs", 600)?,
         };
 
+        let mut s3_files = stagesync_s3::ProfileFilePaths::default();
+        for (raw_path, slot, key) in [
+            (&raw.s3.config_file, &mut s3_files.config, "s3.config_file"),
+            (
+                &raw.s3.credentials_file,
+                &mut s3_files.credentials,
+                "s3.credentials_file",
+            ),
+        ] {
+            if let Some(p) = raw_path {
+                let path = self.resolve(p.get_ref());
+                if !path.is_file() {
+                    return self.err(
+                        p.span(),
+                        key,
+                        format!("{} is not a readable file", path.display()),
+                    );
+                }
+                *slot = Some(path);
+            }
+        }
+
         Ok(AgentConfig {
             source: self.path.to_path_buf(),
             name,
@@ -261,6 +300,7 @@ impl Ctx<'_> {
             postgres,
             policy,
             jobs,
+            s3_files,
             faults: Faults::default(),
         })
     }
@@ -461,6 +501,7 @@ impl Ctx<'_> {
                 "policy.controllers",
             )?,
             peers: identities(&raw.peers, Kind::Agent, "policy.peers")?,
+            may_backup_to: globs(&raw.may_backup_to, "policy.may_backup_to")?,
         })
     }
 }

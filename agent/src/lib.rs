@@ -19,6 +19,7 @@
 
 pub mod args;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod db;
 pub mod dest;
@@ -104,10 +105,16 @@ pub async fn serve_with_ready(
     let client_tls = Arc::new(ReloadingClientConfig::load(config.tls.clone())?);
     recover(&config).await;
     let config = Arc::new(config);
+    {
+        // S3 may be slow or unreachable: do not hold up the start for it.
+        let config = config.clone();
+        tokio::spawn(async move { backup::abort_left_uploads(&config).await });
+    }
     let jobs = Arc::new(jobs::Jobs::new(config.clone()));
+    let backups = Arc::new(backup::Backups::new(config.clone()));
     let cancel = CancellationToken::new();
     let incoming = ReceiverStream::new(transport::accept_loop(listener, tls, cancel.clone()));
-    let service = service::AgentService::new(config.clone(), jobs.clone(), client_tls);
+    let service = service::AgentService::new(config.clone(), jobs.clone(), backups, client_tls);
     let server = AgentServer::new(service)
         .max_decoding_message_size(frames::MAX_MESSAGE)
         .max_encoding_message_size(frames::MAX_MESSAGE);

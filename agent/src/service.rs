@@ -19,6 +19,7 @@ use crate::transport::PeerInfo;
 pub struct AgentService {
     config: Arc<AgentConfig>,
     jobs: Arc<Jobs>,
+    backups: Arc<crate::backup::Backups>,
     client_tls: Arc<ReloadingClientConfig>,
 }
 
@@ -29,11 +30,13 @@ impl AgentService {
     pub fn new(
         config: Arc<AgentConfig>,
         jobs: Arc<Jobs>,
+        backups: Arc<crate::backup::Backups>,
         client_tls: Arc<ReloadingClientConfig>,
     ) -> Self {
         AgentService {
             config,
             jobs,
+            backups,
             client_tls,
         }
     }
@@ -128,6 +131,7 @@ impl AgentService {
                 may_overwrite: policy.may_overwrite.patterns.clone(),
                 controllers: policy.controllers.iter().map(|i| i.to_string()).collect(),
                 peers: policy.peers.iter().map(|i| i.to_string()).collect(),
+                may_backup_to: policy.may_backup_to.patterns.clone(),
             }),
             work_dir: Some(work_dir),
             jobs: self.jobs.all().iter().map(|j| j.status()).collect(),
@@ -136,9 +140,21 @@ impl AgentService {
 }
 
 type StatusStream = Pin<Box<dyn futures::Stream<Item = Result<pb::JobStatus, Status>> + Send>>;
+type BackupStream = ReceiverStream<Result<pb::BackupEvent, Status>>;
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentService {
+    type BackupStream = BackupStream;
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        self.authorize(&request, Caller::Controller, "Backup")?;
+        let events = self.backups.start(request.into_inner())?;
+        Ok(Response::new(ReceiverStream::new(events)))
+    }
+
     async fn info(
         &self,
         request: Request<pb::InfoRequest>,

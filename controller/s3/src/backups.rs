@@ -116,6 +116,14 @@ pub struct UploadProgress {
     pub parts: u32,
 }
 
+/// The uploaded parts of an upload not yet completed.
+#[derive(Debug)]
+pub struct Parts {
+    parts: Vec<CompletedPart>,
+    pub size: u64,
+    pub sha256: String,
+}
+
 /// What an upload produced.
 #[derive(Clone, Debug)]
 pub struct Uploaded {
@@ -253,15 +261,15 @@ impl Store {
         })
     }
 
-    /// Uploads everything `reader` gives as the parts of `upload`, then
-    /// completes it and checks the object's size. On any error the caller
-    /// aborts the upload.
-    pub async fn upload(
+    /// Uploads everything `reader` gives as the parts of `upload`; the
+    /// caller then completes it ([`Store::complete`]) once it knows the
+    /// reader's producer succeeded, or aborts it.
+    pub async fn upload_parts(
         &self,
         upload: &PendingUpload,
         reader: &mut (impl AsyncRead + Unpin),
         progress: &(dyn Fn(UploadProgress) + Send + Sync),
-    ) -> Result<Uploaded, BackupError> {
+    ) -> Result<Parts, BackupError> {
         let mut sha = Sha256::new();
         let mut counts = UploadProgress::default();
         let mut parts: Vec<CompletedPart> = Vec::new();
@@ -324,6 +332,24 @@ impl Store {
             counts.parts = parts.len() as u32;
             progress(counts);
         }
+        Ok(Parts {
+            parts,
+            size: counts.bytes_read,
+            sha256: hex::encode(sha.finalize()),
+        })
+    }
+
+    /// Completes an upload and checks the stored object's size.
+    pub async fn complete(
+        &self,
+        upload: &PendingUpload,
+        done: Parts,
+    ) -> Result<Uploaded, BackupError> {
+        let Parts {
+            parts,
+            size,
+            sha256,
+        } = done;
         self.client
             .complete_multipart_upload()
             .bucket(&upload.bucket)
@@ -346,19 +372,16 @@ impl Store {
             .await
             .map_err(|e| self.sdk_err("checking the uploaded dump", &e))?;
         let stored = head.content_length().unwrap_or(-1);
-        if stored != counts.bytes_read as i64 {
+        if stored != size as i64 {
             return Err(self.err(
                 "checking the uploaded dump",
                 format!(
-                    "{} holds {stored} bytes, but {} were uploaded",
-                    upload.key, counts.bytes_read
+                    "{} holds {stored} bytes, but {size} were uploaded",
+                    upload.key
                 ),
             ));
         }
-        Ok(Uploaded {
-            size: counts.bytes_read,
-            sha256: hex::encode(sha.finalize()),
-        })
+        Ok(Uploaded { size, sha256 })
     }
 
     async fn upload_part(
@@ -407,6 +430,18 @@ impl Store {
             .send()
             .await
             .map_err(|e| self.sdk_err("aborting the upload of the dump", &e))?;
+        Ok(())
+    }
+
+    /// Deletes one object.
+    pub async fn delete(&self, key: &str) -> Result<(), BackupError> {
+        self.client
+            .delete_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("deleting {key}"), &e))?;
         Ok(())
     }
 
@@ -593,13 +628,7 @@ impl Store {
         let mut deleted = Vec::new();
         for b in found.complete.iter().take(n.saturating_sub(keep)) {
             for key in [&b.manifest_key, &b.dump_key] {
-                self.client
-                    .delete_object()
-                    .bucket(&self.location.bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .map_err(|e| self.sdk_err(&format!("deleting {key}"), &e))?;
+                self.delete(key).await?;
             }
             deleted.push(b.dump_key.clone());
         }

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backup_cmd;
 mod certs_cmd;
 mod demo;
 mod exit;
@@ -45,6 +46,12 @@ enum Command {
     Refresh(Box<refresh_cmd::RefreshArgs>),
     /// Swap the previous copy of a database back in.
     Rollback(refresh_cmd::RollbackArgs),
+    /// Back databases up into S3: the agent streams pg_dump into the plan's
+    /// [backups] place, then applies retention.
+    Backup(backup_cmd::BackupArgs),
+    /// List or verify the backups in the plan's [backups] place.
+    #[command(subcommand)]
+    Backups(backup_cmd::BackupsCommand),
     /// Turn the Ansible role's vars files into plan pairs (printed; warnings
     /// for settings without an equivalent).
     #[command(name = "import-ansible")]
@@ -97,6 +104,8 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => sync_cmd::plan_cmd(args),
         Command::Rollback(args) => refresh_cmd::run_rollback(args),
         Command::ImportAnsible(args) => import_cmd::run(args),
+        Command::Backup(args) => backup_cmd::run(args),
+        Command::Backups(cmd) => backup_cmd::backups(cmd),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "stagesync", &mut std::io::stdout());

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ansible;
+pub mod backup;
 pub mod checks;
 pub mod client;
 pub mod dag;

@@ -33,6 +33,20 @@ struct RawPlan {
     defaults: RawOptions,
     #[serde(default)]
     pairs: BTreeMap<String, S<RawPair>>,
+    backups: Option<S<RawBackups>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackups {
+    daily: S<String>,
+    weekly: Option<S<String>>,
+    weekly_days: Option<S<Vec<u32>>>,
+    keep_daily: Option<S<u32>>,
+    keep_weekly: Option<S<u32>>,
+    profile: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,7 +174,24 @@ pub struct Plan {
     pub parallel: u32,
     pub agents: BTreeMap<String, PlanAgent>,
     pub pairs: BTreeMap<String, PlanPair>,
+    pub backups: Option<BackupPlan>,
 }
+
+/// Where and how long backups are kept (`[backups]`). The profile, region
+/// and endpoint are used by the agents on their hosts, and by
+/// `stagesync backups` here.
+#[derive(Clone, Debug)]
+pub struct BackupPlan {
+    pub daily: stagesync_s3::S3Location,
+    pub weekly: Option<stagesync_s3::S3Location>,
+    pub weekly_days: Vec<u32>,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub side: stagesync_s3::SideConfig,
+}
+
+/// The role's weekly days.
+pub const DEFAULT_WEEKLY_DAYS: &[u32] = &[1, 7, 14, 21, 28];
 
 #[derive(Clone, Debug)]
 pub struct PlanAgent {
@@ -392,6 +423,10 @@ fn validate(f: &TomlFile<'_>, raw: RawPlan) -> Result<Plan, ConfigError> {
             format!("`after` makes a cycle: {}", cycle.join(" -> ")),
         );
     }
+    let backups = match &raw.backups {
+        Some(b) => Some(validate_backups(f, b.get_ref())?),
+        None => None,
+    };
     Ok(Plan {
         source: f.path.to_path_buf(),
         controller: c.name.get_ref().clone(),
@@ -400,6 +435,62 @@ fn validate(f: &TomlFile<'_>, raw: RawPlan) -> Result<Plan, ConfigError> {
         parallel,
         agents,
         pairs,
+        backups,
+    })
+}
+
+fn validate_backups(f: &TomlFile<'_>, b: &RawBackups) -> Result<BackupPlan, ConfigError> {
+    let place = |url: &S<String>, key: &str| {
+        stagesync_s3::S3Location::parse(url.get_ref()).map_err(|e| f.error(url.span(), key, e))
+    };
+    let daily = place(&b.daily, "backups.daily")?;
+    let weekly = match &b.weekly {
+        Some(w) => {
+            let loc = place(w, "backups.weekly")?;
+            if loc == daily {
+                return f.err(
+                    w.span(),
+                    "backups.weekly",
+                    "must differ from backups.daily, or retention of one would prune the other",
+                );
+            }
+            Some(loc)
+        }
+        None => None,
+    };
+    let weekly_days = match &b.weekly_days {
+        Some(days) => {
+            if let Some(d) = days.get_ref().iter().find(|d| !(1..=31).contains(*d)) {
+                return f.err(
+                    days.span(),
+                    "backups.weekly_days",
+                    format!("{d} is not a day of the month (1 to 31)"),
+                );
+            }
+            days.get_ref().clone()
+        }
+        None => DEFAULT_WEEKLY_DAYS.to_vec(),
+    };
+    let keep = |v: &Option<S<u32>>, key: &str, default: u32| match v {
+        Some(k) if *k.get_ref() == 0 => f.err(
+            k.span(),
+            key,
+            "must be at least 1: the newest good backup is always kept",
+        ),
+        Some(k) => Ok(*k.get_ref()),
+        None => Ok(default),
+    };
+    Ok(BackupPlan {
+        daily,
+        weekly,
+        weekly_days,
+        keep_daily: keep(&b.keep_daily, "backups.keep_daily", 7)?,
+        keep_weekly: keep(&b.keep_weekly, "backups.keep_weekly", 8)?,
+        side: stagesync_s3::SideConfig {
+            profile: b.profile.clone(),
+            region: b.region.clone(),
+            endpoint: b.endpoint.clone(),
+        },
     })
 }
 

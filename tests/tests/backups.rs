@@ -1,0 +1,396 @@
+//! Backups into a real S3-API server (s3s-fs) by real agents over mutual
+//! TLS: restorable and identical, an upload cut by a killed agent leaves no
+//! backup and is aborted at the next start, retention keeps exactly the
+//! configured sets and never the failed attempt's victim, `verify` catches
+//! a tampered dump.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stagesync_controller::backup;
+use stagesync_controller::plan::BackupPlan;
+use stagesync_harness::fixtures::{content_hashes, schema_dump, seed_rich};
+use stagesync_harness::proxy::FaultProxy;
+use stagesync_harness::s3::{S3Server, profile_files};
+use stagesync_harness::{AgentProcess, AgentSpec, PgCluster, TestAgent, TestPki};
+use stagesync_proto::v1 as pb;
+use stagesync_s3::backups::Store;
+use stagesync_s3::{ClientPool, ProfileFilePaths, S3Location, SideConfig};
+
+const KEY: &str = "AKIABACKUPTEST";
+const SECRET: &str = "backup-secret-key-0123";
+
+struct Setup {
+    s3: S3Server,
+    files: ProfileFilePaths,
+    _aws_dir: tempfile::TempDir,
+}
+
+async fn s3() -> Setup {
+    let s3 = S3Server::start(KEY, SECRET).await.unwrap();
+    std::fs::create_dir_all(s3.root.join("backups")).unwrap();
+    let aws_dir = tempfile::tempdir().unwrap();
+    let (config, credentials) = profile_files(aws_dir.path(), "backup", KEY, SECRET).unwrap();
+    Setup {
+        s3,
+        files: ProfileFilePaths {
+            config: Some(config),
+            credentials: Some(credentials),
+        },
+        _aws_dir: aws_dir,
+    }
+}
+
+/// The agent's policy and AWS files, appended to its [policy] table.
+fn backup_toml(files: &ProfileFilePaths) -> String {
+    format!(
+        "may_backup_to = [\"s3://backups/*\"]\n\n[s3]\nconfig_file = {:?}\ncredentials_file = {:?}\n",
+        files.config.as_ref().unwrap(),
+        files.credentials.as_ref().unwrap()
+    )
+}
+
+fn plan(endpoint: &str, weekly: bool) -> BackupPlan {
+    BackupPlan {
+        daily: S3Location::new("backups", "daily/"),
+        weekly: weekly.then(|| S3Location::new("backups", "weekly/")),
+        weekly_days: (1..=31).collect(),
+        keep_daily: 2,
+        keep_weekly: 1,
+        side: SideConfig {
+            profile: Some("backup".into()),
+            region: None,
+            endpoint: Some(endpoint.to_string()),
+        },
+    }
+}
+
+async fn store(setup: &Setup, prefix: &str) -> Store {
+    Store::open(
+        &ClientPool::new(),
+        S3Location::new("backups", prefix),
+        SideConfig {
+            profile: Some("backup".into()),
+            region: None,
+            endpoint: Some(setup.s3.endpoint()),
+        },
+        &setup.files,
+    )
+    .await
+    .unwrap()
+}
+
+fn prod_spec(files: &ProfileFilePaths) -> AgentSpec {
+    let mut p = AgentSpec::new("prod-db");
+    p.may_dump = vec!["production".into(), "missing".into()];
+    p.extra_toml = backup_toml(files);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_restores_to_an_identical_database_and_verify_catches_tampering() {
+    stagesync_harness::init_tracing();
+    let src = PgCluster::start().unwrap();
+    seed_rich(&src, "production").await.unwrap();
+    let setup = s3().await;
+    let pki = TestPki::new().unwrap();
+    let tls = pki.controller_tls("ops").unwrap();
+    let agent = TestAgent::start(&pki, Some(&src), prod_spec(&setup.files))
+        .await
+        .unwrap();
+
+    let mut progress = 0;
+    let done = backup::run(
+        tls.clone(),
+        &agent.target(),
+        backup::request(&plan(&setup.s3.endpoint(), false), "production"),
+        |_| progress += 1,
+    )
+    .await
+    .unwrap();
+    assert!(done.dump_key.starts_with("daily/production/"), "{done:?}");
+    assert!(done.dump_key.ends_with(".prod-db.dump"), "{done:?}");
+    let daily = store(&setup, "daily/").await;
+    let found = daily.list("production").await.unwrap();
+    assert_eq!(found.complete.len(), 1, "{found:?}");
+    assert!(found.incomplete.is_empty(), "{found:?}");
+    let b = &found.complete[0];
+    assert_eq!(b.manifest.size, done.size);
+    assert_eq!(b.manifest.sha256, done.sha256);
+    assert!(b.manifest.pg_dump_version.contains("pg_dump"), "{b:?}");
+    assert_eq!(daily.verify(b).await.unwrap(), None);
+
+    // Restore the object with pg_restore into another cluster.
+    let dst = PgCluster::start().unwrap();
+    dst.exec("postgres", "CREATE DATABASE restored")
+        .await
+        .unwrap();
+    let bytes = setup.s3.objects("backups")[&done.dump_key].clone();
+    let dump_file = dst.dir().join("backup.dump");
+    std::fs::write(&dump_file, &bytes).unwrap();
+    chown_to_postgres(&dump_file);
+    restore(&dst, "restored", &dump_file);
+    assert_eq!(
+        content_hashes(&dst, "restored").await.unwrap(),
+        content_hashes(&src, "production").await.unwrap()
+    );
+    assert_eq!(
+        schema_dump(&dst, "restored").unwrap(),
+        schema_dump(&src, "production").unwrap()
+    );
+
+    // The same bytes at the same size, one flipped: verify says so.
+    let path = setup.s3.root.join("backups").join(&done.dump_key);
+    let mut tampered = bytes.clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x55;
+    std::fs::write(&path, &tampered).unwrap();
+    let why = daily
+        .verify(b)
+        .await
+        .unwrap()
+        .expect("tampering went unnoticed");
+    assert!(why.contains("SHA-256"), "{why}");
+}
+
+fn chown_to_postgres(path: &Path) {
+    if nix::unistd::geteuid().is_root()
+        && let Ok(Some(pg)) = nix::unistd::User::from_name("postgres")
+    {
+        nix::unistd::chown(path, Some(pg.uid), Some(pg.gid)).unwrap();
+    }
+}
+
+fn restore(cluster: &PgCluster, db: &str, file: &Path) {
+    let out = std::process::Command::new(cluster.bin_dir.join("pg_restore"))
+        .arg("-h")
+        .arg(&cluster.socket_dir)
+        .args(["-p", &cluster.port.to_string(), "-U", "postgres", "-d", db])
+        .args(["--no-owner", "--exit-on-error"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Multipart uploads the server holds open (s3s-fs keeps `.upload-ID.json`
+/// per upload and `.upload_id-ID.part-N` per part, in its root).
+fn pending_parts(root: &Path) -> usize {
+    std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".upload"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_agent_leaves_no_backup_and_aborts_the_upload_when_it_starts_again() {
+    stagesync_harness::init_tracing();
+    let src = PgCluster::start().unwrap();
+    src.exec("postgres", "CREATE DATABASE production")
+        .await
+        .unwrap();
+    // 24 MiB that pg_dump cannot compress: more than one upload part.
+    src.exec(
+        "production",
+        "CREATE EXTENSION pgcrypto; CREATE TABLE blob (id int PRIMARY KEY, data bytea); INSERT INTO blob SELECT g, gen_random_bytes(1024) FROM generate_series(1, 24576) g",
+    )
+    .await
+    .unwrap();
+    let setup = s3().await;
+    // The agent reaches S3 through a slow link, so the kill lands mid-upload.
+    let proxy = FaultProxy::start(setup.s3.addr).await.unwrap();
+    proxy.throttle(4 * 1024 * 1024);
+    let endpoint = format!("http://{}", proxy.addr);
+    let pki = TestPki::new().unwrap();
+    let tls = pki.controller_tls("ops").unwrap();
+    let mut agent = AgentProcess::spawn(&pki, Some(&src), prod_spec(&setup.files)).unwrap();
+
+    let target = agent.target();
+    let req = backup::request(&plan(&endpoint, false), "production");
+    let running = tokio::spawn({
+        let tls = tls.clone();
+        async move { backup::run(tls, &target, req, |_| {}).await }
+    });
+    // Wait until parts are arriving at the server.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.forwarded() < 6 * 1024 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never got going: {}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = agent.kill().unwrap();
+    assert!(!status.success(), "the agent was not killed: {status}");
+    let result = running.await.unwrap();
+    assert!(result.is_err(), "a killed backup reported success");
+    assert!(
+        pending_parts(&setup.s3.root) > 0,
+        "the fault did not happen: no upload was in progress when the agent died"
+    );
+    let records = agent.work_dir().join("uploads");
+    assert_eq!(
+        std::fs::read_dir(&records).unwrap().count(),
+        1,
+        "the started upload was not recorded"
+    );
+
+    // Nothing that looks like a backup.
+    let objects = setup.s3.objects("backups");
+    assert!(
+        objects.is_empty(),
+        "objects after a killed upload: {:?}",
+        objects.keys()
+    );
+    let found = store(&setup, "daily/")
+        .await
+        .list("production")
+        .await
+        .unwrap();
+    assert!(
+        found.complete.is_empty() && found.incomplete.is_empty(),
+        "{found:?}"
+    );
+
+    // The next start aborts the upload the crash left behind.
+    proxy.throttle(0);
+    agent.start().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pending_parts(&setup.s3.root) > 0 || std::fs::read_dir(&records).unwrap().count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the left upload was not aborted: {}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        agent
+            .log_text()
+            .contains("aborted an upload a crash left behind")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() {
+    stagesync_harness::init_tracing();
+    let src = PgCluster::start().unwrap();
+    src.exec("postgres", "CREATE DATABASE production")
+        .await
+        .unwrap();
+    src.exec(
+        "production",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)",
+    )
+    .await
+    .unwrap();
+    let setup = s3().await;
+    let pki = TestPki::new().unwrap();
+    let tls: Arc<_> = pki.controller_tls("ops").unwrap();
+    let agent = TestAgent::start(&pki, Some(&src), prod_spec(&setup.files))
+        .await
+        .unwrap();
+    let p = plan(&setup.s3.endpoint(), true);
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        let done = backup::run(
+            tls.clone(),
+            &agent.target(),
+            backup::request(&p, "production"),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert!(done.weekly, "today is a weekly day in this plan");
+        taken.push(done.taken.clone());
+        // Names have one-second resolution.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let daily = store(&setup, "daily/").await;
+    let weekly = store(&setup, "weekly/").await;
+    let names = |found: &stagesync_s3::backups::Found| -> Vec<String> {
+        found
+            .complete
+            .iter()
+            .map(|b| b.manifest.taken.clone())
+            .collect()
+    };
+    assert_eq!(
+        names(&daily.list("production").await.unwrap()),
+        taken[1..].to_vec(),
+        "keep_daily = 2 keeps the newest two"
+    );
+    assert_eq!(
+        names(&weekly.list("production").await.unwrap()),
+        taken[2..].to_vec(),
+        "keep_weekly = 1 keeps the newest"
+    );
+
+    // A failing attempt (pg_dump cannot get its lock) prunes nothing.
+    let locker = src.client("production").await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut req = backup::request(&p, "production");
+    req.dump = Some(pb::DumpOptions {
+        extra_args: vec!["--lock-wait-timeout=300".into()],
+        ..Default::default()
+    });
+    let err = backup::run(tls.clone(), &agent.target(), req, |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("pg_dump failed"), "{err}");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let after = daily.list("production").await.unwrap();
+    assert_eq!(names(&after), taken[1..].to_vec());
+    assert!(after.incomplete.is_empty(), "{after:?}");
+    assert_eq!(
+        pending_parts(&setup.s3.root),
+        0,
+        "the failed upload was not aborted"
+    );
+    assert_eq!(
+        names(&weekly.list("production").await.unwrap()),
+        taken[2..].to_vec()
+    );
+
+    // A database that is not there fails before anything is uploaded.
+    let err = backup::run(
+        tls.clone(),
+        &agent.target(),
+        backup::request(&p, "missing"),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+
+    // Places outside policy.may_backup_to are refused.
+    let mut elsewhere = p.clone();
+    elsewhere.daily = S3Location::new("other-bucket", "x/");
+    let err = backup::run(
+        tls,
+        &agent.target(),
+        backup::request(&elsewhere, "production"),
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("may not upload backups to s3://other-bucket/x/"),
+        "{err}"
+    );
+    assert_eq!(
+        names(&daily.list("production").await.unwrap()),
+        taken[1..].to_vec()
+    );
+}

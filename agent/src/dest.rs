@@ -6,10 +6,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures::{Stream, StreamExt};
 use stagesync_certs::Identity;
 use stagesync_proto::v1 as pb;
 use tokio::io::AsyncWriteExt;
-use tonic::Streaming;
+use tonic::{Status, Streaming};
 
 use crate::error::AgentError;
 use crate::frames::{Decoder, FrameError};
@@ -117,20 +118,27 @@ impl Jobs {
         if req.ticket.len() < 32 {
             return Err(invalid("the ticket is too short".into()));
         }
-        let source: Identity = req
-            .source_identity
-            .parse()
-            .map_err(|e| invalid(format!("source identity: {e}")))?;
-        if !self.config.policy.peers.contains(&source) {
-            return Err(AgentError::PermissionDenied {
-                agent: self.config.name.clone(),
-                reason: format!(
-                    "{source} may not stream into this agent; add {:?} to policy.peers in {}",
-                    source.name,
-                    self.config.source.display()
-                ),
-            });
-        }
+        // No source identity: the job is fed from a backup by the
+        // controller (RestoreBackup), never by a peer's stream.
+        let source: Option<Identity> = if req.source_identity.is_empty() {
+            None
+        } else {
+            let source: Identity = req
+                .source_identity
+                .parse()
+                .map_err(|e| invalid(format!("source identity: {e}")))?;
+            if !self.config.policy.peers.contains(&source) {
+                return Err(AgentError::PermissionDenied {
+                    agent: self.config.name.clone(),
+                    reason: format!(
+                        "{source} may not stream into this agent; add {:?} to policy.peers in {}",
+                        source.name,
+                        self.config.source.display()
+                    ),
+                });
+            }
+            Some(source)
+        };
         if let Some(other) = self.busy(&req.database) {
             return Err(precondition(format!(
                 "a refresh of database {:?} is already running here as job {other}; wait for it or abort it",
@@ -292,31 +300,22 @@ impl Jobs {
             .dest
             .as_ref()
             .ok_or_else(|| denied("not a destination job".into()))?;
-        if caller != setup.source {
-            return Err(denied(format!(
-                "job {} expects its stream from {}, not from {caller}",
-                job.id, setup.source
-            )));
-        }
-        {
-            let mut ticket = setup.ticket.lock().unwrap_or_else(|p| p.into_inner());
-            let valid = match ticket.as_deref() {
-                None => {
-                    return Err(denied(format!(
-                        "the ticket of job {} was already used",
-                        job.id
-                    )));
-                }
-                Some(t) => constant_time_eq(t.as_bytes(), header.ticket.as_bytes()),
-            };
-            if !valid {
-                return Err(denied(format!("wrong ticket for job {}", job.id)));
+        match &setup.source {
+            Some(expected) if *expected == caller => {}
+            Some(expected) => {
+                return Err(denied(format!(
+                    "job {} expects its stream from {expected}, not from {caller}",
+                    job.id
+                )));
             }
-            if std::time::Instant::now() > setup.ticket_expires {
-                return Err(denied(format!("the ticket of job {} has expired", job.id)));
+            None => {
+                return Err(denied(format!(
+                    "job {} is restored from a backup, not from a peer's stream",
+                    job.id
+                )));
             }
-            *ticket = None;
         }
+        take_ticket(&job, setup, &header.ticket).map_err(denied)?;
         let mode = pb::Mode::try_from(header.mode).unwrap_or(pb::Mode::Unspecified);
         if mode != setup.mode {
             job.fail(
@@ -373,13 +372,13 @@ impl Jobs {
     async fn next_frame(
         &self,
         job: &Job,
-        stream: &mut Streaming<pb::DumpFrame>,
+        stream: &mut (impl Stream<Item = Result<pb::DumpFrame, Status>> + Unpin),
     ) -> Result<pb::dump_frame::Kind, StepError> {
         let stall = self.config.jobs.stall_timeout;
         loop {
             let msg = tokio::select! {
                 _ = job.cancel.cancelled() => return Err(StepError::new("stream", "the job was cancelled")),
-                r = tokio::time::timeout(stall, stream.message()) => r,
+                r = tokio::time::timeout(stall, stream.next()) => r.map(Option::transpose),
             };
             let msg = msg.map_err(|_| {
                 StepError::new(
@@ -419,7 +418,7 @@ impl Jobs {
         job: &Job,
         setup: &DestSetup,
         compression: pb::Compression,
-        stream: &mut Streaming<pb::DumpFrame>,
+        stream: &mut (impl Stream<Item = Result<pb::DumpFrame, Status>> + Unpin),
     ) -> Result<(), StepError> {
         let pg = &self.config.postgres;
         let argv = args::pg_restore(pg, &job.new_database, &setup.owner, &setup.restore, None)
@@ -491,7 +490,7 @@ impl Jobs {
         job: &Job,
         setup: &DestSetup,
         compression: pb::Compression,
-        stream: &mut Streaming<pb::DumpFrame>,
+        stream: &mut (impl Stream<Item = Result<pb::DumpFrame, Status>> + Unpin),
     ) -> Result<(), StepError> {
         let dir = job
             .work_dir
@@ -743,6 +742,23 @@ pub async fn remove_work_dir(dir: Option<&Path>) {
     }
 }
 
+/// Uses up a job's one-time ticket, if `given` is it and still valid.
+fn take_ticket(job: &Job, setup: &DestSetup, given: &str) -> Result<(), String> {
+    let mut ticket = setup.ticket.lock().unwrap_or_else(|p| p.into_inner());
+    let valid = match ticket.as_deref() {
+        None => return Err(format!("the ticket of job {} was already used", job.id)),
+        Some(t) => constant_time_eq(t.as_bytes(), given.as_bytes()),
+    };
+    if !valid {
+        return Err(format!("wrong ticket for job {}", job.id));
+    }
+    if std::time::Instant::now() > setup.ticket_expires {
+        return Err(format!("the ticket of job {} has expired", job.id));
+    }
+    *ticket = None;
+    Ok(())
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -781,4 +797,169 @@ mod tests {
             assert!(check_file_name(bad).is_err(), "{bad:?}");
         }
     }
+}
+
+impl Jobs {
+    /// `RestoreBackup`: feeds a prepared stream-mode job from a backup in
+    /// S3 (credentials from this host's AWS chain). The object is framed
+    /// like a peer's stream, and its trailer carries the manifest's size and
+    /// SHA-256, so a corrupted or swapped object fails the job before
+    /// anything is swapped in.
+    pub async fn restore_backup(
+        self: &Arc<Self>,
+        req: pb::RestoreBackupRequest,
+    ) -> Result<pb::RestoreBackupResponse, AgentError> {
+        let cfg = &self.config;
+        let denied = |r: String| AgentError::PermissionDenied {
+            agent: cfg.name.clone(),
+            reason: r,
+        };
+        let invalid = |r: String| AgentError::InvalidArgument {
+            agent: cfg.name.clone(),
+            reason: r,
+        };
+        let job = self
+            .get(&req.job_id, Side::Dest)
+            .ok_or_else(|| denied(format!("no job {:?} is waiting here", req.job_id)))?;
+        let setup = job
+            .dest
+            .as_ref()
+            .ok_or_else(|| denied("not a destination job".into()))?;
+        if setup.mode != pb::Mode::Stream {
+            return Err(invalid("a backup is restored in stream mode".into()));
+        }
+        if setup.source.is_some() {
+            return Err(denied(format!(
+                "job {} waits for a stream from {}, not for a backup",
+                job.id,
+                setup
+                    .source
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        let place = req
+            .place
+            .clone()
+            .ok_or_else(|| invalid("no S3 place given".into()))?;
+        let sha = hex::decode(&req.sha256)
+            .ok()
+            .filter(|d| d.len() == 32)
+            .ok_or_else(|| invalid(format!("{:?} is not a SHA-256", req.sha256)))?;
+        take_ticket(&job, setup, &req.ticket).map_err(denied)?;
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let store = stagesync_s3::backups::Store::open(
+            &stagesync_s3::ClientPool::new(),
+            stagesync_s3::S3Location::new(&place.bucket, &place.prefix),
+            stagesync_s3::SideConfig {
+                profile: opt(&place.profile),
+                region: opt(&place.region),
+                endpoint: opt(&place.endpoint),
+            },
+            &cfg.s3_files,
+        )
+        .await;
+        let store = match store {
+            Ok(s) => s,
+            Err(e) => {
+                job.fail("s3", e.to_string(), String::new());
+                return Err(AgentError::FailedPrecondition {
+                    agent: cfg.name.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            let Some(setup) = job.dest.as_ref() else {
+                return;
+            };
+            let _pipeline = job.pipeline.lock().await;
+            if !job.advance(pb::Phase::Restoring) {
+                return;
+            }
+            tracing::info!(job = %job.id, key = %req.dump_key, "restoring from a backup");
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let reader = tokio::spawn(frame_object(store, req.dump_key.clone(), req.size, sha, tx));
+            let mut frames = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let result = jobs
+                .restore_stream(&job, setup, pb::Compression::None, &mut frames)
+                .await;
+            reader.abort();
+            let result = match result {
+                Ok(()) => jobs.post_restore(&job, setup).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    job.advance(pb::Phase::Ready);
+                    tracing::info!(job = %job.id, "restored from a backup; ready to commit");
+                }
+                Err(e) => job.fail(e.step, e.message, e.stderr),
+            }
+        });
+        Ok(pb::RestoreBackupResponse {})
+    }
+}
+
+/// Reads a dump object and sends it as data frames, then a trailer with
+/// the size and SHA-256 the manifest promised.
+async fn frame_object(
+    store: stagesync_s3::backups::Store,
+    key: String,
+    size: u64,
+    sha256: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::DumpFrame, Status>>,
+) {
+    use tokio::io::AsyncReadExt;
+    let frame = |kind| Ok(pb::DumpFrame { kind: Some(kind) });
+    let body = match store.open_dump(&key).await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+            return;
+        }
+    };
+    let mut body = body.into_async_read();
+    let mut enc = crate::frames::Encoder::new(pb::Compression::None, None);
+    let mut buf = vec![0u8; crate::frames::CHUNK];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match body.read(&mut buf[filled..]).await {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!("reading {key}: {e}"))))
+                        .await;
+                    return;
+                }
+            }
+        }
+        if filled > 0 {
+            let data = match enc.data(&buf[..filled]) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                    return;
+                }
+            };
+            if tx
+                .send(frame(pb::dump_frame::Kind::Data(data)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if filled < buf.len() {
+            break;
+        }
+    }
+    let mut trailer = enc.trailer();
+    trailer.total_len = size;
+    trailer.sha256 = sha256;
+    let _ = tx.send(frame(pb::dump_frame::Kind::Trailer(trailer))).await;
 }

@@ -36,7 +36,8 @@ pub struct DestSetup {
     pub post_sql: String,
     pub ticket: Mutex<Option<String>>,
     pub ticket_expires: Instant,
-    pub source: Identity,
+    /// The peer whose stream feeds the job; `None` when a backup does.
+    pub source: Option<Identity>,
 }
 
 struct State {

@@ -146,6 +146,16 @@ type BackupStream = ReceiverStream<Result<pb::BackupEvent, Status>>;
 impl pb::agent_server::Agent for AgentService {
     type BackupStream = BackupStream;
 
+    async fn restore_backup(
+        &self,
+        request: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
+        self.authorize(&request, Caller::Controller, "RestoreBackup")?;
+        Ok(Response::new(
+            self.jobs.restore_backup(request.into_inner()).await?,
+        ))
+    }
+
     async fn backup(
         &self,
         request: Request<pb::BackupRequest>,

@@ -537,6 +537,226 @@ pub async fn refresh<T: ClientTls>(
     }
 }
 
+/// A pair's source when it is a backup in S3 rather than a live database.
+#[derive(Clone, Debug)]
+pub struct BackupSource {
+    /// Where the backups are (`s3://bucket/prefix/`, the database's
+    /// folder below it).
+    pub place: stagesync_s3::S3Location,
+    /// Profile, region, endpoint: used here to pick the backup, and by the
+    /// destination agent (with its own host's credentials) to read it.
+    pub side: stagesync_s3::SideConfig,
+    /// AWS profile files here (default: the standard chain).
+    pub files: stagesync_s3::ProfileFilePaths,
+    pub database: String,
+    /// A backup by its time stamp; the newest complete one when unset.
+    pub taken: Option<String>,
+}
+
+/// Picks the backup to restore: the named one, else the newest complete.
+pub async fn pick_backup(
+    source: &BackupSource,
+) -> Result<stagesync_s3::backups::Listed, RefreshError> {
+    let store = stagesync_s3::backups::Store::open(
+        &stagesync_s3::ClientPool::new(),
+        source.place.clone(),
+        source.side.clone(),
+        &source.files,
+    )
+    .await
+    .map_err(|e| RefreshError::Preflight(e.to_string()))?;
+    let found = store
+        .list(&source.database)
+        .await
+        .map_err(|e| RefreshError::Preflight(e.to_string()))?;
+    let chosen = match &source.taken {
+        Some(t) => found.complete.iter().find(|b| &b.manifest.taken == t),
+        None => found.complete.last(),
+    };
+    chosen.cloned().ok_or_else(|| {
+        RefreshError::Preflight(match &source.taken {
+            Some(t) => format!(
+                "no complete backup of {:?} taken {t} under {}",
+                source.database, source.place
+            ),
+            None => format!(
+                "no complete backup of {:?} under {} (incomplete uploads are never restored)",
+                source.database, source.place
+            ),
+        })
+    })
+}
+
+/// Refreshes `spec.dest_db` from a backup through the same fresh database
+/// and swap as a live refresh; the production host is not involved.
+/// `spec.source` is ignored.
+pub async fn refresh_from_backup<T: ClientTls>(
+    tls: Arc<T>,
+    spec: &PairSpec,
+    source: &BackupSource,
+    mut on_event: impl FnMut(Event),
+) -> Result<Report, RefreshError> {
+    let started = Instant::now();
+    let mut spec = spec.clone();
+    spec.source = spec.dest.clone();
+    spec.mode = pb::Mode::Stream;
+    let spec = &spec;
+    let dst = status::info(tls.clone(), &spec.dest).await?;
+    let dpg = dst.postgres.clone().unwrap_or_default();
+    let fail = |m: String| Err(RefreshError::Preflight(m));
+    if !dpg.reachable {
+        return fail(format!(
+            "destination agent {}: PostgreSQL: {}",
+            dst.name, dpg.error
+        ));
+    }
+    if let Some(d) = dpg.databases.iter().find(|d| d.name == spec.dest_db)
+        && !d.may_overwrite
+    {
+        return fail(format!(
+            "direction guard: the destination agent {} may not overwrite {:?} (its policy.may_overwrite)",
+            dst.name, spec.dest_db
+        ));
+    }
+    if !dpg.roles.iter().any(|r| r == &spec.owner) {
+        return fail(format!(
+            "the owner role {:?} does not exist on the destination agent {}: create it first",
+            spec.owner, dst.name
+        ));
+    }
+    let backup = pick_backup(source).await?;
+    let need = backup.manifest.size * 3;
+    if dpg.data_dir_free_bytes > 0 && dpg.data_dir_free_bytes < need {
+        return fail(format!(
+            "the destination {} has {} MiB free where PostgreSQL keeps its data; restoring a {} MiB dump needs about {} MiB",
+            dst.name,
+            dpg.data_dir_free_bytes >> 20,
+            backup.manifest.size >> 20,
+            need >> 20
+        ));
+    }
+    on_event(Event::Preflight {
+        source_size: backup.manifest.size,
+    });
+
+    let job_id = random_hex(8);
+    let ticket = random_hex(32);
+    let call_err = |s: tonic::Status| RefreshError::Agent(client::explain(&spec.dest, &s));
+    let mut dest = client::connect(tls.clone(), &spec.dest).await?;
+    let prepared = dest
+        .prepare_restore(pb::PrepareRestoreRequest {
+            job_id: job_id.clone(),
+            database: spec.dest_db.clone(),
+            owner: spec.owner.clone(),
+            mode: pb::Mode::Stream as i32,
+            jobs: spec.jobs,
+            restore: Some(spec.restore.clone()),
+            post_restore_sql: spec.post_restore_sql.clone(),
+            params: spec.params.clone(),
+            ticket: ticket.clone(),
+            // No peer: the job is fed from the backup (RestoreBackup).
+            source_identity: String::new(),
+        })
+        .await
+        .map_err(call_err)?
+        .into_inner();
+    on_event(Event::Prepared {
+        job_id: job_id.clone(),
+        new_database: prepared.new_database.clone(),
+    });
+    let (tx, mut rx) = mpsc::channel(16);
+    tokio::spawn(watch(
+        tls.clone(),
+        spec.dest.clone(),
+        job_id.clone(),
+        Side::Dest,
+        tx,
+    ));
+    let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+    let started_restore = dest
+        .restore_backup(pb::RestoreBackupRequest {
+            job_id: job_id.clone(),
+            ticket,
+            place: Some(pb::S3Place {
+                bucket: source.place.bucket.clone(),
+                prefix: String::new(),
+                profile: opt(&source.side.profile),
+                region: opt(&source.side.region),
+                endpoint: opt(&source.side.endpoint),
+            }),
+            dump_key: backup.dump_key.clone(),
+            size: backup.manifest.size,
+            sha256: backup.manifest.sha256.clone(),
+        })
+        .await;
+    if let Err(s) = started_restore {
+        abort_both(tls.clone(), spec, &job_id, "the restore could not start").await;
+        return Err(call_err(s));
+    }
+    let mut last: Option<pb::JobStatus> = None;
+    loop {
+        let msg = match rx.recv().await {
+            Some((_, m)) => m,
+            None => Err("no status".to_string()),
+        };
+        match msg {
+            Ok(Some(status)) => {
+                last = Some(status);
+                on_event(Event::Progress {
+                    source: None,
+                    dest: last.clone().map(Box::new),
+                });
+            }
+            Ok(None) | Err(_) => {
+                if let Some(e) = best_error(None, last.as_ref()) {
+                    abort_both(tls.clone(), spec, &job_id, &e.message).await;
+                    return Err(job_error(e));
+                }
+                abort_both(tls.clone(), spec, &job_id, "lost the destination agent").await;
+                let why = msg
+                    .err()
+                    .unwrap_or_else(|| "its status stream ended".into());
+                return Err(RefreshError::Lost(
+                    format!("the destination agent ({})", spec.dest.address),
+                    why,
+                ));
+            }
+        }
+        if let Some(s) = last.as_ref().filter(|s| failed(s)) {
+            let e = s.error.clone().unwrap_or_default();
+            abort_both(tls.clone(), spec, &job_id, &format!("{} failed", e.step)).await;
+            return Err(job_error(e));
+        }
+        if last.as_ref().map(phase) == Some(pb::Phase::Ready) {
+            let committed = match dest
+                .commit(pb::CommitRequest {
+                    job_id: job_id.clone(),
+                })
+                .await
+            {
+                Ok(c) => c.into_inner(),
+                Err(status) => {
+                    commit_outcome(tls.clone(), spec, &job_id, &prepared, status).await?
+                }
+            };
+            on_event(Event::Committed {
+                database: committed.database.clone(),
+                previous: committed.previous_database.clone(),
+            });
+            let d = last.unwrap_or_default();
+            return Ok(Report {
+                job_id,
+                database: committed.database,
+                previous: committed.previous_database,
+                bytes_dumped: backup.manifest.size,
+                bytes_sent: d.bytes_received,
+                bytes_restored: d.bytes_restored,
+                elapsed: started.elapsed(),
+            });
+        }
+    }
+}
+
 /// After a commit call that got no answer, asks the destination how the
 /// job ended: the swap runs to its end on the agent whatever the caller does.
 async fn commit_outcome<T: ClientTls>(

@@ -394,3 +394,120 @@ async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() 
         taken[1..].to_vec()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_one_changes_nothing()
+{
+    use stagesync_controller::refresh::{BackupSource, PairSpec, refresh, refresh_from_backup};
+    stagesync_harness::init_tracing();
+    let src = PgCluster::start().unwrap();
+    let dst = PgCluster::start().unwrap();
+    seed_rich(&src, "production").await.unwrap();
+    stagesync_harness::fixtures::seed_stage(&dst).await.unwrap();
+    dst.exec("postgres", "CREATE DATABASE live_copy OWNER stage")
+        .await
+        .unwrap();
+    let setup = s3().await;
+    let pki = TestPki::new().unwrap();
+    let tls = pki.controller_tls("ops").unwrap();
+    let prod = TestAgent::start(&pki, Some(&src), prod_spec(&setup.files))
+        .await
+        .unwrap();
+    let mut s = AgentSpec::new("staging-db");
+    s.may_overwrite = vec!["stage".into(), "live_copy".into()];
+    s.peers = vec!["prod-db".into()];
+    s.extra_toml = backup_toml(&setup.files);
+    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
+
+    let p = plan(&setup.s3.endpoint(), false);
+    let done = backup::run(
+        tls.clone(),
+        &prod.target(),
+        backup::request(&p, "production"),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let source = BackupSource {
+        place: S3Location::new("backups", "daily/"),
+        side: p.side.clone(),
+        files: setup.files.clone(),
+        database: "production".into(),
+        taken: None,
+    };
+    let spec = PairSpec::new(staging.target(), "", staging.target(), "stage", "stage");
+    let report = refresh_from_backup(tls.clone(), &spec, &source, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.database, "stage");
+    // The same source refreshed live, for comparison.
+    let live = PairSpec::new(
+        prod.target(),
+        "production",
+        staging.target(),
+        "live_copy",
+        "stage",
+    );
+    refresh(tls.clone(), &live, |_| {}).await.unwrap();
+    let from_backup = content_hashes(&dst, "stage").await.unwrap();
+    assert_eq!(
+        from_backup,
+        content_hashes(&src, "production").await.unwrap()
+    );
+    assert_eq!(
+        from_backup,
+        content_hashes(&dst, "live_copy").await.unwrap()
+    );
+    assert_eq!(
+        schema_dump(&dst, "stage").unwrap(),
+        schema_dump(&dst, "live_copy").unwrap()
+    );
+
+    // A dump object that no longer matches its manifest is refused at the
+    // trailer, and the live database stays as it was.
+    let before = content_hashes(&dst, "stage").await.unwrap();
+    let path = setup.s3.root.join("backups").join(&done.dump_key);
+    // The database name in the dump's header: pg_restore ignores it, so
+    // only the checksum can notice.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(b"production".len())
+        .position(|w| w == b"production")
+        .expect("the header names the database");
+    bytes[at] = b'q';
+    std::fs::write(&path, &bytes).unwrap();
+    let err = refresh_from_backup(tls.clone(), &spec, &source, |_| {})
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("SHA-256 does not match"),
+        "not caught by the checksum: {text}"
+    );
+    assert_eq!(content_hashes(&dst, "stage").await.unwrap(), before);
+    let leftovers = dst
+        .client("postgres")
+        .await
+        .unwrap()
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'stagesync_new_%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(leftovers.is_empty(), "a new database was left behind");
+
+    // No complete backup at all: refused before anything starts.
+    let none = BackupSource {
+        database: "nothing".into(),
+        ..source.clone()
+    };
+    let err = refresh_from_backup(tls, &spec, &none, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no complete backup of \"nothing\""),
+        "{err}"
+    );
+}

@@ -775,30 +775,6 @@ pub async fn clean_work_dir(work_dir: &Path) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::check_file_name;
-
-    #[test]
-    fn file_names() {
-        for ok in ["toc.dat", "3456.dat", "blobs.toc", "blob_1234.dat"] {
-            assert!(check_file_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "../x",
-            "a/b",
-            ".hidden",
-            "/etc/passwd",
-            "..",
-            "a\0b",
-            &"x".repeat(65),
-        ] {
-            assert!(check_file_name(bad).is_err(), "{bad:?}");
-        }
-    }
-}
-
 impl Jobs {
     /// `RestoreBackup`: feeds a prepared stream-mode job from a backup in
     /// S3 (credentials from this host's AWS chain). The object is framed
@@ -962,4 +938,28 @@ async fn frame_object(
     trailer.total_len = size;
     trailer.sha256 = sha256;
     let _ = tx.send(frame(pb::dump_frame::Kind::Trailer(trailer))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_file_name;
+
+    #[test]
+    fn file_names() {
+        for ok in ["toc.dat", "3456.dat", "blobs.toc", "blob_1234.dat"] {
+            assert!(check_file_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "/etc/passwd",
+            "..",
+            "a\0b",
+            &"x".repeat(65),
+        ] {
+            assert!(check_file_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }

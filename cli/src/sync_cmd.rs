@@ -16,7 +16,7 @@ use stagesync_certs::ReloadingClientConfig;
 use stagesync_controller::dag::{self, Outcome};
 use stagesync_controller::history::{self, Record};
 use stagesync_controller::plan::{self, Plan};
-use stagesync_controller::refresh::{Event, RefreshError, refresh};
+use stagesync_controller::refresh::{Event, RefreshError, refresh, refresh_from_backup};
 use stagesync_proto::v1 as pb;
 
 use crate::Exit;
@@ -348,7 +348,8 @@ async fn run_pair(
         .map_err(|e| format!("refused\u{1}{e}"))?;
     let o = out.clone();
     let name = pair.to_string();
-    let db = refresh(tls, &spec, move |e| match e {
+    let backup_source = plan.backup_source(pair);
+    let on_event = move |e| match e {
         Event::Progress { source, dest } => {
             let s = source.map(|s| *s).unwrap_or_default();
             let d = dest.map(|d| *d).unwrap_or_default();
@@ -379,7 +380,13 @@ async fn run_pair(
         } => {
             o.event(json!({"event": "prepared", "pair": name, "job_id": job_id, "new_database": new_database}));
         }
-    });
+    };
+    let db = async {
+        match &backup_source {
+            Some(b) => refresh_from_backup(tls, &spec, b, on_event).await,
+            None => refresh(tls, &spec, on_event).await,
+        }
+    };
     let s3 = run_copies(&plan.pairs[pair].copies, out.clone(), pair, false);
     let (result, (copied, copy_errors)) = tokio::join!(db, s3);
     let ms = t0.elapsed().as_millis() as u64;
@@ -675,6 +682,15 @@ pub fn plan_cmd(args: PlanArgs) -> anyhow::Result<Exit> {
             if let Err(e) = stagesync_controller::checks::run(&p.preflight, &[]).await {
                 return (format!("refused: {e}"), String::new());
             }
+            if let Some(b) = plan.backup_source(name) {
+                return match stagesync_controller::refresh::pick_backup(&b).await {
+                    Ok(l) => (
+                        "ok".to_string(),
+                        format!("backup {} ({})", l.manifest.taken, mib(l.manifest.size)),
+                    ),
+                    Err(e) => (format!("refused: {e}"), String::new()),
+                };
+            }
             match stagesync_controller::refresh::preflight(tls.clone(), &spec).await {
                 Ok((src, _)) => {
                     let size = src
@@ -705,7 +721,10 @@ pub fn plan_cmd(args: PlanArgs) -> anyhow::Result<Exit> {
         s3.extend(errors.iter().map(|e| format!("error: {e}")));
         table.add_row(vec![
             name.clone(),
-            format!("{}/{}", p.source_agent, p.source_db),
+            match &p.source_backup {
+                Some(b) => format!("{}{}/", b.place, p.source_db),
+                None => format!("{}/{}", p.source_agent, p.source_db),
+            },
             size,
             format!("{}/{} (owner {})", p.dest_agent, p.dest_db, p.owner),
             format!("{:?}", p.mode).to_lowercase(),

@@ -87,9 +87,13 @@ struct RawOptions {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEnd {
-    agent: S<String>,
+    agent: Option<S<String>>,
     database: S<String>,
     owner: Option<S<String>>,
+    /// A source only: `s3://bucket/prefix/` holding backups of `database`.
+    backup: Option<S<String>>,
+    /// With `backup`: one backup by its time stamp (default: the newest).
+    taken: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,8 +207,11 @@ pub struct PlanAgent {
 #[derive(Clone, Debug)]
 pub struct PlanPair {
     pub name: String,
+    /// Empty when the source is a backup.
     pub source_agent: String,
     pub source_db: String,
+    /// The source is a backup in S3, not a live database.
+    pub source_backup: Option<SourceBackup>,
     pub dest_agent: String,
     pub dest_db: String,
     pub owner: String,
@@ -220,6 +227,13 @@ pub struct PlanPair {
     /// S3 copies that run alongside the database refresh.
     pub copies: Vec<stagesync_s3::CopySpec>,
     pub preflight: Preflight,
+}
+
+/// A pair's source in S3: `source = { backup = "s3://...", database = ... }`.
+#[derive(Clone, Debug)]
+pub struct SourceBackup {
+    pub place: stagesync_s3::S3Location,
+    pub taken: Option<String>,
 }
 
 /// Checks run before a pair changes anything.
@@ -502,17 +516,62 @@ fn validate_pair(
     defaults: &RawOptions,
     agents: &BTreeMap<String, PlanAgent>,
 ) -> Result<PlanPair, ConfigError> {
+    let mut source_backup = None;
     for (end, which) in [(&p.source, "source"), (&p.dest, "dest")] {
-        let a = &end.get_ref().agent;
-        if !agents.contains_key(a.get_ref()) {
+        let e = end.get_ref();
+        match (&e.agent, &e.backup, which) {
+            (Some(_), Some(b), _) => {
+                return f.err(
+                    b.span(),
+                    &format!("{key}.{which}.backup"),
+                    "give either an agent or a backup, not both",
+                );
+            }
+            (None, Some(b), "dest") => {
+                return f.err(
+                    b.span(),
+                    &format!("{key}.dest.backup"),
+                    "a destination is a database on an agent, not a backup",
+                );
+            }
+            (None, None, _) => {
+                return f.err(
+                    end.span(),
+                    &format!("{key}.{which}.agent"),
+                    if which == "source" {
+                        "missing: name the agent (or, for a source, a `backup` place)"
+                    } else {
+                        "missing: name the agent"
+                    },
+                );
+            }
+            (None, Some(b), _) => {
+                let place = stagesync_s3::S3Location::parse(b.get_ref())
+                    .map_err(|m| f.error(b.span(), &format!("{key}.source.backup"), m))?;
+                source_backup = Some(SourceBackup {
+                    place,
+                    taken: e.taken.as_ref().map(|t| t.get_ref().clone()),
+                });
+            }
+            (Some(a), None, _) => {
+                if !agents.contains_key(a.get_ref()) {
+                    return f.err(
+                        a.span(),
+                        &format!("{key}.{which}.agent"),
+                        format!(
+                            "no agent named {:?} in [agents] (known: {})",
+                            a.get_ref(),
+                            agents.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if let (Some(t), None) = (&e.taken, &e.backup) {
             return f.err(
-                a.span(),
-                &format!("{key}.{which}.agent"),
-                format!(
-                    "no agent named {:?} in [agents] (known: {})",
-                    a.get_ref(),
-                    agents.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
+                t.span(),
+                &format!("{key}.{which}.taken"),
+                "`taken` picks one backup: it goes with `backup`",
             );
         }
         let db = &end.get_ref().database;
@@ -540,7 +599,9 @@ fn validate_pair(
             "missing: the role that will own everything restored",
         );
     };
-    if src.agent.get_ref() == dst.agent.get_ref()
+    let agent_name = |e: &RawEnd| e.agent.as_ref().map(|a| a.get_ref().clone());
+    if agent_name(src).is_some()
+        && agent_name(src) == agent_name(dst)
         && src.database.get_ref() == dst.database.get_ref()
     {
         return f.err(
@@ -575,6 +636,14 @@ fn validate_pair(
             );
         }
     };
+    if source_backup.is_some() && mode == pb::Mode::Parallel {
+        let span = mode_s.as_ref().map(|m| m.span()).unwrap_or(0..0);
+        return f.err(
+            span,
+            &format!("{key}.mode"),
+            "a backup is restored in stream mode",
+        );
+    }
     let jobs_s = o.jobs.clone().or(d.jobs.clone());
     let jobs = match &jobs_s {
         Some(j) if !(1..=64).contains(j.get_ref()) => {
@@ -643,9 +712,10 @@ fn validate_pair(
     let list = |x: Option<Vec<String>>, y: Option<Vec<String>>| x.or(y).unwrap_or_default();
     Ok(PlanPair {
         name: name.to_string(),
-        source_agent: src.agent.get_ref().clone(),
+        source_agent: agent_name(src).unwrap_or_default(),
         source_db: src.database.get_ref().clone(),
-        dest_agent: dst.agent.get_ref().clone(),
+        source_backup,
+        dest_agent: agent_name(dst).unwrap_or_default(),
         dest_db: dst.database.get_ref().clone(),
         owner: owner.get_ref().clone(),
         mode,
@@ -874,12 +944,16 @@ impl Plan {
             .pairs
             .get(name)
             .ok_or_else(|| format!("no pair named {name:?} in {}", self.source.display()))?;
-        let source = self
-            .agent_target(&p.source_agent, trust_domain)
-            .ok_or("unknown source agent")?;
         let dest = self
             .agent_target(&p.dest_agent, trust_domain)
             .ok_or("unknown destination agent")?;
+        // A backup source has no agent; the destination stands in.
+        let source = match &p.source_backup {
+            Some(_) => dest.clone(),
+            None => self
+                .agent_target(&p.source_agent, trust_domain)
+                .ok_or("unknown source agent")?,
+        };
         let mut spec = PairSpec::new(source, &p.source_db, dest, &p.dest_db, &p.owner);
         spec.dest_peer_address = self.agents[&p.dest_agent].peer_endpoint.clone();
         spec.mode = p.mode;
@@ -895,6 +969,24 @@ impl Plan {
             spec.params.insert(param.clone(), v);
         }
         Ok(spec)
+    }
+
+    /// The backup source of pair `name`, if its source is a backup: the
+    /// place and time from the pair, the credentials side from `[backups]`.
+    pub fn backup_source(&self, name: &str) -> Option<crate::refresh::BackupSource> {
+        let p = self.pairs.get(name)?;
+        let b = p.source_backup.as_ref()?;
+        Some(crate::refresh::BackupSource {
+            place: b.place.clone(),
+            side: self
+                .backups
+                .as_ref()
+                .map(|x| x.side.clone())
+                .unwrap_or_default(),
+            files: stagesync_s3::ProfileFilePaths::default(),
+            database: p.source_db.clone(),
+            taken: b.taken.clone(),
+        })
     }
 
     /// Pairs in an order where each comes after those it names in `after`.

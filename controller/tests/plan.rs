@@ -277,3 +277,76 @@ fn the_example_plan_parses() {
     assert_eq!(p.order(), vec!["prod-to-stage1", "stage1-to-dev"]);
     assert!(p.pairs["prod-to-stage1"].preflight.git.is_some());
 }
+
+const BACKUPS: &str = r#"
+[backups]
+daily = "s3://backups/db1/daily/"
+weekly = "s3://backups/db1/weekly/"
+keep_daily = 7
+profile = "backup"
+
+[pairs.backup-to-qa]
+source = { backup = "s3://backups/db1/daily/", database = "production" }
+dest = { agent = "staging-db", database = "qa", owner = "stage" }
+"#;
+
+fn bad_backups(find: &str, replace: &str, key: &str, needle: &str) {
+    let base = format!("{VALID}{BACKUPS}");
+    let text = base.replacen(find, replace, 1);
+    assert_ne!(text, base, "{find:?} not found");
+    // The error is on the (first) replaced line.
+    let line = base[..base.find(find).expect("found")].lines().count() + 1;
+    let err = parse(&text).expect_err("should be refused");
+    let prefix = format!("/etc/stagesync/stagesync.toml:{line}: {key}: ");
+    assert!(err.starts_with(&prefix), "expected {prefix:?}, got {err:?}");
+    assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+}
+
+#[test]
+fn backups_and_backup_sources_parse() {
+    let p = parse(&format!("{VALID}{BACKUPS}")).unwrap();
+    let b = p.backups.as_ref().unwrap();
+    assert_eq!(b.daily.to_string(), "s3://backups/db1/daily/");
+    assert_eq!(b.weekly_days, vec![1, 7, 14, 21, 28]);
+    assert_eq!((b.keep_daily, b.keep_weekly), (7, 8));
+    let src = p.backup_source("backup-to-qa").unwrap();
+    assert_eq!(src.database, "production");
+    assert_eq!(src.side.profile.as_deref(), Some("backup"));
+    assert!(p.backup_source("prod-to-stage1").is_none());
+    let spec = p.pair_spec("backup-to-qa", "stagesync", |_| None).unwrap();
+    assert_eq!(spec.dest_db, "qa");
+}
+
+#[test]
+fn backup_mistakes_are_located() {
+    bad_backups(
+        "keep_daily = 7",
+        "keep_daily = 0",
+        "backups.keep_daily",
+        "the newest good backup is always kept",
+    );
+    bad_backups(
+        "weekly = \"s3://backups/db1/weekly/\"",
+        "weekly = \"s3://backups/db1/daily/\"",
+        "backups.weekly",
+        "must differ from backups.daily",
+    );
+    bad_backups(
+        "daily = \"s3://backups/db1/daily/\"",
+        "daily = \"backups/db1\"",
+        "backups.daily",
+        "not an s3:// URL",
+    );
+    bad_backups(
+        "source = { backup = \"s3://backups/db1/daily/\", database = \"production\" }",
+        "source = { backup = \"s3://backups/db1/daily/\", agent = \"prod-db\", database = \"production\" }",
+        "pairs.backup-to-qa.source.backup",
+        "either an agent or a backup",
+    );
+    bad_backups(
+        "dest = { agent = \"staging-db\", database = \"qa\", owner = \"stage\" }",
+        "mode = \"parallel\"\ndest = { agent = \"staging-db\", database = \"qa\", owner = \"stage\" }",
+        "pairs.backup-to-qa.mode",
+        "stream mode",
+    );
+}

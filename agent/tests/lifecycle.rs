@@ -131,3 +131,45 @@ fn the_systemd_unit_verifies() {
     let (ok, text) = verify_unit(&typo);
     assert!(!ok && text.contains("ProtectSytem"), "{text}");
 }
+
+#[test]
+fn the_backup_timer_and_service_verify() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let service = std::fs::read_to_string(deploy.join("stagesync-backup@.service")).unwrap();
+    let timer = std::fs::read_to_string(deploy.join("stagesync-backup@.timer")).unwrap();
+    for needle in ["Type=oneshot", "backup %i --all", "ProtectSystem=strict"] {
+        assert!(service.contains(needle), "the service must contain {needle}");
+    }
+    for needle in ["OnCalendar=", "Persistent=true"] {
+        assert!(timer.contains(needle), "the timer must contain {needle}");
+    }
+    // An instance of the template, pointing at a binary that exists here.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("stagesync");
+    std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+    let mut perm = std::fs::metadata(&exe).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&exe, perm).unwrap();
+    let unit = dir.path().join("stagesync-backup@prod-db.service");
+    std::fs::write(
+        &unit,
+        service.replace("/usr/local/bin/stagesync", &exe.display().to_string()),
+    )
+    .unwrap();
+    let timer_unit = dir.path().join("stagesync-backup@prod-db.timer");
+    std::fs::write(&timer_unit, &timer).unwrap();
+    for u in [&unit, &timer_unit] {
+        let (ok, text) = verify_unit(u);
+        assert!(ok, "systemd-analyze verify {}: {text}", u.display());
+    }
+    // The check can fail: a misspelt timer setting is reported.
+    let typo = dir.path().join("typo@prod-db.timer");
+    std::fs::write(&typo, timer.replace("OnCalendar=", "OnCalender=")).unwrap();
+    std::fs::write(
+        dir.path().join("typo@prod-db.service"),
+        std::fs::read_to_string(&unit).unwrap(),
+    )
+    .unwrap();
+    let (ok, text) = verify_unit(&typo);
+    assert!(!ok && text.contains("OnCalender"), "{text}");
+}

@@ -274,8 +274,13 @@ fn missing_file() {
 fn the_example_plan_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/stagesync.toml");
     let p = plan::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(p.order(), vec!["prod-to-stage1", "stage1-to-dev"]);
+    assert_eq!(
+        p.order(),
+        vec!["backup-to-qa", "prod-to-stage1", "stage1-to-dev"]
+    );
     assert!(p.pairs["prod-to-stage1"].preflight.git.is_some());
+    assert!(p.backups.is_some());
+    assert!(p.backup_source("backup-to-qa").is_some());
 }
 
 const BACKUPS: &str = r#"

@@ -18,6 +18,7 @@ use stagesync_proto::v1 as pb;
 use stagesync_s3::backups::{Manifest, PendingUpload, Store, UploadProgress, stamp};
 use stagesync_s3::{ClientPool, S3Location, SideConfig};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::config::AgentConfig;
@@ -53,8 +54,21 @@ impl Drop for Slot {
     }
 }
 
-fn place_url(p: &pb::S3Place) -> String {
-    format!("s3://{}/{}", p.bucket, p.prefix)
+/// What `policy.may_backup_to` / `may_restore_from` match: the place with
+/// its server, so a request cannot send a dump to another endpoint under a
+/// permitted bucket name. `s3://bucket/prefix/` on AWS itself,
+/// `https://host:port/bucket/prefix/` with an endpoint.
+pub fn place_url(p: &pb::S3Place) -> String {
+    if p.endpoint.is_empty() {
+        format!("s3://{}/{}", p.bucket, p.prefix)
+    } else {
+        format!(
+            "{}/{}/{}",
+            p.endpoint.trim_end_matches('/'),
+            p.bucket,
+            p.prefix
+        )
+    }
 }
 
 fn side(p: &pb::S3Place) -> SideConfig {
@@ -150,13 +164,22 @@ impl Backups {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let this = self.clone();
+        let cancel = CancellationToken::new();
+        {
+            // The controller going away (Ctrl-C, a timeout) cancels the backup.
+            let (tx, cancel) = (tx.clone(), cancel.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = tx.closed() => cancel.cancel(),
+                    () = cancel.cancelled() => {}
+                }
+            });
+        }
         tokio::spawn(async move {
             let _slot = slot;
             let db = req.database.clone();
-            let result = tokio::select! {
-                r = this.run(&req, &tx) => r,
-                () = tx.closed() => Err("the controller went away: the backup was cancelled".into()),
-            };
+            let result = this.run(&req, &tx, &cancel).await;
+            cancel.cancel();
             match result {
                 Ok(done) => {
                     tracing::info!(database = %db, key = %done.dump_key, size = done.size, "backup complete");
@@ -183,6 +206,7 @@ impl Backups {
         &self,
         req: &pb::BackupRequest,
         tx: &mpsc::Sender<Result<pb::BackupEvent, Status>>,
+        cancel: &CancellationToken,
     ) -> Result<pb::BackupDone, String> {
         let cfg = &self.config;
         let daily_place = req.daily.clone().unwrap_or_default();
@@ -224,7 +248,7 @@ impl Backups {
                 return Err(e);
             }
         };
-        let uploaded = self.dump_into(req, &daily, &pending, tx).await;
+        let uploaded = self.dump_into(req, &daily, &pending, tx, cancel).await;
         let uploaded = match uploaded {
             Ok(u) => u,
             Err(e) => {
@@ -257,41 +281,59 @@ impl Backups {
             return Err(e.to_string());
         }
 
-        // Weekly copy, then retention: only after a good backup.
+        // Weekly copy, then retention: only after a good backup. The backup
+        // is complete now; what fails from here on is a warning.
         let mut pruned = Vec::new();
+        let mut warnings = Vec::new();
         let mut weekly_done = false;
-        let found = daily.list(&req.database).await.map_err(|e| e.to_string())?;
-        let this = found
-            .complete
-            .iter()
-            .find(|b| b.manifest_key == manifest_key)
-            .cloned()
-            .ok_or_else(|| format!("the new backup {manifest_key} is not listed"))?;
-        if let Some(place) = &req.weekly
-            && req.weekly_days.contains(&u32::from(now.day()))
-        {
-            let weekly = self.open(place).await?;
-            daily
-                .copy_to(&weekly, &this)
-                .await
-                .map_err(|e| e.to_string())?;
-            weekly_done = true;
-            if req.keep_weekly > 0 {
-                pruned.extend(
-                    weekly
-                        .prune(&req.database, req.keep_weekly as usize)
+        let found = daily.list(&req.database).await.map_err(|e| e.to_string());
+        let this = found.and_then(|f| {
+            f.complete
+                .into_iter()
+                .find(|b| b.manifest_key == manifest_key)
+                .ok_or_else(|| format!("the new backup {manifest_key} is not listed"))
+        });
+        match (&req.weekly, this) {
+            (_, Err(e)) => warnings.push(format!("no weekly copy or retention: {e}")),
+            (Some(place), Ok(this)) if req.weekly_days.contains(&u32::from(now.day())) => {
+                let copied = async {
+                    let weekly = self.open(place).await?;
+                    let key = daily
+                        .copy_to(&weekly, &this)
                         .await
-                        .map_err(|e| e.to_string())?,
-                );
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((weekly, key))
+                }
+                .await;
+                match copied {
+                    Ok((weekly, key)) => {
+                        weekly_done = true;
+                        if req.keep_weekly > 0 {
+                            match weekly
+                                .prune(&req.database, req.keep_weekly as usize, Some(&key))
+                                .await
+                            {
+                                Ok(p) => pruned.extend(p),
+                                Err(e) => warnings.push(format!("weekly retention: {e}")),
+                            }
+                        }
+                    }
+                    Err(e) => warnings.push(format!("weekly copy: {e}")),
+                }
             }
+            _ => {}
         }
         if req.keep_daily > 0 {
-            pruned.extend(
-                daily
-                    .prune(&req.database, req.keep_daily as usize)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
+            match daily
+                .prune(&req.database, req.keep_daily as usize, Some(&manifest_key))
+                .await
+            {
+                Ok(p) => pruned.extend(p),
+                Err(e) => warnings.push(format!("daily retention: {e}")),
+            }
+        }
+        for w in &warnings {
+            tracing::warn!(database = %req.database, warning = %w, "backup complete, with a warning");
         }
         Ok(pb::BackupDone {
             dump_key,
@@ -301,6 +343,7 @@ impl Backups {
             taken,
             weekly: weekly_done,
             pruned,
+            warnings,
         })
     }
 
@@ -323,6 +366,7 @@ impl Backups {
         store: &Store,
         pending: &PendingUpload,
         tx: &mpsc::Sender<Result<pb::BackupEvent, Status>>,
+        cancel: &CancellationToken,
     ) -> Result<stagesync_s3::backups::Uploaded, String> {
         let cfg = &self.config;
         let argv = backup_args(cfg, req)?;
@@ -366,13 +410,16 @@ impl Backups {
                 }
             })
         };
-        let parts = store.upload_parts(pending, &mut out, &progress).await;
+        let parts = tokio::select! {
+            p = store.upload_parts(pending, &mut out, &progress) => p.map_err(|e| e.to_string()),
+            () = cancel.cancelled() => Err("the controller went away: the backup was cancelled".to_string()),
+        };
         ticker.abort();
         let parts = match parts {
             Ok(p) => p,
             Err(e) => {
                 tool.kill().await;
-                return Err(e.to_string());
+                return Err(e);
             }
         };
         let status = tool.child.wait().await;
@@ -414,21 +461,38 @@ fn record_upload(work_dir: &Path, p: &PendingUpload) -> std::io::Result<PathBuf>
         .collect();
     let path = dir.join(format!("{name}.json"));
     let text = serde_json::to_vec(p).map_err(std::io::Error::other)?;
-    std::fs::write(&path, text)?;
+    // Whole or not at all: a torn record would lose track of the upload.
+    let tmp = dir.join(format!(".{name}.json.tmp"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
     Ok(path)
+}
+
+/// The upload records a crash left behind, read before the agent serves (so
+/// a backup started after that is never mistaken for one).
+pub fn left_uploads(config: &AgentConfig) -> Vec<PathBuf> {
+    std::fs::read_dir(uploads_dir(&config.work_dir))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// At start: aborts the uploads a crash left behind (recorded in the work
 /// dir), so no half-uploaded dump lingers in the bucket. A record is kept
 /// when the abort fails, and tried again at the next start.
-pub async fn abort_left_uploads(config: &AgentConfig) {
-    let dir = uploads_dir(&config.work_dir);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
+pub async fn abort_left_uploads(config: &AgentConfig, records: Vec<PathBuf>) {
     let pool = ClientPool::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
+    for path in records {
         let pending: PendingUpload = match std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())

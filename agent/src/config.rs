@@ -82,6 +82,8 @@ struct RawPolicy {
     peers: Vec<Spanned<String>>,
     #[serde(default)]
     may_backup_to: Vec<Spanned<String>>,
+    #[serde(default)]
+    may_restore_from: Vec<Spanned<String>>,
 }
 
 /// A validated agent configuration.
@@ -147,8 +149,11 @@ pub struct Policy {
     pub may_overwrite: Patterns,
     pub controllers: Vec<Identity>,
     pub peers: Vec<Identity>,
-    /// Where backups may be uploaded: globs over `s3://bucket/prefix/`.
+    /// Where backups may be uploaded: globs over `s3://bucket/prefix/`
+    /// (or `https://endpoint/bucket/prefix/`).
     pub may_backup_to: Patterns,
+    /// Where backups may be restored from, in the same form.
+    pub may_restore_from: Patterns,
 }
 
 /// A list of database-name globs.
@@ -502,6 +507,7 @@ impl Ctx<'_> {
             )?,
             peers: identities(&raw.peers, Kind::Agent, "policy.peers")?,
             may_backup_to: globs(&raw.may_backup_to, "policy.may_backup_to")?,
+            may_restore_from: globs(&raw.may_restore_from, "policy.may_restore_from")?,
         })
     }
 }

@@ -823,6 +823,14 @@ impl Jobs {
             .ok()
             .filter(|d| d.len() == 32)
             .ok_or_else(|| invalid(format!("{:?} is not a SHA-256", req.sha256)))?;
+        let url = crate::backup::place_url(&place);
+        if !cfg.policy.may_restore_from.matches(&url) {
+            return Err(denied(format!(
+                "this agent may not restore from {url} (policy.may_restore_from = {:?} in {})",
+                cfg.policy.may_restore_from.patterns,
+                cfg.source.display()
+            )));
+        }
         take_ticket(&job, setup, &req.ticket).map_err(denied)?;
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let store = stagesync_s3::backups::Store::open(

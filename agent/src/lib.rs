@@ -108,7 +108,8 @@ pub async fn serve_with_ready(
     {
         // S3 may be slow or unreachable: do not hold up the start for it.
         let config = config.clone();
-        tokio::spawn(async move { backup::abort_left_uploads(&config).await });
+        let left = backup::left_uploads(&config);
+        tokio::spawn(async move { backup::abort_left_uploads(&config, left).await });
     }
     let jobs = Arc::new(jobs::Jobs::new(config.clone()));
     let backups = Arc::new(backup::Backups::new(config.clone()));

@@ -132,6 +132,7 @@ impl AgentService {
                 controllers: policy.controllers.iter().map(|i| i.to_string()).collect(),
                 peers: policy.peers.iter().map(|i| i.to_string()).collect(),
                 may_backup_to: policy.may_backup_to.patterns.clone(),
+                may_restore_from: policy.may_restore_from.patterns.clone(),
             }),
             work_dir: Some(work_dir),
             jobs: self.jobs.all().iter().map(|j| j.status()).collect(),

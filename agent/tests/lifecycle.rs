@@ -138,7 +138,10 @@ fn the_backup_timer_and_service_verify() {
     let service = std::fs::read_to_string(deploy.join("stagesync-backup@.service")).unwrap();
     let timer = std::fs::read_to_string(deploy.join("stagesync-backup@.timer")).unwrap();
     for needle in ["Type=oneshot", "backup %i --all", "ProtectSystem=strict"] {
-        assert!(service.contains(needle), "the service must contain {needle}");
+        assert!(
+            service.contains(needle),
+            "the service must contain {needle}"
+        );
     }
     for needle in ["OnCalendar=", "Persistent=true"] {
         assert!(timer.contains(needle), "the timer must contain {needle}");

@@ -211,6 +211,12 @@ pub fn run(args: BackupArgs) -> anyhow::Result<Exit> {
                 if !done.pruned.is_empty() {
                     detail.push_str(&format!(", {} old backups pruned", done.pruned.len()));
                 }
+                for w in &done.warnings {
+                    eprintln!(
+                        "stagesync: warning: backup {}/{db} is complete, but {w}",
+                        args.agent
+                    );
+                }
                 table.add_row(vec![
                     db.clone(),
                     "ok".into(),
@@ -365,7 +371,11 @@ pub fn backups(cmd: BackupsCommand) -> anyhow::Result<Exit> {
                     };
                     for l in chosen {
                         checked += 1;
-                        match store.verify(l).await? {
+                        let verdict = match store.verify(l).await {
+                            Ok(v) => v,
+                            Err(e) => Some(format!("could not be read: {e}")),
+                        };
+                        match verdict {
                             None => println!(
                                 "ok       {db} {kind} {} ({}, sha256 {})",
                                 l.manifest.taken,

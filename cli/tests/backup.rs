@@ -32,7 +32,7 @@ async fn backup_list_verify_and_refresh_from_a_backup() {
     let dir = tempfile::tempdir().unwrap();
     let (aws_config, aws_credentials) = profile_files(dir.path(), "backup", KEY, SECRET).unwrap();
     let agent_s3 = format!(
-        "may_backup_to = [\"s3://backups/*\"]\n\n[s3]\nconfig_file = {aws_config:?}\ncredentials_file = {aws_credentials:?}\n"
+        "may_backup_to = [\"http://127.0.0.1:*/backups/*\"]\nmay_restore_from = [\"http://127.0.0.1:*/backups/*\"]\n\n[s3]\nconfig_file = {aws_config:?}\ncredentials_file = {aws_credentials:?}\n"
     );
 
     let pki = TestPki::new().unwrap();

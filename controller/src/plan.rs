@@ -461,11 +461,13 @@ fn validate_backups(f: &TomlFile<'_>, b: &RawBackups) -> Result<BackupPlan, Conf
     let weekly = match &b.weekly {
         Some(w) => {
             let loc = place(w, "backups.weekly")?;
-            if loc == daily {
+            let nested = loc.bucket == daily.bucket
+                && (loc.prefix.starts_with(&daily.prefix) || daily.prefix.starts_with(&loc.prefix));
+            if nested {
                 return f.err(
                     w.span(),
                     "backups.weekly",
-                    "must differ from backups.daily, or retention of one would prune the other",
+                    "must not be backups.daily or lie inside it (or it inside this): retention of one would prune the other",
                 );
             }
             Some(loc)

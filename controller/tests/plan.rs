@@ -334,7 +334,7 @@ fn backup_mistakes_are_located() {
         "weekly = \"s3://backups/db1/weekly/\"",
         "weekly = \"s3://backups/db1/daily/\"",
         "backups.weekly",
-        "must differ from backups.daily",
+        "must not be backups.daily or lie inside it",
     );
     bad_backups(
         "daily = \"s3://backups/db1/daily/\"",

@@ -45,7 +45,7 @@ async fn s3() -> Setup {
 /// The agent's policy and AWS files, appended to its [policy] table.
 fn backup_toml(files: &ProfileFilePaths) -> String {
     format!(
-        "may_backup_to = [\"s3://backups/*\"]\n\n[s3]\nconfig_file = {:?}\ncredentials_file = {:?}\n",
+        "may_backup_to = [\"http://127.0.0.1:*/backups/*\"]\nmay_restore_from = [\"http://127.0.0.1:*/backups/*\"]\n\n[s3]\nconfig_file = {:?}\ncredentials_file = {:?}\n",
         files.config.as_ref().unwrap(),
         files.credentials.as_ref().unwrap()
     )
@@ -373,22 +373,36 @@ async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() 
     .unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
 
-    // Places outside policy.may_backup_to are refused.
+    // Places outside policy.may_backup_to are refused: another bucket, and
+    // the allowed bucket name on another server.
     let mut elsewhere = p.clone();
     elsewhere.daily = S3Location::new("other-bucket", "x/");
-    let err = backup::run(
-        tls,
-        &agent.target(),
-        backup::request(&elsewhere, "production"),
-        |_| {},
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("may not upload backups to s3://other-bucket/x/"),
-        "{err}"
-    );
+    let mut other_server = p.clone();
+    other_server.side.endpoint = Some("https://s3.attacker.example".into());
+    for (plan, place) in [
+        (
+            &elsewhere,
+            format!("{}/other-bucket/x/", setup.s3.endpoint()),
+        ),
+        (
+            &other_server,
+            "https://s3.attacker.example/backups/daily/".to_string(),
+        ),
+    ] {
+        let err = backup::run(
+            tls.clone(),
+            &agent.target(),
+            backup::request(plan, "production"),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("may not upload backups to {place}")),
+            "{err}"
+        );
+    }
     assert_eq!(
         names(&daily.list("production").await.unwrap()),
         taken[1..].to_vec()
@@ -510,4 +524,72 @@ async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_on
             .contains("no complete backup of \"nothing\""),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_controller_that_goes_away_cancels_the_backup_and_its_upload() {
+    stagesync_harness::init_tracing();
+    let src = PgCluster::start().unwrap();
+    src.exec("postgres", "CREATE DATABASE production")
+        .await
+        .unwrap();
+    src.exec(
+        "production",
+        "CREATE EXTENSION pgcrypto; CREATE TABLE blob (id int PRIMARY KEY, data bytea); INSERT INTO blob SELECT g, gen_random_bytes(1024) FROM generate_series(1, 24576) g",
+    )
+    .await
+    .unwrap();
+    let setup = s3().await;
+    let proxy = FaultProxy::start(setup.s3.addr).await.unwrap();
+    proxy.throttle(4 * 1024 * 1024);
+    let endpoint = format!("http://{}", proxy.addr);
+    let pki = TestPki::new().unwrap();
+    let tls = pki.controller_tls("ops").unwrap();
+    let agent = TestAgent::start(&pki, Some(&src), prod_spec(&setup.files))
+        .await
+        .unwrap();
+    let target = agent.target();
+    let req = backup::request(&plan(&endpoint, false), "production");
+    let running = tokio::spawn({
+        let tls = tls.clone();
+        async move { backup::run(tls, &target, req, |_| {}).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.forwarded() < 6 * 1024 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        pending_parts(&setup.s3.root) > 0,
+        "the fault did not happen: no upload in progress"
+    );
+    // The controller goes away (as on Ctrl-C): its stream closes.
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    proxy.throttle(0);
+    let records = agent.work_dir().join("uploads");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pending_parts(&setup.s3.root) > 0
+        || std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0) > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled backup's upload was not aborted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(setup.s3.objects("backups").is_empty());
+    // The database's slot is free again: a new backup runs.
+    let done = backup::run(
+        tls,
+        &agent.target(),
+        backup::request(&plan(&setup.s3.endpoint(), false), "production"),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(done.size > 20 * 1024 * 1024, "{done:?}");
 }

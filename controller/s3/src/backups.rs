@@ -32,6 +32,9 @@ use crate::{ClientPool, SyncError};
 pub const PART_SIZE: usize = 16 * 1024 * 1024;
 const MAX_PARTS: u64 = 10_000;
 const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// CopyObject copies up to 5 GiB; bigger objects are copied in parts.
+const COPY_LIMIT: u64 = 5 * 1024 * 1024 * 1024;
+const COPY_PART: u64 = 1024 * 1024 * 1024;
 const DUMP_SUFFIX: &str = ".dump";
 
 /// A backup operation that failed, with the location and what to check.
@@ -146,13 +149,12 @@ pub fn stamp(t: time::OffsetDateTime) -> String {
 }
 
 /// The part size for a dump of unknown size: 16 MiB for the first 5,000
-/// parts (78 GiB), then 128 MiB, then 1 GiB, so 10,000 parts hold 2.4 TiB
-/// while small dumps keep small parts (and little memory).
+/// parts (78 GiB), then 64 MiB, so 10,000 parts hold 390 GiB while memory
+/// stays at two parts (128 MiB at most).
 fn part_size(parts_so_far: u64) -> usize {
     match parts_so_far {
         0..5_000 => PART_SIZE,
-        5_000..8_000 => 128 * 1024 * 1024,
-        _ => 1024 * 1024 * 1024,
+        _ => 64 * 1024 * 1024,
     }
 }
 
@@ -212,8 +214,14 @@ impl Store {
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
         let c = classify(e);
+        let no_bucket = match e {
+            aws_sdk_s3::error::SdkError::ServiceError(s) => {
+                aws_sdk_s3::error::ProvideErrorMetadata::code(s.err()) == Some("NoSuchBucket")
+            }
+            _ => false,
+        };
         let hint = match c.kind {
-            crate::error::Kind::NotFound => "; does the bucket exist?",
+            crate::error::Kind::NotFound if no_bucket => "; does the bucket exist?",
             crate::error::Kind::Denied => "; check the credentials and the bucket policy",
             _ => "",
         };
@@ -273,8 +281,9 @@ impl Store {
         let mut sha = Sha256::new();
         let mut counts = UploadProgress::default();
         let mut parts: Vec<CompletedPart> = Vec::new();
-        let mut in_flight: Option<tokio::task::JoinHandle<Result<CompletedPart, BackupError>>> =
-            None;
+        // Aborted when dropped: a cancelled upload leaves no part task
+        // running after the caller aborts the upload.
+        let mut in_flight: Option<AbortOnDrop<Result<CompletedPart, BackupError>>> = None;
         loop {
             let cap = part_size(parts.len() as u64);
             let mut buf = vec![0u8; cap];
@@ -297,8 +306,8 @@ impl Store {
                 break;
             }
             sha.update(&buf);
-            if let Some(task) = in_flight.take() {
-                let part = task
+            if let Some(mut task) = in_flight.take() {
+                let part = (&mut task.0)
                     .await
                     .map_err(|e| BackupError(format!("upload task: {e}")))??;
                 parts.push(part);
@@ -316,16 +325,16 @@ impl Store {
             let store = self.clone();
             let up = upload.clone();
             let len = buf.len() as u64;
-            in_flight = Some(tokio::spawn(async move {
+            in_flight = Some(AbortOnDrop(tokio::spawn(async move {
                 store.upload_part(&up, number, buf).await
-            }));
+            })));
             counts.bytes_uploaded += len;
             if last {
                 break;
             }
         }
-        if let Some(task) = in_flight.take() {
-            let part = task
+        if let Some(mut task) = in_flight.take() {
+            let part = (&mut task.0)
                 .await
                 .map_err(|e| BackupError(format!("upload task: {e}")))??;
             parts.push(part);
@@ -369,10 +378,19 @@ impl Store {
             .bucket(&upload.bucket)
             .key(&upload.key)
             .send()
-            .await
-            .map_err(|e| self.sdk_err("checking the uploaded dump", &e))?;
+            .await;
+        let head = match head {
+            Ok(h) => h,
+            Err(e) => {
+                let err = self.sdk_err("checking the uploaded dump", &e);
+                let _ = self.delete(&upload.key).await;
+                return Err(err);
+            }
+        };
         let stored = head.content_length().unwrap_or(-1);
         if stored != size as i64 {
+            // Completed but wrong: not a backup, and not to be left behind.
+            let _ = self.delete(&upload.key).await;
             return Err(self.err(
                 "checking the uploaded dump",
                 format!(
@@ -390,10 +408,14 @@ impl Store {
         number: i32,
         body: Vec<u8>,
     ) -> Result<CompletedPart, BackupError> {
-        let md5 = hex::encode(Md5::digest(&body));
+        let digest = Md5::digest(&body);
+        let md5 = hex::encode(digest);
         let out = self
             .client
             .upload_part()
+            // The server checks the part against this (also where, with
+            // encryption, the ETag is not the MD5).
+            .content_md5(aws_smithy_types::base64::encode(digest.as_slice()))
             .bucket(&upload.bucket)
             .key(&upload.key)
             .upload_id(&upload.upload_id)
@@ -521,13 +543,34 @@ impl Store {
 
     /// One database's backups.
     pub async fn list(&self, database: &str) -> Result<Found, BackupError> {
-        let keys = self.keys_under(&self.folder(database)).await?;
+        let folder = self.folder(database);
+        // Only the folder's own objects: not those of a database whose name
+        // continues with '/' below it.
+        let keys: Vec<String> = self
+            .keys_under(&folder)
+            .await?
+            .into_iter()
+            .filter(|k| {
+                k.strip_prefix(&folder)
+                    .is_some_and(|rest| !rest.contains('/'))
+            })
+            .collect();
         let set: std::collections::BTreeSet<&String> = keys.iter().collect();
         let mut found = Found::default();
         for key in &keys {
             if let Some(base) = key.strip_suffix(MANIFEST_SUFFIX) {
                 let dump_key = format!("{base}{DUMP_SUFFIX}");
+                let dump_name = dump_key.rsplit('/').next().unwrap_or_default();
                 match self.manifest(key).await {
+                    Ok(m) if m.database != database || m.dump != dump_name => {
+                        found.unreadable.push((
+                            key.clone(),
+                            format!(
+                                "it describes {:?} of database {:?}, not this folder's {dump_name:?} of {database:?}",
+                                m.dump, m.database
+                            ),
+                        ))
+                    }
                     Ok(m) if set.contains(&dump_key) => found.complete.push(Listed {
                         manifest_key: key.clone(),
                         dump_key,
@@ -599,40 +642,120 @@ impl Store {
     }
 
     /// Copies a backup into another store (same endpoint and credentials):
-    /// the dump first, then the manifest.
-    pub async fn copy_to(&self, other: &Store, b: &Listed) -> Result<(), BackupError> {
+    /// the dump first (in parts above 5 GiB, CopyObject's limit), then the
+    /// manifest. Returns the copy's manifest key.
+    pub async fn copy_to(&self, other: &Store, b: &Listed) -> Result<String, BackupError> {
         let (dump, manifest) =
             other.keys(&b.manifest.database, &b.manifest.taken, &b.manifest.host);
-        for (from, to) in [(&b.dump_key, dump), (&b.manifest_key, manifest)] {
+        for (from, to, size) in [
+            (&b.dump_key, &dump, b.manifest.size),
+            (&b.manifest_key, &manifest, 0),
+        ] {
             let source = format!("{}/{}", self.location.bucket, encode_key(from));
-            other
-                .client
-                .copy_object()
-                .bucket(&other.location.bucket)
-                .key(&to)
-                .copy_source(source)
-                .send()
-                .await
-                .map_err(|e| other.sdk_err(&format!("copying {from} to {to}"), &e))?;
+            let op = format!("copying {from} to {to}");
+            if size <= COPY_LIMIT {
+                other
+                    .client
+                    .copy_object()
+                    .bucket(&other.location.bucket)
+                    .key(to)
+                    .copy_source(&source)
+                    .send()
+                    .await
+                    .map_err(|e| other.sdk_err(&op, &e))?;
+                continue;
+            }
+            let started = other.start_upload(to).await?;
+            let copied = async {
+                let mut parts = Vec::new();
+                let mut offset = 0u64;
+                while offset < size {
+                    let end = (offset + COPY_PART).min(size) - 1;
+                    let number = parts.len() as i32 + 1;
+                    let out = other
+                        .client
+                        .upload_part_copy()
+                        .bucket(&other.location.bucket)
+                        .key(to)
+                        .upload_id(&started.upload_id)
+                        .part_number(number)
+                        .copy_source(&source)
+                        .copy_source_range(format!("bytes={offset}-{end}"))
+                        .send()
+                        .await
+                        .map_err(|e| other.sdk_err(&op, &e))?;
+                    let etag = out
+                        .copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .unwrap_or_default()
+                        .to_string();
+                    parts.push(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .e_tag(etag)
+                            .build(),
+                    );
+                    offset = end + 1;
+                }
+                other
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&other.location.bucket)
+                    .key(to)
+                    .upload_id(&started.upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| other.sdk_err(&op, &e))?;
+                Ok::<(), BackupError>(())
+            }
+            .await;
+            if let Err(e) = copied {
+                let _ = other.abort_upload(&started).await;
+                return Err(e);
+            }
         }
-        Ok(())
+        Ok(manifest)
     }
 
     /// Deletes all but the newest `keep` complete backups of a database
-    /// (never fewer than one), manifest first so that a half-deleted backup
-    /// is never listed as complete. Returns the deleted dump keys.
-    pub async fn prune(&self, database: &str, keep: usize) -> Result<Vec<String>, BackupError> {
+    /// (never fewer than one, and never `protect`, the backup just taken,
+    /// whatever the clocks of other hosts wrote into older names), manifest
+    /// first so that a half-deleted backup is never listed as complete.
+    /// Returns the deleted dump keys.
+    pub async fn prune(
+        &self,
+        database: &str,
+        keep: usize,
+        protect: Option<&str>,
+    ) -> Result<Vec<String>, BackupError> {
         let found = self.list(database).await?;
         let keep = keep.max(1);
         let n = found.complete.len();
         let mut deleted = Vec::new();
         for b in found.complete.iter().take(n.saturating_sub(keep)) {
+            if protect.is_some_and(|p| p == b.manifest_key || p == b.dump_key) {
+                continue;
+            }
             for key in [&b.manifest_key, &b.dump_key] {
                 self.delete(key).await?;
             }
             deleted.push(b.dump_key.clone());
         }
         Ok(deleted)
+    }
+}
+
+/// A task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -662,10 +785,11 @@ mod tests {
     }
 
     #[test]
-    fn ten_thousand_parts_hold_two_terabytes() {
+    fn ten_thousand_parts_hold_390_gib() {
         assert_eq!(part_size(0), PART_SIZE);
         let total: u64 = (0..MAX_PARTS).map(|n| part_size(n) as u64).sum();
-        assert!(total >= 2 << 40, "{total}");
+        assert!(total >= 390 << 30, "{total}");
+        assert!((0..MAX_PARTS).all(|n| part_size(n) <= 64 << 20));
     }
 
     #[test]

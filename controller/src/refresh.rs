@@ -507,21 +507,15 @@ pub async fn refresh<T: ClientTls>(
             return Err(job_error(e));
         }
         if last_dst.as_ref().map(phase) == Some(pb::Phase::Ready) {
-            let committed = match dest
-                .commit(pb::CommitRequest {
-                    job_id: job_id.clone(),
-                })
-                .await
-            {
-                Ok(c) => c.into_inner(),
-                Err(status) => {
-                    commit_outcome(tls.clone(), spec, &job_id, &prepared, status).await?
-                }
-            };
-            on_event(Event::Committed {
-                database: committed.database.clone(),
-                previous: committed.previous_database.clone(),
-            });
+            let committed = commit(
+                tls.clone(),
+                spec,
+                &mut dest,
+                &job_id,
+                &prepared,
+                &mut on_event,
+            )
+            .await?;
             let s = last_src.unwrap_or_default();
             let d = last_dst.unwrap_or_default();
             return Ok(Report {
@@ -728,21 +722,15 @@ pub async fn refresh_from_backup<T: ClientTls>(
             return Err(job_error(e));
         }
         if last.as_ref().map(phase) == Some(pb::Phase::Ready) {
-            let committed = match dest
-                .commit(pb::CommitRequest {
-                    job_id: job_id.clone(),
-                })
-                .await
-            {
-                Ok(c) => c.into_inner(),
-                Err(status) => {
-                    commit_outcome(tls.clone(), spec, &job_id, &prepared, status).await?
-                }
-            };
-            on_event(Event::Committed {
-                database: committed.database.clone(),
-                previous: committed.previous_database.clone(),
-            });
+            let committed = commit(
+                tls.clone(),
+                spec,
+                &mut dest,
+                &job_id,
+                &prepared,
+                &mut on_event,
+            )
+            .await?;
             let d = last.unwrap_or_default();
             return Ok(Report {
                 job_id,
@@ -755,6 +743,31 @@ pub async fn refresh_from_backup<T: ClientTls>(
             });
         }
     }
+}
+
+/// Commits a ready job on the destination (the swap), and says so.
+async fn commit<T: ClientTls>(
+    tls: Arc<T>,
+    spec: &PairSpec,
+    dest: &mut stagesync_proto::AgentClient<tonic::transport::Channel>,
+    job_id: &str,
+    prepared: &pb::PrepareRestoreResponse,
+    on_event: &mut impl FnMut(Event),
+) -> Result<pb::CommitResponse, RefreshError> {
+    let committed = match dest
+        .commit(pb::CommitRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+    {
+        Ok(c) => c.into_inner(),
+        Err(status) => commit_outcome(tls, spec, job_id, prepared, status).await?,
+    };
+    on_event(Event::Committed {
+        database: committed.database.clone(),
+        previous: committed.previous_database.clone(),
+    });
+    Ok(committed)
 }
 
 /// After a commit call that got no answer, asks the destination how the

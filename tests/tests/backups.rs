@@ -188,14 +188,13 @@ fn pending_parts(root: &Path) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_agent_leaves_no_backup_and_aborts_the_upload_when_it_starts_again() {
-    stagesync_harness::init_tracing();
+/// A production database of 24 MiB pg_dump cannot compress (more than one
+/// upload part), and S3 behind a slow link, so faults land mid-upload.
+async fn slow_upload() -> (PgCluster, Setup, FaultProxy, String) {
     let src = PgCluster::start().unwrap();
     src.exec("postgres", "CREATE DATABASE production")
         .await
         .unwrap();
-    // 24 MiB that pg_dump cannot compress: more than one upload part.
     src.exec(
         "production",
         "CREATE EXTENSION pgcrypto; CREATE TABLE blob (id int PRIMARY KEY, data bytea); INSERT INTO blob SELECT g, gen_random_bytes(1024) FROM generate_series(1, 24576) g",
@@ -203,10 +202,28 @@ async fn a_killed_agent_leaves_no_backup_and_aborts_the_upload_when_it_starts_ag
     .await
     .unwrap();
     let setup = s3().await;
-    // The agent reaches S3 through a slow link, so the kill lands mid-upload.
     let proxy = FaultProxy::start(setup.s3.addr).await.unwrap();
     proxy.throttle(4 * 1024 * 1024);
     let endpoint = format!("http://{}", proxy.addr);
+    (src, setup, proxy, endpoint)
+}
+
+/// Waits until upload parts are arriving at the server.
+async fn wait_for_parts(proxy: &FaultProxy) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.forwarded() < 6 * 1024 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_agent_leaves_no_backup_and_aborts_the_upload_when_it_starts_again() {
+    stagesync_harness::init_tracing();
+    let (src, setup, proxy, endpoint) = slow_upload().await;
     let pki = TestPki::new().unwrap();
     let tls = pki.controller_tls("ops").unwrap();
     let mut agent = AgentProcess::spawn(&pki, Some(&src), prod_spec(&setup.files)).unwrap();
@@ -217,16 +234,7 @@ async fn a_killed_agent_leaves_no_backup_and_aborts_the_upload_when_it_starts_ag
         let tls = tls.clone();
         async move { backup::run(tls, &target, req, |_| {}).await }
     });
-    // Wait until parts are arriving at the server.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while proxy.forwarded() < 6 * 1024 * 1024 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upload never got going: {}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_parts(&proxy).await;
     let status = agent.kill().unwrap();
     assert!(!status.success(), "the agent was not killed: {status}");
     let result = running.await.unwrap();
@@ -529,20 +537,7 @@ async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_controller_that_goes_away_cancels_the_backup_and_its_upload() {
     stagesync_harness::init_tracing();
-    let src = PgCluster::start().unwrap();
-    src.exec("postgres", "CREATE DATABASE production")
-        .await
-        .unwrap();
-    src.exec(
-        "production",
-        "CREATE EXTENSION pgcrypto; CREATE TABLE blob (id int PRIMARY KEY, data bytea); INSERT INTO blob SELECT g, gen_random_bytes(1024) FROM generate_series(1, 24576) g",
-    )
-    .await
-    .unwrap();
-    let setup = s3().await;
-    let proxy = FaultProxy::start(setup.s3.addr).await.unwrap();
-    proxy.throttle(4 * 1024 * 1024);
-    let endpoint = format!("http://{}", proxy.addr);
+    let (src, setup, proxy, endpoint) = slow_upload().await;
     let pki = TestPki::new().unwrap();
     let tls = pki.controller_tls("ops").unwrap();
     let agent = TestAgent::start(&pki, Some(&src), prod_spec(&setup.files))
@@ -554,14 +549,7 @@ async fn a_controller_that_goes_away_cancels_the_backup_and_its_upload() {
         let tls = tls.clone();
         async move { backup::run(tls, &target, req, |_| {}).await }
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while proxy.forwarded() < 6 * 1024 * 1024 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upload never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_parts(&proxy).await;
     assert!(
         pending_parts(&setup.s3.root) > 0,
         "the fault did not happen: no upload in progress"

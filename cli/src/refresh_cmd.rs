@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use stagesync_certs::{Identity, Kind, ReloadingClientConfig};
 use stagesync_controller::AgentTarget;
-use stagesync_controller::refresh::{Event, PairSpec, RefreshError, refresh, rollback};
+use stagesync_controller::refresh::{Compress, Event, PairSpec, RefreshError, refresh, rollback};
 use stagesync_proto::v1 as pb;
 
 use crate::status_cmd::tls_files;
@@ -48,8 +48,12 @@ pub struct RefreshArgs {
     #[arg(long, default_value_t = 2)]
     jobs: u32,
     /// Send the dump uncompressed (for fast links where CPU is scarcer).
-    #[arg(long)]
+    /// Default: zstd, except between agents on one host (loopback).
+    #[arg(long, conflicts_with = "compress")]
     no_compress: bool,
+    /// Compress with zstd even between agents on one host.
+    #[arg(long)]
+    compress: bool,
     /// Tables to leave out (pg_dump patterns).
     #[arg(long)]
     exclude_table: Vec<String>,
@@ -138,7 +142,11 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
         ModeArg::Parallel => pb::Mode::Parallel,
     };
     spec.jobs = args.jobs;
-    spec.compress = !args.no_compress;
+    spec.compress = match (args.compress, args.no_compress) {
+        (true, _) => Compress::Always,
+        (_, true) => Compress::Never,
+        _ => Compress::Auto,
+    };
     spec.dest_peer_address = args.dest_peer_address;
     spec.dump = pb::DumpOptions {
         exclude_tables: args.exclude_table,

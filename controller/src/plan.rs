@@ -217,7 +217,7 @@ pub struct PlanPair {
     pub owner: String,
     pub mode: pb::Mode,
     pub jobs: u32,
-    pub compress: bool,
+    pub compress: crate::refresh::Compress,
     pub dump: pb::DumpOptions,
     pub restore: pb::RestoreOptions,
     pub post_restore_sql: String,
@@ -722,7 +722,11 @@ fn validate_pair(
         owner: owner.get_ref().clone(),
         mode,
         jobs,
-        compress: o.compress.or(d.compress).unwrap_or(true),
+        compress: match o.compress.or(d.compress) {
+            None => crate::refresh::Compress::Auto,
+            Some(true) => crate::refresh::Compress::Always,
+            Some(false) => crate::refresh::Compress::Never,
+        },
         dump: pb::DumpOptions {
             exclude_tables: list(o.exclude_tables, d.exclude_tables),
             exclude_table_data: list(o.exclude_table_data, d.exclude_table_data),

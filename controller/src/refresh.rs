@@ -37,8 +37,8 @@ pub struct PairSpec {
     pub post_restore_sql: String,
     /// Values for `${NAME}` in the post-restore SQL (secrets: never logged).
     pub params: HashMap<String, String>,
-    /// zstd on the wire (on by default).
-    pub compress: bool,
+    /// zstd on the wire: by default on, except between agents on one host.
+    pub compress: Compress,
 }
 
 impl PairSpec {
@@ -62,9 +62,44 @@ impl PairSpec {
             restore: pb::RestoreOptions::default(),
             post_restore_sql: String::new(),
             params: HashMap::new(),
-            compress: true,
+            compress: Compress::Auto,
         }
     }
+}
+
+/// Whether the dump is compressed on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compress {
+    /// zstd, unless the destination agent is reached on a loopback address
+    /// (both agents on one host), where compressing only costs CPU.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl Compress {
+    /// Decides for a destination reached at `address` (`HOST:PORT`).
+    pub fn wanted(self, address: &str) -> bool {
+        match self {
+            Compress::Always => true,
+            Compress::Never => false,
+            Compress::Auto => !is_loopback(address),
+        }
+    }
+}
+
+fn is_loopback(address: &str) -> bool {
+    let host = address
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(address)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What a refresh reports while it runs.
@@ -408,7 +443,11 @@ pub async fn refresh<T: ClientTls>(
                 .unwrap_or_else(|| spec.dest.address.clone()),
             dest_identity: dst_info.identity.clone(),
             ticket,
-            compression: if spec.compress {
+            compression: if spec.compress.wanted(
+                spec.dest_peer_address
+                    .as_deref()
+                    .unwrap_or(&spec.dest.address),
+            ) {
                 pb::Compression::Zstd as i32
             } else {
                 pb::Compression::None as i32
@@ -843,4 +882,24 @@ pub async fn rollback<T: ClientTls>(
     .await
     .map(|r| r.into_inner())
     .map_err(|s| RefreshError::Agent(client::explain(dest, &s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_is_off_only_on_one_host_by_default() {
+        for (addr, want) in [
+            ("127.0.0.1:7443", false),
+            ("[::1]:7443", false),
+            ("localhost:7443", false),
+            ("10.0.0.7:7443", true),
+            ("db1.example.com:7443", true),
+        ] {
+            assert_eq!(Compress::Auto.wanted(addr), want, "{addr}");
+        }
+        assert!(Compress::Always.wanted("127.0.0.1:1"));
+        assert!(!Compress::Never.wanted("10.0.0.7:1"));
+    }
 }

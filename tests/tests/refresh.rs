@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use stagesync_certs::ReloadingClientConfig;
-use stagesync_controller::refresh::{PairSpec, RefreshError, refresh, rollback};
+use stagesync_controller::refresh::{Compress, PairSpec, RefreshError, refresh, rollback};
 use stagesync_harness::fixtures::{
     content_hashes, objects_not_owned_by, schema_dump, seed_rich, seed_stage,
 };
@@ -105,10 +105,11 @@ async fn assert_identical(f: &Fleet) {
     assert_eq!(next_user, 2001);
 }
 
-async fn refresh_and_compare(mode: pb::Mode) {
+async fn refresh_and_compare(mode: pb::Mode, compress: Compress) {
     let f = fleet().await;
     let mut spec = f.spec();
     spec.mode = mode;
+    spec.compress = compress;
     let mut events = 0;
     let report = refresh(f.tls.clone(), &spec, |_| events += 1)
         .await
@@ -117,6 +118,15 @@ async fn refresh_and_compare(mode: pb::Mode) {
     assert_eq!(report.database, "stage");
     assert_eq!(report.previous, "stagesync_prev_stage");
     assert!(report.bytes_restored > 1_000_000, "{report:?}");
+    if compress == Compress::Always {
+        assert!(
+            report.bytes_sent < report.bytes_dumped,
+            "zstd was not used: {report:?}"
+        );
+    } else {
+        // Both agents are on this host: no compression by default.
+        assert_eq!(report.bytes_sent, report.bytes_dumped, "{report:?}");
+    }
     assert_identical(&f).await;
     // The old content is kept as the previous copy; nothing else is left.
     let dbs = f.databases().await;
@@ -136,12 +146,12 @@ async fn refresh_and_compare(mode: pb::Mode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stream_mode_arrives_identical() {
-    refresh_and_compare(pb::Mode::Stream).await;
+    refresh_and_compare(pb::Mode::Stream, Compress::Always).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_mode_arrives_identical() {
-    refresh_and_compare(pb::Mode::Parallel).await;
+    refresh_and_compare(pb::Mode::Parallel, Compress::Auto).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

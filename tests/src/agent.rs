@@ -270,11 +270,24 @@ impl TestAgent {
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let handle = tokio::spawn(async move {
-            if let Err(e) = stagesync_agent::serve(listener, cfg, stop.cancelled_owned()).await {
+            let ready = move || {
+                let _ = ready_tx.send(());
+            };
+            if let Err(e) =
+                stagesync_agent::serve_with_ready(listener, cfg, stop.cancelled_owned(), ready)
+                    .await
+            {
                 tracing::error!(error = %e, "test agent failed");
             }
         });
+        // Like systemd's READY=1: the start-up recovery is done before a
+        // test goes on (a test that stages a crash must not race it).
+        tokio::time::timeout(std::time::Duration::from_secs(60), ready_rx)
+            .await
+            .map_err(|_| anyhow::anyhow!("test agent {} not ready in 60 s", spec.name))?
+            .map_err(|_| anyhow::anyhow!("test agent {} failed to start", spec.name))?;
         Ok(TestAgent {
             name: spec.name,
             addr,

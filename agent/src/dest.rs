@@ -375,6 +375,13 @@ impl Jobs {
         stream: &mut (impl Stream<Item = Result<pb::DumpFrame, Status>> + Unpin),
     ) -> Result<pb::dump_frame::Kind, StepError> {
         let stall = self.config.jobs.stall_timeout;
+        // Where the frames come from, for messages: a peer agent, or S3.
+        let from_backup = job.dest.as_ref().is_some_and(|d| d.source.is_none());
+        let origin = if from_backup {
+            "the backup in S3"
+        } else {
+            "the source agent"
+        };
         loop {
             let msg = tokio::select! {
                 _ = job.cancel.cancelled() => return Err(StepError::new("stream", "the job was cancelled")),
@@ -383,13 +390,13 @@ impl Jobs {
             let msg = msg.map_err(|_| {
                 StepError::new(
                     "stream",
-                    format!("no data from the source agent for {} s (jobs.stall_timeout_secs): the link or the source is down", stall.as_secs()),
+                    format!("no data from {origin} for {} s (jobs.stall_timeout_secs): the link or the source is down", stall.as_secs()),
                 )
             })?;
             let msg = msg.map_err(|s| {
                 StepError::new(
                     "stream",
-                    format!("the stream from the source agent broke: {}", s.message()),
+                    format!("the stream from {origin} broke: {}", s.message()),
                 )
             })?;
             return match msg {
@@ -407,7 +414,7 @@ impl Jobs {
                 Some(_) => Err(StepError::new("stream", "an empty frame arrived")),
                 None => Err(StepError::new(
                     "stream",
-                    "the stream ended before its trailer: the source agent stopped or failed",
+                    format!("the stream ended before its trailer: {origin} stopped or failed"),
                 )),
             };
         }

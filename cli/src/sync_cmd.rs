@@ -683,7 +683,14 @@ pub fn plan_cmd(args: PlanArgs) -> anyhow::Result<Exit> {
                 return (format!("refused: {e}"), String::new());
             }
             if let Some(b) = plan.backup_source(name) {
-                return match stagesync_controller::refresh::pick_backup(&b).await {
+                return match stagesync_controller::refresh::preflight_from_backup(
+                    tls.clone(),
+                    &spec,
+                    &b,
+                )
+                .await
+                .map(|(_, l)| l)
+                {
                     Ok(l) => (
                         "ok".to_string(),
                         format!("backup {} ({})", l.manifest.taken, mib(l.manifest.size)),

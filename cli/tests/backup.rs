@@ -125,6 +125,16 @@ dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("ok "), "{}", text(&out));
 
+    // The dry run names the backup it would restore and checks the destination.
+    let out = run(args(&["plan"])).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("backup 20"), "{}", text(&out));
+    assert!(
+        text(&out).contains("s3://backups/daily/production/"),
+        "{}",
+        text(&out)
+    );
+
     // The pair restores staging from the backup, without the production agent.
     let out = run(with_state(args(&["sync", "backup-to-stage"])))
         .await

@@ -620,20 +620,12 @@ pub async fn pick_backup(
     })
 }
 
-/// Refreshes `spec.dest_db` from a backup through the same fresh database
-/// and swap as a live refresh; the production host is not involved.
-/// `spec.source` is ignored.
-pub async fn refresh_from_backup<T: ClientTls>(
+/// Checks the destination and picks the backup, before anything changes.
+pub async fn preflight_from_backup<T: ClientTls>(
     tls: Arc<T>,
     spec: &PairSpec,
     source: &BackupSource,
-    mut on_event: impl FnMut(Event),
-) -> Result<Report, RefreshError> {
-    let started = Instant::now();
-    let mut spec = spec.clone();
-    spec.source = spec.dest.clone();
-    spec.mode = pb::Mode::Stream;
-    let spec = &spec;
+) -> Result<(pb::InfoResponse, stagesync_s3::backups::Listed), RefreshError> {
     let dst = status::info(tls.clone(), &spec.dest).await?;
     let dpg = dst.postgres.clone().unwrap_or_default();
     let fail = |m: String| Err(RefreshError::Preflight(m));
@@ -668,6 +660,24 @@ pub async fn refresh_from_backup<T: ClientTls>(
             need >> 20
         ));
     }
+    Ok((dst, backup))
+}
+
+/// Refreshes `spec.dest_db` from a backup through the same fresh database
+/// and swap as a live refresh; the production host is not involved.
+/// `spec.source` is ignored.
+pub async fn refresh_from_backup<T: ClientTls>(
+    tls: Arc<T>,
+    spec: &PairSpec,
+    source: &BackupSource,
+    mut on_event: impl FnMut(Event),
+) -> Result<Report, RefreshError> {
+    let started = Instant::now();
+    let mut spec = spec.clone();
+    spec.source = spec.dest.clone();
+    spec.mode = pb::Mode::Stream;
+    let spec = &spec;
+    let (_, backup) = preflight_from_backup(tls.clone(), spec, source).await?;
     on_event(Event::Preflight {
         source_size: backup.manifest.size,
     });

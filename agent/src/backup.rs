@@ -71,7 +71,8 @@ pub fn place_url(p: &pb::S3Place) -> String {
     }
 }
 
-fn side(p: &pb::S3Place) -> SideConfig {
+/// How to reach a place: empty fields are the standard chain's defaults.
+pub(crate) fn side(p: &pb::S3Place) -> SideConfig {
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
     SideConfig {
         profile: opt(&p.profile),

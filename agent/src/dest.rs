@@ -839,15 +839,10 @@ impl Jobs {
             )));
         }
         take_ticket(&job, setup, &req.ticket).map_err(denied)?;
-        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let store = stagesync_s3::backups::Store::open(
             &stagesync_s3::ClientPool::new(),
             stagesync_s3::S3Location::new(&place.bucket, &place.prefix),
-            stagesync_s3::SideConfig {
-                profile: opt(&place.profile),
-                region: opt(&place.region),
-                endpoint: opt(&place.endpoint),
-            },
+            crate::backup::side(&place),
             &cfg.s3_files,
         )
         .await;

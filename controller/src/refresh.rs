@@ -171,6 +171,34 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(b)
 }
 
+/// The destination's part of preflight: its PostgreSQL answers, its
+/// direction guard lets the database be overwritten, the owner role exists.
+fn check_dest(dst: &pb::InfoResponse, spec: &PairSpec) -> Result<(), RefreshError> {
+    let dpg = dst.postgres.clone().unwrap_or_default();
+    let fail = |m: String| Err(RefreshError::Preflight(m));
+    if !dpg.reachable {
+        return fail(format!(
+            "destination agent {}: PostgreSQL: {}",
+            dst.name, dpg.error
+        ));
+    }
+    if let Some(d) = dpg.databases.iter().find(|d| d.name == spec.dest_db)
+        && !d.may_overwrite
+    {
+        return fail(format!(
+            "direction guard: the destination agent {} may not overwrite {:?} (its policy.may_overwrite)",
+            dst.name, spec.dest_db
+        ));
+    }
+    if !dpg.roles.iter().any(|r| r == &spec.owner) {
+        return fail(format!(
+            "the owner role {:?} does not exist on the destination agent {}: create it first",
+            spec.owner, dst.name
+        ));
+    }
+    Ok(())
+}
+
 /// Checks both agents and the pair before anything changes.
 pub async fn preflight<T: ClientTls>(
     tls: Arc<T>,
@@ -190,12 +218,7 @@ pub async fn preflight<T: ClientTls>(
             src.name, spg.error
         ));
     }
-    if !dpg.reachable {
-        return fail(format!(
-            "destination agent {}: PostgreSQL: {}",
-            dst.name, dpg.error
-        ));
-    }
+    check_dest(&dst, spec)?;
     let Some(sdb) = spg.databases.iter().find(|d| d.name == spec.source_db) else {
         return fail(format!(
             "database {:?} does not exist on the source agent {}",
@@ -206,20 +229,6 @@ pub async fn preflight<T: ClientTls>(
         return fail(format!(
             "direction guard: the source agent {} may not dump {:?} (its policy.may_dump)",
             src.name, spec.source_db
-        ));
-    }
-    if let Some(d) = dpg.databases.iter().find(|d| d.name == spec.dest_db)
-        && !d.may_overwrite
-    {
-        return fail(format!(
-            "direction guard: the destination agent {} may not overwrite {:?} (its policy.may_overwrite)",
-            dst.name, spec.dest_db
-        ));
-    }
-    if !dpg.roles.iter().any(|r| r == &spec.owner) {
-        return fail(format!(
-            "the owner role {:?} does not exist on the destination agent {}: create it first",
-            spec.owner, dst.name
         ));
     }
     let stools = src.tools.clone().unwrap_or_default();
@@ -629,26 +638,7 @@ pub async fn preflight_from_backup<T: ClientTls>(
     let dst = status::info(tls.clone(), &spec.dest).await?;
     let dpg = dst.postgres.clone().unwrap_or_default();
     let fail = |m: String| Err(RefreshError::Preflight(m));
-    if !dpg.reachable {
-        return fail(format!(
-            "destination agent {}: PostgreSQL: {}",
-            dst.name, dpg.error
-        ));
-    }
-    if let Some(d) = dpg.databases.iter().find(|d| d.name == spec.dest_db)
-        && !d.may_overwrite
-    {
-        return fail(format!(
-            "direction guard: the destination agent {} may not overwrite {:?} (its policy.may_overwrite)",
-            dst.name, spec.dest_db
-        ));
-    }
-    if !dpg.roles.iter().any(|r| r == &spec.owner) {
-        return fail(format!(
-            "the owner role {:?} does not exist on the destination agent {}: create it first",
-            spec.owner, dst.name
-        ));
-    }
+    check_dest(&dst, spec)?;
     let backup = pick_backup(source).await?;
     let need = backup.manifest.size * 3;
     if dpg.data_dir_free_bytes > 0 && dpg.data_dir_free_bytes < need {

@@ -359,19 +359,8 @@ impl Store {
             size,
             sha256,
         } = done;
-        self.client
-            .complete_multipart_upload()
-            .bucket(&upload.bucket)
-            .key(&upload.key)
-            .upload_id(&upload.upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| self.sdk_err("completing the upload of the dump", &e))?;
+        self.finish_upload(upload, parts, "completing the upload of the dump")
+            .await?;
         let head = self
             .client
             .head_object()
@@ -400,6 +389,29 @@ impl Store {
             ));
         }
         Ok(Uploaded { size, sha256 })
+    }
+
+    /// Completes a multipart upload from its parts.
+    async fn finish_upload(
+        &self,
+        upload: &PendingUpload,
+        parts: Vec<CompletedPart>,
+        op: &str,
+    ) -> Result<(), BackupError> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(&upload.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(op, &e))?;
+        Ok(())
     }
 
     async fn upload_part(
@@ -697,21 +709,7 @@ impl Store {
                     );
                     offset = end + 1;
                 }
-                other
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(&other.location.bucket)
-                    .key(to)
-                    .upload_id(&started.upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| other.sdk_err(&op, &e))?;
-                Ok::<(), BackupError>(())
+                other.finish_upload(&started, parts, &op).await
             }
             .await;
             if let Err(e) = copied {

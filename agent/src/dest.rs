@@ -898,7 +898,6 @@ async fn frame_object(
     sha256: Vec<u8>,
     tx: tokio::sync::mpsc::Sender<Result<pb::DumpFrame, Status>>,
 ) {
-    use tokio::io::AsyncReadExt;
     let frame = |kind| Ok(pb::DumpFrame { kind: Some(kind) });
     let body = match store.open_dump(&key).await {
         Ok(b) => b,
@@ -909,23 +908,19 @@ async fn frame_object(
     };
     let mut body = body.into_async_read();
     let mut enc = crate::frames::Encoder::new(pb::Compression::None, None);
-    let mut buf = vec![0u8; crate::frames::CHUNK];
     loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match body.read(&mut buf[filled..]).await {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) => {
-                    let _ = tx
-                        .send(Err(Status::unavailable(format!("reading {key}: {e}"))))
-                        .await;
-                    return;
-                }
+        let chunk = match crate::frames::read_chunk(&mut body).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(Status::unavailable(format!("reading {key}: {e}"))))
+                    .await;
+                return;
             }
-        }
-        if filled > 0 {
-            let data = match enc.data(&buf[..filled]) {
+        };
+        let last = chunk.len() < crate::frames::CHUNK;
+        if !chunk.is_empty() {
+            let data = match enc.data(chunk) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = tx.send(Err(Status::internal(e.to_string()))).await;
@@ -940,7 +935,7 @@ async fn frame_object(
                 return;
             }
         }
-        if filled < buf.len() {
+        if last {
             break;
         }
     }

@@ -2,8 +2,10 @@
 //! its own (zstd) and checked with CRC32C, plus a running SHA-256 of the raw
 //! bytes that the trailer carries.
 
+use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use stagesync_proto::v1 as pb;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Raw bytes per data frame.
 pub const CHUNK: usize = 256 * 1024;
@@ -35,25 +37,29 @@ impl Encoder {
         }
     }
 
-    /// One data frame for `raw`.
-    pub fn data(&mut self, raw: &[u8]) -> std::io::Result<pb::DumpData> {
-        self.sha.update(raw);
+    /// One data frame for `raw`; without compression the frame shares
+    /// `raw`'s memory instead of copying it.
+    pub fn data(&mut self, raw: Bytes) -> std::io::Result<pb::DumpData> {
+        self.sha.update(&raw);
         self.total += raw.len() as u64;
+        let raw_len = raw.len() as u32;
         let mut payload = match self.compression {
-            pb::Compression::Zstd => zstd::bulk::compress(raw, ZSTD_LEVEL)?,
-            _ => raw.to_vec(),
+            pb::Compression::Zstd => Bytes::from(zstd::bulk::compress(&raw, ZSTD_LEVEL)?),
+            _ => raw,
         };
         let crc = crc32c::crc32c(&payload);
-        if self.corrupt == Some(self.seq)
-            && let Some(b) = payload.last_mut()
-        {
-            *b ^= 0x55;
+        if self.corrupt == Some(self.seq) {
+            let mut bad = payload.to_vec();
+            if let Some(b) = bad.last_mut() {
+                *b ^= 0x55;
+            }
+            payload = Bytes::from(bad);
         }
         let frame = pb::DumpData {
             seq: self.seq,
             payload,
             crc32c: crc,
-            raw_len: raw.len() as u32,
+            raw_len,
         };
         self.seq += 1;
         Ok(frame)
@@ -104,8 +110,9 @@ impl Decoder {
         }
     }
 
-    /// Verifies a frame and returns its raw bytes.
-    pub fn data(&mut self, frame: &pb::DumpData) -> Result<Vec<u8>, FrameError> {
+    /// Verifies a frame and returns its raw bytes (without compression,
+    /// the frame's own buffer).
+    pub fn data(&mut self, frame: &pb::DumpData) -> Result<Bytes, FrameError> {
         if frame.seq != self.next_seq {
             return Err(FrameError::Sequence {
                 want: self.next_seq,
@@ -129,6 +136,7 @@ impl Decoder {
         }
         let raw = match self.compression {
             pb::Compression::Zstd => zstd::bulk::decompress(&frame.payload, frame.raw_len as usize)
+                .map(Bytes::from)
                 .map_err(|e| FrameError::Decompress {
                     seq: frame.seq,
                     reason: e.to_string(),
@@ -166,6 +174,18 @@ impl Decoder {
     }
 }
 
+/// Reads the next chunk of `r`: `CHUNK` bytes, fewer only at the end, and
+/// empty once `r` is done.
+pub async fn read_chunk(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    while buf.len() < CHUNK {
+        if r.read_buf(&mut buf).await? == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,21 +195,36 @@ mod tests {
         for c in [pb::Compression::Zstd, pb::Compression::None] {
             let mut enc = Encoder::new(c, None);
             let mut dec = Decoder::new(c);
-            let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + i as usize]).collect();
+            let chunks: Vec<Bytes> = (0..5u8)
+                .map(|i| Bytes::from(vec![i; 1000 + i as usize]))
+                .collect();
             for ch in &chunks {
-                let f = enc.data(ch).unwrap();
+                let f = enc.data(ch.clone()).unwrap();
                 assert_eq!(&dec.data(&f).unwrap(), ch);
             }
             dec.finish(&enc.trailer()).unwrap();
         }
     }
 
+    #[tokio::test]
+    async fn chunks_are_full_until_the_end() {
+        let piece = vec![7u8; 100 * 1024];
+        let mut r = piece
+            .as_slice()
+            .chain(piece.as_slice())
+            .chain(piece.as_slice());
+        assert_eq!(read_chunk(&mut r).await.unwrap().len(), CHUNK);
+        assert_eq!(read_chunk(&mut r).await.unwrap().len(), 300 * 1024 - CHUNK);
+        assert!(read_chunk(&mut r).await.unwrap().is_empty());
+    }
+
     #[test]
     fn corruption_is_caught() {
         let mut enc = Encoder::new(pb::Compression::Zstd, Some(1));
         let mut dec = Decoder::new(pb::Compression::Zstd);
-        dec.data(&enc.data(b"hello").unwrap()).unwrap();
-        let bad = enc.data(b"world").unwrap();
+        dec.data(&enc.data(Bytes::from_static(b"hello")).unwrap())
+            .unwrap();
+        let bad = enc.data(Bytes::from_static(b"world")).unwrap();
         assert!(matches!(
             dec.data(&bad),
             Err(FrameError::Crc { seq: 1, .. })
@@ -200,8 +235,8 @@ mod tests {
     fn missing_or_reordered_frames_are_caught() {
         let mut enc = Encoder::new(pb::Compression::None, None);
         let mut dec = Decoder::new(pb::Compression::None);
-        let _skipped = enc.data(b"a").unwrap();
-        let second = enc.data(b"b").unwrap();
+        let _skipped = enc.data(Bytes::from_static(b"a")).unwrap();
+        let second = enc.data(Bytes::from_static(b"b")).unwrap();
         assert!(matches!(
             dec.data(&second),
             Err(FrameError::Sequence { want: 0, got: 1 })

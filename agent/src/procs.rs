@@ -76,6 +76,12 @@ pub fn spawn(
         });
     }
     let mut child = cmd.spawn()?;
+    if let Some(pipe) = &child.stdin {
+        widen_pipe(pipe);
+    }
+    if let Some(pipe) = &child.stdout {
+        widen_pipe(pipe);
+    }
     let tail = StderrTail::default();
     let reader = child.stderr.take().map(|err| {
         let tail = tail.clone();
@@ -101,6 +107,19 @@ pub fn spawn(
         stderr: tail,
         reader,
     })
+}
+
+/// Pipe buffer for a tool's data pipe. At the default 64 KiB the tool and
+/// the agent wake each other for every few writes; 1 MiB (Linux's default
+/// ceiling for unprivileged processes) lets each side work in longer runs.
+const PIPE_SIZE: i32 = 1 << 20;
+
+fn widen_pipe(pipe: &impl std::os::fd::AsFd) {
+    use nix::fcntl::{FcntlArg, fcntl};
+    // Best effort: a smaller pipe is only slower.
+    if let Err(e) = fcntl(pipe.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+        tracing::debug!(error = %e, "pipe buffer left at its default size");
+    }
 }
 
 impl Tool {
@@ -132,5 +151,33 @@ impl Tool {
         if let Some(r) = self.reader.take() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), r).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn data_pipes_are_widened() {
+        let mut tool = spawn(
+            Path::new("/bin"),
+            "cat",
+            &[],
+            &[],
+            Stdio::piped(),
+            Stdio::piped(),
+        )
+        .expect("cat starts");
+        let size = |fd: std::os::fd::BorrowedFd<'_>| {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).expect("F_GETPIPE_SZ")
+        };
+        use std::os::fd::AsFd;
+        let stdin = tool.child.stdin.take().expect("stdin");
+        let stdout = tool.child.stdout.take().expect("stdout");
+        assert_eq!(size(stdin.as_fd()), PIPE_SIZE);
+        assert_eq!(size(stdout.as_fd()), PIPE_SIZE);
+        drop(stdin);
+        tool.kill().await;
     }
 }

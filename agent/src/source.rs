@@ -17,13 +17,13 @@ use stagesync_certs::channel::AgentTarget;
 use stagesync_certs::{Identity, ReloadingClientConfig};
 use stagesync_proto::AgentClient;
 use stagesync_proto::v1 as pb;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::dest::{StepError, finish_tool, remove_work_dir};
 use crate::error::AgentError;
-use crate::frames::{CHUNK, Encoder, MAX_MESSAGE};
+use crate::frames::{CHUNK, Encoder, MAX_MESSAGE, read_chunk};
 use crate::jobs::{Job, Jobs, Side};
 use crate::{args, db, pg, procs};
 
@@ -371,25 +371,18 @@ async fn send_reader(
     enc: &mut Encoder,
     tx: &Frames,
 ) -> Result<u64, StepError> {
-    let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
-        let mut filled = 0;
-        while filled < CHUNK {
-            let n = tokio::select! {
-                _ = job.cancel.cancelled() => return Err(step("pg_dump", "the job was cancelled")),
-                n = r.read(&mut buf[filled..]) => n.map_err(|e| step("pg_dump", format!("reading the dump: {e}")))?,
-            };
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
+        let chunk = tokio::select! {
+            _ = job.cancel.cancelled() => return Err(step("pg_dump", "the job was cancelled")),
+            c = read_chunk(r) => c.map_err(|e| step("pg_dump", format!("reading the dump: {e}")))?,
+        };
+        let filled = chunk.len();
         if filled == 0 {
             return Ok(total);
         }
         let data = enc
-            .data(&buf[..filled])
+            .data(chunk)
             .map_err(|e| step("stream", format!("compressing: {e}")))?;
         job.dumped.fetch_add(filled as u64, Ordering::Relaxed);
         job.sent

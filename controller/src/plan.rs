@@ -150,6 +150,7 @@ struct RawCopy {
     max_delete_percent: Option<S<f64>>,
     concurrency: Option<S<usize>>,
     multipart_threshold: Option<u64>,
+    listing: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -861,6 +862,12 @@ fn validate_copy(
     }
     if let Some(t) = r.multipart_threshold {
         spec.multipart_threshold = t;
+    }
+    if let Some(l) = &r.listing {
+        spec.listing = match l.get_ref().parse() {
+            Ok(mode) => mode,
+            Err(e) => return f.err(l.span(), &format!("{key}.listing"), &e),
+        };
     }
     for (globs, k) in [(&spec.include, "include"), (&spec.exclude, "exclude")] {
         for g in globs {

@@ -279,6 +279,7 @@ fn the_example_plan_parses() {
         vec!["backup-to-qa", "prod-to-stage1", "stage1-to-dev"]
     );
     assert!(p.pairs["prod-to-stage1"].preflight.git.is_some());
+    assert_eq!(p.pairs["prod-to-stage1"].copies.len(), 1);
     assert!(p.backups.is_some());
     assert!(p.backup_source("backup-to-qa").is_some());
 }
@@ -353,5 +354,33 @@ fn backup_mistakes_are_located() {
         "mode = \"parallel\"\ndest = { agent = \"staging-db\", database = \"qa\", owner = \"stage\" }",
         "pairs.backup-to-qa.mode",
         "stream mode",
+    );
+}
+
+const COPY: &str = r#"
+[[pairs.prod-to-stage1.copies]]
+name = "media"
+source = "s3://media-prod/"
+dest = "s3://media-stage/"
+listing = "tree"
+"#;
+
+#[test]
+fn copy_listing_is_parsed_and_checked() {
+    let p = parse(&format!("{VALID}{COPY}")).unwrap();
+    let copy = &p.pairs["prod-to-stage1"].copies[0];
+    assert_eq!(copy.listing, stagesync_s3::ListingMode::Tree);
+    let text = format!("{VALID}{}", COPY.replace("\"tree\"", "\"deep\""));
+    let line = text.lines().position(|l| l.contains("\"deep\"")).unwrap() + 1;
+    let err = parse(&text).unwrap_err();
+    let prefix =
+        format!("/etc/stagesync/stagesync.toml:{line}: pairs.prod-to-stage1.copies[0].listing: ");
+    assert!(err.starts_with(&prefix), "{err}");
+    assert!(err.contains("\"flat\" or \"tree\""), "{err}");
+    let default = COPY.replace("listing = \"tree\"\n", "");
+    let p = parse(&format!("{VALID}{default}")).unwrap();
+    assert_eq!(
+        p.pairs["prod-to-stage1"].copies[0].listing,
+        stagesync_s3::ListingMode::Flat
     );
 }

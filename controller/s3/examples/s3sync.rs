@@ -2,7 +2,7 @@
 //! grows an `s3` command; the benchmark drives it.
 //!
 //! `s3sync [--profile P] [--endpoint URL] [--region R] [--concurrency N]
-//!  [--part-size BYTES] [--dry-run] [--no-delete] [--force-delete] SRC DST`
+//!  [--listing flat|tree] [--part-size BYTES] [--dry-run] [--no-delete] [--force-delete] SRC DST`
 
 use std::error::Error;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use stagesync_s3::{CopySpec, Event, S3Location, SideConfig, SyncOptions, sync};
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
     let mut side = SideConfig::default();
-    let (mut concurrency, mut part_size) = (None, None);
+    let (mut concurrency, mut part_size, mut listing) = (None, None, None);
     let (mut dry_run, mut delete, mut force) = (false, true, false);
     let mut positional = Vec::new();
     while let Some(arg) = args.next() {
@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             "--endpoint" => side.endpoint = Some(value()?),
             "--region" => side.region = Some(value()?),
             "--concurrency" => concurrency = Some(value()?.parse()?),
+            "--listing" => listing = Some(value()?.parse::<stagesync_s3::ListingMode>()?),
             "--part-size" => part_size = Some(value()?.parse()?),
             "--dry-run" => dry_run = true,
             "--no-delete" => delete = false,
@@ -42,6 +43,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     if let Some(p) = part_size {
         spec.part_size = p;
+    }
+    if let Some(l) = listing {
+        spec.listing = l;
     }
     let retries = Arc::new(AtomicU64::new(0));
     let counter = retries.clone();

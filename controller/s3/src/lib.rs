@@ -30,5 +30,7 @@ pub use client::ClientPool;
 pub use error::{Side, SyncError, Target};
 pub use plan::{META_MD5, META_SOURCE_ETAG};
 pub use progress::{CopyMethod, CopyReason, Event, Progress, SyncReport, Tally};
-pub use spec::{CopySpec, DeleteLimit, ProfileFilePaths, RetrySettings, S3Location, SideConfig};
+pub use spec::{
+    CopySpec, DeleteLimit, ListingMode, ProfileFilePaths, RetrySettings, S3Location, SideConfig,
+};
 pub use sync::{SyncOptions, sync, sync_with};

@@ -81,6 +81,7 @@ pub async fn sync_with(
         source.clone(),
         spec.source.clone(),
         filter.clone(),
+        spec.listing,
         source_target,
         progress.clone(),
     );
@@ -88,6 +89,7 @@ pub async fn sync_with(
         dest.clone(),
         spec.dest.clone(),
         filter,
+        spec.listing,
         dest_target.clone(),
         progress.clone(),
     );

@@ -9,7 +9,8 @@ use common::proxy::{self, Faults};
 use common::servers::{self, KEYS_B};
 use common::*;
 use stagesync_s3::{
-    CopyMethod, DeleteLimit, Event, S3Location, Side, SideConfig, SyncError, SyncOptions, sync,
+    CopyMethod, DeleteLimit, Event, ListingMode, S3Location, Side, SideConfig, SyncError,
+    SyncOptions, sync,
 };
 
 const ODD_KEYS: &[&str] = &[
@@ -649,6 +650,116 @@ async fn wrong_credentials_are_access_denied(backend: Backend) {
     }
 }
 
+/// Keys whose order is easy to get wrong when folders are listed one by
+/// one: '.' < '/' < '0', so "a.txt", then everything under "a/", then "a0".
+const TREE_KEYS: &[&str] = &["a.txt", "a/b", "a/c/d", "a0", "a-b/x", "b"];
+/// More keys than one listing page holds, in one folder.
+const PAGE_PLUS: usize = 1_050;
+
+/// Key (relative to `prefix`) to size, by the test's own flat listing.
+async fn sizes(
+    c: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut pages = c
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for o in page.expect("list").contents() {
+            let key = o.key().unwrap_or_default();
+            out.insert(key[prefix.len()..].to_string(), o.size().unwrap_or(-1));
+        }
+    }
+    out
+}
+
+async fn tree_listing_sees_what_flat_listing_sees(backend: Backend) {
+    let server = servers::start(backend).await;
+    let profiles = Profiles::new();
+    let c = client(&server.endpoint, server.keys);
+    let (src, dst) = (bucket("tree-src", backend), bucket("tree-dst", backend));
+    create_bucket(&c, &src).await;
+    create_bucket(&c, &dst).await;
+    fill_odd_keys(&c, &src, "media/").await;
+    for key in TREE_KEYS {
+        put_bytes(&c, &src, &format!("media/{key}"), key.as_bytes()).await;
+    }
+    for i in 0..PAGE_PLUS {
+        put_bytes(&c, &src, &format!("media/many/k-{i:04}"), b"k").await;
+    }
+    put_bytes(&c, &src, "mediatheque/outside", b"not under media/").await;
+    let counting = proxy::start(server.addr, Faults::default()).await;
+    let mut spec = spec(
+        "media",
+        S3Location::new(&src, "media/"),
+        S3Location::new(&dst, "copy/"),
+        &counting.endpoint,
+        &profiles,
+    );
+    spec.listing = ListingMode::Tree;
+
+    let first = sync(&spec, SyncOptions::default(), |_| {})
+        .await
+        .expect("tree sync");
+    let expected = ODD_KEYS.len() + TREE_KEYS.len() + PAGE_PLUS;
+    assert_eq!(first.copied.objects, expected as u64);
+    assert_eq!(
+        sizes(&c, &dst, "copy/").await,
+        sizes(&c, &src, "media/").await
+    );
+    for key in TREE_KEYS {
+        assert_eq!(
+            get(&c, &dst, &format!("copy/{key}")).await.0,
+            key.as_bytes()
+        );
+    }
+    // It really walked folder by folder.
+    let folder_lists = |stats: &proxy::Stats| {
+        stats
+            .requests
+            .lock()
+            .expect("stats")
+            .iter()
+            .filter(|r| {
+                r.starts_with("GET ") && r.contains("list-type=2") && r.contains("delimiter=")
+            })
+            .count()
+    };
+    assert!(
+        folder_lists(&counting.stats) > 10,
+        "tree listing issues one listing per folder"
+    );
+
+    // A second state where the two ways must agree key by key.
+    put_bytes(&c, &src, "media/a/c/d", b"changed").await;
+    put_bytes(&c, &dst, "copy/a/zz-extra", b"extra").await;
+    put_bytes(&c, &dst, "copy/many/k-9999", b"extra").await;
+    let dry = SyncOptions {
+        dry_run: true,
+        record_keys: true,
+    };
+    let tree = sync(&spec, dry, |_| {}).await.expect("tree dry run");
+    spec.listing = ListingMode::Flat;
+    counting.stats.clear();
+    let flat = sync(&spec, dry, |_| {}).await.expect("flat dry run");
+    assert_eq!(
+        folder_lists(&counting.stats),
+        0,
+        "flat listing uses no delimiter"
+    );
+    assert_eq!(tree.copied_keys, vec!["a/c/d".to_string()]);
+    assert_eq!(tree.deleted_keys, ["a/zz-extra", "many/k-9999"]);
+    assert_eq!(
+        (tree.copied_keys, tree.deleted_keys, tree.skipped.objects),
+        (flat.copied_keys, flat.deleted_keys, flat.skipped.objects)
+    );
+}
+
 macro_rules! on_both_servers {
     ($($name:ident),* $(,)?) => {
         mod s3s_fs {
@@ -686,6 +797,7 @@ on_both_servers!(
     missing_bucket_names_copy_side_bucket_profile,
     unknown_profile_names_copy_side_bucket_profile,
     wrong_credentials_are_access_denied,
+    tree_listing_sees_what_flat_listing_sees,
 );
 
 #[tokio::test]

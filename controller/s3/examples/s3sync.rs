@@ -58,7 +58,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         dry_run,
         record_keys: false,
     };
-    let runtime = tokio::runtime::Runtime::new()?;
+    // One thread: the work is thousands of small requests, and handing them
+    // between worker threads costs more CPU than it saves.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(sync(&spec, options, progress))?;
     println!(
         "listed {} source / {} dest objects; copied {} objects ({} bytes); skipped {}; deleted {}; failed {}; retries {}",

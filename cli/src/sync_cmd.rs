@@ -88,12 +88,17 @@ impl Output {
     }
 
     fn line(&self, pair: &str, text: String, throttle: bool) {
+        self.line_with(pair, || text, throttle);
+    }
+
+    /// `line`, with the text made only when it is shown.
+    fn line_with(&self, pair: &str, text: impl FnOnce() -> String, throttle: bool) {
         if self.json {
             return;
         }
         if let Some((_, bars)) = &self.bars {
             if let Some(b) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(pair) {
-                b.set_message(text);
+                b.set_message(text());
             }
             return;
         }
@@ -107,7 +112,7 @@ impl Output {
             }
             *t = Instant::now();
         }
-        eprintln!("stagesync: {pair}: {text}");
+        eprintln!("stagesync: {pair}: {}", text());
     }
 
     fn start(&self, pair: &str) {
@@ -449,9 +454,26 @@ struct CopyTally {
     skipped: AtomicU64,
     deleted: AtomicU64,
     failed: AtomicU64,
+    /// When the bar was last updated, in ms since `started`.
+    drawn_ms: AtomicU64,
+    started: std::sync::OnceLock<Instant>,
 }
 
+/// The longest a copy's bar waits between updates.
+const REDRAW_MS: u64 = 100;
+
 impl CopyTally {
+    /// True at most once per `REDRAW_MS` (and on the first event).
+    fn redraw_due(&self) -> bool {
+        let now = self.started.get_or_init(Instant::now).elapsed().as_millis() as u64;
+        let last = self.drawn_ms.load(Ordering::Relaxed);
+        (last == 0 || now >= last + REDRAW_MS)
+            && self
+                .drawn_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     fn apply(&self, e: &stagesync_s3::Event) {
         use stagesync_s3::Event as E;
         let add = |a: &AtomicU64, n: u64| {
@@ -573,18 +595,22 @@ async fn run_copies(
                 tally.clone(),
                 bar.clone(),
             );
+            let line_key = format!("{p} s3 {name}");
             Arc::new(move |e: stagesync_s3::Event| {
                 tally.apply(&e);
                 if let Some(v) = s3_event(&p, &name, &e) {
                     o.event(v);
                 }
                 match &bar {
-                    Some(b) => {
+                    // A copy sends an event per object; the bar redraws a
+                    // few times a second, so its text is made as often.
+                    Some(b) if tally.redraw_due() => {
                         b.set_length(tally.listed_bytes.load(Ordering::Relaxed));
                         b.set_position(tally.done_bytes.load(Ordering::Relaxed));
                         b.set_message(tally.summary(dry_run));
                     }
-                    None => o.line(&format!("{p} s3 {name}"), tally.summary(dry_run), true),
+                    Some(_) => {}
+                    None => o.line_with(&line_key, || tally.summary(dry_run), true),
                 }
             })
         };
@@ -608,7 +634,11 @@ async fn run_copies(
                 );
                 out.event(json!({"event": "s3_finished", "pair": pair, "copy": c.name, "dry_run": dry_run, "objects_copied": r.copied.objects, "bytes_copied": r.copied.bytes, "objects_deleted": r.deleted.objects, "objects_unchanged": r.skipped.objects, "ms": ms}));
                 match &bar {
-                    Some(b) => b.finish_with_message(format!("done: {}", tally.summary(dry_run))),
+                    Some(b) => {
+                        b.set_length(tally.listed_bytes.load(Ordering::Relaxed));
+                        b.set_position(tally.done_bytes.load(Ordering::Relaxed));
+                        b.finish_with_message(format!("done: {}", tally.summary(dry_run)));
+                    }
                     None => out.line(pair, text, false),
                 }
                 done.push((c.name.clone(), r, ms));
@@ -817,4 +847,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_bars_redraw_at_most_every_redraw_ms() {
+        let tally = CopyTally::default();
+        assert!(tally.redraw_due(), "the first event draws");
+        assert!(!tally.redraw_due(), "an event right after does not");
+        std::thread::sleep(Duration::from_millis(REDRAW_MS + 20));
+        assert!(tally.redraw_due());
+        assert!(!tally.redraw_due());
+    }
 }

@@ -226,6 +226,11 @@ impl Backups {
             .await
             .map(|r| r.get(0))
             .map_err(|e| format!("asking the server version: {e}"))?;
+        let database_size: i64 = c
+            .query_one("SELECT pg_database_size($1::text::name)", &[&req.database])
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| format!("asking the size of {:?}: {e}", req.database))?;
         let (pg_dump_version, _) = pg::tool_version(&cfg.postgres.bin_dir, "pg_dump").await;
         let now = time::OffsetDateTime::now_utc();
         let taken = stamp(now);
@@ -275,6 +280,7 @@ impl Backups {
             host: cfg.name.clone(),
             pg_dump_version,
             server_version,
+            database_size: database_size.max(0) as u64,
         };
         if let Err(e) = daily.put_manifest(&manifest_key, &manifest).await {
             // Without its manifest the dump is not a backup: remove it.

@@ -629,6 +629,17 @@ pub async fn pick_backup(
     })
 }
 
+/// Disk a restore of `m` needs: the database's size when it was backed up,
+/// plus a tenth, as for a live copy. Older manifests do not record it;
+/// then three times the compressed dump, a rough guess.
+fn restore_space(m: &stagesync_s3::backups::Manifest) -> u64 {
+    if m.database_size > 0 {
+        m.database_size + m.database_size / 10
+    } else {
+        m.size.saturating_mul(3)
+    }
+}
+
 /// Checks the destination and picks the backup, before anything changes.
 pub async fn preflight_from_backup<T: ClientTls>(
     tls: Arc<T>,
@@ -640,13 +651,14 @@ pub async fn preflight_from_backup<T: ClientTls>(
     let fail = |m: String| Err(RefreshError::Preflight(m));
     check_dest(&dst, spec)?;
     let backup = pick_backup(source).await?;
-    let need = backup.manifest.size * 3;
+    let need = restore_space(&backup.manifest);
     if dpg.data_dir_free_bytes > 0 && dpg.data_dir_free_bytes < need {
         return fail(format!(
-            "the destination {} has {} MiB free where PostgreSQL keeps its data; restoring a {} MiB dump needs about {} MiB",
+            "the destination {} has {} MiB free where PostgreSQL keeps its data; restoring the backup of {:?} taken {} needs about {} MiB",
             dst.name,
             dpg.data_dir_free_bytes >> 20,
-            backup.manifest.size >> 20,
+            backup.manifest.database,
+            backup.manifest.taken,
             need >> 20
         ));
     }
@@ -887,6 +899,20 @@ pub async fn rollback<T: ClientTls>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restore_space_uses_the_recorded_database_size() {
+        let mut m: stagesync_s3::backups::Manifest = serde_json::from_str(
+            r#"{"format":1,"database":"production","dump":"x.dump","size":100,"sha256":"00",
+                "taken":"2026-11-25T01-00-00Z","host":"prod-db","pg_dump_version":"pg_dump (PostgreSQL) 15",
+                "server_version":"15"}"#,
+        )
+        .expect("a manifest without database_size still reads");
+        assert_eq!(m.database_size, 0);
+        assert_eq!(restore_space(&m), 300, "older manifests: 3x the dump");
+        m.database_size = 1000;
+        assert_eq!(restore_space(&m), 1100);
+    }
 
     #[test]
     fn compression_is_off_only_on_one_host_by_default() {

@@ -119,6 +119,15 @@ async fn a_backup_restores_to_an_identical_database_and_verify_catches_tampering
     assert_eq!(b.manifest.size, done.size);
     assert_eq!(b.manifest.sha256, done.sha256);
     assert!(b.manifest.pg_dump_version.contains("pg_dump"), "{b:?}");
+    let live_size: i64 = src
+        .client("production")
+        .await
+        .unwrap()
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(b.manifest.database_size, live_size as u64, "{b:?}");
     assert_eq!(daily.verify(b).await.unwrap(), None);
 
     // Restore the object with pg_restore into another cluster.

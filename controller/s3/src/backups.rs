@@ -71,6 +71,10 @@ pub struct Manifest {
     pub host: String,
     pub pg_dump_version: String,
     pub server_version: String,
+    /// `pg_database_size` when the backup was taken: what a restore needs
+    /// on disk. 0 in manifests written before it was recorded.
+    #[serde(default)]
+    pub database_size: u64,
 }
 
 /// One backup found in a listing.
@@ -178,6 +182,7 @@ impl Store {
         let target = Target {
             copy: "backups".into(),
             side: Side::Dest,
+            backups: true,
             bucket: location.bucket.clone(),
             profile: side.profile_label(),
             endpoint: side.endpoint.clone(),

@@ -29,6 +29,9 @@ impl fmt::Display for Side {
 pub struct Target {
     pub copy: String,
     pub side: Side,
+    /// The backup store rather than one end of a copy: `copy` and `side`
+    /// then mean nothing to the user and are left out of messages.
+    pub backups: bool,
     pub bucket: String,
     pub profile: String,
     pub endpoint: Option<String>,
@@ -36,11 +39,19 @@ pub struct Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "copy `{}`, {} bucket `{}` (profile {}",
-            self.copy, self.side, self.bucket, self.profile
-        )?;
+        if self.backups {
+            write!(
+                f,
+                "backups in bucket `{}` (profile {}",
+                self.bucket, self.profile
+            )?;
+        } else {
+            write!(
+                f,
+                "copy `{}`, {} bucket `{}` (profile {}",
+                self.copy, self.side, self.bucket, self.profile
+            )?;
+        }
         if let Some(endpoint) = &self.endpoint {
             write!(f, ", endpoint {endpoint}")?;
         }
@@ -197,5 +208,32 @@ pub(crate) fn side_error(target: Target, operation: &'static str, c: Classified)
             operation,
             detail: c.detail,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_name_a_copy_or_the_backup_store() {
+        let mut t = Target {
+            copy: "media".into(),
+            side: Side::Source,
+            backups: false,
+            bucket: "media-prod".into(),
+            profile: "prod".into(),
+            endpoint: Some("http://127.0.0.1:9000".into()),
+        };
+        assert_eq!(
+            t.to_string(),
+            "copy `media`, source bucket `media-prod` (profile prod, endpoint http://127.0.0.1:9000)"
+        );
+        t.backups = true;
+        t.endpoint = None;
+        assert_eq!(
+            t.to_string(),
+            "backups in bucket `media-prod` (profile prod)"
+        );
     }
 }

@@ -165,6 +165,7 @@ fn target(spec: &CopySpec, side: Side) -> Target {
     Target {
         copy: spec.name.clone(),
         side,
+        backups: false,
         bucket: location.bucket.clone(),
         profile: config.profile_label(),
         endpoint: config.endpoint.clone(),

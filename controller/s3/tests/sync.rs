@@ -510,13 +510,15 @@ async fn survives_slow_down_and_connection_resets(backend: Backend) {
     let profiles = Profiles::new();
     let c = client(&server.endpoint, server.keys);
     let (src, dst) = (bucket("faults-src", backend), bucket("faults-dst", backend));
+    let tree_dst = bucket("faults-tree", backend);
     create_bucket(&c, &src).await;
     create_bucket(&c, &dst).await;
+    create_bucket(&c, &tree_dst).await;
     for i in 0..30u8 {
         put_bytes(
             &c,
             &src,
-            &format!("obj-{i:02}"),
+            &format!("d{}/obj-{i:02}", i % 5),
             &bytes(500 + i as usize, i),
         )
         .await;
@@ -554,6 +556,23 @@ async fn survives_slow_down_and_connection_resets(backend: Backend) {
     assert_eq!(report.copied.objects, 30);
     assert_eq!(report.deleted_keys, vec!["extra"]);
     assert_eq!(contents(&c, &dst, "").await, contents(&c, &src, "").await);
+
+    // Folder-by-folder listing, with its pages fetched ahead, under the same faults.
+    let before = faulty.stats.slow_downs.load(SeqCst) + faulty.stats.resets.load(SeqCst);
+    spec.dest = S3Location::new(&tree_dst, "");
+    spec.listing = ListingMode::Tree;
+    let report = sync(&spec, SyncOptions::default(), |_| {})
+        .await
+        .expect("tree sync despite faults");
+    assert!(
+        faulty.stats.slow_downs.load(SeqCst) + faulty.stats.resets.load(SeqCst) > before,
+        "faults were injected during the tree run too"
+    );
+    assert_eq!(report.copied.objects, 30);
+    assert_eq!(
+        contents(&c, &tree_dst, "").await,
+        contents(&c, &src, "").await
+    );
 }
 
 async fn missing_bucket_names_copy_side_bucket_profile(backend: Backend) {

@@ -226,11 +226,17 @@ impl Backups {
             .await
             .map(|r| r.get(0))
             .map_err(|e| format!("asking the server version: {e}"))?;
-        let database_size: i64 = c
+        // Only a hint for restores (0 = unknown): not worth failing a backup.
+        let database_size: i64 = match c
             .query_one("SELECT pg_database_size($1::text::name)", &[&req.database])
             .await
-            .map(|r| r.get(0))
-            .map_err(|e| format!("asking the size of {:?}: {e}", req.database))?;
+        {
+            Ok(r) => r.get(0),
+            Err(e) => {
+                tracing::warn!(database = %req.database, error = %e, "cannot read the database's size; the manifest records 0");
+                0
+            }
+        };
         let (pg_dump_version, _) = pg::tool_version(&cfg.postgres.bin_dir, "pg_dump").await;
         let now = time::OffsetDateTime::now_utc();
         let taken = stamp(now);

@@ -175,8 +175,16 @@ mod tests {
         use std::os::fd::AsFd;
         let stdin = tool.child.stdin.take().expect("stdin");
         let stdout = tool.child.stdout.take().expect("stdout");
-        assert_eq!(size(stdin.as_fd()), PIPE_SIZE);
-        assert_eq!(size(stdout.as_fd()), PIPE_SIZE);
+        // Unprivileged processes may not go past fs.pipe-max-size; there
+        // the pipe stays as it was (best effort), and there is nothing to see.
+        let max: i32 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(PIPE_SIZE);
+        if nix::unistd::geteuid().is_root() || max >= PIPE_SIZE {
+            assert_eq!(size(stdin.as_fd()), PIPE_SIZE);
+            assert_eq!(size(stdout.as_fd()), PIPE_SIZE);
+        }
         drop(stdin);
         tool.kill().await;
     }

@@ -454,24 +454,16 @@ struct CopyTally {
     skipped: AtomicU64,
     deleted: AtomicU64,
     failed: AtomicU64,
-    /// When the bar was last updated, in ms since `started`.
-    drawn_ms: AtomicU64,
-    started: std::sync::OnceLock<Instant>,
 }
 
-/// The longest a copy's bar waits between updates.
-const REDRAW_MS: u64 = 100;
+/// How often a copy's bar is brought up to date from its tally.
+const REDRAW: Duration = Duration::from_millis(100);
 
 impl CopyTally {
-    /// True at most once per `REDRAW_MS` (and on the first event).
-    fn redraw_due(&self) -> bool {
-        let now = self.started.get_or_init(Instant::now).elapsed().as_millis() as u64;
-        let last = self.drawn_ms.load(Ordering::Relaxed);
-        (last == 0 || now >= last + REDRAW_MS)
-            && self
-                .drawn_ms
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+    fn draw(&self, bar: &ProgressBar, dry_run: bool) {
+        bar.set_length(self.listed_bytes.load(Ordering::Relaxed));
+        bar.set_position(self.done_bytes.load(Ordering::Relaxed));
+        bar.set_message(self.summary(dry_run));
     }
 
     fn apply(&self, e: &stagesync_s3::Event) {
@@ -601,24 +593,34 @@ async fn run_copies(
                 if let Some(v) = s3_event(&p, &name, &e) {
                     o.event(v);
                 }
-                match &bar {
-                    // A copy sends an event per object; the bar redraws a
-                    // few times a second, so its text is made as often.
-                    Some(b) if tally.redraw_due() => {
-                        b.set_length(tally.listed_bytes.load(Ordering::Relaxed));
-                        b.set_position(tally.done_bytes.load(Ordering::Relaxed));
-                        b.set_message(tally.summary(dry_run));
-                    }
-                    Some(_) => {}
-                    None => o.line_with(&line_key, || tally.summary(dry_run), true),
+                // A copy sends an event per object: a bar is drawn from the
+                // tally by its own ticker, and lines only when shown.
+                if bar.is_none() {
+                    o.line_with(&line_key, || tally.summary(dry_run), true);
                 }
             })
         };
+        let ticker = bar.clone().map(|b| {
+            let tally = tally.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(REDRAW);
+                loop {
+                    tick.tick().await;
+                    tally.draw(&b, dry_run);
+                }
+            })
+        });
         let options = stagesync_s3::SyncOptions {
             dry_run,
             record_keys: dry_run,
         };
         let result = stagesync_s3::sync_with(&pool, c, options, progress).await;
+        if let Some(t) = ticker {
+            t.abort();
+        }
+        if let Some(b) = &bar {
+            tally.draw(b, dry_run);
+        }
         let ms = t0.elapsed().as_millis() as u64;
         match result {
             Ok(r) => {
@@ -634,11 +636,7 @@ async fn run_copies(
                 );
                 out.event(json!({"event": "s3_finished", "pair": pair, "copy": c.name, "dry_run": dry_run, "objects_copied": r.copied.objects, "bytes_copied": r.copied.bytes, "objects_deleted": r.deleted.objects, "objects_unchanged": r.skipped.objects, "ms": ms}));
                 match &bar {
-                    Some(b) => {
-                        b.set_length(tally.listed_bytes.load(Ordering::Relaxed));
-                        b.set_position(tally.done_bytes.load(Ordering::Relaxed));
-                        b.finish_with_message(format!("done: {}", tally.summary(dry_run)));
-                    }
+                    Some(b) => b.finish_with_message(format!("done: {}", tally.summary(dry_run))),
                     None => out.line(pair, text, false),
                 }
                 done.push((c.name.clone(), r, ms));
@@ -847,19 +845,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_bars_redraw_at_most_every_redraw_ms() {
-        let tally = CopyTally::default();
-        assert!(tally.redraw_due(), "the first event draws");
-        assert!(!tally.redraw_due(), "an event right after does not");
-        std::thread::sleep(Duration::from_millis(REDRAW_MS + 20));
-        assert!(tally.redraw_due());
-        assert!(!tally.redraw_due());
-    }
 }

@@ -57,7 +57,8 @@ impl From<SyncError> for BackupError {
 
 /// What a manifest records about one backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Unknown fields are allowed: a manifest written by a newer agent (with
+// fields added since) must still read as a backup here.
 pub struct Manifest {
     pub format: u32,
     pub database: String,

@@ -15,13 +15,13 @@
 //! the folder appears.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering as Atomic};
 
 use aws_sdk_s3::Client;
 use futures::FutureExt;
 use futures::future::RemoteHandle;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::error::{SyncError, Target, classify, side_error};
 use crate::progress::{Event, Progress};
@@ -30,9 +30,13 @@ use crate::spec::{Filter, ListingMode, S3Location};
 /// S3 returns at most 1,000 keys a page; two pages of slack lets the
 /// listing run ahead of the merge without growing.
 const CHANNEL_DEPTH: usize = 2_000;
-/// Folders whose first page a tree walk fetches ahead of need. Bounds both
-/// the extra requests in flight and the pages held (each at most 1,000 keys).
+/// Listing requests a tree walk runs ahead of need, at most, at once.
 const PREFETCH: usize = 16;
+/// Pages fetched (or being fetched) ahead and not yet walked, at most: each
+/// holds at most 1,000 keys. Larger than `PREFETCH`, so that pages already
+/// fetched for folders further on do not keep the walk from fetching ahead
+/// inside the folder it is entering.
+const HELD_AHEAD: usize = 4 * PREFETCH;
 const DELIMITER: &str = "/";
 
 /// One object as listed, with its key relative to the prefix.
@@ -57,6 +61,7 @@ pub(crate) fn spawn(
     progress: Progress,
 ) -> Listing {
     let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (guard_tx, guard_target) = (tx.clone(), target.clone());
     tokio::spawn(async move {
         let lister = Lister {
             client,
@@ -65,13 +70,27 @@ pub(crate) fn spawn(
             target,
             progress,
             tx,
+            ahead: Arc::new(Semaphore::new(PREFETCH)),
         };
-        let listed = match mode {
-            ListingMode::Flat => lister.flat().await,
-            ListingMode::Tree => lister.tree().await,
+        let run = async {
+            let listed = match mode {
+                ListingMode::Flat => lister.flat().await,
+                ListingMode::Tree => lister.tree().await,
+            };
+            if let Err(err) = listed {
+                let _ = lister.tx.send(Err(err)).await;
+            }
         };
-        if let Err(err) = listed {
-            let _ = lister.tx.send(Err(err)).await;
+        // The merge takes a closed channel for the end of the listing, so a
+        // listing that dies must say so rather than just stop.
+        if AssertUnwindSafe(run).catch_unwind().await.is_err() {
+            let err = SyncError::Request {
+                target: Box::new(guard_target),
+                operation: "ListObjectsV2",
+                detail: "the listing stopped unexpectedly (an internal error); nothing was deleted"
+                    .into(),
+            };
+            let _ = guard_tx.send(Err(err)).await;
         }
     });
     rx
@@ -82,6 +101,10 @@ pub(crate) fn spawn(
 struct Resume {
     continuation: Option<String>,
     start_after: Option<String>,
+    /// A folder the previous page ended with. Resumed after by key, a
+    /// server lists it again (its keys sort after its name), so it is
+    /// dropped from the head of the next page.
+    skip_folder: Option<String>,
 }
 
 /// One page: objects and (in a tree walk) folders, merged in key order.
@@ -120,6 +143,8 @@ struct Lister {
     target: Target,
     progress: Progress,
     tx: mpsc::Sender<Result<Listed, SyncError>>,
+    /// Permits for listing requests made ahead of need.
+    ahead: Arc<Semaphore>,
 }
 
 impl Lister {
@@ -145,15 +170,15 @@ impl Lister {
     }
 
     async fn tree(&self) -> Result<(), SyncError> {
-        let ahead = Arc::new(AtomicUsize::new(0));
-        let root = self.folder_page(&self.location.prefix, Resume::default());
+        let mut held = 0;
+        let root = self.folder_page(&self.location.prefix, Resume::default(), false);
         let page = root.await?;
         let mut stack = vec![Frame {
             prefix: self.location.prefix.clone(),
             entries: page.entries,
             next: page.next,
         }];
-        self.prefetch(&mut stack, &ahead);
+        self.prefetch(&mut stack, &mut held);
         while let Some(top) = stack.last_mut() {
             match top.entries.pop_front() {
                 Some(object @ Entry::Object(..)) => {
@@ -170,10 +195,10 @@ impl Lister {
                 Some(Entry::Folder(prefix, ahead_page)) => {
                     let page = match ahead_page {
                         Some(handle) => {
-                            ahead.fetch_sub(1, Atomic::Relaxed);
+                            held -= 1;
                             handle.await?
                         }
-                        None => self.folder_page(&prefix, Resume::default()).await?,
+                        None => self.folder_page(&prefix, Resume::default(), false).await?,
                     };
                     stack.push(Frame {
                         prefix,
@@ -183,7 +208,7 @@ impl Lister {
                 }
                 None => match top.next.take() {
                     Some(resume) => {
-                        let page = self.folder_page(&top.prefix, resume).await?;
+                        let page = self.folder_page(&top.prefix, resume, false).await?;
                         top.entries = page.entries;
                         top.next = page.next;
                     }
@@ -192,39 +217,47 @@ impl Lister {
                     }
                 },
             }
-            self.prefetch(&mut stack, &ahead);
+            self.prefetch(&mut stack, &mut held);
         }
         Ok(())
     }
 
+    /// One page of a folder; `ahead` waits for one of the permits for
+    /// requests made ahead of need.
     fn folder_page(
         &self,
         prefix: &str,
         resume: Resume,
+        ahead: bool,
     ) -> impl Future<Output = Result<Page, SyncError>> + Send + 'static {
         let (client, target, prefix) =
             (self.client.clone(), self.target.clone(), prefix.to_string());
-        async move { fetch(&client, &target, &prefix, Some(DELIMITER), resume).await }
+        let permits = ahead.then(|| self.ahead.clone());
+        async move {
+            let _permit = match &permits {
+                Some(p) => p.acquire().await.ok(),
+                None => None,
+            };
+            fetch(&client, &target, &prefix, Some(DELIMITER), resume).await
+        }
     }
 
     /// Starts fetching the first page of the next folders the walk will
-    /// enter, in walk order, until `PREFETCH` pages are out.
-    fn prefetch(&self, stack: &mut [Frame], ahead: &AtomicUsize) {
-        let mut seen = 0;
+    /// enter, nearest first, while fewer than `HELD_AHEAD` are held; at
+    /// most `PREFETCH` of them make their request at a time.
+    fn prefetch(&self, stack: &mut [Frame], held: &mut usize) {
         for frame in stack.iter_mut().rev() {
             for entry in frame.entries.iter_mut() {
-                if let Entry::Folder(prefix, slot) = entry {
-                    seen += 1;
-                    if slot.is_none() && ahead.load(Atomic::Relaxed) < PREFETCH {
-                        let (run, handle) =
-                            self.folder_page(prefix, Resume::default()).remote_handle();
-                        tokio::spawn(run);
-                        *slot = Some(handle);
-                        ahead.fetch_add(1, Atomic::Relaxed);
-                    }
-                    if seen >= PREFETCH {
-                        return;
-                    }
+                if *held >= HELD_AHEAD {
+                    return;
+                }
+                if let Entry::Folder(prefix, slot @ None) = entry {
+                    let (run, handle) = self
+                        .folder_page(prefix, Resume::default(), true)
+                        .remote_handle();
+                    tokio::spawn(run);
+                    *slot = Some(handle);
+                    *held += 1;
                 }
             }
         }
@@ -272,6 +305,7 @@ async fn fetch(
     delimiter: Option<&str>,
     resume: Resume,
 ) -> Result<Page, SyncError> {
+    let skip_folder = resume.skip_folder;
     let page = client
         .list_objects_v2()
         .bucket(&target.bucket)
@@ -289,34 +323,69 @@ async fn fetch(
         let etag = o.e_tag().map(|t| t.trim_matches('"').to_string());
         Some(Entry::Object(key, size, etag))
     });
-    let folders = page
-        .common_prefixes()
-        .iter()
-        .filter_map(|p| p.prefix())
-        // A folder equal to the prefix would be walked forever.
-        .filter(|p| *p != prefix && p.starts_with(prefix))
-        .map(|p| Entry::Folder(p.to_string(), None));
-    let entries = merge_by_key(objects.collect(), folders.collect());
-
-    let last_key = entries.back().map(|e| e.key().to_string());
-    let next = if !page.is_truncated().unwrap_or(false) {
-        None
-    } else {
-        // Some S3-compatible servers mark a page truncated without a
-        // continuation token; resuming after the last key works everywhere.
-        match (page.next_continuation_token(), last_key) {
-            (Some(token), _) => Some(Resume {
-                continuation: Some(token.to_string()),
-                start_after: None,
-            }),
-            (None, Some(last)) => Some(Resume {
-                continuation: None,
-                start_after: Some(last),
-            }),
-            (None, None) => None,
-        }
-    };
+    let folders = folders_of(
+        prefix,
+        page.common_prefixes().iter().filter_map(|p| p.prefix()),
+        skip_folder.as_deref(),
+    )
+    .map_err(|detail| SyncError::Request {
+        target: Box::new(target.clone()),
+        operation: "ListObjectsV2",
+        detail,
+    })?;
+    let entries = merge_by_key(objects.collect(), folders);
+    let next = resume_after(
+        &entries,
+        page.is_truncated().unwrap_or(false),
+        page.next_continuation_token(),
+    );
     Ok(Page { entries, next })
+}
+
+/// The folders of a page under `prefix`, less `skip` (the folder the
+/// previous page ended with).
+fn folders_of<'a>(
+    prefix: &str,
+    listed: impl Iterator<Item = &'a str>,
+    skip: Option<&str>,
+) -> Result<VecDeque<Entry>, String> {
+    let mut folders = VecDeque::new();
+    for folder in listed {
+        // A folder that does not extend the prefix would be walked forever,
+        // and leaving it out would hide its keys (and, on the source side,
+        // get them deleted from the destination).
+        if folder.len() <= prefix.len() || !folder.starts_with(prefix) {
+            return Err(format!(
+                "listing `{prefix}` returned the folder `{folder}`, which is not inside it; refusing to compare or delete (try listing = \"flat\")"
+            ));
+        }
+        if skip != Some(folder) {
+            folders.push_back(Entry::Folder(folder.to_string(), None));
+        }
+    }
+    Ok(folders)
+}
+
+/// Where the page after one ending with `entries` starts; `None` after the
+/// last page. Some S3-compatible servers mark a page truncated without a
+/// continuation token; resuming after the last key works everywhere, and
+/// after a folder, the folder must then be skipped.
+fn resume_after(entries: &VecDeque<Entry>, truncated: bool, token: Option<&str>) -> Option<Resume> {
+    if !truncated {
+        return None;
+    }
+    match (token, entries.back()) {
+        (Some(token), _) => Some(Resume {
+            continuation: Some(token.to_string()),
+            ..Resume::default()
+        }),
+        (None, Some(last)) => Some(Resume {
+            continuation: None,
+            start_after: Some(last.key().to_string()),
+            skip_folder: matches!(last, Entry::Folder(..)).then(|| last.key().to_string()),
+        }),
+        (None, None) => None,
+    }
 }
 
 /// Objects and folders of one page are each sorted; interleave them.
@@ -358,5 +427,34 @@ mod tests {
             .map(|e| e.key().to_string())
             .collect();
         assert_eq!(merged, ["a.txt", "a/", "a0", "b", "c/"]);
+    }
+
+    #[test]
+    fn resuming_after_a_folder_skips_it() {
+        let page = VecDeque::from([object("p/a"), folder("p/b/")]);
+        let next = resume_after(&page, true, None).expect("truncated");
+        assert_eq!(next.start_after.as_deref(), Some("p/b/"));
+        assert_eq!(next.skip_folder.as_deref(), Some("p/b/"));
+        // The server lists p/b/ again (its keys sort after its name).
+        let again = folders_of("p/", ["p/b/", "p/c/"].into_iter(), Some("p/b/")).unwrap();
+        let keys: Vec<&str> = again.iter().map(Entry::key).collect();
+        assert_eq!(keys, ["p/c/"]);
+
+        let page = VecDeque::from([folder("p/b/"), object("p/c")]);
+        let next = resume_after(&page, true, None).expect("truncated");
+        assert_eq!(next.skip_folder, None);
+        let next = resume_after(&page, true, Some("token")).expect("truncated");
+        assert_eq!(next.continuation.as_deref(), Some("token"));
+        assert!(resume_after(&page, false, Some("token")).is_none());
+    }
+
+    #[test]
+    fn a_folder_outside_the_prefix_is_refused() {
+        for bad in ["p/", "q/", "p"] {
+            let Err(err) = folders_of("p/", [bad].into_iter(), None) else {
+                panic!("{bad} was accepted");
+            };
+            assert!(err.contains("not inside it"), "{bad}: {err}");
+        }
     }
 }

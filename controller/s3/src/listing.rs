@@ -23,9 +23,12 @@ use futures::FutureExt;
 use futures::future::RemoteHandle;
 use tokio::sync::{Semaphore, mpsc};
 
+use backon::Retryable;
+
 use crate::error::{SyncError, Target, classify, side_error};
 use crate::progress::{Event, Progress};
-use crate::spec::{Filter, ListingMode, S3Location};
+use crate::spec::{Filter, ListingMode, RetrySettings, S3Location};
+use crate::sync::{backoff, retryable};
 
 /// S3 returns at most 1,000 keys a page; two pages of slack lets the
 /// listing run ahead of the merge without growing.
@@ -57,6 +60,7 @@ pub(crate) fn spawn(
     location: S3Location,
     filter: Filter,
     mode: ListingMode,
+    retry: RetrySettings,
     target: Target,
     progress: Progress,
 ) -> Listing {
@@ -71,6 +75,7 @@ pub(crate) fn spawn(
             progress,
             tx,
             ahead: Arc::new(Semaphore::new(PREFETCH)),
+            retry,
         };
         let run = async {
             let listed = match mode {
@@ -145,6 +150,7 @@ struct Lister {
     tx: mpsc::Sender<Result<Listed, SyncError>>,
     /// Permits for listing requests made ahead of need.
     ahead: Arc<Semaphore>,
+    retry: RetrySettings,
 }
 
 impl Lister {
@@ -154,6 +160,7 @@ impl Lister {
             let page = fetch(
                 &self.client,
                 &self.target,
+                &self.retry,
                 &self.location.prefix,
                 None,
                 resume,
@@ -232,13 +239,14 @@ impl Lister {
     ) -> impl Future<Output = Result<Page, SyncError>> + Send + 'static {
         let (client, target, prefix) =
             (self.client.clone(), self.target.clone(), prefix.to_string());
+        let retry = self.retry;
         let permits = ahead.then(|| self.ahead.clone());
         async move {
             let _permit = match &permits {
                 Some(p) => p.acquire().await.ok(),
                 None => None,
             };
-            fetch(&client, &target, &prefix, Some(DELIMITER), resume).await
+            fetch(&client, &target, &retry, &prefix, Some(DELIMITER), resume).await
         }
     }
 
@@ -301,21 +309,35 @@ impl Lister {
 async fn fetch(
     client: &Client,
     target: &Target,
+    retry: &RetrySettings,
     prefix: &str,
     delimiter: Option<&str>,
     resume: Resume,
 ) -> Result<Page, SyncError> {
-    let skip_folder = resume.skip_folder;
-    let page = client
-        .list_objects_v2()
-        .bucket(&target.bucket)
-        .prefix(prefix)
-        .set_delimiter(delimiter.map(str::to_string))
-        .set_continuation_token(resume.continuation)
-        .set_start_after(resume.start_after)
-        .send()
-        .await
-        .map_err(|e| side_error(target.clone(), "ListObjectsV2", classify(&e)))?;
+    let Resume {
+        continuation,
+        start_after,
+        skip_folder,
+    } = resume;
+    // The SDK retries each request; a page that still fails (its retry
+    // quota spent on a throttling server) is retried here too, as objects
+    // are, rather than ending the whole sync.
+    let page = (|| async {
+        client
+            .list_objects_v2()
+            .bucket(&target.bucket)
+            .prefix(prefix)
+            .set_delimiter(delimiter.map(str::to_string))
+            .set_continuation_token(continuation.clone())
+            .set_start_after(start_after.clone())
+            .send()
+            .await
+            .map_err(|e| classify(&e))
+    })
+    .retry(backoff(retry))
+    .when(retryable)
+    .await
+    .map_err(|c| side_error(target.clone(), "ListObjectsV2", c))?;
 
     let objects = page.contents().iter().filter_map(|o| {
         let key = o.key()?.to_string();

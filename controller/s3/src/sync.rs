@@ -82,6 +82,7 @@ pub async fn sync_with(
         spec.source.clone(),
         filter.clone(),
         spec.listing,
+        spec.retry,
         source_target,
         progress.clone(),
     );
@@ -90,6 +91,7 @@ pub async fn sync_with(
         spec.dest.clone(),
         filter,
         spec.listing,
+        spec.retry,
         dest_target.clone(),
         progress.clone(),
     );

@@ -224,14 +224,15 @@ impl Backups {
         let server_version: String = c
             .query_one("SHOW server_version", &[])
             .await
-            .map(|r| r.get(0))
+            .and_then(|r| r.try_get(0))
             .map_err(|e| format!("asking the server version: {e}"))?;
         // Only a hint for restores (0 = unknown): not worth failing a backup.
         let database_size: i64 = match c
             .query_one("SELECT pg_database_size($1::text::name)", &[&req.database])
             .await
+            .and_then(|r| r.try_get::<_, Option<i64>>(0))
         {
-            Ok(r) => r.get(0),
+            Ok(size) => size.unwrap_or(0),
             Err(e) => {
                 tracing::warn!(database = %req.database, error = %e, "cannot read the database's size; the manifest records 0");
                 0

@@ -78,7 +78,11 @@ pub async fn create_new(
         .await
         .map_err(|e| err("reading the live database's locale", e))?;
     if let Some(row) = row {
-        let (enc, collate, ctype): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let locale = |i| {
+            row.try_get::<_, String>(i)
+                .map_err(|e| err("reading the live database's locale", e))
+        };
+        let (enc, collate, ctype) = (locale(0)?, locale(1)?, locale(2)?);
         sql.push_str(&format!(
             " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
             literal(&enc),
@@ -116,7 +120,9 @@ pub async fn drop_orphans(pg: &PostgresConfig, keep: &[String]) -> Result<Vec<St
         .map_err(|e| err("listing leftover databases", e))?;
     let mut dropped = Vec::new();
     for r in rows {
-        let name: String = r.get(0);
+        let name: String = r
+            .try_get(0)
+            .map_err(|e| err("listing leftover databases", e))?;
         if keep.contains(&name) {
             continue;
         }
@@ -153,7 +159,9 @@ async fn end_sessions(c: &Client, db: &str) -> Result<(), DbError> {
             )
             .await
             .map_err(|e| err(format!("ending sessions on {db:?}"), e))?;
-        let left: i64 = row.get(0);
+        let left: i64 = row
+            .try_get(0)
+            .map_err(|e| err(format!("ending sessions on {db:?}"), e))?;
         if left == 0 {
             return Ok(());
         }
@@ -187,7 +195,7 @@ async fn carried(c: &Client, db: &str) -> Result<Carried, DbError> {
         )
         .await
         .map_err(e)?;
-    let default_acl: bool = row.get(3);
+    let default_acl: bool = row.try_get(3).map_err(e)?;
     let settings = c
         .query(
             "SELECT COALESCE(r.rolname::text, ''), unnest(s.setconfig) \
@@ -198,8 +206,9 @@ async fn carried(c: &Client, db: &str) -> Result<Carried, DbError> {
         .await
         .map_err(e)?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
     let grants = if default_acl {
         None
     } else {
@@ -213,14 +222,15 @@ async fn carried(c: &Client, db: &str) -> Result<Carried, DbError> {
             .await
             .map_err(e)?
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect(),
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, _>>()
+            .map_err(e)?,
         )
     };
     Ok(Carried {
-        owner: row.get(0),
-        allow_connections: row.get(1),
-        connection_limit: row.get(2),
+        owner: row.try_get(0).map_err(e)?,
+        allow_connections: row.try_get(1).map_err(e)?,
+        connection_limit: row.try_get(2).map_err(e)?,
         settings,
         grants,
     })

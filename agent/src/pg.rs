@@ -178,8 +178,10 @@ pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
         )
         .await
         .map_err(describe)?;
-    let version: String = row.get(0);
-    let version_num: i32 = row.get(1);
+    let version: String = row.try_get(0).map_err(describe)?;
+    let version_num: i32 = row.try_get(1).map_err(describe)?;
+    // pg_database_size() is NULL for a database created or dropped while we
+    // look (its directory is not there yet or any more): size 0, not an error.
     let rows = client
         .query(
             "SELECT datname::text, pg_get_userbyid(datdba)::text, pg_database_size(oid)::int8 \
@@ -190,12 +192,15 @@ pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
         .map_err(describe)?;
     let databases = rows
         .iter()
-        .map(|r| DatabaseRow {
-            name: r.get(0),
-            owner: r.get(1),
-            size_bytes: r.get::<_, i64>(2).max(0) as u64,
+        .map(|r| {
+            Ok(DatabaseRow {
+                name: r.try_get(0)?,
+                owner: r.try_get(1)?,
+                size_bytes: r.try_get::<_, Option<i64>>(2)?.unwrap_or(0).max(0) as u64,
+            })
         })
-        .collect();
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(describe)?;
     let roles = client
         .query(
             "SELECT rolname::text FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1",
@@ -204,14 +209,15 @@ pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
         .await
         .map_err(describe)?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(describe)?;
     // Readable by superusers and pg_read_all_settings; 0 when we cannot tell.
     let data_dir_free_bytes = match client.query_one("SHOW data_directory", &[]).await {
-        Ok(row) => {
-            let dir: String = row.get(0);
-            free_bytes(std::path::Path::new(&dir))
-        }
+        Ok(row) => match row.try_get::<_, String>(0) {
+            Ok(dir) => free_bytes(std::path::Path::new(&dir)),
+            Err(_) => 0,
+        },
         Err(_) => 0,
     };
     Ok(ServerInfo {

@@ -245,3 +245,67 @@ async fn rotated_certificates_are_used_without_a_restart() {
         .await
         .unwrap();
 }
+
+/// `pg_database_size()` is NULL for a database whose directory is not there
+/// yet or any more (created or dropped while Info looks). Info must still
+/// answer, with size 0 for that database.
+#[tokio::test]
+async fn info_answers_while_databases_come_and_go() {
+    stagesync_harness::init_tracing();
+    let pg = PgCluster::start().expect("cluster");
+    let pki = TestPki::new().unwrap();
+    let agent = TestAgent::start(&pki, Some(&pg), AgentSpec::new("staging-db"))
+        .await
+        .unwrap();
+    let churn = pg.client("postgres").await.unwrap();
+    let probe = pg.client("postgres").await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let churner = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut rounds = 0u32;
+            while !stop.is_cancelled() {
+                churn
+                    .batch_execute("CREATE DATABASE churn")
+                    .await
+                    .expect("create");
+                churn
+                    .batch_execute("DROP DATABASE churn")
+                    .await
+                    .expect("drop");
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let tls = pki.controller_tls("ops").unwrap();
+    let (mut nulls, mut answers) = (0u32, 0u32);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Go on until the window has been hit (proved by a NULL size seen directly)
+    // and Info has answered through it, or the deadline passes.
+    while std::time::Instant::now() < deadline && (nulls < 5 || answers < 200) {
+        let seen: i64 = probe
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE pg_database_size(oid) IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        nulls += u32::try_from(seen).unwrap();
+        let i = info(tls.clone(), &agent.target())
+            .await
+            .expect("Info answers");
+        let pgi = i.postgres.unwrap();
+        assert!(pgi.reachable, "{}", pgi.error);
+        assert!(pgi.databases.iter().any(|d| d.name == "postgres"));
+        answers += 1;
+    }
+    stop.cancel();
+    let rounds = churner.await.unwrap();
+    assert!(
+        nulls > 0,
+        "the NULL-size window was never seen ({rounds} create/drop rounds, {answers} Info calls)"
+    );
+    agent.stop().await;
+}

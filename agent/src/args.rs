@@ -77,25 +77,67 @@ fn check_pattern(p: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `pg_dump` for `database`: custom format to stdout (stream mode) or a
-/// directory with `jobs` workers (parallel mode). pg_dump's own compression
-/// is off: the wire compresses.
+/// What a `pg_dump` writes, and where.
+#[derive(Clone, Copy, Debug)]
+pub enum DumpTo<'a> {
+    /// The whole database, custom format, to stdout.
+    Stdout,
+    /// The whole database as a directory, written by `jobs` workers.
+    Directory(&'a Path, u32),
+    /// Everything but the post-data section (indexes, constraints,
+    /// triggers), custom format, to stdout, as of an exported snapshot.
+    StdoutWithoutPostData { snapshot: &'a str },
+    /// Only the post-data section, custom format, into `file`, as of the
+    /// same snapshot.
+    PostData { snapshot: &'a str, file: &'a Path },
+}
+
+/// An exported snapshot's id, as `pg_export_snapshot()` makes them.
+fn check_snapshot(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(format!("{id:?} is not a snapshot id"));
+    }
+    Ok(())
+}
+
+/// `pg_dump` for `database`, custom or directory format as `to` says.
+/// pg_dump's own compression is off: the wire compresses.
 pub fn pg_dump(
     pg: &PostgresConfig,
     database: &str,
     opts: &pb::DumpOptions,
-    parallel: Option<(&Path, u32)>,
+    to: DumpTo<'_>,
 ) -> Result<Vec<String>, String> {
     check_extra(&opts.extra_args, SAFE_DUMP_ARGS, "pg_dump")?;
     let mut args = connection_args(pg);
-    match parallel {
-        None => args.extend(["--format=custom".to_string(), "--compress=0".to_string()]),
-        Some((dir, jobs)) => args.extend([
+    match to {
+        DumpTo::Stdout => args.extend(["--format=custom".to_string(), "--compress=0".to_string()]),
+        DumpTo::Directory(dir, jobs) => args.extend([
             "--format=directory".to_string(),
             "--compress=0".to_string(),
             format!("--jobs={}", jobs.max(1)),
             format!("--file={}", dir.display()),
         ]),
+        DumpTo::StdoutWithoutPostData { snapshot } => {
+            check_snapshot(snapshot)?;
+            args.extend([
+                "--format=custom".to_string(),
+                "--compress=0".to_string(),
+                format!("--snapshot={snapshot}"),
+                "--section=pre-data".to_string(),
+                "--section=data".to_string(),
+            ])
+        }
+        DumpTo::PostData { snapshot, file } => {
+            check_snapshot(snapshot)?;
+            args.extend([
+                "--format=custom".to_string(),
+                "--compress=0".to_string(),
+                format!("--snapshot={snapshot}"),
+                "--section=post-data".to_string(),
+                format!("--file={}", file.display()),
+            ])
+        }
     }
     for (list, flag, what) in [
         (&opts.exclude_tables, "--exclude-table=", "exclude_tables"),
@@ -122,14 +164,24 @@ pub fn pg_dump(
     Ok(args)
 }
 
-/// `pg_restore` into `new_database` as `owner`, from stdin (stream mode) or
-/// a directory with `jobs` workers (parallel mode).
+/// Where a `pg_restore` reads its archive.
+#[derive(Clone, Copy, Debug)]
+pub enum RestoreFrom<'a> {
+    /// Custom format on stdin.
+    Stdin,
+    /// A directory-format archive, restored by `jobs` workers.
+    Directory(&'a Path, u32),
+    /// A custom-format file, restored by `jobs` workers.
+    File(&'a Path, u32),
+}
+
+/// `pg_restore` into `new_database` as `owner`, from where `from` says.
 pub fn pg_restore(
     pg: &PostgresConfig,
     new_database: &str,
     owner: &str,
     opts: &pb::RestoreOptions,
-    parallel: Option<(&Path, u32)>,
+    from: RestoreFrom<'_>,
 ) -> Result<Vec<String>, String> {
     check_extra(&opts.extra_args, SAFE_RESTORE_ARGS, "pg_restore")?;
     let mut args = connection_args(pg);
@@ -146,13 +198,15 @@ pub fn pg_restore(
         args.push("--no-privileges".to_string());
     }
     args.extend(opts.extra_args.iter().cloned());
-    match parallel {
-        None => args.push("--format=custom".to_string()),
-        Some((dir, jobs)) => {
-            args.push("--format=directory".to_string());
-            args.push(format!("--jobs={}", jobs.max(1)));
-            args.push(dir.display().to_string());
-        }
+    let (format, input) = match from {
+        RestoreFrom::Stdin => ("custom", None),
+        RestoreFrom::Directory(dir, jobs) => ("directory", Some((dir, jobs))),
+        RestoreFrom::File(file, jobs) => ("custom", Some((file, jobs))),
+    };
+    args.push(format!("--format={format}"));
+    if let Some((path, jobs)) = input {
+        args.push(format!("--jobs={}", jobs.max(1)));
+        args.push(path.display().to_string());
     }
     Ok(args)
 }
@@ -186,7 +240,7 @@ mod tests {
             extra_args: vec!["--no-comments".into(), "--lock-wait-timeout=30s".into()],
             ..Default::default()
         };
-        assert!(pg_dump(&pg(), "db", &opts, None).is_ok());
+        assert!(pg_dump(&pg(), "db", &opts, DumpTo::Stdout).is_ok());
         for bad in [
             "--file=/etc/passwd",
             "--lock-wait-timeout=1;x",
@@ -194,13 +248,22 @@ mod tests {
             "--no-comments2",
         ] {
             opts.extra_args = vec![bad.into()];
-            assert!(pg_dump(&pg(), "db", &opts, None).is_err(), "{bad}");
+            assert!(
+                pg_dump(&pg(), "db", &opts, DumpTo::Stdout).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn names_are_conninfo_quoted() {
-        let args = pg_dump(&pg(), "it's a db", &pb::DumpOptions::default(), None).unwrap();
+        let args = pg_dump(
+            &pg(),
+            "it's a db",
+            &pb::DumpOptions::default(),
+            DumpTo::Stdout,
+        )
+        .unwrap();
         assert_eq!(args.last().unwrap(), "--dbname=dbname='it\\'s a db'");
     }
 
@@ -210,9 +273,9 @@ mod tests {
             exclude_table_data: vec!["public.cache_*".into()],
             ..Default::default()
         };
-        let args = pg_dump(&pg(), "db", &opts, None).unwrap();
+        let args = pg_dump(&pg(), "db", &opts, DumpTo::Stdout).unwrap();
         assert!(args.contains(&"--exclude-table-data=public.cache_*".to_string()));
         opts.exclude_table_data = vec!["--file=x".into()];
-        assert!(pg_dump(&pg(), "db", &opts, None).is_err());
+        assert!(pg_dump(&pg(), "db", &opts, DumpTo::Stdout).is_err());
     }
 }

@@ -459,7 +459,7 @@ impl Backups {
 /// compression (the dump is stored, not streamed to a restore).
 fn backup_args(cfg: &AgentConfig, req: &pb::BackupRequest) -> Result<Vec<String>, String> {
     let dump = req.dump.clone().unwrap_or_default();
-    let argv = args::pg_dump(&cfg.postgres, &req.database, &dump, None)?;
+    let argv = args::pg_dump(&cfg.postgres, &req.database, &dump, args::DumpTo::Stdout)?;
     Ok(argv.into_iter().filter(|a| a != "--compress=0").collect())
 }
 

@@ -15,6 +15,7 @@ use tonic::{Status, Streaming};
 use crate::error::AgentError;
 use crate::frames::{Decoder, FrameError};
 use crate::jobs::{DestSetup, Job, Jobs, Side};
+use crate::source::POST_DATA_FILE;
 use crate::{args, db, procs, sql};
 
 /// A pipeline failure: the step, what happened, and the tool's stderr.
@@ -112,8 +113,14 @@ impl Jobs {
             return Err(invalid(format!("jobs must be 1 to 64, not {}", req.jobs)));
         }
         let restore = req.restore.clone().unwrap_or_default();
-        args::pg_restore(&self.config.postgres, "x", &req.owner, &restore, None)
-            .map_err(&invalid)?;
+        args::pg_restore(
+            &self.config.postgres,
+            "x",
+            &req.owner,
+            &restore,
+            args::RestoreFrom::Stdin,
+        )
+        .map_err(&invalid)?;
         let post_sql = sql::substitute(&req.post_restore_sql, &req.params).map_err(&invalid)?;
         if req.ticket.len() < 32 {
             return Err(invalid("the ticket is too short".into()));
@@ -146,7 +153,9 @@ impl Jobs {
             )));
         }
         let new_db = sql::new_database(&req.job_id);
-        let work_dir = (mode == pb::Mode::Parallel)
+        // Parallel mode lands the whole dump here; a peer's stream may land
+        // its post-data section.
+        let work_dir = (mode == pb::Mode::Parallel || source.is_some())
             .then(|| self.config.work_dir.join("jobs").join(&req.job_id));
         let job = Job::new(
             &self.config.name,
@@ -327,6 +336,14 @@ impl Jobs {
         }
         let compression =
             pb::Compression::try_from(header.compression).unwrap_or(pb::Compression::None);
+        if header.post_data_file && (mode != pb::Mode::Stream || job.work_dir.is_none()) {
+            job.fail(
+                "stream",
+                "a separate post-data section was announced for a job that cannot land it",
+                String::new(),
+            );
+            return Err(denied("post-data file not expected".into()));
+        }
         let _pipeline = job.pipeline.lock().await;
         if !job.advance(pb::Phase::Restoring) {
             return Err(denied(format!(
@@ -342,7 +359,7 @@ impl Jobs {
                     .await
             }
             _ => {
-                self.restore_stream(&job, setup, compression, &mut stream)
+                self.restore_stream(&job, setup, compression, header.post_data_file, &mut stream)
                     .await
             }
         };
@@ -420,16 +437,27 @@ impl Jobs {
         }
     }
 
+    /// Stream mode: the frames go straight into `pg_restore`. With
+    /// `post_data`, the main archive ends where the file
+    /// [`POST_DATA_FILE`] starts; it is landed, and restored by
+    /// `setup.jobs` workers once the data is in.
     async fn restore_stream(
         &self,
         job: &Job,
         setup: &DestSetup,
         compression: pb::Compression,
+        post_data: bool,
         stream: &mut (impl Stream<Item = Result<pb::DumpFrame, Status>> + Unpin),
     ) -> Result<(), StepError> {
         let pg = &self.config.postgres;
-        let argv = args::pg_restore(pg, &job.new_database, &setup.owner, &setup.restore, None)
-            .map_err(|e| StepError::new("pg_restore", e))?;
+        let argv = args::pg_restore(
+            pg,
+            &job.new_database,
+            &setup.owner,
+            &setup.restore,
+            args::RestoreFrom::Stdin,
+        )
+        .map_err(|e| StepError::new("pg_restore", e))?;
         let mut tool = procs::spawn(
             &pg.bin_dir,
             "pg_restore",
@@ -441,55 +469,140 @@ impl Jobs {
         .map_err(|e| StepError::new("pg_restore", format!("cannot start pg_restore: {e}")))?;
         let mut stdin = tool.child.stdin.take();
         let mut decoder = Decoder::new(compression);
-        let fed = loop {
-            let frame = match self.next_frame(job, stream).await {
-                Ok(f) => f,
-                Err(e) => {
-                    tool.kill().await;
-                    return Err(e);
-                }
-            };
-            match frame {
-                pb::dump_frame::Kind::Data(d) => {
-                    let raw = match decoder.data(&d) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tool.kill().await;
-                            return Err(e.into());
+        let mut landing: Option<Landing> = None;
+        let mut landed: Option<PathBuf> = None;
+        let fed = async {
+            loop {
+                match self.next_frame(job, stream).await? {
+                    pb::dump_frame::Kind::Data(d) => {
+                        let raw = decoder.data(&d)?;
+                        if let Some(l) = landing.as_mut() {
+                            l.write(&raw).await?;
+                            continue;
                         }
-                    };
-                    let Some(w) = stdin.as_mut() else { break false };
-                    let wrote = tokio::select! {
-                        _ = job.cancel.cancelled() => {
-                            tool.kill().await;
-                            return Err(StepError::new("stream", "the job was cancelled"));
+                        if landed.is_some() {
+                            return Err(StepError::new(
+                                "stream",
+                                "data arrived after the post-data section",
+                            ));
                         }
-                        r = w.write_all(&raw) => r,
-                    };
-                    if wrote.is_err() {
-                        // pg_restore stopped reading: its exit status says why.
-                        break false;
+                        let Some(w) = stdin.as_mut() else {
+                            return Ok(false);
+                        };
+                        let wrote = tokio::select! {
+                            _ = job.cancel.cancelled() => {
+                                return Err(StepError::new("stream", "the job was cancelled"));
+                            }
+                            r = w.write_all(&raw) => r,
+                        };
+                        if wrote.is_err() {
+                            // pg_restore stopped reading: its exit status says why.
+                            return Ok(false);
+                        }
+                        job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
                     }
-                    job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
-                }
-                pb::dump_frame::Kind::Trailer(t) => {
-                    if let Err(e) = decoder.finish(&t) {
-                        tool.kill().await;
-                        return Err(e.into());
+                    pb::dump_frame::Kind::FileStart(f)
+                        if post_data
+                            && landing.is_none()
+                            && landed.is_none()
+                            && f.name == POST_DATA_FILE =>
+                    {
+                        // The main archive is complete: pg_restore may see its end.
+                        stdin = None;
+                        let dir = job.work_dir.as_deref().ok_or_else(|| {
+                            StepError::new(
+                                "stream",
+                                "no work directory to land the post-data section in",
+                            )
+                        })?;
+                        landing = Some(Landing::start(dir, &f).await?);
                     }
-                    break true;
-                }
-                _ => {
-                    tool.kill().await;
-                    return Err(StepError::new(
-                        "stream",
-                        "a parallel-mode frame arrived in a stream-mode job",
-                    ));
+                    pb::dump_frame::Kind::FileEnd(end) if landing.is_some() => {
+                        if let Some(l) = landing.take() {
+                            landed = Some(l.end(&end).await?);
+                        }
+                    }
+                    pb::dump_frame::Kind::Trailer(t) => {
+                        if landing.is_some() {
+                            return Err(StepError::new("stream", "the stream ended inside a file"));
+                        }
+                        if post_data && landed.is_none() {
+                            return Err(StepError::new(
+                                "stream",
+                                "the stream ended without the post-data section it announced",
+                            ));
+                        }
+                        decoder.finish(&t)?;
+                        return Ok(true);
+                    }
+                    other => {
+                        return Err(StepError::new(
+                            "stream",
+                            format!(
+                                "an unexpected {} frame arrived in a stream-mode job",
+                                frame_kind(&other)
+                            ),
+                        ));
+                    }
                 }
             }
-        };
+        }
+        .await;
         drop(stdin);
-        finish_tool(job, &mut tool, fed, &job.new_database).await
+        let fed = match fed {
+            Ok(fed) => fed,
+            Err(e) => {
+                tool.kill().await;
+                return Err(e);
+            }
+        };
+        finish_tool(job, &mut tool, fed, &job.new_database).await?;
+        match landed {
+            Some(file) => self.restore_post_data(job, setup, &file).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Indexes, constraints and triggers from a landed post-data archive,
+    /// built by `setup.jobs` workers.
+    async fn restore_post_data(
+        &self,
+        job: &Job,
+        setup: &DestSetup,
+        file: &Path,
+    ) -> Result<(), StepError> {
+        let pg = &self.config.postgres;
+        let workers = setup.jobs.max(1);
+        job.post_data_jobs.store(workers, Ordering::Relaxed);
+        job.advance(pb::Phase::Indexing);
+        let argv = args::pg_restore(
+            pg,
+            &job.new_database,
+            &setup.owner,
+            &setup.restore,
+            args::RestoreFrom::File(file, workers),
+        )
+        .map_err(|e| StepError::new("pg_restore", e))?;
+        let mut tool = procs::spawn(
+            &pg.bin_dir,
+            "pg_restore",
+            &argv,
+            &pg.restore_settings,
+            Stdio::null(),
+            Stdio::null(),
+        )
+        .map_err(|e| StepError::new("pg_restore", format!("cannot start pg_restore: {e}")))?;
+        finish_tool(job, &mut tool, true, &job.new_database)
+            .await
+            .map_err(|mut e| {
+                e.message = format!(
+                    "building indexes, constraints and triggers ({workers} workers): {}",
+                    e.message
+                );
+                e
+            })?;
+        let _ = tokio::fs::remove_file(file).await;
+        Ok(())
     }
 
     async fn restore_parallel(
@@ -505,10 +618,7 @@ impl Jobs {
             .map(|d| d.join("dump"))
             .ok_or_else(|| StepError::new("stream", "parallel job without a work directory"))?;
         let mut decoder = Decoder::new(compression);
-        let mut file: Option<(String, tokio::fs::File, u64)> = None;
-        let io = |what: String| {
-            move |e: std::io::Error| StepError::new("stream", format!("{what}: {e}"))
-        };
+        let mut file: Option<Landing> = None;
         loop {
             match self.next_frame(job, stream).await? {
                 pb::dump_frame::Kind::FileStart(f) => {
@@ -518,45 +628,21 @@ impl Jobs {
                             "a file started before the previous one ended",
                         ));
                     }
-                    let name = check_file_name(&f.name)?;
-                    let path = dir.join(&name);
-                    let handle = tokio::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                        .await
-                        .map_err(io(format!("creating {}", path.display())))?;
-                    file = Some((name, handle, 0));
+                    file = Some(Landing::start(&dir, &f).await?);
                 }
                 pb::dump_frame::Kind::Data(d) => {
                     let raw = decoder.data(&d)?;
-                    let Some((name, handle, written)) = file.as_mut() else {
+                    let Some(l) = file.as_mut() else {
                         return Err(StepError::new("stream", "data arrived outside a file"));
                     };
-                    handle
-                        .write_all(&raw)
-                        .await
-                        .map_err(io(format!("writing {name}")))?;
-                    *written += raw.len() as u64;
+                    l.write(&raw).await?;
                     job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
                 }
                 pb::dump_frame::Kind::FileEnd(end) => {
-                    let Some((name, mut handle, written)) = file.take() else {
+                    let Some(l) = file.take() else {
                         return Err(StepError::new("stream", "a file ended that never started"));
                     };
-                    if end.name != name || end.size != written {
-                        return Err(StepError::new(
-                            "stream",
-                            format!(
-                                "file {name} ended with {written} bytes, the source says {} bytes of {}",
-                                end.size, end.name
-                            ),
-                        ));
-                    }
-                    handle
-                        .flush()
-                        .await
-                        .map_err(io(format!("writing {name}")))?;
+                    l.end(&end).await?;
                 }
                 pb::dump_frame::Kind::Trailer(t) => {
                     if file.is_some() {
@@ -576,7 +662,7 @@ impl Jobs {
             &job.new_database,
             &setup.owner,
             &setup.restore,
-            Some((&dir, setup.jobs)),
+            args::RestoreFrom::Directory(&dir, setup.jobs),
         )
         .map_err(|e| StepError::new("pg_restore", e))?;
         let mut tool = procs::spawn(
@@ -719,6 +805,69 @@ pub(crate) async fn finish_tool(
             stderr: tool.stderr.text(),
         }),
         Err(e) => Err(StepError::new(name, format!("waiting for {name}: {e}"))),
+    }
+}
+
+fn frame_kind(k: &pb::dump_frame::Kind) -> &'static str {
+    match k {
+        pb::dump_frame::Kind::Header(_) => "header",
+        pb::dump_frame::Kind::Data(_) => "data",
+        pb::dump_frame::Kind::FileStart(_) => "file start",
+        pb::dump_frame::Kind::FileEnd(_) => "file end",
+        pb::dump_frame::Kind::Trailer(_) => "trailer",
+        pb::dump_frame::Kind::Heartbeat(_) => "heartbeat",
+    }
+}
+
+/// A file from the peer being written into a work directory.
+struct Landing {
+    name: String,
+    path: PathBuf,
+    file: tokio::fs::File,
+    written: u64,
+}
+
+impl Landing {
+    async fn start(dir: &Path, f: &pb::FileStart) -> Result<Self, StepError> {
+        let name = check_file_name(&f.name)?;
+        let path = dir.join(&name);
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| StepError::new("stream", format!("creating {}: {e}", path.display())))?;
+        Ok(Landing {
+            name,
+            path,
+            file,
+            written: 0,
+        })
+    }
+
+    async fn write(&mut self, raw: &[u8]) -> Result<(), StepError> {
+        self.file.write_all(raw).await.map_err(|e| {
+            StepError::new("stream", format!("writing {}: {e}", self.path.display()))
+        })?;
+        self.written += raw.len() as u64;
+        Ok(())
+    }
+
+    /// Checks the source's account of the file and closes it.
+    async fn end(mut self, end: &pb::FileEnd) -> Result<PathBuf, StepError> {
+        if end.name != self.name || end.size != self.written {
+            return Err(StepError::new(
+                "stream",
+                format!(
+                    "file {} ended with {} bytes, the source says {} bytes of {}",
+                    self.name, self.written, end.size, end.name
+                ),
+            ));
+        }
+        self.file.flush().await.map_err(|e| {
+            StepError::new("stream", format!("writing {}: {e}", self.path.display()))
+        })?;
+        Ok(self.path)
     }
 }
 
@@ -870,7 +1019,7 @@ impl Jobs {
             let reader = tokio::spawn(frame_object(store, req.dump_key.clone(), req.size, sha, tx));
             let mut frames = tokio_stream::wrappers::ReceiverStream::new(rx);
             let result = jobs
-                .restore_stream(&job, setup, pb::Compression::None, &mut frames)
+                .restore_stream(&job, setup, pb::Compression::None, false, &mut frames)
                 .await;
             reader.abort();
             let result = match result {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ pub struct Job {
     pub sent: AtomicU64,
     pub received: AtomicU64,
     pub restored: AtomicU64,
+    /// Destination: workers building the post-data section in its own pass.
+    pub post_data_jobs: AtomicU32,
     /// Held by whatever runs the job's processes; cleanup waits for it.
     pub pipeline: tokio::sync::Mutex<()>,
     started: Instant,
@@ -102,6 +104,7 @@ impl Job {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             restored: AtomicU64::new(0),
+            post_data_jobs: AtomicU32::new(0),
             pipeline: tokio::sync::Mutex::new(()),
             started: now,
             state: Mutex::new(State {
@@ -253,6 +256,7 @@ impl Job {
                 Side::Source => pb::Side::Source as i32,
                 Side::Dest => pb::Side::Dest as i32,
             },
+            post_data_jobs: self.post_data_jobs.load(Ordering::Relaxed),
         }
     }
 

@@ -16,6 +16,10 @@ use crate::jobs::Jobs;
 use crate::pg;
 use crate::transport::PeerInfo;
 
+/// What this agent does beyond the base protocol, listed in Info so a
+/// controller asks only for what both agents of a pair understand.
+pub const FEATURES: &[&str] = &[stagesync_proto::FEATURE_SPLIT_POST_DATA];
+
 pub struct AgentService {
     config: Arc<AgentConfig>,
     jobs: Arc<Jobs>,
@@ -136,6 +140,7 @@ impl AgentService {
             }),
             work_dir: Some(work_dir),
             jobs: self.jobs.all().iter().map(|j| j.status()).collect(),
+            features: FEATURES.iter().map(|f| f.to_string()).collect(),
         }
     }
 }

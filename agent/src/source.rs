@@ -75,7 +75,8 @@ impl Jobs {
             return Err(invalid(format!("jobs must be 1 to 64, not {}", req.jobs)));
         }
         let dump = req.dump.clone().unwrap_or_default();
-        args::pg_dump(&cfg.postgres, &req.database, &dump, None).map_err(&invalid)?;
+        args::pg_dump(&cfg.postgres, &req.database, &dump, args::DumpTo::Stdout)
+            .map_err(&invalid)?;
         let dest: Identity = req
             .dest_identity
             .parse()
@@ -99,8 +100,10 @@ impl Jobs {
                 reason: format!("database {:?} does not exist here", req.database),
             });
         }
-        let work_dir =
-            (mode == pb::Mode::Parallel).then(|| cfg.work_dir.join("jobs").join(&req.job_id));
+        // Parallel mode lands the dump here; a split stream lands its
+        // post-data section.
+        let work_dir = (mode == pb::Mode::Parallel || req.split_post_data)
+            .then(|| cfg.work_dir.join("jobs").join(&req.job_id));
         let job = Job::new(
             &cfg.name,
             &req.job_id,
@@ -156,6 +159,19 @@ impl Jobs {
             Ok(pb::Compression::None) => pb::Compression::None,
             _ => pb::Compression::Zstd,
         };
+        // A split stream needs one snapshot for both of its pg_dumps; the
+        // transaction that exported it stays open until both are done.
+        let snapshot = if mode == pb::Mode::Stream && req.split_post_data {
+            match export_snapshot(&self.config.postgres, &req.database).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot export a snapshot; indexes and constraints travel with the data");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
         tx.send(frame(pb::dump_frame::Kind::Header(pb::DumpHeader {
             job_id: req.job_id.clone(),
@@ -163,6 +179,7 @@ impl Jobs {
             mode: mode as i32,
             compression: compression as i32,
             source_database: req.database.clone(),
+            post_data_file: snapshot.is_some(),
         })))
         .await
         .map_err(|_| step("stream", "the stream closed before it started"))?;
@@ -171,8 +188,12 @@ impl Jobs {
         let heartbeat = tokio::spawn(heartbeats(tx.clone(), job.id.clone()));
         let produced = match mode {
             pb::Mode::Parallel => self.produce_parallel(job, req, dump, &mut enc, &tx).await,
-            _ => self.produce_stream(job, req, dump, &mut enc, &tx).await,
+            _ => {
+                let id = snapshot.as_ref().map(|(_, id)| id.as_str());
+                self.produce_stream(job, req, dump, &mut enc, &tx, id).await
+            }
         };
+        drop(snapshot);
         // Stop the heartbeats before the trailer, and before the stream may end.
         heartbeat.abort();
         let _ = heartbeat.await;
@@ -204,7 +225,9 @@ impl Jobs {
         }
     }
 
-    /// Stream mode: `pg_dump -Fc` stdout, chunked.
+    /// Stream mode: `pg_dump -Fc` stdout, chunked. Given a snapshot, the
+    /// post-data section is dumped apart into the work directory meanwhile,
+    /// and sent as a file after the rest.
     async fn produce_stream(
         &self,
         job: &Job,
@@ -212,29 +235,89 @@ impl Jobs {
         dump: &pb::DumpOptions,
         enc: &mut Encoder,
         tx: &Frames,
+        snapshot: Option<&str>,
     ) -> Result<(), StepError> {
         let pg = &self.config.postgres;
-        let argv = args::pg_dump(pg, &req.database, dump, None).map_err(|e| step("pg_dump", e))?;
-        let mut tool = procs::spawn(
+        let mut post = match snapshot {
+            None => None,
+            Some(id) => Some(self.start_post_data_dump(job, req, dump, id).await?),
+        };
+        let to = match snapshot {
+            Some(id) => args::DumpTo::StdoutWithoutPostData { snapshot: id },
+            None => args::DumpTo::Stdout,
+        };
+        let main = async {
+            let argv =
+                args::pg_dump(pg, &req.database, dump, to).map_err(|e| step("pg_dump", e))?;
+            let mut tool = procs::spawn(
+                &pg.bin_dir,
+                "pg_dump",
+                &argv,
+                &[],
+                Stdio::null(),
+                Stdio::piped(),
+            )
+            .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))?;
+            let mut out = tool
+                .child
+                .stdout
+                .take()
+                .ok_or_else(|| step("pg_dump", "no stdout"))?;
+            if let Err(e) = send_reader(job, &mut out, enc, tx).await {
+                tool.kill().await;
+                return Err(e);
+            }
+            finish_tool(job, &mut tool, true, &req.database).await
+        }
+        .await;
+        let Some((tool, dir)) = post.as_mut() else {
+            return main;
+        };
+        if let Err(e) = main {
+            tool.kill().await;
+            return Err(e);
+        }
+        finish_tool(job, tool, true, &req.database).await?;
+        send_file(job, dir, POST_DATA_FILE, enc, tx).await
+    }
+
+    /// Starts `pg_dump --section=post-data` into the job's work directory.
+    async fn start_post_data_dump(
+        &self,
+        job: &Job,
+        req: &pb::StartDumpRequest,
+        dump: &pb::DumpOptions,
+        snapshot: &str,
+    ) -> Result<(procs::Tool, PathBuf), StepError> {
+        let pg = &self.config.postgres;
+        let dir = job
+            .work_dir
+            .clone()
+            .ok_or_else(|| step("pg_dump", "a split stream without a work directory"))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| step("pg_dump", format!("cannot create {}: {e}", dir.display())))?;
+        let file = dir.join(POST_DATA_FILE);
+        let argv = args::pg_dump(
+            pg,
+            &req.database,
+            dump,
+            args::DumpTo::PostData {
+                snapshot,
+                file: &file,
+            },
+        )
+        .map_err(|e| step("pg_dump", e))?;
+        let tool = procs::spawn(
             &pg.bin_dir,
             "pg_dump",
             &argv,
             &[],
             Stdio::null(),
-            Stdio::piped(),
+            Stdio::null(),
         )
         .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))?;
-        let mut out = tool
-            .child
-            .stdout
-            .take()
-            .ok_or_else(|| step("pg_dump", "no stdout"))?;
-        let sent = send_reader(job, &mut out, enc, tx).await;
-        if let Err(e) = sent {
-            tool.kill().await;
-            return Err(e);
-        }
-        finish_tool(job, &mut tool, true, &req.database).await
+        Ok((tool, dir))
     }
 
     /// Parallel mode: `pg_dump -Fd -j N`, each file shipped once pg_dump
@@ -265,8 +348,13 @@ impl Jobs {
             .into_event_stream(vec![0u8; 4096])
             .map_err(|e| step("pg_dump", format!("inotify: {e}")))?;
         let pg = &self.config.postgres;
-        let argv = args::pg_dump(pg, &req.database, dump, Some((&dir, req.jobs)))
-            .map_err(|e| step("pg_dump", e))?;
+        let argv = args::pg_dump(
+            pg,
+            &req.database,
+            dump,
+            args::DumpTo::Directory(&dir, req.jobs),
+        )
+        .map_err(|e| step("pg_dump", e))?;
         let mut tool = procs::spawn(
             &pg.bin_dir,
             "pg_dump",
@@ -324,6 +412,37 @@ impl Jobs {
         }
         Ok(())
     }
+}
+
+/// The name under which a split stream's post-data section travels.
+pub const POST_DATA_FILE: &str = "post-data.dump";
+
+/// Opens a read-only repeatable-read transaction on `database` and exports
+/// its snapshot. The snapshot lives as long as the returned client.
+async fn export_snapshot(
+    pg: &crate::config::PostgresConfig,
+    database: &str,
+) -> Result<(tokio_postgres::Client, String), String> {
+    let client = pg::connect(pg, database)
+        .await
+        .map_err(|e| format!("connecting to {database:?}: {}", pg::error_chain(&e)))?;
+    let id: String = async {
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await?
+            .try_get(0)
+    }
+    .await
+    .map_err(|e| {
+        format!(
+            "exporting a snapshot of {database:?}: {}",
+            pg::error_chain(&e)
+        )
+    })?;
+    Ok((client, id))
 }
 
 /// How often the source says it is alive when it has nothing else to send.

@@ -44,7 +44,8 @@ pub struct RefreshArgs {
     owner: String,
     #[arg(long, value_enum, default_value = "stream")]
     mode: ModeArg,
-    /// Workers for parallel mode.
+    /// Workers: for the whole restore in parallel mode; in stream mode for
+    /// indexes, constraints and triggers after the data (1: one pass).
     #[arg(long, default_value_t = 2)]
     jobs: u32,
     /// Send the dump uncompressed (for fast links where CPU is scarcer).
@@ -262,13 +263,17 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
     match result {
         Ok(r) => {
             println!(
-                "refreshed {:?} from {:?} in {:.1} s: {} dumped, {} sent, {} restored; the previous copy is {:?} (undo with `stagesync rollback --dest {} --database {:?}`)",
+                "refreshed {:?} from {:?} in {:.1} s: {} dumped, {} sent, {} restored{}; the previous copy is {:?} (undo with `stagesync rollback --dest {} --database {:?}`)",
                 r.database,
                 args.source_db,
                 r.elapsed.as_secs_f64(),
                 mib(r.bytes_dumped),
                 mib(r.bytes_sent),
                 mib(r.bytes_restored),
+                match r.post_data_jobs {
+                    0 => String::new(),
+                    n => format!(", indexes and constraints built by {n} workers"),
+                },
                 r.previous,
                 args.dest,
                 r.database

@@ -30,7 +30,8 @@ pub struct PairSpec {
     pub dest_db: String,
     pub owner: String,
     pub mode: pb::Mode,
-    /// Workers for parallel mode.
+    /// Workers: the whole restore in parallel mode; indexes, constraints and
+    /// triggers after the data in stream mode (1: one pass).
     pub jobs: u32,
     pub dump: pb::DumpOptions,
     pub restore: pb::RestoreOptions,
@@ -131,6 +132,9 @@ pub struct Report {
     pub bytes_dumped: u64,
     pub bytes_sent: u64,
     pub bytes_restored: u64,
+    /// Workers that built indexes, constraints and triggers in a pass of
+    /// their own after the data; 0 when they came in one pass with it.
+    pub post_data_jobs: u32,
     pub elapsed: Duration,
 }
 
@@ -377,6 +381,18 @@ pub async fn abort_both<T: ClientTls>(tls: Arc<T>, spec: &PairSpec, job_id: &str
     }
 }
 
+/// Whether a stream-mode refresh sends the post-data section apart, to be
+/// built by `spec.jobs` workers: only when that is more than one, and both
+/// agents say they can.
+fn split_post_data(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -> bool {
+    let can = |i: &pb::InfoResponse| {
+        i.features
+            .iter()
+            .any(|f| f == stagesync_proto::FEATURE_SPLIT_POST_DATA)
+    };
+    spec.mode == pb::Mode::Stream && spec.jobs > 1 && can(src) && can(dst)
+}
+
 /// Refreshes `spec.dest_db` from `spec.source_db`.
 pub async fn refresh<T: ClientTls>(
     tls: Arc<T>,
@@ -452,6 +468,7 @@ pub async fn refresh<T: ClientTls>(
                 .unwrap_or_else(|| spec.dest.address.clone()),
             dest_identity: dst_info.identity.clone(),
             ticket,
+            split_post_data: split_post_data(spec, &src_info, &dst_info),
             compression: if spec.compress.wanted(
                 spec.dest_peer_address
                     .as_deref()
@@ -573,6 +590,7 @@ pub async fn refresh<T: ClientTls>(
                 bytes_dumped: s.bytes_dumped,
                 bytes_sent: s.bytes_sent,
                 bytes_restored: d.bytes_restored,
+                post_data_jobs: d.post_data_jobs,
                 elapsed: started.elapsed(),
             });
         }
@@ -790,6 +808,7 @@ pub async fn refresh_from_backup<T: ClientTls>(
                 bytes_dumped: backup.manifest.size,
                 bytes_sent: d.bytes_received,
                 bytes_restored: d.bytes_restored,
+                post_data_jobs: d.post_data_jobs,
                 elapsed: started.elapsed(),
             });
         }
@@ -899,6 +918,28 @@ pub async fn rollback<T: ClientTls>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn post_data_is_split_only_when_both_agents_can_and_it_helps() {
+        let target = || AgentTarget {
+            address: "127.0.0.1:1".into(),
+            expected: None,
+        };
+        let mut spec = PairSpec::new(target(), "prod", target(), "stage", "stage");
+        let can = pb::InfoResponse {
+            features: vec![stagesync_proto::FEATURE_SPLIT_POST_DATA.into()],
+            ..Default::default()
+        };
+        let old = pb::InfoResponse::default();
+        assert!(split_post_data(&spec, &can, &can));
+        assert!(!split_post_data(&spec, &can, &old), "old destination");
+        assert!(!split_post_data(&spec, &old, &can), "old source");
+        spec.jobs = 1;
+        assert!(!split_post_data(&spec, &can, &can), "one worker: one pass");
+        spec.jobs = 4;
+        spec.mode = pb::Mode::Parallel;
+        assert!(!split_post_data(&spec, &can, &can), "parallel mode");
+    }
 
     #[test]
     fn restore_space_uses_the_recorded_database_size() {

@@ -10,3 +10,8 @@ pub mod tomlfile;
 
 pub use v1::agent_client::AgentClient;
 pub use v1::agent_server::{Agent, AgentServer};
+
+/// Info lists this feature when the agent can split a stream-mode dump:
+/// pre-data and data streamed, the post-data section sent after them as a
+/// file and restored by several workers (`StartDumpRequest.split_post_data`).
+pub const FEATURE_SPLIT_POST_DATA: &str = "split-post-data";

@@ -8,8 +8,8 @@ use anyhow::Context;
 use crate::PgCluster;
 
 /// A database with what a web app's database has: several schemas, an
-/// extension from contrib, sequences, foreign keys, views, functions,
-/// triggers, a 100k-row table and a bytea table.
+/// extension from contrib, sequences, foreign keys, views, a materialized
+/// view, functions, triggers, a 100k-row table and a bytea table.
 pub const RICH_SCHEMA: &str = r#"
 CREATE EXTENSION pgcrypto;
 CREATE SCHEMA app;
@@ -39,6 +39,9 @@ CREATE FUNCTION app.post_count(uid bigint) RETURNS bigint LANGUAGE sql STABLE
   AS $$ SELECT count(*) FROM app.posts WHERE user_id = uid $$;
 CREATE VIEW app.user_stats AS
   SELECT u.id, u.email, app.post_count(u.id) AS posts FROM app.users u;
+CREATE MATERIALIZED VIEW app.posts_per_user AS
+  SELECT user_id, count(*) AS posts FROM app.posts GROUP BY user_id;
+CREATE UNIQUE INDEX posts_per_user_idx ON app.posts_per_user(user_id);
 CREATE TABLE public.socialaccount_socialapp (
     id serial PRIMARY KEY, provider text, client_id text, secret text
 );
@@ -49,6 +52,7 @@ INSERT INTO app.images SELECT g, gen_random_bytes(512) || decode(md5(g::text), '
 UPDATE app.images SET digest = encode(digest(data, 'sha256'), 'hex');
 SELECT nextval('app.invoice_seq') FROM generate_series(1, 42);
 INSERT INTO public.socialaccount_socialapp(provider, client_id, secret) VALUES ('github', 'prod-id', 'prod-secret');
+REFRESH MATERIALIZED VIEW app.posts_per_user;
 "#;
 
 /// Creates `db` owned by a role of the same name (made if missing) and loads
@@ -84,7 +88,7 @@ pub async fn content_hashes(
         .query(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
              AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
             &[],
         )

@@ -221,7 +221,21 @@ async fn source_agent_killed_mid_stream() {
     let err = run.await.unwrap().unwrap_err();
     assert!(err.contains("lost contact with the source agent"), "{err}");
     assert!(err.contains("stopped or crashed"), "{err}");
+    // The killed agent could not remove its job's work directory (the
+    // post-data section dumped apart); restarted, it does so before serving.
+    let jobs_dir = s.prod.work_dir().join("jobs");
+    assert!(
+        std::fs::read_dir(&jobs_dir).is_ok_and(|mut d| d.next().is_some()),
+        "the killed source left its job directory"
+    );
+    s.prod.proc().start().unwrap();
     s.assert_untouched().await;
+    assert!(
+        s.prod
+            .proc()
+            .log_text()
+            .contains("removed leftover job directories")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -279,6 +293,23 @@ async fn pg_restore_killed() {
     let err = run.await.unwrap().unwrap_err();
     assert!(err.contains("pg_restore"), "{err}");
     assert!(err.contains("signal: 9"), "the error shows the kill: {err}");
+    s.assert_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn indexes_and_constraints_failing_after_the_data() {
+    let s = setup(Options::default()).await;
+    s.proxy.throttle(0);
+    let mut spec = s.spec();
+    // Without app.users' rows, app.posts' rows restore, and then its foreign
+    // key cannot be built: the parallel post-data pass fails.
+    spec.dump.exclude_table_data = vec!["app.users".into()];
+    let err = s.start(spec).await.unwrap().unwrap_err();
+    assert!(
+        err.contains("building indexes, constraints and triggers (2 workers)"),
+        "the failure is in the post-data pass: {err}"
+    );
+    assert!(err.contains("posts_user_id_fkey"), "{err}");
     s.assert_untouched().await;
 }
 
@@ -490,6 +521,7 @@ async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> t
             mode: pb::Mode::Stream as i32,
             compression: pb::Compression::None as i32,
             source_database: "production".into(),
+            post_data_file: false,
         })),
     };
     c.push_dump(futures::stream::iter(vec![header]))

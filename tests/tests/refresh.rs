@@ -105,11 +105,12 @@ async fn assert_identical(f: &Fleet) {
     assert_eq!(next_user, 2001);
 }
 
-async fn refresh_and_compare(mode: pb::Mode, compress: Compress) {
+async fn refresh_and_compare(mode: pb::Mode, compress: Compress, jobs: u32) {
     let f = fleet().await;
     let mut spec = f.spec();
     spec.mode = mode;
     spec.compress = compress;
+    spec.jobs = jobs;
     let mut events = 0;
     let report = refresh(f.tls.clone(), &spec, |_| events += 1)
         .await
@@ -118,6 +119,14 @@ async fn refresh_and_compare(mode: pb::Mode, compress: Compress) {
     assert_eq!(report.database, "stage");
     assert_eq!(report.previous, "stagesync_prev_stage");
     assert!(report.bytes_restored > 1_000_000, "{report:?}");
+    // Stream mode with several workers builds indexes, constraints and
+    // triggers in a parallel pass of their own after the data.
+    let split = mode == pb::Mode::Stream && jobs > 1;
+    assert_eq!(
+        report.post_data_jobs,
+        if split { jobs } else { 0 },
+        "{report:?}"
+    );
     if compress == Compress::Always {
         assert!(
             report.bytes_sent < report.bytes_dumped,
@@ -146,12 +155,17 @@ async fn refresh_and_compare(mode: pb::Mode, compress: Compress) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stream_mode_arrives_identical() {
-    refresh_and_compare(pb::Mode::Stream, Compress::Always).await;
+    refresh_and_compare(pb::Mode::Stream, Compress::Always, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_mode_in_one_pass_arrives_identical() {
+    refresh_and_compare(pb::Mode::Stream, Compress::Auto, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_mode_arrives_identical() {
-    refresh_and_compare(pb::Mode::Parallel, Compress::Auto).await;
+    refresh_and_compare(pb::Mode::Parallel, Compress::Auto, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

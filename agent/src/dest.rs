@@ -575,6 +575,7 @@ impl Jobs {
         let workers = setup.jobs.max(1);
         job.post_data_jobs.store(workers, Ordering::Relaxed);
         job.advance(pb::Phase::Indexing);
+        tracing::info!(job = %job.id, workers, "data restored; building indexes, constraints and triggers");
         let argv = args::pg_restore(
             pg,
             &job.new_database,

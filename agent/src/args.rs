@@ -87,9 +87,11 @@ pub enum DumpTo<'a> {
     /// Everything but the post-data section (indexes, constraints,
     /// triggers), custom format, to stdout, as of an exported snapshot.
     StdoutWithoutPostData { snapshot: &'a str },
-    /// Only the post-data section, custom format, into `file`, as of the
-    /// same snapshot.
-    PostData { snapshot: &'a str, file: &'a Path },
+    /// Pre-data and post-data without data, custom format, into `file`, as of the same
+    /// snapshot: its post-data section is restored after the data
+    /// ([`RestoreFrom::PostDataOf`]). The tables' entries stay in it so that
+    /// a parallel `pg_restore` knows which items lock which table.
+    Schema { snapshot: &'a str, file: &'a Path },
 }
 
 /// An exported snapshot's id, as `pg_export_snapshot()` makes them.
@@ -128,12 +130,15 @@ pub fn pg_dump(
                 "--section=data".to_string(),
             ])
         }
-        DumpTo::PostData { snapshot, file } => {
+        DumpTo::Schema { snapshot, file } => {
             check_snapshot(snapshot)?;
             args.extend([
                 "--format=custom".to_string(),
                 "--compress=0".to_string(),
                 format!("--snapshot={snapshot}"),
+                // Not --schema-only: that would leave out the refresh of
+                // materialized views, which is post-data.
+                "--section=pre-data".to_string(),
                 "--section=post-data".to_string(),
                 format!("--file={}", file.display()),
             ])
@@ -171,8 +176,9 @@ pub enum RestoreFrom<'a> {
     Stdin,
     /// A directory-format archive, restored by `jobs` workers.
     Directory(&'a Path, u32),
-    /// A custom-format file, restored by `jobs` workers.
-    File(&'a Path, u32),
+    /// The post-data section of a custom-format file, restored by `jobs`
+    /// workers.
+    PostDataOf(&'a Path, u32),
 }
 
 /// `pg_restore` into `new_database` as `owner`, from where `from` says.
@@ -201,7 +207,10 @@ pub fn pg_restore(
     let (format, input) = match from {
         RestoreFrom::Stdin => ("custom", None),
         RestoreFrom::Directory(dir, jobs) => ("directory", Some((dir, jobs))),
-        RestoreFrom::File(file, jobs) => ("custom", Some((file, jobs))),
+        RestoreFrom::PostDataOf(file, jobs) => {
+            args.push("--section=post-data".to_string());
+            ("custom", Some((file, jobs)))
+        }
     };
     args.push(format!("--format={format}"));
     if let Some((path, jobs)) = input {
@@ -277,5 +286,73 @@ mod tests {
         assert!(args.contains(&"--exclude-table-data=public.cache_*".to_string()));
         opts.exclude_table_data = vec!["--file=x".into()];
         assert!(pg_dump(&pg(), "db", &opts, DumpTo::Stdout).is_err());
+    }
+
+    #[test]
+    fn split_dumps_share_the_snapshot() {
+        let opts = pb::DumpOptions::default();
+        let id = "00000003-0000001B-1";
+        let main = pg_dump(
+            &pg(),
+            "db",
+            &opts,
+            DumpTo::StdoutWithoutPostData { snapshot: id },
+        )
+        .unwrap();
+        for a in [
+            "--snapshot=00000003-0000001B-1",
+            "--section=pre-data",
+            "--section=data",
+        ] {
+            assert!(main.contains(&a.to_string()), "{main:?}");
+        }
+        assert!(!main.iter().any(|a| a.starts_with("--file")), "{main:?}");
+        let schema = pg_dump(
+            &pg(),
+            "db",
+            &opts,
+            DumpTo::Schema {
+                snapshot: id,
+                file: Path::new("/w/schema.dump"),
+            },
+        )
+        .unwrap();
+        for a in [
+            "--snapshot=00000003-0000001B-1",
+            "--section=pre-data",
+            "--section=post-data",
+            "--file=/w/schema.dump",
+        ] {
+            assert!(schema.contains(&a.to_string()), "{schema:?}");
+        }
+        for bad in ["", "1; x", "--file=x", "0000 0001"] {
+            assert!(
+                pg_dump(
+                    &pg(),
+                    "db",
+                    &opts,
+                    DumpTo::StdoutWithoutPostData { snapshot: bad }
+                )
+                .is_err(),
+                "{bad:?}"
+            );
+        }
+        let restore = pg_restore(
+            &pg(),
+            "new",
+            "owner",
+            &pb::RestoreOptions::default(),
+            RestoreFrom::PostDataOf(Path::new("/w/schema.dump"), 3),
+        )
+        .unwrap();
+        assert_eq!(
+            &restore[restore.len() - 4..],
+            [
+                "--section=post-data",
+                "--format=custom",
+                "--jobs=3",
+                "/w/schema.dump"
+            ]
+        );
     }
 }

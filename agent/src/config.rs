@@ -122,6 +122,9 @@ pub struct JobLimits {
 pub struct Faults {
     /// Source side: flip a byte in this data frame after its CRC is computed.
     pub corrupt_frame: Option<u64>,
+    /// Source side: the schema dump of a split stream is given a snapshot
+    /// that does not exist, so it fails while the data streams.
+    pub bad_schema_snapshot: bool,
 }
 
 #[derive(Clone, Debug)]

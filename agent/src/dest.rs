@@ -15,7 +15,7 @@ use tonic::{Status, Streaming};
 use crate::error::AgentError;
 use crate::frames::{Decoder, FrameError};
 use crate::jobs::{DestSetup, Job, Jobs, Side};
-use crate::source::POST_DATA_FILE;
+use crate::source::SCHEMA_FILE;
 use crate::{args, db, procs, sql};
 
 /// A pipeline failure: the step, what happened, and the tool's stderr.
@@ -438,9 +438,9 @@ impl Jobs {
     }
 
     /// Stream mode: the frames go straight into `pg_restore`. With
-    /// `post_data`, the main archive ends where the file
-    /// [`POST_DATA_FILE`] starts; it is landed, and restored by
-    /// `setup.jobs` workers once the data is in.
+    /// `post_data`, the main archive (without its post-data section) ends
+    /// where the file [`SCHEMA_FILE`] starts; that is landed, and its
+    /// post-data section restored by `setup.jobs` workers once the data is in.
     async fn restore_stream(
         &self,
         job: &Job,
@@ -478,6 +478,7 @@ impl Jobs {
                         let raw = decoder.data(&d)?;
                         if let Some(l) = landing.as_mut() {
                             l.write(&raw).await?;
+                            job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
                             continue;
                         }
                         if landed.is_some() {
@@ -505,7 +506,7 @@ impl Jobs {
                         if post_data
                             && landing.is_none()
                             && landed.is_none()
-                            && f.name == POST_DATA_FILE =>
+                            && f.name == SCHEMA_FILE =>
                     {
                         // The main archive is complete: pg_restore may see its end.
                         stdin = None;
@@ -563,8 +564,8 @@ impl Jobs {
         }
     }
 
-    /// Indexes, constraints and triggers from a landed post-data archive,
-    /// built by `setup.jobs` workers.
+    /// Indexes, constraints and triggers: the post-data section of a landed
+    /// schema archive, built by `setup.jobs` workers.
     async fn restore_post_data(
         &self,
         job: &Job,
@@ -574,14 +575,16 @@ impl Jobs {
         let pg = &self.config.postgres;
         let workers = setup.jobs.max(1);
         job.post_data_jobs.store(workers, Ordering::Relaxed);
-        job.advance(pb::Phase::Indexing);
+        if !job.advance(pb::Phase::Indexing) {
+            return Err(StepError::new("pg_restore", "the job was cancelled"));
+        }
         tracing::info!(job = %job.id, workers, "data restored; building indexes, constraints and triggers");
         let argv = args::pg_restore(
             pg,
             &job.new_database,
             &setup.owner,
             &setup.restore,
-            args::RestoreFrom::File(file, workers),
+            args::RestoreFrom::PostDataOf(file, workers),
         )
         .map_err(|e| StepError::new("pg_restore", e))?;
         let mut tool = procs::spawn(

@@ -102,8 +102,12 @@ impl Jobs {
         }
         // Parallel mode lands the dump here; a split stream lands its
         // post-data section.
-        let work_dir = (mode == pb::Mode::Parallel || req.split_post_data)
-            .then(|| cfg.work_dir.join("jobs").join(&req.job_id));
+        // Apart from the destination's, should one agent be both sides.
+        let work_dir = (mode == pb::Mode::Parallel || req.split_post_data).then(|| {
+            cfg.work_dir
+                .join("jobs")
+                .join(format!("source-{}", req.job_id))
+        });
         let job = Job::new(
             &cfg.name,
             &req.job_id,
@@ -226,8 +230,8 @@ impl Jobs {
     }
 
     /// Stream mode: `pg_dump -Fc` stdout, chunked. Given a snapshot, the
-    /// post-data section is dumped apart into the work directory meanwhile,
-    /// and sent as a file after the rest.
+    /// data goes without its post-data section, and a schema dump
+    /// made meanwhile into the work directory follows it as a file.
     async fn produce_stream(
         &self,
         job: &Job,
@@ -238,51 +242,92 @@ impl Jobs {
         snapshot: Option<&str>,
     ) -> Result<(), StepError> {
         let pg = &self.config.postgres;
-        let mut post = match snapshot {
+        let mut schema = match snapshot {
             None => None,
-            Some(id) => Some(self.start_post_data_dump(job, req, dump, id).await?),
+            Some(id) => {
+                let id = if self.config.faults.bad_schema_snapshot {
+                    "00000000-00000000-0"
+                } else {
+                    id
+                };
+                Some(self.start_schema_dump(job, req, dump, id).await?)
+            }
         };
         let to = match snapshot {
             Some(id) => args::DumpTo::StdoutWithoutPostData { snapshot: id },
             None => args::DumpTo::Stdout,
         };
-        let main = async {
-            let argv =
-                args::pg_dump(pg, &req.database, dump, to).map_err(|e| step("pg_dump", e))?;
-            let mut tool = procs::spawn(
-                &pg.bin_dir,
-                "pg_dump",
-                &argv,
-                &[],
-                Stdio::null(),
-                Stdio::piped(),
-            )
-            .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))?;
-            let mut out = tool
-                .child
-                .stdout
-                .take()
-                .ok_or_else(|| step("pg_dump", "no stdout"))?;
-            if let Err(e) = send_reader(job, &mut out, enc, tx).await {
-                tool.kill().await;
+        let started = args::pg_dump(pg, &req.database, dump, to)
+            .map_err(|e| step("pg_dump", e))
+            .and_then(|argv| {
+                procs::spawn(
+                    &pg.bin_dir,
+                    "pg_dump",
+                    &argv,
+                    &[],
+                    Stdio::null(),
+                    Stdio::piped(),
+                )
+                .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))
+            });
+        let mut tool = match started {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some((s, _)) = schema.as_mut() {
+                    s.kill().await;
+                }
                 return Err(e);
             }
-            finish_tool(job, &mut tool, true, &req.database).await
-        }
-        .await;
-        let Some((tool, dir)) = post.as_mut() else {
+        };
+        let Some(mut out) = tool.child.stdout.take() else {
+            tool.kill().await;
+            return Err(step("pg_dump", "no stdout"));
+        };
+        let sending = send_reader(job, &mut out, enc, tx);
+        let sent = match schema.as_mut() {
+            None => sending.await,
+            Some((side, _)) => {
+                tokio::pin!(sending);
+                tokio::select! {
+                    r = &mut sending => r,
+                    status = side.child.wait() => match status {
+                        Ok(s) if s.success() => sending.await,
+                        // The schema dump failed: no use sending the data.
+                        _ => {
+                            tool.kill().await;
+                            let e = finish_tool(job, side, true, &req.database)
+                                .await
+                                .err()
+                                .unwrap_or_else(|| step("pg_dump", "it ended unexpectedly"));
+                            return Err(schema_error(e));
+                        }
+                    },
+                }
+            }
+        };
+        let main = match sent {
+            Ok(_) => finish_tool(job, &mut tool, true, &req.database).await,
+            Err(e) => {
+                tool.kill().await;
+                Err(e)
+            }
+        };
+        let Some((side, dir)) = schema.as_mut() else {
             return main;
         };
         if let Err(e) = main {
-            tool.kill().await;
+            side.kill().await;
             return Err(e);
         }
-        finish_tool(job, tool, true, &req.database).await?;
-        send_file(job, dir, POST_DATA_FILE, enc, tx).await
+        finish_tool(job, side, true, &req.database)
+            .await
+            .map_err(schema_error)?;
+        send_file(job, dir, SCHEMA_FILE, enc, tx).await
     }
 
-    /// Starts `pg_dump --section=post-data` into the job's work directory.
-    async fn start_post_data_dump(
+    /// Starts the schema dump (pre-data and post-data) into the job's work
+    /// directory.
+    async fn start_schema_dump(
         &self,
         job: &Job,
         req: &pb::StartDumpRequest,
@@ -297,12 +342,12 @@ impl Jobs {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| step("pg_dump", format!("cannot create {}: {e}", dir.display())))?;
-        let file = dir.join(POST_DATA_FILE);
+        let file = dir.join(SCHEMA_FILE);
         let argv = args::pg_dump(
             pg,
             &req.database,
             dump,
-            args::DumpTo::PostData {
+            args::DumpTo::Schema {
                 snapshot,
                 file: &file,
             },
@@ -414,8 +459,18 @@ impl Jobs {
     }
 }
 
-/// The name under which a split stream's post-data section travels.
-pub const POST_DATA_FILE: &str = "post-data.dump";
+/// The file in which a split stream's schema travels after the data; the
+/// destination restores its post-data section.
+pub const SCHEMA_FILE: &str = "schema.dump";
+
+/// Names the schema dump in a failure, apart from the main one.
+fn schema_error(mut e: StepError) -> StepError {
+    e.message = format!(
+        "the schema dump (for indexes and constraints): {}",
+        e.message
+    );
+    e
+}
 
 /// Opens a read-only repeatable-read transaction on `database` and exports
 /// its snapshot. The snapshot lives as long as the returned client.

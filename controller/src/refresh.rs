@@ -383,14 +383,20 @@ pub async fn abort_both<T: ClientTls>(tls: Arc<T>, spec: &PairSpec, job_id: &str
 
 /// Whether a stream-mode refresh sends the post-data section apart, to be
 /// built by `spec.jobs` workers: only when that is more than one, and both
-/// agents say they can.
+/// agents say they can. Not when privileges are restored: a one-pass restore
+/// grants them after indexes, constraints and triggers exist, and so keeps
+/// the order a dump was made for.
 fn split_post_data(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -> bool {
     let can = |i: &pb::InfoResponse| {
         i.features
             .iter()
             .any(|f| f == stagesync_proto::FEATURE_SPLIT_POST_DATA)
     };
-    spec.mode == pb::Mode::Stream && spec.jobs > 1 && can(src) && can(dst)
+    spec.mode == pb::Mode::Stream
+        && spec.jobs > 1
+        && !spec.restore.privileges
+        && can(src)
+        && can(dst)
 }
 
 /// Refreshes `spec.dest_db` from `spec.source_db`.
@@ -937,6 +943,9 @@ mod tests {
         spec.jobs = 1;
         assert!(!split_post_data(&spec, &can, &can), "one worker: one pass");
         spec.jobs = 4;
+        spec.restore.privileges = true;
+        assert!(!split_post_data(&spec, &can, &can), "privileges restored");
+        spec.restore.privileges = false;
         spec.mode = pb::Mode::Parallel;
         assert!(!split_post_data(&spec, &can, &can), "parallel mode");
     }

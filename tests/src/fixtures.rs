@@ -8,8 +8,9 @@ use anyhow::Context;
 use crate::PgCluster;
 
 /// A database with what a web app's database has: several schemas, an
-/// extension from contrib, sequences, foreign keys, views, a materialized
-/// view, functions, triggers, a 100k-row table and a bytea table.
+/// extension from contrib, sequences, foreign keys (two tables referencing
+/// each other among them), views, a materialized view, functions, triggers,
+/// a 100k-row table and a bytea table.
 pub const RICH_SCHEMA: &str = r#"
 CREATE EXTENSION pgcrypto;
 CREATE SCHEMA app;
@@ -39,6 +40,9 @@ CREATE FUNCTION app.post_count(uid bigint) RETURNS bigint LANGUAGE sql STABLE
   AS $$ SELECT count(*) FROM app.posts WHERE user_id = uid $$;
 CREATE VIEW app.user_stats AS
   SELECT u.id, u.email, app.post_count(u.id) AS posts FROM app.users u;
+CREATE TABLE app.teams (id int PRIMARY KEY, name text NOT NULL, lead_id int);
+CREATE TABLE app.members (id int PRIMARY KEY, team_id int NOT NULL REFERENCES app.teams(id));
+ALTER TABLE app.teams ADD FOREIGN KEY (lead_id) REFERENCES app.members(id);
 CREATE MATERIALIZED VIEW app.posts_per_user AS
   SELECT user_id, count(*) AS posts FROM app.posts GROUP BY user_id;
 CREATE UNIQUE INDEX posts_per_user_idx ON app.posts_per_user(user_id);
@@ -52,6 +56,9 @@ INSERT INTO app.images SELECT g, gen_random_bytes(512) || decode(md5(g::text), '
 UPDATE app.images SET digest = encode(digest(data, 'sha256'), 'hex');
 SELECT nextval('app.invoice_seq') FROM generate_series(1, 42);
 INSERT INTO public.socialaccount_socialapp(provider, client_id, secret) VALUES ('github', 'prod-id', 'prod-secret');
+INSERT INTO app.teams(id, name) SELECT g, 'team ' || g FROM generate_series(1, 50) g;
+INSERT INTO app.members SELECT g, 1 + g % 50 FROM generate_series(1, 500) g;
+UPDATE app.teams SET lead_id = id;
 REFRESH MATERIALIZED VIEW app.posts_per_user;
 "#;
 

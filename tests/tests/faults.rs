@@ -314,6 +314,36 @@ async fn indexes_and_constraints_failing_after_the_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_schema_dump_stops_the_data_at_once() {
+    let mut p = prod_spec();
+    p.faults.bad_schema_snapshot = true;
+    let s = setup(Options {
+        prod_spec: Some(p),
+        ..Default::default()
+    })
+    .await;
+    // Throttled to 400 KiB/s, the whole dump would take many seconds.
+    let err = s.start(s.spec()).await.unwrap().unwrap_err();
+    assert!(err.contains("the schema dump"), "{err}");
+    assert!(err.contains("snapshot"), "pg_dump's own words: {err}");
+    let info = stagesync_controller::status::info(s.tls.clone(), &s.prod.target())
+        .await
+        .unwrap();
+    let dumped = info.jobs.iter().map(|j| j.bytes_dumped).max().unwrap_or(0);
+    let c = s.src.client("production").await.unwrap();
+    let posts: i64 = c
+        .query_one("SELECT pg_table_size('app.posts')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        dumped < posts as u64 / 2,
+        "the data kept streaming: {dumped} bytes dumped, app.posts alone is {posts}"
+    );
+    s.assert_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupted_frame_is_caught_by_its_checksum() {
     let mut p = prod_spec();
     p.faults.corrupt_frame = Some(2);

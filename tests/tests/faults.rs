@@ -519,11 +519,15 @@ async fn an_expired_ticket_is_refused() {
 }
 
 async fn prepare(s: &Setup, ticket: &str) {
+    prepare_job(s, "0123456789abcdef", ticket).await
+}
+
+async fn prepare_job(s: &Setup, job_id: &str, ticket: &str) {
     let mut dest = stagesync_controller::client::connect(s.tls.clone(), &s.staging.target())
         .await
         .unwrap();
     dest.prepare_restore(pb::PrepareRestoreRequest {
-        job_id: "0123456789abcdef".into(),
+        job_id: job_id.into(),
         database: "stage".into(),
         owner: "stage".into(),
         mode: pb::Mode::Stream as i32,
@@ -605,5 +609,85 @@ async fn streams_with_bad_tickets_or_from_strangers_are_refused() {
         "{}",
         replay.message()
     );
+    s.assert_untouched().await;
+}
+
+/// Frames of a split stream out of order or incomplete: each refused with
+/// what was wrong, and nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_split_streams_are_refused() {
+    use pb::dump_frame::Kind;
+    let s = setup(Options::default()).await;
+    let start = |name: &str| Kind::FileStart(pb::FileStart { name: name.into() });
+    let trailer = || {
+        Kind::Trailer(stagesync_agent::frames::Encoder::new(pb::Compression::None, None).trailer())
+    };
+    let cases: Vec<(bool, Vec<Kind>, &str)> = vec![
+        (
+            true,
+            vec![trailer()],
+            "ended without the post-data section it announced",
+        ),
+        (
+            true,
+            vec![start("other.dump")],
+            "unexpected file start frame",
+        ),
+        (
+            false,
+            vec![start("schema.dump")],
+            "unexpected file start frame",
+        ),
+        (
+            true,
+            vec![start("schema.dump"), trailer()],
+            "the stream ended inside a file",
+        ),
+        (
+            true,
+            vec![
+                start("schema.dump"),
+                Kind::FileEnd(pb::FileEnd {
+                    name: "schema.dump".into(),
+                    size: 5,
+                }),
+            ],
+            "ended with 0 bytes, the source says 5 bytes",
+        ),
+        (
+            true,
+            vec![start("../schema.dump")],
+            "unexpected file start frame",
+        ),
+    ];
+    let tls = Arc::new(ReloadingClientConfig::load(s.pki.agent("prod-db").unwrap()).unwrap());
+    for (i, (announced, frames, want)) in cases.into_iter().enumerate() {
+        let job_id = format!("{:016x}", 0xa0 + i);
+        let ticket = format!("{i}").repeat(64);
+        prepare_job(&s, &job_id, &ticket).await;
+        let mut all = vec![pb::DumpFrame {
+            kind: Some(Kind::Header(pb::DumpHeader {
+                job_id: job_id.clone(),
+                ticket,
+                mode: pb::Mode::Stream as i32,
+                compression: pb::Compression::None as i32,
+                source_database: "production".into(),
+                post_data_file: announced,
+            })),
+        }];
+        all.extend(frames.into_iter().map(|k| pb::DumpFrame { kind: Some(k) }));
+        let mut c = stagesync_controller::client::connect(tls.clone(), &s.staging.target())
+            .await
+            .unwrap();
+        let status = c
+            .push_dump(futures::stream::iter(all))
+            .await
+            .expect_err("a malformed stream is refused");
+        assert!(
+            status.message().contains(want),
+            "case {i}: want {want:?}, got {:?}",
+            status.message()
+        );
+    }
     s.assert_untouched().await;
 }

@@ -516,8 +516,8 @@ async fn snapshot(cluster: &PgCluster, db: &str) -> anyhow::Result<Snapshot> {
         let n: i64 = c
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await
-            .with_context(|| format!("counting {table} in {db}"))?
-            .get(0);
+            .and_then(|r| r.try_get(0))
+            .with_context(|| format!("counting {table} in {db}"))?;
         counts.push(n);
     }
     let (users, posts, sessions) = (counts[0], counts[1], counts[2]);
@@ -527,8 +527,8 @@ async fn snapshot(cluster: &PgCluster, db: &str) -> anyhow::Result<Snapshot> {
             &[],
         )
         .await
-        .with_context(|| format!("reading the OAuth app in {db}"))?
-        .get(0);
+        .and_then(|r| r.try_get(0))
+        .with_context(|| format!("reading the OAuth app in {db}"))?;
     Ok(Snapshot {
         users,
         posts,
@@ -539,14 +539,16 @@ async fn snapshot(cluster: &PgCluster, db: &str) -> anyhow::Result<Snapshot> {
 
 async fn previous_copies(cluster: &PgCluster) -> anyhow::Result<Vec<String>> {
     let c = cluster.client("postgres").await?;
-    Ok(c.query(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'stage%' AND datname <> 'stage' ORDER BY 1",
-        &[],
-    )
-    .await?
-    .iter()
-    .map(|r| r.get(0))
-    .collect())
+    let rows = c
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'stage%' AND datname <> 'stage' ORDER BY 1",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?)
 }
 
 fn show(

@@ -477,6 +477,15 @@ impl Jobs {
                     pb::dump_frame::Kind::Data(d) => {
                         let raw = decoder.data(&d)?;
                         if let Some(l) = landing.as_mut() {
+                            if l.written + raw.len() as u64 > MAX_SCHEMA_FILE {
+                                return Err(StepError::new(
+                                    "stream",
+                                    format!(
+                                        "the schema file from the source exceeds {} MiB; refresh with --jobs 1 to restore in one pass",
+                                        MAX_SCHEMA_FILE >> 20
+                                    ),
+                                ));
+                            }
                             l.write(&raw).await?;
                             job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
                             continue;
@@ -811,6 +820,10 @@ pub(crate) async fn finish_tool(
         Err(e) => Err(StepError::new(name, format!("waiting for {name}: {e}"))),
     }
 }
+
+/// A split stream's schema file is DDL, not data: anything near this size
+/// is a broken or hostile peer filling the disk.
+const MAX_SCHEMA_FILE: u64 = 2 << 30;
 
 fn frame_kind(k: &pb::dump_frame::Kind) -> &'static str {
     match k {

@@ -482,8 +482,13 @@ async fn export_snapshot(
         .await
         .map_err(|e| format!("connecting to {database:?}: {}", pg::error_chain(&e)))?;
     let id: String = async {
+        // The transaction stays idle while the dumps run: a server-wide
+        // idle-in-transaction timeout must not end it (and the snapshot).
         client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .batch_execute(
+                "SET idle_in_transaction_session_timeout = 0; \
+                 BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            )
             .await?;
         client
             .query_one("SELECT pg_export_snapshot()", &[])

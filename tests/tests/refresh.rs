@@ -163,6 +163,26 @@ async fn stream_mode_in_one_pass_arrives_identical() {
     refresh_and_compare(pb::Mode::Stream, Compress::Auto, 1).await;
 }
 
+/// The session that exports the split stream's snapshot sits idle in its
+/// transaction while the dumps run; a timeout for that on the source must
+/// not end it (which would quietly fall back to one pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn split_survives_an_idle_in_transaction_timeout_on_the_source() {
+    let f = fleet().await;
+    f.src
+        .exec(
+            "postgres",
+            "ALTER DATABASE production SET idle_in_transaction_session_timeout = '1ms'",
+        )
+        .await
+        .unwrap();
+    let report = refresh(f.tls.clone(), &f.spec(), |_| {})
+        .await
+        .expect("refresh succeeds");
+    assert_eq!(report.post_data_jobs, 2, "{report:?}");
+    assert_identical(&f).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_mode_arrives_identical() {
     refresh_and_compare(pb::Mode::Parallel, Compress::Auto, 2).await;

@@ -313,6 +313,66 @@ async fn indexes_and_constraints_failing_after_the_data() {
     s.assert_untouched().await;
 }
 
+/// An abort while indexes and constraints are being built (the parallel
+/// post-data pass, held up by a lock this test takes) stops its workers
+/// and drops the new database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aborted_while_indexing() {
+    let s = setup(Options::default()).await;
+    let run = s.start(s.spec());
+    s.wait_restoring().await;
+    // The tables exist once data flows. A share lock lets app.teams' rows in
+    // but keeps its primary key (post-data) waiting.
+    let info = stagesync_controller::status::info(s.tls.clone(), &s.staging.target())
+        .await
+        .unwrap();
+    let job = info.jobs.last().unwrap().clone();
+    let holder = s.dst.client(&job.new_database).await.unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE app.teams IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    s.proxy.throttle(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = stagesync_controller::status::info(s.tls.clone(), &s.staging.target())
+            .await
+            .unwrap();
+        let now = info.jobs.iter().find(|j| j.job_id == job.job_id).unwrap();
+        if now.phase == pb::Phase::Indexing as i32 {
+            assert_eq!(now.post_data_jobs, 2);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never indexing: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Held: the post-data workers are waiting on the lock.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !tool_processes(&s.dst.socket_dir).is_empty(),
+        "pg_restore is running its post-data pass"
+    );
+    let mut dest = stagesync_controller::client::connect(s.tls.clone(), &s.staging.target())
+        .await
+        .unwrap();
+    dest.abort(pb::AbortRequest {
+        job_id: job.job_id.clone(),
+        reason: "operator pressed Ctrl-C".into(),
+        side: pb::Side::Dest as i32,
+    })
+    .await
+    .unwrap();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(
+        err.contains(
+            "building indexes, constraints and triggers (2 workers): the job was cancelled"
+        ),
+        "{err}"
+    );
+    drop(holder);
+    s.assert_untouched().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_schema_dump_stops_the_data_at_once() {
     let mut p = prod_spec();

@@ -102,6 +102,18 @@ fn check_snapshot(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One of a split stream's two dumps: custom format, the shared snapshot,
+/// pre-data and one more section.
+fn split_args(snapshot: &str, section: &str) -> [String; 5] {
+    [
+        "--format=custom".to_string(),
+        "--compress=0".to_string(),
+        format!("--snapshot={snapshot}"),
+        "--section=pre-data".to_string(),
+        format!("--section={section}"),
+    ]
+}
+
 /// `pg_dump` for `database`, custom or directory format as `to` says.
 /// pg_dump's own compression is off: the wire compresses.
 pub fn pg_dump(
@@ -122,26 +134,14 @@ pub fn pg_dump(
         ]),
         DumpTo::StdoutWithoutPostData { snapshot } => {
             check_snapshot(snapshot)?;
-            args.extend([
-                "--format=custom".to_string(),
-                "--compress=0".to_string(),
-                format!("--snapshot={snapshot}"),
-                "--section=pre-data".to_string(),
-                "--section=data".to_string(),
-            ])
+            args.extend(split_args(snapshot, "data"));
         }
         DumpTo::Schema { snapshot, file } => {
             check_snapshot(snapshot)?;
-            args.extend([
-                "--format=custom".to_string(),
-                "--compress=0".to_string(),
-                format!("--snapshot={snapshot}"),
-                // Not --schema-only: that would leave out the refresh of
-                // materialized views, which is post-data.
-                "--section=pre-data".to_string(),
-                "--section=post-data".to_string(),
-                format!("--file={}", file.display()),
-            ])
+            // Not --schema-only: that would leave out the refresh of
+            // materialized views, which is post-data.
+            args.extend(split_args(snapshot, "post-data"));
+            args.push(format!("--file={}", file.display()));
         }
     }
     for (list, flag, what) in [

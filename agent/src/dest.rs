@@ -581,31 +581,13 @@ impl Jobs {
         setup: &DestSetup,
         file: &Path,
     ) -> Result<(), StepError> {
-        let pg = &self.config.postgres;
         let workers = setup.jobs.max(1);
         job.post_data_jobs.store(workers, Ordering::Relaxed);
         if !job.advance(pb::Phase::Indexing) {
             return Err(StepError::new("pg_restore", "the job was cancelled"));
         }
         tracing::info!(job = %job.id, workers, "data restored; building indexes, constraints and triggers");
-        let argv = args::pg_restore(
-            pg,
-            &job.new_database,
-            &setup.owner,
-            &setup.restore,
-            args::RestoreFrom::PostDataOf(file, workers),
-        )
-        .map_err(|e| StepError::new("pg_restore", e))?;
-        let mut tool = procs::spawn(
-            &pg.bin_dir,
-            "pg_restore",
-            &argv,
-            &pg.restore_settings,
-            Stdio::null(),
-            Stdio::null(),
-        )
-        .map_err(|e| StepError::new("pg_restore", format!("cannot start pg_restore: {e}")))?;
-        finish_tool(job, &mut tool, true, &job.new_database)
+        self.restore_from(job, setup, args::RestoreFrom::PostDataOf(file, workers))
             .await
             .map_err(|mut e| {
                 e.message = format!(
@@ -669,15 +651,20 @@ impl Jobs {
                 }
             }
         }
+        self.restore_from(job, setup, args::RestoreFrom::Directory(&dir, setup.jobs))
+            .await
+    }
+
+    /// Runs `pg_restore` on a landed archive to its end.
+    async fn restore_from(
+        &self,
+        job: &Job,
+        setup: &DestSetup,
+        from: args::RestoreFrom<'_>,
+    ) -> Result<(), StepError> {
         let pg = &self.config.postgres;
-        let argv = args::pg_restore(
-            pg,
-            &job.new_database,
-            &setup.owner,
-            &setup.restore,
-            args::RestoreFrom::Directory(&dir, setup.jobs),
-        )
-        .map_err(|e| StepError::new("pg_restore", e))?;
+        let argv = args::pg_restore(pg, &job.new_database, &setup.owner, &setup.restore, from)
+            .map_err(|e| StepError::new("pg_restore", e))?;
         let mut tool = procs::spawn(
             &pg.bin_dir,
             "pg_restore",

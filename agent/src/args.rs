@@ -92,6 +92,40 @@ pub enum DumpTo<'a> {
     /// ([`RestoreFrom::PostDataOf`]). The tables' entries stay in it so that
     /// a parallel `pg_restore` knows which items lock which table.
     Schema { snapshot: &'a str, file: &'a Path },
+    /// The data section only, custom format, to stdout, as of an exported
+    /// snapshot: one lane of a split stream's data.
+    LaneData { snapshot: &'a str, lane: Lane<'a> },
+}
+
+/// Which tables' data one lane carries.
+#[derive(Clone, Copy, Debug)]
+pub enum Lane<'a> {
+    /// One table of its own.
+    Table(&'a TableName),
+    /// Every table but these (they travel in lanes of their own).
+    AllBut(&'a [TableName]),
+}
+
+/// A table as the catalog names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TableName {
+    /// A pg_dump pattern that matches this table and nothing else: both
+    /// parts double-quoted, where wildcards and dots are literal and case
+    /// is kept.
+    pub fn exact_pattern(&self) -> Result<String, String> {
+        let quote = |s: &str| {
+            if s.is_empty() || s.chars().any(char::is_control) {
+                return Err(format!("{s:?} cannot be named in a pg_dump pattern"));
+            }
+            Ok(format!("\"{}\"", s.replace('"', "\"\"")))
+        };
+        Ok(format!("{}.{}", quote(&self.schema)?, quote(&self.table)?))
+    }
 }
 
 /// An exported snapshot's id, as `pg_export_snapshot()` makes them.
@@ -143,6 +177,27 @@ pub fn pg_dump(
             args.extend(split_args(snapshot, "post-data"));
             args.push(format!("--file={}", file.display()));
         }
+        DumpTo::LaneData { snapshot, lane } => {
+            check_snapshot(snapshot)?;
+            if !opts.schemas.is_empty() || !opts.exclude_schemas.is_empty() {
+                // pg_dump ignores schema filters for tables named with -t.
+                return Err("data lanes cannot be combined with schema filters".into());
+            }
+            args.extend([
+                "--format=custom".to_string(),
+                "--compress=0".to_string(),
+                format!("--snapshot={snapshot}"),
+                "--section=data".to_string(),
+            ]);
+            match lane {
+                Lane::Table(t) => args.push(format!("--table={}", t.exact_pattern()?)),
+                Lane::AllBut(others) => {
+                    for t in others {
+                        args.push(format!("--exclude-table-data={}", t.exact_pattern()?));
+                    }
+                }
+            }
+        }
     }
     for (list, flag, what) in [
         (&opts.exclude_tables, "--exclude-table=", "exclude_tables"),
@@ -179,6 +234,9 @@ pub enum RestoreFrom<'a> {
     /// The post-data section of a custom-format file, restored by `jobs`
     /// workers.
     PostDataOf(&'a Path, u32),
+    /// The pre-data section of a custom-format file (the tables a lane
+    /// stream's data goes into).
+    PreDataOf(&'a Path),
 }
 
 /// `pg_restore` into `new_database` as `owner`, from where `from` says.
@@ -210,6 +268,10 @@ pub fn pg_restore(
         RestoreFrom::PostDataOf(file, jobs) => {
             args.push("--section=post-data".to_string());
             ("custom", Some((file, jobs)))
+        }
+        RestoreFrom::PreDataOf(file) => {
+            args.push("--section=pre-data".to_string());
+            ("custom", Some((file, 1)))
         }
     };
     args.push(format!("--format={format}"));
@@ -351,6 +413,99 @@ mod tests {
                 "--section=post-data",
                 "--format=custom",
                 "--jobs=3",
+                "/w/schema.dump"
+            ]
+        );
+    }
+
+    #[test]
+    fn lanes_name_their_tables_exactly() {
+        let opts = pb::DumpOptions {
+            exclude_table_data: vec!["public.cache_*".into()],
+            ..Default::default()
+        };
+        let id = "00000003-0000001B-1";
+        let big = TableName {
+            schema: "App Data".into(),
+            table: "Big\"*.t".into(),
+        };
+        let other = TableName {
+            schema: "public".into(),
+            table: "accounts".into(),
+        };
+        let own = pg_dump(
+            &pg(),
+            "db",
+            &opts,
+            DumpTo::LaneData {
+                snapshot: id,
+                lane: Lane::Table(&big),
+            },
+        )
+        .unwrap();
+        for a in [
+            "--section=data",
+            "--snapshot=00000003-0000001B-1",
+            "--table=\"App Data\".\"Big\"\"*.t\"",
+            // The plan's own filters still apply inside a lane.
+            "--exclude-table-data=public.cache_*",
+        ] {
+            assert!(own.contains(&a.to_string()), "{a} in {own:?}");
+        }
+        assert!(!own.iter().any(|a| a.contains("pre-data")), "{own:?}");
+        let list = [big.clone(), other];
+        let rest = pg_dump(
+            &pg(),
+            "db",
+            &opts,
+            DumpTo::LaneData {
+                snapshot: id,
+                lane: Lane::AllBut(&list),
+            },
+        )
+        .unwrap();
+        for a in [
+            "--exclude-table-data=\"App Data\".\"Big\"\"*.t\"",
+            "--exclude-table-data=\"public\".\"accounts\"",
+        ] {
+            assert!(rest.contains(&a.to_string()), "{a} in {rest:?}");
+        }
+        assert!(!rest.iter().any(|a| a.starts_with("--table")), "{rest:?}");
+        let filtered = pb::DumpOptions {
+            schemas: vec!["app".into()],
+            ..Default::default()
+        };
+        assert!(
+            pg_dump(
+                &pg(),
+                "db",
+                &filtered,
+                DumpTo::LaneData {
+                    snapshot: id,
+                    lane: Lane::Table(&big),
+                },
+            )
+            .is_err()
+        );
+        let newline = TableName {
+            schema: "public".into(),
+            table: "a\nb".into(),
+        };
+        assert!(newline.exact_pattern().is_err());
+        let pre = pg_restore(
+            &pg(),
+            "new",
+            "owner",
+            &pb::RestoreOptions::default(),
+            RestoreFrom::PreDataOf(Path::new("/w/schema.dump")),
+        )
+        .unwrap();
+        assert_eq!(
+            &pre[pre.len() - 4..],
+            [
+                "--section=pre-data",
+                "--format=custom",
+                "--jobs=1",
                 "/w/schema.dump"
             ]
         );

@@ -50,6 +50,7 @@ struct RawJobs {
     controller_timeout_secs: Option<Spanned<u64>>,
     stall_timeout_secs: Option<Spanned<u64>>,
     ticket_ttl_secs: Option<Spanned<u64>>,
+    lane_min_table_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,7 +107,8 @@ pub struct AgentConfig {
     pub faults: Faults,
 }
 
-/// Timeouts that end jobs nobody is looking after.
+/// Timeouts that end jobs nobody is looking after, and when a table is
+/// worth a data lane of its own.
 #[derive(Clone, Debug)]
 pub struct JobLimits {
     /// A job no controller has watched for this long is aborted.
@@ -115,6 +117,10 @@ pub struct JobLimits {
     pub stall_timeout: std::time::Duration,
     /// A prepared job whose stream has not started within this long is aborted.
     pub ticket_ttl: std::time::Duration,
+    /// Source side: a table gets a data lane of its own from this size
+    /// (heap and TOAST, in bytes); below it, one more pg_dump and pg_restore
+    /// cost more than they win.
+    pub lane_min_table_bytes: u64,
 }
 
 /// Faults the tests inject to prove that the agent survives them.
@@ -122,6 +128,9 @@ pub struct JobLimits {
 pub struct Faults {
     /// Source side: flip a byte in this data frame after its CRC is computed.
     pub corrupt_frame: Option<u64>,
+    /// Source side: with data lanes, `corrupt_frame` counts the frames of
+    /// this lane (lane 0 otherwise).
+    pub corrupt_lane: u32,
     /// Source side: the schema dump of a split stream is given a snapshot
     /// that does not exist, so it fails while the data streams.
     pub bad_schema_snapshot: bool,
@@ -274,6 +283,17 @@ impl Ctx<'_> {
             )?,
             stall_timeout: secs(&raw.jobs.stall_timeout_secs, "jobs.stall_timeout_secs", 120)?,
             ticket_ttl: secs(&raw.jobs.ticket_ttl_secs, "jobs.ticket_ttl_secs", 600)?,
+            lane_min_table_bytes: match &raw.jobs.lane_min_table_mb {
+                Some(mb) if *mb.get_ref() > 1 << 30 => {
+                    return self.err(
+                        mb.span(),
+                        "jobs.lane_min_table_mb",
+                        "must be at most 1073741824 (1 PiB)",
+                    );
+                }
+                Some(mb) => *mb.get_ref() << 20,
+                None => 16 << 20,
+            },
         };
 
         let mut s3_files = stagesync_s3::ProfileFilePaths::default();

@@ -344,6 +344,19 @@ impl Jobs {
             );
             return Err(denied("post-data file not expected".into()));
         }
+        let lanes = header.data_lanes;
+        if lanes > 1
+            && (!header.post_data_file
+                || lanes > stagesync_proto::MAX_DATA_LANES
+                || lanes > setup.jobs.max(2))
+        {
+            let reason = format!(
+                "the stream announced {lanes} data lanes; this job takes at most {} (and only with a post-data file)",
+                setup.jobs.clamp(2, stagesync_proto::MAX_DATA_LANES)
+            );
+            job.fail("stream", reason.clone(), String::new());
+            return Err(denied(reason));
+        }
         let _pipeline = job.pipeline.lock().await;
         if !job.advance(pb::Phase::Restoring) {
             return Err(denied(format!(
@@ -356,6 +369,10 @@ impl Jobs {
         let result = match mode {
             pb::Mode::Parallel => {
                 self.restore_parallel(&job, setup, compression, &mut stream)
+                    .await
+            }
+            _ if lanes > 1 => {
+                self.restore_lanes(&job, setup, compression, lanes, &mut stream)
                     .await
             }
             _ => {
@@ -449,24 +466,7 @@ impl Jobs {
         post_data: bool,
         stream: &mut (impl Stream<Item = Result<pb::DumpFrame, Status>> + Unpin),
     ) -> Result<(), StepError> {
-        let pg = &self.config.postgres;
-        let argv = args::pg_restore(
-            pg,
-            &job.new_database,
-            &setup.owner,
-            &setup.restore,
-            args::RestoreFrom::Stdin,
-        )
-        .map_err(|e| StepError::new("pg_restore", e))?;
-        let mut tool = procs::spawn(
-            &pg.bin_dir,
-            "pg_restore",
-            &argv,
-            &pg.restore_settings,
-            Stdio::piped(),
-            Stdio::null(),
-        )
-        .map_err(|e| StepError::new("pg_restore", format!("cannot start pg_restore: {e}")))?;
+        let mut tool = self.restore_from_stdin(job, setup)?;
         let mut stdin = tool.child.stdin.take();
         let mut decoder = Decoder::new(compression);
         let mut landing: Option<Landing> = None;
@@ -478,13 +478,7 @@ impl Jobs {
                         let raw = decoder.data(&d)?;
                         if let Some(l) = landing.as_mut() {
                             if l.written + raw.len() as u64 > MAX_SCHEMA_FILE {
-                                return Err(StepError::new(
-                                    "stream",
-                                    format!(
-                                        "the schema file from the source exceeds {} MiB; refresh with --jobs 1 to restore in one pass",
-                                        MAX_SCHEMA_FILE >> 20
-                                    ),
-                                ));
+                                return Err(schema_too_big());
                             }
                             l.write(&raw).await?;
                             job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
@@ -573,6 +567,244 @@ impl Jobs {
         }
     }
 
+    /// Data lanes: the schema file first, whose pre-data section creates the
+    /// tables; then `lanes` data-only archives at once, each checked by its
+    /// own decoder and fed to a `pg_restore` of its own; then the post-data
+    /// section by `setup.jobs` workers.
+    async fn restore_lanes(
+        &self,
+        job: &Arc<Job>,
+        setup: &DestSetup,
+        compression: pb::Compression,
+        lanes: u32,
+        stream: &mut (impl Stream<Item = Result<pb::DumpFrame, Status>> + Unpin),
+    ) -> Result<(), StepError> {
+        let mut first = Decoder::new(compression);
+        let schema = self.land_schema(job, &mut first, stream).await?;
+        self.restore_from(job, setup, args::RestoreFrom::PreDataOf(&schema))
+            .await
+            .map_err(|mut e| {
+                e.message = format!("creating the tables: {}", e.message);
+                e
+            })?;
+        job.data_lanes.store(lanes, Ordering::Relaxed);
+        tracing::info!(job = %job.id, lanes, "tables created; restoring the data in lanes");
+        let mut feeds = Vec::with_capacity(lanes as usize);
+        for lane in 0..lanes {
+            let decoder = match lane {
+                0 => std::mem::replace(&mut first, Decoder::new(compression)),
+                n => Decoder::for_lane(compression, n),
+            };
+            match self.start_lane(job, setup, decoder) {
+                Ok(f) => feeds.push(f),
+                Err(e) => {
+                    stop_lanes(feeds).await;
+                    return Err(e);
+                }
+            }
+        }
+        // Some(lane) when that lane's pg_restore stopped reading early.
+        let fed: Result<Option<usize>, StepError> = async {
+            loop {
+                match self.next_frame(job, stream).await? {
+                    pb::dump_frame::Kind::Data(d) => {
+                        let lane = d.lane as usize;
+                        let feed = feeds.get_mut(lane).ok_or_else(|| {
+                            StepError::new(
+                                "stream",
+                                format!("a frame for data lane {lane} arrived; the stream has {lanes}"),
+                            )
+                        })?;
+                        let Some(tx) = feed.tx.as_ref() else {
+                            return Err(StepError::new(
+                                "stream",
+                                format!("data arrived on lane {lane} after its end"),
+                            ));
+                        };
+                        let raw = feed.decoder.data(&d).map_err(|e| {
+                            StepError::new("stream", format!("data lane {lane}: {e}"))
+                        })?;
+                        let taken = tokio::select! {
+                            _ = job.cancel.cancelled() => {
+                                return Err(StepError::new("stream", "the job was cancelled"));
+                            }
+                            r = tx.send(raw) => r,
+                        };
+                        if taken.is_err() {
+                            return Ok(Some(lane));
+                        }
+                    }
+                    pb::dump_frame::Kind::LaneEnd(end) => {
+                        let lane = end.lane as usize;
+                        let feed = feeds.get_mut(lane).filter(|_| lane > 0).ok_or_else(|| {
+                            StepError::new("stream", format!("an end of data lane {lane} arrived; the stream has lanes 1 to {}", lanes - 1))
+                        })?;
+                        if feed.tx.take().is_none() {
+                            return Err(StepError::new("stream", format!("data lane {lane} ended twice")));
+                        }
+                        feed.decoder
+                            .finish(&end.trailer.unwrap_or_default())
+                            .map_err(|e| StepError::new("stream", format!("data lane {lane}: {e}")))?;
+                    }
+                    pb::dump_frame::Kind::Trailer(t) => {
+                        if let Some(open) = feeds.iter().skip(1).position(|f| f.tx.is_some()) {
+                            return Err(StepError::new(
+                                "stream",
+                                format!("the stream ended with data lane {} still open", open + 1),
+                            ));
+                        }
+                        feeds[0].decoder.finish(&t)?;
+                        feeds[0].tx = None;
+                        return Ok(None);
+                    }
+                    other => {
+                        return Err(StepError::new(
+                            "stream",
+                            format!(
+                                "an unexpected {} frame arrived among the data lanes",
+                                frame_kind(&other)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        .await;
+        let broken = match fed {
+            Ok(b) => b,
+            Err(e) => {
+                stop_lanes(feeds).await;
+                return Err(e);
+            }
+        };
+        // A lane whose pg_restore stopped early says why; then the others
+        // are of no use.
+        let order: Vec<usize> = match broken {
+            Some(b) => std::iter::once(b)
+                .chain((0..feeds.len()).filter(|&i| i != b))
+                .collect(),
+            None => (0..feeds.len()).collect(),
+        };
+        let mut feeds: Vec<Option<LaneFeed>> = feeds.into_iter().map(Some).collect();
+        for i in order {
+            let Some(mut feed) = feeds[i].take() else {
+                continue;
+            };
+            feed.tx = None;
+            let complete = feed.writer.await.unwrap_or(false);
+            if let Err(mut e) = finish_tool(job, &mut feed.tool, complete, &job.new_database).await
+            {
+                e.message = format!("data lane {i}: {}", e.message);
+                stop_lanes(feeds.into_iter().flatten().collect()).await;
+                return Err(e);
+            }
+        }
+        self.restore_post_data(job, setup, &schema).await
+    }
+
+    /// Lands a lane stream's leading schema file (on lane 0's decoder).
+    async fn land_schema(
+        &self,
+        job: &Job,
+        decoder: &mut Decoder,
+        stream: &mut (impl Stream<Item = Result<pb::DumpFrame, Status>> + Unpin),
+    ) -> Result<PathBuf, StepError> {
+        let dir = job.work_dir.as_deref().ok_or_else(|| {
+            StepError::new("stream", "no work directory to land the schema file in")
+        })?;
+        let mut landing = match self.next_frame(job, stream).await? {
+            pb::dump_frame::Kind::FileStart(f) if f.name == SCHEMA_FILE => {
+                Landing::start(dir, &f).await?
+            }
+            other => {
+                return Err(StepError::new(
+                    "stream",
+                    format!(
+                        "a stream with data lanes must start with the file {SCHEMA_FILE}, not a {} frame",
+                        frame_kind(&other)
+                    ),
+                ));
+            }
+        };
+        loop {
+            match self.next_frame(job, stream).await? {
+                pb::dump_frame::Kind::Data(d) => {
+                    let raw = decoder.data(&d)?;
+                    if landing.written + raw.len() as u64 > MAX_SCHEMA_FILE {
+                        return Err(schema_too_big());
+                    }
+                    landing.write(&raw).await?;
+                    job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
+                }
+                pb::dump_frame::Kind::FileEnd(end) => return landing.end(&end).await,
+                other => {
+                    return Err(StepError::new(
+                        "stream",
+                        format!(
+                            "an unexpected {} frame arrived inside the file {SCHEMA_FILE}",
+                            frame_kind(&other)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Starts a `pg_restore` into the job's new database that reads a
+    /// custom-format archive on its stdin.
+    fn restore_from_stdin(&self, job: &Job, setup: &DestSetup) -> Result<procs::Tool, StepError> {
+        let pg = &self.config.postgres;
+        let argv = args::pg_restore(
+            pg,
+            &job.new_database,
+            &setup.owner,
+            &setup.restore,
+            args::RestoreFrom::Stdin,
+        )
+        .map_err(|e| StepError::new("pg_restore", e))?;
+        procs::spawn(
+            &pg.bin_dir,
+            "pg_restore",
+            &argv,
+            &pg.restore_settings,
+            Stdio::piped(),
+            Stdio::null(),
+        )
+        .map_err(|e| StepError::new("pg_restore", format!("cannot start pg_restore: {e}")))
+    }
+
+    /// Starts one lane's `pg_restore` and the task that writes into it.
+    fn start_lane(
+        &self,
+        job: &Arc<Job>,
+        setup: &DestSetup,
+        decoder: Decoder,
+    ) -> Result<LaneFeed, StepError> {
+        let mut tool = self.restore_from_stdin(job, setup)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(LANE_QUEUE);
+        let stdin = tool.child.stdin.take();
+        let j = job.clone();
+        // True when everything sent was written and the input then closed.
+        let writer = tokio::spawn(async move {
+            let Some(mut stdin) = stdin else {
+                return false;
+            };
+            while let Some(raw) = rx.recv().await {
+                if stdin.write_all(&raw).await.is_err() {
+                    return false;
+                }
+                j.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
+            }
+            true
+        });
+        Ok(LaneFeed {
+            decoder,
+            tx: Some(tx),
+            writer,
+            tool,
+        })
+    }
+
     /// Indexes, constraints and triggers: the post-data section of a landed
     /// schema archive, built by `setup.jobs` workers.
     async fn restore_post_data(
@@ -646,8 +878,14 @@ impl Jobs {
                     decoder.finish(&t)?;
                     break;
                 }
-                pb::dump_frame::Kind::Header(_) | pb::dump_frame::Kind::Heartbeat(_) => {
-                    return Err(StepError::new("stream", "a second header arrived"));
+                other => {
+                    return Err(StepError::new(
+                        "stream",
+                        format!(
+                            "an unexpected {} frame arrived in a parallel-mode job",
+                            frame_kind(&other)
+                        ),
+                    ));
                 }
             }
         }
@@ -820,7 +1058,39 @@ fn frame_kind(k: &pb::dump_frame::Kind) -> &'static str {
         pb::dump_frame::Kind::FileEnd(_) => "file end",
         pb::dump_frame::Kind::Trailer(_) => "trailer",
         pb::dump_frame::Kind::Heartbeat(_) => "heartbeat",
+        pb::dump_frame::Kind::LaneEnd(_) => "lane end",
     }
+}
+
+/// Chunks queued for one lane's `pg_restore`.
+const LANE_QUEUE: usize = 4;
+
+/// One data lane on the destination.
+struct LaneFeed {
+    decoder: Decoder,
+    /// Dropped at the lane's end, which closes pg_restore's input.
+    tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    writer: tokio::task::JoinHandle<bool>,
+    tool: procs::Tool,
+}
+
+/// Stops every lane's pg_restore and its writer.
+async fn stop_lanes(feeds: Vec<LaneFeed>) {
+    for mut f in feeds {
+        f.tx = None;
+        f.tool.kill().await;
+        let _ = f.writer.await;
+    }
+}
+
+fn schema_too_big() -> StepError {
+    StepError::new(
+        "stream",
+        format!(
+            "the schema file from the source exceeds {} MiB; refresh with --jobs 1 to restore in one pass",
+            MAX_SCHEMA_FILE >> 20
+        ),
+    )
 }
 
 /// A file from the peer being written into a work directory.

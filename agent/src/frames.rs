@@ -19,6 +19,7 @@ const ZSTD_LEVEL: i32 = 1;
 /// Builds data frames and the trailer on the sending side.
 pub struct Encoder {
     compression: pb::Compression,
+    lane: u32,
     seq: u64,
     total: u64,
     sha: Sha256,
@@ -30,10 +31,19 @@ impl Encoder {
     pub fn new(compression: pb::Compression, corrupt: Option<u64>) -> Self {
         Encoder {
             compression,
+            lane: 0,
             seq: 0,
             total: 0,
             sha: Sha256::new(),
             corrupt,
+        }
+    }
+
+    /// The encoder of data lane `lane` (see `DumpHeader.data_lanes`).
+    pub fn for_lane(compression: pb::Compression, lane: u32, corrupt: Option<u64>) -> Self {
+        Encoder {
+            lane,
+            ..Encoder::new(compression, corrupt)
         }
     }
 
@@ -60,9 +70,14 @@ impl Encoder {
             payload,
             crc32c: crc,
             raw_len,
+            lane: self.lane,
         };
         self.seq += 1;
         Ok(frame)
+    }
+
+    pub fn compression(&self) -> pb::Compression {
+        self.compression
     }
 
     pub fn trailer(&self) -> pb::DumpTrailer {
@@ -77,6 +92,7 @@ impl Encoder {
 /// Checks and unpacks data frames on the receiving side.
 pub struct Decoder {
     compression: pb::Compression,
+    lane: u32,
     next_seq: u64,
     total: u64,
     sha: Sha256,
@@ -88,6 +104,8 @@ pub enum FrameError {
         "frame {seq} failed its CRC32C check (sent {sent:08x}, got {got:08x}): the data was corrupted in transit"
     )]
     Crc { seq: u64, sent: u32, got: u32 },
+    #[error("frame {seq} belongs to data lane {got}, where lane {want} was expected")]
+    Lane { seq: u64, want: u32, got: u32 },
     #[error("frame {got} arrived where frame {want} was expected")]
     Sequence { want: u64, got: u64 },
     #[error("frame {seq} does not decompress: {reason}")]
@@ -104,15 +122,31 @@ impl Decoder {
     pub fn new(compression: pb::Compression) -> Self {
         Decoder {
             compression,
+            lane: 0,
             next_seq: 0,
             total: 0,
             sha: Sha256::new(),
         }
     }
 
+    /// The decoder of data lane `lane`.
+    pub fn for_lane(compression: pb::Compression, lane: u32) -> Self {
+        Decoder {
+            lane,
+            ..Decoder::new(compression)
+        }
+    }
+
     /// Verifies a frame and returns its raw bytes (without compression,
     /// the frame's own buffer).
     pub fn data(&mut self, frame: &pb::DumpData) -> Result<Bytes, FrameError> {
+        if frame.lane != self.lane {
+            return Err(FrameError::Lane {
+                seq: frame.seq,
+                want: self.lane,
+                got: frame.lane,
+            });
+        }
         if frame.seq != self.next_seq {
             return Err(FrameError::Sequence {
                 want: self.next_seq,

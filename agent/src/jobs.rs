@@ -64,6 +64,8 @@ pub struct Job {
     pub restored: AtomicU64,
     /// Destination: workers building the post-data section in its own pass.
     pub post_data_jobs: AtomicU32,
+    /// Destination: concurrent data lanes the data arrived in (0: one stream).
+    pub data_lanes: AtomicU32,
     /// Held by whatever runs the job's processes; cleanup waits for it.
     pub pipeline: tokio::sync::Mutex<()>,
     started: Instant,
@@ -105,6 +107,7 @@ impl Job {
             received: AtomicU64::new(0),
             restored: AtomicU64::new(0),
             post_data_jobs: AtomicU32::new(0),
+            data_lanes: AtomicU32::new(0),
             pipeline: tokio::sync::Mutex::new(()),
             started: now,
             state: Mutex::new(State {
@@ -257,6 +260,7 @@ impl Job {
                 Side::Dest => pb::Side::Dest as i32,
             },
             post_data_jobs: self.post_data_jobs.load(Ordering::Relaxed),
+            data_lanes: self.data_lanes.load(Ordering::Relaxed),
         }
     }
 

@@ -18,7 +18,10 @@ use crate::transport::PeerInfo;
 
 /// What this agent does beyond the base protocol, listed in Info so a
 /// controller asks only for what both agents of a pair understand.
-pub const FEATURES: &[&str] = &[stagesync_proto::FEATURE_SPLIT_POST_DATA];
+pub const FEATURES: &[&str] = &[
+    stagesync_proto::FEATURE_SPLIT_POST_DATA,
+    stagesync_proto::FEATURE_DATA_LANES,
+];
 
 pub struct AgentService {
     config: Arc<AgentConfig>,

@@ -144,7 +144,7 @@ impl Jobs {
 
     async fn push(
         &self,
-        job: &Job,
+        job: &Arc<Job>,
         req: &pb::StartDumpRequest,
         mode: pb::Mode,
         dump: &pb::DumpOptions,
@@ -176,6 +176,21 @@ impl Jobs {
         } else {
             None
         };
+        // The largest tables get data lanes of their own (on the snapshot's
+        // own session, so they are the tables the dumps will see).
+        let lanes = match &snapshot {
+            Some((client, _)) if req.data_lanes > 1 => {
+                let max = req.data_lanes.min(stagesync_proto::MAX_DATA_LANES) as usize - 1;
+                match lane_tables(client, dump, max, self.config.jobs.lane_min_table_bytes).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(job = %job.id, error = %e, "cannot pick tables for data lanes; the data travels in one stream");
+                        Vec::new()
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
         tx.send(frame(pb::dump_frame::Kind::Header(pb::DumpHeader {
             job_id: req.job_id.clone(),
@@ -184,18 +199,30 @@ impl Jobs {
             compression: compression as i32,
             source_database: req.database.clone(),
             post_data_file: snapshot.is_some(),
+            data_lanes: if lanes.is_empty() {
+                0
+            } else {
+                lanes.len() as u32 + 1
+            },
         })))
         .await
         .map_err(|_| step("stream", "the stream closed before it started"))?;
         let push = tokio::spawn(async move { client.push_dump(ReceiverStream::new(rx)).await });
-        let mut enc = Encoder::new(compression, self.config.faults.corrupt_frame);
+        let faults = &self.config.faults;
+        let mut enc = Encoder::new(
+            compression,
+            faults.corrupt_frame.filter(|_| faults.corrupt_lane == 0),
+        );
         let heartbeat = tokio::spawn(heartbeats(tx.clone(), job.id.clone()));
         let produced = match mode {
             pb::Mode::Parallel => self.produce_parallel(job, req, dump, &mut enc, &tx).await,
-            _ => {
-                let id = snapshot.as_ref().map(|(_, id)| id.as_str());
-                self.produce_stream(job, req, dump, &mut enc, &tx, id).await
-            }
+            _ => match snapshot.as_ref().map(|(_, id)| id.as_str()) {
+                Some(id) if !lanes.is_empty() => {
+                    self.produce_lanes(job, req, dump, &mut enc, &tx, id, &lanes)
+                        .await
+                }
+                id => self.produce_stream(job, req, dump, &mut enc, &tx, id).await,
+            },
         };
         drop(snapshot);
         // Stop the heartbeats before the trailer, and before the stream may end.
@@ -257,19 +284,7 @@ impl Jobs {
             Some(id) => args::DumpTo::StdoutWithoutPostData { snapshot: id },
             None => args::DumpTo::Stdout,
         };
-        let started = args::pg_dump(pg, &req.database, dump, to)
-            .map_err(|e| step("pg_dump", e))
-            .and_then(|argv| {
-                procs::spawn(
-                    &pg.bin_dir,
-                    "pg_dump",
-                    &argv,
-                    &[],
-                    Stdio::null(),
-                    Stdio::piped(),
-                )
-                .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))
-            });
+        let started = dump_to_stdout(pg, &req.database, dump, to);
         let mut tool = match started {
             Ok(t) => t,
             Err(e) => {
@@ -365,6 +380,117 @@ impl Jobs {
         Ok((tool, dir))
     }
 
+    /// Data lanes: the schema file first, then the data in `tables.len() +
+    /// 1` concurrent data-only dumps of the snapshot, each framed by its own
+    /// encoder on a task of its own (lane 0, every other table, on `enc`).
+    #[allow(clippy::too_many_arguments)]
+    async fn produce_lanes(
+        &self,
+        job: &Arc<Job>,
+        req: &pb::StartDumpRequest,
+        dump: &pb::DumpOptions,
+        enc: &mut Encoder,
+        tx: &Frames,
+        snapshot: &str,
+        tables: &[args::TableName],
+    ) -> Result<(), StepError> {
+        let pg = &self.config.postgres;
+        let (mut schema, dir) = self.start_schema_dump(job, req, dump, snapshot).await?;
+        // The lanes' dumps start at once and wait on their pipes until the
+        // schema is sent: their catalog reads overlap with it.
+        let mut dumps = Vec::with_capacity(tables.len() + 1);
+        for lane in 0..=tables.len() {
+            let which = match lane {
+                0 => args::Lane::AllBut(tables),
+                n => args::Lane::Table(&tables[n - 1]),
+            };
+            let to = args::DumpTo::LaneData {
+                snapshot,
+                lane: which,
+            };
+            let started =
+                dump_to_stdout(pg, &req.database, dump, to).and_then(|mut tool| {
+                    match tool.child.stdout.take() {
+                        Some(out) => Ok((tool, out)),
+                        None => Err(step("pg_dump", "no stdout")),
+                    }
+                });
+            match started {
+                Ok(d) => dumps.push(d),
+                Err(e) => {
+                    schema.kill().await;
+                    for (mut t, _) in dumps {
+                        t.kill().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let schema_sent = match finish_tool(job, &mut schema, true, &req.database).await {
+            Ok(()) => send_file(job, &dir, SCHEMA_FILE, enc, tx).await,
+            Err(e) => Err(schema_error(e)),
+        };
+        if let Err(e) = schema_sent {
+            for (mut t, _) in dumps {
+                t.kill().await;
+            }
+            return Err(e);
+        }
+        let compression = enc.compression();
+        // Lane 0 goes on with the encoder that framed the schema file: the
+        // trailer covers both.
+        let encoders = std::iter::once(std::mem::replace(enc, Encoder::new(compression, None)))
+            .chain((1..=tables.len() as u32).map(|n| {
+                let faults = &self.config.faults;
+                let corrupt = faults.corrupt_frame.filter(|_| faults.corrupt_lane == n);
+                Encoder::for_lane(compression, n, corrupt)
+            }));
+        let stop = job.cancel.child_token();
+        let running: Vec<_> = dumps
+            .into_iter()
+            .zip(encoders)
+            .enumerate()
+            .map(|(lane, ((tool, out), encoder))| {
+                let lane = LaneRun {
+                    job: job.clone(),
+                    lane: lane as u32,
+                    tool,
+                    out,
+                    encoder,
+                    tx: tx.clone(),
+                    stop: stop.clone(),
+                    database: req.database.clone(),
+                };
+                tokio::spawn(lane.run())
+            })
+            .collect();
+        let mut failure: Option<StepError> = None;
+        for (lane, handle) in running.into_iter().enumerate() {
+            let (result, encoder) = match handle.await {
+                Ok((r, e)) => (r, Some(e)),
+                Err(e) => (
+                    Err(step("pg_dump", format!("a data lane's task failed: {e}"))),
+                    None,
+                ),
+            };
+            if lane == 0
+                && let Some(e) = encoder
+            {
+                *enc = e;
+            }
+            if let Err(e) = result {
+                // The first lane to fail says why; the others were stopped.
+                if failure.as_ref().is_none_or(|f| f.message == LANE_STOPPED) {
+                    failure = Some(e);
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Parallel mode: `pg_dump -Fd -j N`, each file shipped once pg_dump
     /// closes it, `toc.dat` last.
     async fn produce_parallel(
@@ -457,6 +583,114 @@ impl Jobs {
         }
         Ok(())
     }
+}
+
+const LANE_STOPPED: &str = "stopped: another data lane failed";
+
+/// The tables that get data lanes of their own: the largest ordinary tables
+/// (heap and TOAST, not indexes), at most `max` and none below
+/// `min_bytes`. Not when the plan filters schemas (pg_dump applies
+/// those to no table named on its own).
+async fn lane_tables(
+    client: &tokio_postgres::Client,
+    dump: &pb::DumpOptions,
+    max: usize,
+    min_bytes: u64,
+) -> Result<Vec<args::TableName>, String> {
+    if max == 0 || !dump.schemas.is_empty() || !dump.exclude_schemas.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
+               AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                   WHERE d.classid = 'pg_catalog.pg_class'::regclass \
+                     AND d.objid = c.oid AND d.deptype = 'e') \
+               AND pg_catalog.pg_table_size(c.oid) >= $1 \
+             ORDER BY pg_catalog.pg_table_size(c.oid) DESC, c.oid \
+             LIMIT $2",
+            &[&(min_bytes.min(i64::MAX as u64) as i64), &(max as i64)],
+        )
+        .await
+        .map_err(|e| format!("listing the largest tables: {}", pg::error_chain(&e)))?;
+    let mut tables = Vec::with_capacity(rows.len());
+    for row in rows {
+        let name = args::TableName {
+            schema: row.try_get(0).map_err(|e| e.to_string())?,
+            table: row.try_get(1).map_err(|e| e.to_string())?,
+        };
+        // A name pg_dump cannot be given exactly stays in lane 0.
+        if name.exact_pattern().is_ok() {
+            tables.push(name);
+        }
+    }
+    Ok(tables)
+}
+
+/// One data lane on the source: its pg_dump's output, framed by its own
+/// encoder; lanes 1 and up end with a LaneEnd frame.
+struct LaneRun {
+    job: Arc<Job>,
+    lane: u32,
+    tool: procs::Tool,
+    out: tokio::process::ChildStdout,
+    encoder: Encoder,
+    tx: Frames,
+    /// Cancelled when any lane fails, so the others stop.
+    stop: tokio_util::sync::CancellationToken,
+    database: String,
+}
+
+impl LaneRun {
+    /// The lane's result, and its encoder for the trailer (lane 0).
+    async fn run(mut self) -> (Result<(), StepError>, Encoder) {
+        let job = &self.job;
+        let sent = tokio::select! {
+            r = send_reader(job, &mut self.out, &mut self.encoder, &self.tx) => r,
+            _ = self.stop.cancelled() => Err(step("pg_dump", LANE_STOPPED)),
+        };
+        let mut result = match sent {
+            Ok(_) => finish_tool(job, &mut self.tool, true, &self.database).await,
+            Err(e) => {
+                self.tool.kill().await;
+                Err(e)
+            }
+        };
+        if result.is_ok() && self.lane > 0 {
+            let end = pb::LaneEnd {
+                lane: self.lane,
+                trailer: Some(self.encoder.trailer()),
+            };
+            result = send(job, &self.tx, frame(pb::dump_frame::Kind::LaneEnd(end))).await;
+        }
+        if result.is_err() {
+            self.stop.cancel();
+        }
+        (result, self.encoder)
+    }
+}
+
+/// Starts a `pg_dump` whose archive comes out on its stdout.
+fn dump_to_stdout(
+    pg: &crate::config::PostgresConfig,
+    database: &str,
+    dump: &pb::DumpOptions,
+    to: args::DumpTo<'_>,
+) -> Result<procs::Tool, StepError> {
+    let argv = args::pg_dump(pg, database, dump, to).map_err(|e| step("pg_dump", e))?;
+    procs::spawn(
+        &pg.bin_dir,
+        "pg_dump",
+        &argv,
+        &[],
+        Stdio::null(),
+        Stdio::piped(),
+    )
+    .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))
 }
 
 /// The file in which a split stream's schema travels after the data; the

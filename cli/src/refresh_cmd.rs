@@ -270,9 +270,12 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
                 mib(r.bytes_dumped),
                 mib(r.bytes_sent),
                 mib(r.bytes_restored),
-                match r.post_data_jobs {
-                    0 => String::new(),
-                    n => format!(", indexes and constraints built by {n} workers"),
+                match (r.data_lanes, r.post_data_jobs) {
+                    (0 | 1, 0) => String::new(),
+                    (0 | 1, n) => format!(", indexes and constraints built by {n} workers"),
+                    (l, n) => format!(
+                        ", data in {l} concurrent streams, indexes and constraints built by {n} workers"
+                    ),
                 },
                 r.previous,
                 args.dest,

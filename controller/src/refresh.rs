@@ -135,6 +135,8 @@ pub struct Report {
     /// Workers that built indexes, constraints and triggers in a pass of
     /// their own after the data; 0 when they came in one pass with it.
     pub post_data_jobs: u32,
+    /// Concurrent streams the data moved in; 0 when it was one.
+    pub data_lanes: u32,
     pub elapsed: Duration,
 }
 
@@ -475,6 +477,7 @@ pub async fn refresh<T: ClientTls>(
             dest_identity: dst_info.identity.clone(),
             ticket,
             split_post_data: split_post_data(spec, &src_info, &dst_info),
+            data_lanes: data_lanes(spec, &src_info, &dst_info),
             compression: if spec.compress.wanted(
                 spec.dest_peer_address
                     .as_deref()
@@ -597,6 +600,7 @@ pub async fn refresh<T: ClientTls>(
                 bytes_sent: s.bytes_sent,
                 bytes_restored: d.bytes_restored,
                 post_data_jobs: d.post_data_jobs,
+                data_lanes: d.data_lanes,
                 elapsed: started.elapsed(),
             });
         }
@@ -815,6 +819,7 @@ pub async fn refresh_from_backup<T: ClientTls>(
                 bytes_sent: d.bytes_received,
                 bytes_restored: d.bytes_restored,
                 post_data_jobs: d.post_data_jobs,
+                data_lanes: d.data_lanes,
                 elapsed: started.elapsed(),
             });
         }
@@ -921,6 +926,28 @@ pub async fn rollback<T: ClientTls>(
     .map_err(|s| RefreshError::Agent(client::explain(dest, &s)))
 }
 
+/// How many data lanes a refresh may use: with a split stream, up to
+/// `spec.jobs` when both agents can, except with schema filters (pg_dump
+/// does not apply them to tables named on their own). The source decides
+/// how many it really uses, by the size of the tables.
+fn data_lanes(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -> u32 {
+    let can = |i: &pb::InfoResponse| {
+        i.features
+            .iter()
+            .any(|f| f == stagesync_proto::FEATURE_DATA_LANES)
+    };
+    if split_post_data(spec, src, dst)
+        && can(src)
+        && can(dst)
+        && spec.dump.schemas.is_empty()
+        && spec.dump.exclude_schemas.is_empty()
+    {
+        spec.jobs.min(stagesync_proto::MAX_DATA_LANES)
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -948,6 +975,40 @@ mod tests {
         spec.restore.privileges = false;
         spec.mode = pb::Mode::Parallel;
         assert!(!split_post_data(&spec, &can, &can), "parallel mode");
+    }
+
+    #[test]
+    fn data_lanes_only_with_a_split_stream_and_no_schema_filters() {
+        let target = || AgentTarget {
+            address: "127.0.0.1:1".into(),
+            expected: None,
+        };
+        let mut spec = PairSpec::new(target(), "prod", target(), "stage", "stage");
+        spec.jobs = 3;
+        let lanes = pb::InfoResponse {
+            features: vec![
+                stagesync_proto::FEATURE_SPLIT_POST_DATA.into(),
+                stagesync_proto::FEATURE_DATA_LANES.into(),
+            ],
+            ..Default::default()
+        };
+        let split_only = pb::InfoResponse {
+            features: vec![stagesync_proto::FEATURE_SPLIT_POST_DATA.into()],
+            ..Default::default()
+        };
+        assert_eq!(data_lanes(&spec, &lanes, &lanes), 3);
+        assert_eq!(data_lanes(&spec, &lanes, &split_only), 0, "old destination");
+        assert_eq!(data_lanes(&spec, &split_only, &lanes), 0, "old source");
+        spec.jobs = 100;
+        assert_eq!(
+            data_lanes(&spec, &lanes, &lanes),
+            stagesync_proto::MAX_DATA_LANES
+        );
+        spec.dump.exclude_schemas = vec!["audit".into()];
+        assert_eq!(data_lanes(&spec, &lanes, &lanes), 0, "schema filter");
+        spec.dump.exclude_schemas.clear();
+        spec.jobs = 1;
+        assert_eq!(data_lanes(&spec, &lanes, &lanes), 0, "no split, no lanes");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::PgCluster;
 /// A database with what a web app's database has: several schemas, an
 /// extension from contrib, sequences, foreign keys (two tables referencing
 /// each other among them), views, a materialized view, functions, triggers,
-/// a 100k-row table and a bytea table.
+/// a 100k-row table, a bytea table, a table whose name needs quoting (and
+/// holds pattern characters) and a large object.
 pub const RICH_SCHEMA: &str = r#"
 CREATE EXTENSION pgcrypto;
 CREATE SCHEMA app;
@@ -60,6 +61,9 @@ INSERT INTO app.teams(id, name) SELECT g, 'team ' || g FROM generate_series(1, 5
 INSERT INTO app.members SELECT g, 1 + g % 50 FROM generate_series(1, 500) g;
 UPDATE app.teams SET lead_id = id;
 REFRESH MATERIALIZED VIEW app.posts_per_user;
+CREATE TABLE app."Big ""*.t" (id serial PRIMARY KEY, note text);
+INSERT INTO app."Big ""*.t"(note) SELECT 'note ' || g FROM generate_series(1, 20000) g;
+SELECT lo_from_bytea(4242, convert_to('a large object', 'UTF8'));
 "#;
 
 /// Creates `db` owned by a role of the same name (made if missing) and loads

@@ -65,6 +65,9 @@ struct Options {
     staging_process: bool,
     prod_spec: Option<AgentSpec>,
     staging_toml: String,
+    /// The source gives every table a data lane of its own, so a stream
+    /// with several workers moves its data in several lanes.
+    lanes: bool,
 }
 
 fn prod_spec() -> AgentSpec {
@@ -81,7 +84,10 @@ async fn setup(o: Options) -> Setup {
     seed_stage(&dst).await.unwrap();
     let before = content_hashes(&dst, "stage").await.unwrap();
     let pki = TestPki::new().unwrap();
-    let p = o.prod_spec.unwrap_or_else(prod_spec);
+    let mut p = o.prod_spec.unwrap_or_else(prod_spec);
+    if o.lanes {
+        p.extra_toml += "\n[jobs]\nlane_min_table_mb = 0\n";
+    }
     let mut s = AgentSpec::new("staging-db");
     s.may_overwrite = vec!["stage".into()];
     s.peers = vec!["prod-db".into()];
@@ -155,6 +161,28 @@ impl Setup {
         }
     }
 
+    /// Waits until the destination restores data in `n` lanes at once:
+    /// that many pg_restore processes run.
+    async fn wait_lanes(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let lanes =
+                stagesync_controller::status::info(self.tls.clone(), &self.staging.target())
+                    .await
+                    .ok()
+                    .and_then(|i| i.jobs.iter().map(|j| j.data_lanes).max())
+                    .unwrap_or(0);
+            if lanes as usize == n && tool_processes(&self.dst.socket_dir).len() == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the refresh never restored in {n} lanes"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn stagesync_databases(&self) -> Vec<String> {
         let c = self.dst.client("postgres").await.unwrap();
         c.query(
@@ -205,13 +233,27 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn source_agent_killed_mid_stream() {
+    source_agent_killed(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn source_agent_killed_mid_lanes() {
+    source_agent_killed(true).await;
+}
+
+async fn source_agent_killed(lanes: bool) {
     let mut s = setup(Options {
         prod_process: true,
+        lanes,
         ..Default::default()
     })
     .await;
     let run = s.start(s.spec());
-    s.wait_restoring().await;
+    if lanes {
+        s.wait_lanes(2).await;
+    } else {
+        s.wait_restoring().await;
+    }
     let status = s.prod.proc().kill().unwrap();
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
@@ -240,13 +282,27 @@ async fn source_agent_killed_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn destination_agent_killed_mid_restore_then_restarted() {
+    destination_agent_killed(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destination_agent_killed_mid_lanes_then_restarted() {
+    destination_agent_killed(true).await;
+}
+
+async fn destination_agent_killed(lanes: bool) {
     let mut s = setup(Options {
         staging_process: true,
+        lanes,
         ..Default::default()
     })
     .await;
     let run = s.start(s.spec());
-    s.wait_restoring().await;
+    if lanes {
+        s.wait_lanes(2).await;
+    } else {
+        s.wait_restoring().await;
+    }
     let status = s.staging.proc().kill().unwrap();
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
@@ -292,6 +348,30 @@ async fn pg_restore_killed() {
     .unwrap();
     let err = run.await.unwrap().unwrap_err();
     assert!(err.contains("pg_restore"), "{err}");
+    assert!(err.contains("signal: 9"), "the error shows the kill: {err}");
+    s.assert_untouched().await;
+}
+
+/// One lane's pg_restore killed: the refresh fails naming that lane, and
+/// the other lane's pg_restore is stopped too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lanes_pg_restore_killed() {
+    let s = setup(Options {
+        lanes: true,
+        ..Default::default()
+    })
+    .await;
+    let run = s.start(s.spec());
+    s.wait_lanes(2).await;
+    let pids = tool_processes(&s.dst.socket_dir);
+    let victim = *pids.iter().max().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(err.contains("data lane"), "{err}");
     assert!(err.contains("signal: 9"), "the error shows the kill: {err}");
     s.assert_untouched().await;
 }
@@ -415,6 +495,26 @@ async fn corrupted_frame_is_caught_by_its_checksum() {
     s.proxy.throttle(0);
     let err = s.start(s.spec()).await.unwrap().unwrap_err();
     assert!(err.contains("frame 2 failed its CRC32C check"), "{err}");
+    s.assert_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupted_frame_in_a_lane_is_caught_by_its_checksum() {
+    let mut p = prod_spec();
+    p.faults.corrupt_frame = Some(2);
+    p.faults.corrupt_lane = 1;
+    let s = setup(Options {
+        prod_spec: Some(p),
+        lanes: true,
+        ..Default::default()
+    })
+    .await;
+    s.proxy.throttle(0);
+    let err = s.start(s.spec()).await.unwrap().unwrap_err();
+    assert!(
+        err.contains("data lane 1: frame 2 failed its CRC32C check"),
+        "{err}"
+    );
     s.assert_untouched().await;
 }
 
@@ -615,7 +715,7 @@ async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> t
             mode: pb::Mode::Stream as i32,
             compression: pb::Compression::None as i32,
             source_database: "production".into(),
-            post_data_file: false,
+            ..Default::default()
         })),
     };
     c.push_dump(futures::stream::iter(vec![header]))
@@ -672,6 +772,40 @@ async fn streams_with_bad_tickets_or_from_strangers_are_refused() {
     s.assert_untouched().await;
 }
 
+/// Prepares job `n` and pushes `header` (given its job id, ticket, mode and
+/// compression) and `frames` to it as the source agent; the refusal's message.
+async fn push_prepared(
+    s: &Setup,
+    n: usize,
+    header: pb::DumpHeader,
+    frames: Vec<pb::dump_frame::Kind>,
+) -> String {
+    let job_id = format!("{n:016x}");
+    let ticket = format!("{n:x}").repeat(64);
+    prepare_job(s, &job_id, &ticket).await;
+    let header = pb::DumpHeader {
+        job_id,
+        ticket,
+        mode: pb::Mode::Stream as i32,
+        compression: pb::Compression::None as i32,
+        source_database: "production".into(),
+        ..header
+    };
+    let all = std::iter::once(pb::dump_frame::Kind::Header(header))
+        .chain(frames)
+        .map(|k| pb::DumpFrame { kind: Some(k) })
+        .collect::<Vec<_>>();
+    let tls = Arc::new(ReloadingClientConfig::load(s.pki.agent("prod-db").unwrap()).unwrap());
+    let mut c = stagesync_controller::client::connect(tls, &s.staging.target())
+        .await
+        .unwrap();
+    c.push_dump(futures::stream::iter(all))
+        .await
+        .expect_err("a malformed stream is refused")
+        .message()
+        .to_string()
+}
+
 /// Frames of a split stream out of order or incomplete: each refused with
 /// what was wrong, and nothing left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -720,33 +854,154 @@ async fn malformed_split_streams_are_refused() {
             "unexpected file start frame",
         ),
     ];
-    let tls = Arc::new(ReloadingClientConfig::load(s.pki.agent("prod-db").unwrap()).unwrap());
     for (i, (announced, frames, want)) in cases.into_iter().enumerate() {
-        let job_id = format!("{:016x}", 0xa0 + i);
-        let ticket = format!("{i}").repeat(64);
-        prepare_job(&s, &job_id, &ticket).await;
-        let mut all = vec![pb::DumpFrame {
-            kind: Some(Kind::Header(pb::DumpHeader {
-                job_id: job_id.clone(),
-                ticket,
-                mode: pb::Mode::Stream as i32,
-                compression: pb::Compression::None as i32,
-                source_database: "production".into(),
-                post_data_file: announced,
-            })),
-        }];
-        all.extend(frames.into_iter().map(|k| pb::DumpFrame { kind: Some(k) }));
-        let mut c = stagesync_controller::client::connect(tls.clone(), &s.staging.target())
-            .await
-            .unwrap();
-        let status = c
-            .push_dump(futures::stream::iter(all))
-            .await
-            .expect_err("a malformed stream is refused");
+        let header = pb::DumpHeader {
+            post_data_file: announced,
+            ..Default::default()
+        };
+        let refused = push_prepared(&s, 0xa0 + i, header, frames).await;
         assert!(
-            status.message().contains(want),
-            "case {i}: want {want:?}, got {:?}",
-            status.message()
+            refused.contains(want),
+            "case {i}: want {want:?}, got {refused:?}"
+        );
+    }
+    s.assert_untouched().await;
+}
+
+/// Frames of a stream with data lanes out of order, unannounced or
+/// incomplete: each refused with what was wrong, its pg_restores stopped,
+/// and nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_lane_streams_are_refused() {
+    use bytes::Bytes;
+    use pb::dump_frame::Kind;
+    use stagesync_agent::frames::Encoder;
+    let s = setup(Options::default()).await;
+    // A real schema archive, so that the tables get made and the lanes'
+    // pg_restores start before the broken part.
+    let out = std::process::Command::new(s.src.bin_dir.join("pg_dump"))
+        .arg(format!("--host={}", s.src.socket_dir.display()))
+        .arg(format!("--port={}", s.src.port))
+        .args([
+            "--username=postgres",
+            "--format=custom",
+            "--compress=0",
+            "--section=pre-data",
+            "--section=post-data",
+            "--dbname=production",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let schema = Bytes::from(out.stdout);
+    let none = pb::Compression::None;
+    // The schema file on lane 0's encoder, as a source sends it first.
+    let with_schema = |lane0: &mut Encoder, rest: Vec<Kind>| {
+        let mut k = vec![Kind::FileStart(pb::FileStart {
+            name: "schema.dump".into(),
+        })];
+        for chunk in schema.chunks(stagesync_agent::frames::CHUNK) {
+            k.push(Kind::Data(lane0.data(schema.slice_ref(chunk)).unwrap()));
+        }
+        k.push(Kind::FileEnd(pb::FileEnd {
+            name: "schema.dump".into(),
+            size: schema.len() as u64,
+        }));
+        k.extend(rest);
+        k
+    };
+    let lane_end = |lane: u32, trailer: pb::DumpTrailer| {
+        Kind::LaneEnd(pb::LaneEnd {
+            lane,
+            trailer: Some(trailer),
+        })
+    };
+    let empty = || Encoder::for_lane(none, 1, None).trailer();
+    let mut cases: Vec<(u32, bool, Vec<Kind>, &str)> = vec![
+        (2, false, vec![], "announced 2 data lanes"),
+        (9, true, vec![], "announced 9 data lanes"),
+        (
+            2,
+            true,
+            vec![Kind::Data(
+                Encoder::new(none, None)
+                    .data(Bytes::from_static(b"x"))
+                    .unwrap(),
+            )],
+            "must start with the file schema.dump, not a data frame",
+        ),
+    ];
+    let mut lane0 = Encoder::new(none, None);
+    let stray = Encoder::for_lane(none, 5, None)
+        .data(Bytes::from_static(b"x"))
+        .unwrap();
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![Kind::Data(stray)]),
+        "a frame for data lane 5 arrived; the stream has 2",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![lane_end(0, empty())]),
+        "an end of data lane 0 arrived",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![lane_end(1, empty()), lane_end(1, empty())]),
+        "data lane 1 ended twice",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    let rest = vec![Kind::Trailer(lane0.trailer())];
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, rest),
+        "the stream ended with data lane 1 still open",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    let mut lane1 = Encoder::for_lane(none, 1, None);
+    let _skipped = lane1.data(Bytes::from_static(b"a")).unwrap();
+    let second = lane1.data(Bytes::from_static(b"b")).unwrap();
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![Kind::Data(second)]),
+        "data lane 1: frame 1 arrived where frame 0 was expected",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    let mut short = empty();
+    short.total_len = 5;
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![lane_end(1, short)]),
+        "data lane 1: the stream carried 0 bytes but its trailer says 5",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    cases.push((
+        2,
+        true,
+        with_schema(
+            &mut lane0,
+            vec![Kind::FileStart(pb::FileStart { name: "x".into() })],
+        ),
+        "an unexpected file start frame arrived among the data lanes",
+    ));
+    for (i, (lanes, post_data_file, frames, want)) in cases.into_iter().enumerate() {
+        let header = pb::DumpHeader {
+            post_data_file,
+            data_lanes: lanes,
+            ..Default::default()
+        };
+        let refused = push_prepared(&s, 0xb0 + i, header, frames).await;
+        assert!(
+            refused.contains(want),
+            "case {i}: want {want:?}, got {refused:?}"
         );
     }
     s.assert_untouched().await;

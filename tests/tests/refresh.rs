@@ -30,6 +30,9 @@ async fn fleet() -> Fleet {
     let pki = TestPki::new().unwrap();
     let mut p = AgentSpec::new("prod-db");
     p.may_dump = vec!["production".into(), "Prod *".into()];
+    // Every table is big enough for a data lane of its own, so that the
+    // small fixture takes the path large databases take.
+    p.extra_toml = "\n[jobs]\nlane_min_table_mb = 0\n".into();
     let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
     let mut s = AgentSpec::new("staging-db");
     s.may_overwrite = vec!["stage*".into(), "Stage *".into()];
@@ -103,6 +106,12 @@ async fn assert_identical(f: &Fleet) {
         .unwrap()
         .get(0);
     assert_eq!(next_user, 2001);
+    let lo: Vec<u8> = c
+        .query_one("SELECT lo_get(4242)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lo, b"a large object");
 }
 
 async fn refresh_and_compare(mode: pb::Mode, compress: Compress, jobs: u32) {
@@ -124,6 +133,13 @@ async fn refresh_and_compare(mode: pb::Mode, compress: Compress, jobs: u32) {
     let split = mode == pb::Mode::Stream && jobs > 1;
     assert_eq!(
         report.post_data_jobs,
+        if split { jobs } else { 0 },
+        "{report:?}"
+    );
+    // ... and moves the data in one lane per worker (the fleet's source
+    // gives every table one).
+    assert_eq!(
+        report.data_lanes,
         if split { jobs } else { 0 },
         "{report:?}"
     );
@@ -156,6 +172,30 @@ async fn refresh_and_compare(mode: pb::Mode, compress: Compress, jobs: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stream_mode_arrives_identical() {
     refresh_and_compare(pb::Mode::Stream, Compress::Always, 2).await;
+}
+
+/// Four lanes: the three largest tables (one of them named with quotes,
+/// a space-free but dot-, star- and quote-laden name) get one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_mode_in_four_lanes_arrives_identical() {
+    refresh_and_compare(pb::Mode::Stream, Compress::Auto, 4).await;
+}
+
+/// A schema filter turns the lanes off (pg_dump would not apply it to
+/// tables named on their own); the split stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schema_filters_keep_the_data_in_one_lane() {
+    let f = fleet().await;
+    let mut spec = f.spec();
+    // A pattern that matches no schema: the filter changes nothing but
+    // the way the data travels.
+    spec.dump.exclude_schemas = vec!["scratch_*".into()];
+    let report = refresh(f.tls.clone(), &spec, |_| {})
+        .await
+        .expect("refresh succeeds");
+    assert_eq!(report.post_data_jobs, 2, "{report:?}");
+    assert_eq!(report.data_lanes, 0, "{report:?}");
+    assert_identical(&f).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -220,6 +220,12 @@ fn malformed_plans_are_refused_with_file_line_and_key() {
         ),
         ("jobs = 2", "jobs = 0", "jobs", "pairs.prod-to-stage.jobs"),
         (
+            "jobs = 2\n",
+            "jobs = 2\nlanes = 9\n",
+            "lanes",
+            "pairs.prod-to-stage.lanes",
+        ),
+        (
             "mode = \"stream\"",
             "mode = \"fast\"",
             "mode",

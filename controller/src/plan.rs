@@ -74,6 +74,7 @@ struct RawAgent {
 struct RawOptions {
     mode: Option<S<String>>,
     jobs: Option<S<u32>>,
+    lanes: Option<S<u32>>,
     compress: Option<bool>,
     privileges: Option<bool>,
     exclude_tables: Option<Vec<String>>,
@@ -104,6 +105,7 @@ struct RawPair {
     // The same keys as [defaults] (serde's flatten would lose the spans).
     mode: Option<S<String>>,
     jobs: Option<S<u32>>,
+    lanes: Option<S<u32>>,
     compress: Option<bool>,
     privileges: Option<bool>,
     exclude_tables: Option<Vec<String>>,
@@ -218,6 +220,8 @@ pub struct PlanPair {
     pub owner: String,
     pub mode: pb::Mode,
     pub jobs: u32,
+    /// Stream mode: at most this many concurrent data lanes (None: `jobs`).
+    pub lanes: Option<u32>,
     pub compress: crate::refresh::Compress,
     pub dump: pb::DumpOptions,
     pub restore: pb::RestoreOptions,
@@ -616,6 +620,7 @@ fn validate_pair(
     let o = RawOptions {
         mode: p.mode.clone(),
         jobs: p.jobs.clone(),
+        lanes: p.lanes.clone(),
         compress: p.compress,
         privileges: p.privileges,
         exclude_tables: p.exclude_tables.clone(),
@@ -654,6 +659,16 @@ fn validate_pair(
         }
         Some(j) => *j.get_ref(),
         None => 2,
+    };
+    let lanes = match o.lanes.clone().or(d.lanes.clone()) {
+        Some(l) if !(1..=stagesync_proto::MAX_DATA_LANES).contains(l.get_ref()) => {
+            return f.err(
+                l.span(),
+                &format!("{key}.lanes"),
+                format!("must be 1 to {}", stagesync_proto::MAX_DATA_LANES),
+            );
+        }
+        l => l.map(|l| *l.get_ref()),
     };
     let mut sql = p
         .post_restore_sql
@@ -723,6 +738,7 @@ fn validate_pair(
         owner: owner.get_ref().clone(),
         mode,
         jobs,
+        lanes,
         compress: match o.compress.or(d.compress) {
             None => crate::refresh::Compress::Auto,
             Some(true) => crate::refresh::Compress::Always,
@@ -971,6 +987,7 @@ impl Plan {
         spec.dest_peer_address = self.agents[&p.dest_agent].peer_endpoint.clone();
         spec.mode = p.mode;
         spec.jobs = p.jobs;
+        spec.lanes = p.lanes;
         spec.compress = p.compress;
         spec.dump = p.dump.clone();
         spec.restore = p.restore.clone();

@@ -33,6 +33,9 @@ pub struct PairSpec {
     /// Workers: the whole restore in parallel mode; indexes, constraints and
     /// triggers after the data in stream mode (1: one pass).
     pub jobs: u32,
+    /// Stream mode: at most this many concurrent data lanes (None: `jobs`;
+    /// 1: one data stream). Never more than `jobs`.
+    pub lanes: Option<u32>,
     pub dump: pb::DumpOptions,
     pub restore: pb::RestoreOptions,
     pub post_restore_sql: String,
@@ -59,6 +62,7 @@ impl PairSpec {
             owner: owner.to_string(),
             mode: pb::Mode::Stream,
             jobs: 2,
+            lanes: None,
             dump: pb::DumpOptions::default(),
             restore: pb::RestoreOptions::default(),
             post_restore_sql: String::new(),
@@ -942,7 +946,10 @@ fn data_lanes(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -
         && spec.dump.schemas.is_empty()
         && spec.dump.exclude_schemas.is_empty()
     {
-        spec.jobs.min(stagesync_proto::MAX_DATA_LANES)
+        match spec.lanes.unwrap_or(spec.jobs).min(spec.jobs) {
+            0 | 1 => 0,
+            n => n.min(stagesync_proto::MAX_DATA_LANES),
+        }
     } else {
         0
     }
@@ -999,6 +1006,11 @@ mod tests {
         assert_eq!(data_lanes(&spec, &lanes, &lanes), 3);
         assert_eq!(data_lanes(&spec, &lanes, &split_only), 0, "old destination");
         assert_eq!(data_lanes(&spec, &split_only, &lanes), 0, "old source");
+        spec.lanes = Some(2);
+        assert_eq!(data_lanes(&spec, &lanes, &lanes), 2, "capped by the plan");
+        spec.lanes = Some(1);
+        assert_eq!(data_lanes(&spec, &lanes, &lanes), 0, "one data stream");
+        spec.lanes = None;
         spec.jobs = 100;
         assert_eq!(
             data_lanes(&spec, &lanes, &lanes),

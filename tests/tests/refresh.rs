@@ -182,7 +182,7 @@ async fn stream_mode_in_four_lanes_arrives_identical() {
 }
 
 /// A schema filter turns the lanes off (pg_dump would not apply it to
-/// tables named on their own); the split stays.
+/// tables named on their own), as does `lanes = 1`; the split stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn schema_filters_keep_the_data_in_one_lane() {
     let f = fleet().await;
@@ -190,6 +190,15 @@ async fn schema_filters_keep_the_data_in_one_lane() {
     // A pattern that matches no schema: the filter changes nothing but
     // the way the data travels.
     spec.dump.exclude_schemas = vec!["scratch_*".into()];
+    let report = refresh(f.tls.clone(), &spec, |_| {})
+        .await
+        .expect("refresh succeeds");
+    assert_eq!(report.post_data_jobs, 2, "{report:?}");
+    assert_eq!(report.data_lanes, 0, "{report:?}");
+    assert_identical(&f).await;
+    // The plan may ask for one lane: the same.
+    let mut spec = f.spec();
+    spec.lanes = Some(1);
     let report = refresh(f.tls.clone(), &spec, |_| {})
         .await
         .expect("refresh succeeds");

@@ -639,12 +639,14 @@ impl Jobs {
                         let feed = feeds.get_mut(lane).filter(|_| lane > 0).ok_or_else(|| {
                             StepError::new("stream", format!("an end of data lane {lane} arrived; the stream has lanes 1 to {}", lanes - 1))
                         })?;
-                        if feed.tx.take().is_none() {
+                        if feed.tx.is_none() {
                             return Err(StepError::new("stream", format!("data lane {lane} ended twice")));
                         }
+                        // Verified before pg_restore sees the end of its input.
                         feed.decoder
                             .finish(&end.trailer.unwrap_or_default())
                             .map_err(|e| StepError::new("stream", format!("data lane {lane}: {e}")))?;
+                        feed.tx = None;
                     }
                     pb::dump_frame::Kind::Trailer(t) => {
                         if let Some(open) = feeds.iter().skip(1).position(|f| f.tx.is_some()) {
@@ -677,27 +679,21 @@ impl Jobs {
                 return Err(e);
             }
         };
-        // A lane whose pg_restore stopped early says why; then the others
-        // are of no use.
-        let order: Vec<usize> = match broken {
-            Some(b) => std::iter::once(b)
-                .chain((0..feeds.len()).filter(|&i| i != b))
-                .collect(),
-            None => (0..feeds.len()).collect(),
-        };
-        let mut feeds: Vec<Option<LaneFeed>> = feeds.into_iter().map(Some).collect();
-        for i in order {
-            let Some(mut feed) = feeds[i].take() else {
-                continue;
-            };
-            feed.tx = None;
-            let complete = feed.writer.await.unwrap_or(false);
-            if let Err(mut e) = finish_tool(job, &mut feed.tool, complete, &job.new_database).await
-            {
-                e.message = format!("data lane {i}: {}", e.message);
-                stop_lanes(feeds.into_iter().flatten().collect()).await;
-                return Err(e);
+        match broken {
+            // A lane whose pg_restore stopped early says why; then the
+            // others are of no use.
+            Some(b) => {
+                let mut feed = feeds.swap_remove(b);
+                stop_lanes(feeds).await;
+                feed.tx = None;
+                let complete = feed.writer.await.unwrap_or(false);
+                let e = finish_tool(job, &mut feed.tool, complete, &job.new_database)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| StepError::new("pg_restore", "it stopped reading early"));
+                return Err(lane_error(b, e));
             }
+            None => finish_lanes(job, feeds).await?,
         }
         self.restore_post_data(job, setup, &schema).await
     }
@@ -1072,6 +1068,72 @@ struct LaneFeed {
     tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
     writer: tokio::task::JoinHandle<bool>,
     tool: procs::Tool,
+}
+
+const LANE_STOPPED: &str = "stopped: another data lane failed";
+
+fn lane_error(lane: usize, mut e: StepError) -> StepError {
+    e.message = format!("data lane {lane}: {}", e.message);
+    e
+}
+
+/// Waits for every lane's writer and pg_restore at once; the first to fail
+/// stops the others, and is the one reported.
+async fn finish_lanes(job: &Arc<Job>, feeds: Vec<LaneFeed>) -> Result<(), StepError> {
+    let stop = job.cancel.child_token();
+    let mut running: futures::stream::FuturesUnordered<_> = feeds
+        .into_iter()
+        .enumerate()
+        .map(|(lane, mut feed)| {
+            let (job, stop) = (job.clone(), stop.clone());
+            tokio::spawn(async move {
+                // Closes the lane's input (its trailer was checked).
+                drop(feed.tx.take());
+                let done = async {
+                    let complete = (&mut feed.writer).await.unwrap_or(false);
+                    finish_tool(&job, &mut feed.tool, complete, &job.new_database).await
+                };
+                let result = tokio::select! {
+                    r = done => r,
+                    _ = stop.cancelled() => Err(StepError::new("pg_restore", LANE_STOPPED)),
+                };
+                if result.is_err() {
+                    // Its input closes with the kill, so the writer ends too.
+                    feed.tool.kill().await;
+                    feed.writer.abort();
+                    stop.cancel();
+                }
+                (lane, result)
+            })
+        })
+        .collect();
+    let mut failure: Option<StepError> = None;
+    while let Some(done) = running.next().await {
+        let (lane, result) = match done {
+            Ok(d) => d,
+            Err(e) => {
+                stop.cancel();
+                (
+                    0,
+                    Err(StepError::new(
+                        "pg_restore",
+                        format!("a lane's task failed: {e}"),
+                    )),
+                )
+            }
+        };
+        if let Err(e) = result
+            && failure
+                .as_ref()
+                .is_none_or(|f| f.message.ends_with(LANE_STOPPED))
+        {
+            failure = Some(lane_error(lane, e));
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Stops every lane's pg_restore and its writer.

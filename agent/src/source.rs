@@ -395,9 +395,21 @@ impl Jobs {
         tables: &[args::TableName],
     ) -> Result<(), StepError> {
         let pg = &self.config.postgres;
-        let (mut schema, dir) = self.start_schema_dump(job, req, dump, snapshot).await?;
-        // The lanes' dumps start at once and wait on their pipes until the
-        // schema is sent: their catalog reads overlap with it.
+        let schema_snapshot = if self.config.faults.bad_schema_snapshot {
+            "00000000-00000000-0"
+        } else {
+            snapshot
+        };
+        let (mut schema, dir) = self
+            .start_schema_dump(job, req, dump, schema_snapshot)
+            .await?;
+        // The lanes' dumps start only once the schema dump is done: a lane
+        // holds its tables' locks while it waits for its pipe to be read,
+        // and a DDL statement queued behind it would hold the schema dump
+        // (and so the pipe's reader) behind itself.
+        finish_tool(job, &mut schema, true, &req.database)
+            .await
+            .map_err(schema_error)?;
         let mut dumps = Vec::with_capacity(tables.len() + 1);
         for lane in 0..=tables.len() {
             let which = match lane {
@@ -418,7 +430,6 @@ impl Jobs {
             match started {
                 Ok(d) => dumps.push(d),
                 Err(e) => {
-                    schema.kill().await;
                     for (mut t, _) in dumps {
                         t.kill().await;
                     }
@@ -426,11 +437,9 @@ impl Jobs {
                 }
             }
         }
-        let schema_sent = match finish_tool(job, &mut schema, true, &req.database).await {
-            Ok(()) => send_file(job, &dir, SCHEMA_FILE, enc, tx).await,
-            Err(e) => Err(schema_error(e)),
-        };
-        if let Err(e) = schema_sent {
+        // Meanwhile the lanes read the catalogs; none holds a lock anything
+        // here waits for.
+        if let Err(e) = send_file(job, &dir, SCHEMA_FILE, enc, tx).await {
             for (mut t, _) in dumps {
                 t.kill().await;
             }
@@ -600,6 +609,13 @@ async fn lane_tables(
     if max == 0 || !dump.schemas.is_empty() || !dump.exclude_schemas.is_empty() {
         return Ok(Vec::new());
     }
+    // pg_dump matches patterns in the database's encoding; names that are
+    // not plain ASCII get lanes only where that is UTF-8, as ours.
+    let utf8 = client
+        .query_one("SELECT current_setting('server_encoding') = 'UTF8'", &[])
+        .await
+        .and_then(|r| r.try_get::<_, bool>(0))
+        .map_err(|e| format!("reading the server encoding: {}", pg::error_chain(&e)))?;
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text \
@@ -624,7 +640,8 @@ async fn lane_tables(
             table: row.try_get(1).map_err(|e| e.to_string())?,
         };
         // A name pg_dump cannot be given exactly stays in lane 0.
-        if name.exact_pattern().is_ok() {
+        let ascii = name.schema.is_ascii() && name.table.is_ascii();
+        if name.exact_pattern().is_ok() && (utf8 || ascii) {
             tables.push(name);
         }
     }

@@ -172,7 +172,16 @@ impl Setup {
                     .ok()
                     .and_then(|i| i.jobs.iter().map(|j| j.data_lanes).max())
                     .unwrap_or(0);
-            if lanes as usize == n && tool_processes(&self.dst.socket_dir).len() == n {
+            // Restoring, not yet indexing: the processes are the lanes'.
+            let restoring =
+                stagesync_controller::status::info(self.tls.clone(), &self.staging.target())
+                    .await
+                    .is_ok_and(|i| {
+                        i.jobs
+                            .iter()
+                            .any(|j| j.phase == pb::Phase::Restoring as i32)
+                    });
+            if lanes as usize == n && restoring && tool_processes(&self.dst.socket_dir).len() == n {
                 return;
             }
             assert!(
@@ -352,8 +361,8 @@ async fn pg_restore_killed() {
     s.assert_untouched().await;
 }
 
-/// One lane's pg_restore killed: the refresh fails naming that lane, and
-/// the other lane's pg_restore is stopped too.
+/// One lane's pg_restore killed: the refresh fails naming a data lane and
+/// the kill, and nothing is left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lanes_pg_restore_killed() {
     let s = setup(Options {
@@ -455,10 +464,21 @@ async fn aborted_while_indexing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_schema_dump_stops_the_data_at_once() {
+    a_failing_schema_dump(false).await;
+}
+
+/// With data lanes the schema goes first: its failure starts no lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_schema_dump_starts_no_data_lane() {
+    a_failing_schema_dump(true).await;
+}
+
+async fn a_failing_schema_dump(lanes: bool) {
     let mut p = prod_spec();
     p.faults.bad_schema_snapshot = true;
     let s = setup(Options {
         prod_spec: Some(p),
+        lanes,
         ..Default::default()
     })
     .await;
@@ -480,6 +500,9 @@ async fn a_failing_schema_dump_stops_the_data_at_once() {
         dumped < posts as u64 / 2,
         "the data kept streaming: {dumped} bytes dumped, app.posts alone is {posts}"
     );
+    if lanes {
+        assert_eq!(dumped, 0, "a data lane ran");
+    }
     s.assert_untouched().await;
 }
 
@@ -954,6 +977,16 @@ async fn malformed_lane_streams_are_refused() {
         true,
         with_schema(&mut lane0, vec![lane_end(1, empty()), lane_end(1, empty())]),
         "data lane 1 ended twice",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    let late = Encoder::for_lane(none, 1, None)
+        .data(Bytes::from_static(b"x"))
+        .unwrap();
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![lane_end(1, empty()), Kind::Data(late)]),
+        "data arrived on lane 1 after its end",
     ));
     let mut lane0 = Encoder::new(none, None);
     let rest = vec![Kind::Trailer(lane0.trailer())];

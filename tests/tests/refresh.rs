@@ -207,6 +207,38 @@ async fn schema_filters_keep_the_data_in_one_lane() {
     assert_identical(&f).await;
 }
 
+/// The plan's own table filters hold inside lanes: the largest table
+/// (app.posts, a lane of its own) keeps its definition but not its data, an
+/// excluded table is absent, and the rest arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_filters_apply_inside_lanes() {
+    let f = fleet().await;
+    let mut spec = f.spec();
+    spec.jobs = 4;
+    spec.dump.exclude_table_data = vec!["app.posts".into()];
+    spec.dump.exclude_tables = vec!["audit.log".into()];
+    let report = refresh(f.tls.clone(), &spec, |_| {})
+        .await
+        .expect("refresh succeeds");
+    assert_eq!(report.data_lanes, 4, "{report:?}");
+    let c = f.dst.client("stage").await.unwrap();
+    let count = |sql: &'static str| {
+        let c = &c;
+        async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM app.posts").await, 0);
+    assert_eq!(
+        count("SELECT count(*) FROM pg_class WHERE oid = to_regclass('audit.log')").await,
+        0
+    );
+    assert_eq!(count("SELECT count(*) FROM app.users").await, 2000);
+    assert_eq!(
+        count(r#"SELECT count(*) FROM app."Big ""*.t""#).await,
+        20_000
+    );
+    assert_eq!(count("SELECT count(*) FROM app.members").await, 500);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stream_mode_in_one_pass_arrives_identical() {
     refresh_and_compare(pb::Mode::Stream, Compress::Auto, 1).await;

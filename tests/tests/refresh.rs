@@ -178,6 +178,27 @@ async fn stream_mode_arrives_identical() {
 /// a space-free but dot-, star- and quote-laden name) get one each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stream_mode_in_four_lanes_arrives_identical() {
+    // The source gives lanes to the largest tables by heap and TOAST size;
+    // the fixture's quoted table must be among the three, or this test
+    // would not exercise its pattern.
+    let src = PgCluster::start().unwrap();
+    seed_rich(&src, "production").await.unwrap();
+    let c = src.client("production").await.unwrap();
+    let top: Vec<String> = c
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname IN ('app', 'audit', 'public') \
+             ORDER BY pg_table_size(c.oid) DESC, c.oid LIMIT 3",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(top.contains(&"Big \"*.t".to_string()), "{top:?}");
+    drop(c);
+    drop(src);
     refresh_and_compare(pb::Mode::Stream, Compress::Auto, 4).await;
 }
 

@@ -147,6 +147,19 @@ fn unknown_key_in_a_table() {
 }
 
 #[test]
+fn lane_threshold_out_of_range() {
+    let f = fixture();
+    let text = format!("{}\n[jobs]\nlane_min_table_mb = 99999999999\n", f.base);
+    expect_error(
+        &f,
+        &text,
+        "lane_min_table_mb",
+        "jobs.lane_min_table_mb",
+        "must be at most",
+    );
+}
+
+#[test]
 fn bad_glob() {
     let f = fixture();
     let text = replace_line(&f.base, "may_dump", "may_dump = [\"prod\", \"prod[\"]");

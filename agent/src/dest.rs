@@ -394,9 +394,18 @@ impl Jobs {
             }
             Err(e) => {
                 job.fail(e.step, e.message.clone(), e.stderr.clone());
+                // An abort explains the cancellation it caused: pass its
+                // reason on to the source rather than "cancelled".
+                let status = job.status();
+                let reason = match status.error {
+                    Some(err) if status.phase == pb::Phase::Aborted as i32 => {
+                        format!("{} (the job was at step {})", err.message, e.step)
+                    }
+                    _ => format!("{} failed: {}", e.step, e.message),
+                };
                 Err(AgentError::FailedPrecondition {
                     agent: self.config.name.clone(),
-                    reason: format!("{} failed: {}", e.step, e.message),
+                    reason,
                 })
             }
         }

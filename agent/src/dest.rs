@@ -396,12 +396,9 @@ impl Jobs {
                 job.fail(e.step, e.message.clone(), e.stderr.clone());
                 // An abort explains the cancellation it caused: pass its
                 // reason on to the source rather than "cancelled".
-                let status = job.status();
-                let reason = match status.error {
-                    Some(err) if status.phase == pb::Phase::Aborted as i32 => {
-                        format!("{} (the job was at step {})", err.message, e.step)
-                    }
-                    _ => format!("{} failed: {}", e.step, e.message),
+                let reason = match job.abort_reason() {
+                    Some(why) => format!("{why} (the job was at step {})", e.step),
+                    None => format!("{} failed: {}", e.step, e.message),
                 };
                 Err(AgentError::FailedPrecondition {
                     agent: self.config.name.clone(),
@@ -549,13 +546,7 @@ impl Jobs {
                         return Ok(true);
                     }
                     other => {
-                        return Err(StepError::new(
-                            "stream",
-                            format!(
-                                "an unexpected {} frame arrived in a stream-mode job",
-                                frame_kind(&other)
-                            ),
-                        ));
+                        return Err(unexpected(&other, "in a stream-mode job"));
                     }
                 }
             }
@@ -669,13 +660,7 @@ impl Jobs {
                         return Ok(None);
                     }
                     other => {
-                        return Err(StepError::new(
-                            "stream",
-                            format!(
-                                "an unexpected {} frame arrived among the data lanes",
-                                frame_kind(&other)
-                            ),
-                        ));
+                        return Err(unexpected(&other, "among the data lanes"));
                     }
                 }
             }
@@ -743,12 +728,9 @@ impl Jobs {
                 }
                 pb::dump_frame::Kind::FileEnd(end) => return landing.end(&end).await,
                 other => {
-                    return Err(StepError::new(
-                        "stream",
-                        format!(
-                            "an unexpected {} frame arrived inside the file {SCHEMA_FILE}",
-                            frame_kind(&other)
-                        ),
+                    return Err(unexpected(
+                        &other,
+                        &format!("inside the file {SCHEMA_FILE}"),
                     ));
                 }
             }
@@ -884,13 +866,7 @@ impl Jobs {
                     break;
                 }
                 other => {
-                    return Err(StepError::new(
-                        "stream",
-                        format!(
-                            "an unexpected {} frame arrived in a parallel-mode job",
-                            frame_kind(&other)
-                        ),
-                    ));
+                    return Err(unexpected(&other, "in a parallel-mode job"));
                 }
             }
         }
@@ -1054,6 +1030,15 @@ pub(crate) async fn finish_tool(
 /// A split stream's schema file is DDL, not data: anything near this size
 /// is a broken or hostile peer filling the disk.
 const MAX_SCHEMA_FILE: u64 = 2 << 30;
+
+/// A frame that has no place where it arrived (`place`: "in a stream-mode
+/// job", "among the data lanes", ...).
+fn unexpected(k: &pb::dump_frame::Kind, place: &str) -> StepError {
+    StepError::new(
+        "stream",
+        format!("an unexpected {} frame arrived {place}", frame_kind(k)),
+    )
+}
 
 fn frame_kind(k: &pb::dump_frame::Kind) -> &'static str {
     match k {

@@ -229,6 +229,15 @@ impl Job {
         Ok(())
     }
 
+    /// Why the job was aborted, if it was.
+    pub fn abort_reason(&self) -> Option<String> {
+        let s = self.state();
+        match (&s.error, s.phase) {
+            (Some(e), pb::Phase::Aborted) => Some(e.message.clone()),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> pb::JobStatus {
         let mut s = self.state();
         let progress = match self.side {

@@ -959,13 +959,17 @@ fn data_lanes(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -
 mod tests {
     use super::*;
 
-    #[test]
-    fn post_data_is_split_only_when_both_agents_can_and_it_helps() {
+    fn test_spec() -> PairSpec {
         let target = || AgentTarget {
             address: "127.0.0.1:1".into(),
             expected: None,
         };
-        let mut spec = PairSpec::new(target(), "prod", target(), "stage", "stage");
+        PairSpec::new(target(), "prod", target(), "stage", "stage")
+    }
+
+    #[test]
+    fn post_data_is_split_only_when_both_agents_can_and_it_helps() {
+        let mut spec = test_spec();
         let can = pb::InfoResponse {
             features: vec![stagesync_proto::FEATURE_SPLIT_POST_DATA.into()],
             ..Default::default()
@@ -986,11 +990,7 @@ mod tests {
 
     #[test]
     fn data_lanes_only_with_a_split_stream_and_no_schema_filters() {
-        let target = || AgentTarget {
-            address: "127.0.0.1:1".into(),
-            expected: None,
-        };
-        let mut spec = PairSpec::new(target(), "prod", target(), "stage", "stage");
+        let mut spec = test_spec();
         spec.jobs = 3;
         let lanes = pb::InfoResponse {
             features: vec![

@@ -166,22 +166,17 @@ impl Setup {
     async fn wait_lanes(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // Restoring in n lanes, not yet indexing: the processes are the
+            // lanes'.
             let lanes =
                 stagesync_controller::status::info(self.tls.clone(), &self.staging.target())
                     .await
-                    .ok()
-                    .and_then(|i| i.jobs.iter().map(|j| j.data_lanes).max())
-                    .unwrap_or(0);
-            // Restoring, not yet indexing: the processes are the lanes'.
-            let restoring =
-                stagesync_controller::status::info(self.tls.clone(), &self.staging.target())
-                    .await
                     .is_ok_and(|i| {
-                        i.jobs
-                            .iter()
-                            .any(|j| j.phase == pb::Phase::Restoring as i32)
+                        i.jobs.iter().any(|j| {
+                            j.phase == pb::Phase::Restoring as i32 && j.data_lanes as usize == n
+                        })
                     });
-            if lanes as usize == n && restoring && tool_processes(&self.dst.socket_dir).len() == n {
+            if lanes && tool_processes(&self.dst.socket_dir).len() == n {
                 return;
             }
             assert!(

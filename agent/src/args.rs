@@ -282,6 +282,35 @@ pub fn pg_restore(
     Ok(args)
 }
 
+impl RestoreFrom<'_> {
+    /// How many workers `pg_restore` runs.
+    pub fn workers(&self) -> u32 {
+        match self {
+            RestoreFrom::Directory(_, jobs) | RestoreFrom::PostDataOf(_, jobs) => (*jobs).max(1),
+            RestoreFrom::Stdin | RestoreFrom::PreDataOf(_) => 1,
+        }
+    }
+}
+
+/// The session settings of a `pg_restore` that runs `workers` workers on a
+/// host with `cores` cores: the configured ones, plus a share of the cores
+/// for each index build's parallel workers. PostgreSQL would otherwise give
+/// every concurrent `CREATE INDEX` its full `max_parallel_maintenance_workers`
+/// and put more processes on the cores than there are cores, which makes
+/// the whole pass slower. A setting the operator gave is left alone.
+pub fn restore_settings(configured: &[String], workers: u32, cores: usize) -> Vec<String> {
+    const KEY: &str = "max_parallel_maintenance_workers";
+    let mut settings = configured.to_vec();
+    let given = configured
+        .iter()
+        .any(|s| s.split('=').next().is_some_and(|k| k.trim() == KEY));
+    if workers > 1 && !given {
+        let share = cores / workers as usize;
+        settings.push(format!("{KEY}={}", share.saturating_sub(1)));
+    }
+    settings
+}
+
 /// A database name as a conninfo string, so names with spaces, quotes or
 /// `=` are never parsed as connection options.
 fn conninfo_dbname(name: &str) -> String {
@@ -294,6 +323,37 @@ fn conninfo_dbname(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_builds_share_the_cores_among_restore_workers() {
+        let base = vec!["synchronous_commit=off".to_string()];
+        // One worker: PostgreSQL's own default stands.
+        assert_eq!(restore_settings(&base, 1, 2), base);
+        // Two workers on two cores: no extra processes per index build.
+        assert_eq!(
+            restore_settings(&base, 2, 2),
+            [
+                "synchronous_commit=off",
+                "max_parallel_maintenance_workers=0"
+            ]
+        );
+        // Two workers on sixteen cores: seven helpers each.
+        assert_eq!(
+            restore_settings(&base, 2, 16)[1],
+            "max_parallel_maintenance_workers=7"
+        );
+        // More workers than cores.
+        assert_eq!(
+            restore_settings(&base, 8, 4)[1],
+            "max_parallel_maintenance_workers=0"
+        );
+        // The operator's own value wins.
+        let own = vec!["max_parallel_maintenance_workers = 4".to_string()];
+        assert_eq!(restore_settings(&own, 2, 2), own);
+        assert_eq!(RestoreFrom::PostDataOf(Path::new("s"), 3).workers(), 3);
+        assert_eq!(RestoreFrom::Directory(Path::new("d"), 0).workers(), 1);
+        assert_eq!(RestoreFrom::Stdin.workers(), 1);
+    }
 
     fn pg() -> PostgresConfig {
         PostgresConfig {

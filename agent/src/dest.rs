@@ -503,7 +503,7 @@ impl Jobs {
                             _ = job.cancel.cancelled() => {
                                 return Err(StepError::new("stream", "the job was cancelled"));
                             }
-                            r = w.write_all(&raw) => r,
+                            r = procs::write_coalesced(w, &raw) => r,
                         };
                         if wrote.is_err() {
                             // pg_restore stopped reading: its exit status says why.
@@ -777,7 +777,7 @@ impl Jobs {
                 return false;
             };
             while let Some(raw) = rx.recv().await {
-                if stdin.write_all(&raw).await.is_err() {
+                if procs::write_coalesced(&mut stdin, &raw).await.is_err() {
                     return false;
                 }
                 j.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
@@ -882,13 +882,15 @@ impl Jobs {
         from: args::RestoreFrom<'_>,
     ) -> Result<(), StepError> {
         let pg = &self.config.postgres;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let settings = args::restore_settings(&pg.restore_settings, from.workers(), cores);
         let argv = args::pg_restore(pg, &job.new_database, &setup.owner, &setup.restore, from)
             .map_err(|e| StepError::new("pg_restore", e))?;
         let mut tool = procs::spawn(
             &pg.bin_dir,
             "pg_restore",
             &argv,
-            &pg.restore_settings,
+            &settings,
             Stdio::null(),
             Stdio::null(),
         )

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The last lines a tool wrote to stderr.
@@ -122,6 +122,106 @@ fn widen_pipe(pipe: &impl std::os::fd::AsFd) {
     }
 }
 
+/// How long a pipe reader or writer waits after a small read or a short
+/// write before trying again. pg_dump writes and pg_restore reads a few KiB
+/// at a time; answering each of those at once costs two context switches per
+/// few KiB, on a host whose cores the database needs. Waiting this long lets
+/// the 1 MiB pipe fill or drain by a useful amount instead, and is far too
+/// short for it to fill or drain completely at the rates a dump moves.
+const PIPE_COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
+/// A read shorter than this is "small": the next one waits `PIPE_COALESCE`.
+const SMALL_READ: usize = 64 * 1024;
+
+/// Writes all of `data` to `w` (a tool's stdin pipe). When the pipe takes
+/// only part of it, the rest waits `PIPE_COALESCE` for the reader to drain
+/// more, instead of following it a few KiB at a time.
+pub async fn write_coalesced(
+    w: &mut (impl AsyncWrite + Unpin),
+    mut data: &[u8],
+) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let n = w.write(data).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+        if !data.is_empty() {
+            tokio::time::sleep(PIPE_COALESCE).await;
+        }
+    }
+    Ok(())
+}
+
+/// A tool's stdout, read by a thread of its own in chunks of
+/// [`CHUNK`](crate::frames::CHUNK) bytes (fewer only at the end).
+///
+/// Not through the async runtime: once a pipe has been polled, Linux wakes
+/// its poller on every write into it, and pg_dump writes a few KiB at a
+/// time. A blocking reader that sleeps [`PIPE_COALESCE`] after a small read
+/// is woken about once per chunk instead.
+pub struct Chunks {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+}
+
+/// Chunks waiting between the reader thread and the stream.
+const CHUNKS_QUEUED: usize = 2;
+
+impl Chunks {
+    /// The next chunk: `CHUNK` bytes, fewer only at the end, and empty once
+    /// the tool closed its stdout.
+    pub async fn next(&mut self) -> std::io::Result<bytes::Bytes> {
+        self.rx
+            .recv()
+            .await
+            .unwrap_or_else(|| Ok(bytes::Bytes::new()))
+    }
+}
+
+/// A pipe for a tool's stdout (pass the `Stdio` to [`spawn`]) and its
+/// reading end as [`Chunks`].
+pub fn chunked_stdout() -> std::io::Result<(Stdio, Chunks)> {
+    use crate::frames::CHUNK;
+    use std::io::Read;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    widen_pipe(&write);
+    let mut file = std::fs::File::from(read);
+    let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_QUEUED);
+    std::thread::Builder::new()
+        .name("tool-stdout".into())
+        .spawn(move || {
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                let end = loop {
+                    match file.read(&mut buf[filled..]) {
+                        Ok(0) => break true,
+                        Ok(n) => {
+                            filled += n;
+                            if filled == CHUNK {
+                                break false;
+                            }
+                            if n < SMALL_READ {
+                                std::thread::sleep(PIPE_COALESCE);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                };
+                buf.truncate(filled);
+                // A closed queue: nobody reads any more; dropping the pipe
+                // stops the tool with EPIPE.
+                if tx.blocking_send(Ok(buf.into())).is_err() || end {
+                    return;
+                }
+            }
+        })?;
+    Ok((Stdio::from(write), Chunks { rx }))
+}
+
 impl Tool {
     /// Stops the tool and its workers: SIGTERM to the process group (the
     /// tools pass it on and cancel their queries), SIGKILL if they are still
@@ -187,5 +287,64 @@ mod tests {
         }
         drop(stdin);
         tool.kill().await;
+    }
+
+    #[tokio::test]
+    async fn stdout_arrives_in_whole_chunks_and_coalesced_writes_lose_nothing() {
+        use crate::frames::CHUNK;
+        use tokio::io::AsyncWriteExt;
+        let (stdout, mut chunks) = chunked_stdout().expect("pipe");
+        let mut tool =
+            spawn(Path::new("/bin"), "cat", &[], &[], Stdio::piped(), stdout).expect("cat starts");
+        let mut stdin = tool.child.stdin.take().expect("stdin");
+        // More than the pipe holds, so the writer meets a full pipe.
+        let sent: Vec<u8> = (0..(3 * CHUNK + 12345)).map(|i| (i % 251) as u8).collect();
+        let writing = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                write_coalesced(&mut stdin, &sent).await.expect("written");
+                stdin.shutdown().await.expect("closed");
+            })
+        };
+        let mut got = Vec::new();
+        loop {
+            let c = chunks.next().await.expect("read");
+            got.extend_from_slice(&c);
+            if c.len() < CHUNK {
+                break;
+            }
+        }
+        writing.await.expect("writer");
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "the bytes changed on the way");
+        assert!(chunks.next().await.expect("end").is_empty());
+        tool.kill().await;
+    }
+
+    #[tokio::test]
+    async fn a_tool_stops_when_nobody_reads_its_stdout() {
+        let (stdout, mut chunks) = chunked_stdout().expect("pipe");
+        let mut tool = spawn(
+            Path::new("/usr/bin"),
+            "yes",
+            &[],
+            &[],
+            Stdio::null(),
+            stdout,
+        )
+        .expect("yes");
+        assert_eq!(
+            chunks.next().await.expect("read").len(),
+            crate::frames::CHUNK
+        );
+        drop(chunks);
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), tool.child.wait())
+            .await
+            .expect("yes ended once its reader was gone")
+            .expect("status");
+        assert!(
+            !status.success(),
+            "yes ends only by a broken pipe: {status}"
+        );
     }
 }

@@ -17,7 +17,6 @@ use stagesync_certs::channel::AgentTarget;
 use stagesync_certs::{Identity, ReloadingClientConfig};
 use stagesync_proto::AgentClient;
 use stagesync_proto::v1 as pb;
-use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -285,7 +284,7 @@ impl Jobs {
             None => args::DumpTo::Stdout,
         };
         let started = dump_to_stdout(pg, &req.database, dump, to);
-        let mut tool = match started {
+        let (mut tool, mut out) = match started {
             Ok(t) => t,
             Err(e) => {
                 if let Some((s, _)) = schema.as_mut() {
@@ -294,11 +293,7 @@ impl Jobs {
                 return Err(e);
             }
         };
-        let Some(mut out) = tool.child.stdout.take() else {
-            tool.kill().await;
-            return Err(step("pg_dump", "no stdout"));
-        };
-        let sending = send_reader(job, &mut out, enc, tx);
+        let sending = send_reader(job, Chunked::Tool(&mut out), enc, tx);
         let sent = match schema.as_mut() {
             None => sending.await,
             Some((side, _)) => {
@@ -420,14 +415,7 @@ impl Jobs {
                 snapshot,
                 lane: which,
             };
-            let started =
-                dump_to_stdout(pg, &req.database, dump, to).and_then(|mut tool| {
-                    match tool.child.stdout.take() {
-                        Some(out) => Ok((tool, out)),
-                        None => Err(step("pg_dump", "no stdout")),
-                    }
-                });
-            match started {
+            match dump_to_stdout(pg, &req.database, dump, to) {
                 Ok(d) => dumps.push(d),
                 Err(e) => {
                     for (mut t, _) in dumps {
@@ -654,7 +642,7 @@ struct LaneRun {
     job: Arc<Job>,
     lane: u32,
     tool: procs::Tool,
-    out: tokio::process::ChildStdout,
+    out: procs::Chunks,
     encoder: Encoder,
     tx: Frames,
     /// Cancelled when any lane fails, so the others stop.
@@ -667,7 +655,7 @@ impl LaneRun {
     async fn run(mut self) -> (Result<(), StepError>, Encoder) {
         let job = &self.job;
         let sent = tokio::select! {
-            r = send_reader(job, &mut self.out, &mut self.encoder, &self.tx) => r,
+            r = send_reader(job, Chunked::Tool(&mut self.out), &mut self.encoder, &self.tx) => r,
             _ = self.stop.cancelled() => Err(step("pg_dump", LANE_STOPPED)),
         };
         let mut result = match sent {
@@ -691,23 +679,19 @@ impl LaneRun {
     }
 }
 
-/// Starts a `pg_dump` whose archive comes out on its stdout.
+/// Starts a `pg_dump` whose archive comes out on its stdout, read in chunks.
 fn dump_to_stdout(
     pg: &crate::config::PostgresConfig,
     database: &str,
     dump: &pb::DumpOptions,
     to: args::DumpTo<'_>,
-) -> Result<procs::Tool, StepError> {
+) -> Result<(procs::Tool, procs::Chunks), StepError> {
     let argv = args::pg_dump(pg, database, dump, to).map_err(|e| step("pg_dump", e))?;
-    procs::spawn(
-        &pg.bin_dir,
-        "pg_dump",
-        &argv,
-        &[],
-        Stdio::null(),
-        Stdio::piped(),
-    )
-    .map_err(|e| step("pg_dump", format!("cannot start pg_dump: {e}")))
+    let cannot = |e| step("pg_dump", format!("cannot start pg_dump: {e}"));
+    let (stdout, chunks) = procs::chunked_stdout().map_err(cannot)?;
+    let tool =
+        procs::spawn(&pg.bin_dir, "pg_dump", &argv, &[], Stdio::null(), stdout).map_err(cannot)?;
+    Ok((tool, chunks))
 }
 
 /// The file in which a split stream's schema travels after the data; the
@@ -794,10 +778,27 @@ async fn send(job: &Job, tx: &Frames, f: pb::DumpFrame) -> Result<(), StepError>
     }
 }
 
+/// Where [`send_reader`] takes its chunks from.
+enum Chunked<'a> {
+    /// pg_dump's stdout.
+    Tool(&'a mut procs::Chunks),
+    /// A file of a directory-format dump.
+    File(&'a mut tokio::fs::File),
+}
+
+impl Chunked<'_> {
+    async fn next(&mut self) -> std::io::Result<bytes::Bytes> {
+        match self {
+            Chunked::Tool(c) => c.next().await,
+            Chunked::File(f) => read_chunk(f).await,
+        }
+    }
+}
+
 /// Reads `r` to the end in chunks and sends them as data frames.
 async fn send_reader(
     job: &Job,
-    r: &mut (impl AsyncRead + Unpin),
+    mut r: Chunked<'_>,
     enc: &mut Encoder,
     tx: &Frames,
 ) -> Result<u64, StepError> {
@@ -805,7 +806,7 @@ async fn send_reader(
     loop {
         let chunk = tokio::select! {
             _ = job.cancel.cancelled() => return Err(step("pg_dump", "the job was cancelled")),
-            c = read_chunk(r) => c.map_err(|e| step("pg_dump", format!("reading the dump: {e}")))?,
+            c = r.next() => c.map_err(|e| step("pg_dump", format!("reading the dump: {e}")))?,
         };
         let filled = chunk.len();
         if filled == 0 {
@@ -844,7 +845,7 @@ async fn send_file(
         })),
     )
     .await?;
-    let size = send_reader(job, &mut f, enc, tx).await?;
+    let size = send_reader(job, Chunked::File(&mut f), enc, tx).await?;
     send(
         job,
         tx,

@@ -8,6 +8,10 @@ use std::error::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// As in the stagesync CLI, which this stands in for.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use stagesync_s3::{CopySpec, Event, S3Location, SideConfig, SyncOptions, sync};
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -128,6 +128,73 @@ impl TableName {
     }
 }
 
+/// A table pattern as pg_dump reads it (`--exclude-table`,
+/// `--exclude-table-data`): dots split schema and table; outside double
+/// quotes `*` and `?` are wildcards and letters fold to lower case; inside
+/// them everything is literal and `""` is a quote. Used to tell which tables
+/// a plan leaves out, so that none of them is given a data lane of its own.
+pub struct TablePattern {
+    schema: Option<globset::GlobMatcher>,
+    table: globset::GlobMatcher,
+}
+
+impl TablePattern {
+    pub fn parse(pattern: &str) -> Result<TablePattern, String> {
+        let mut parts = vec![String::new()];
+        let mut quoted = false;
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            let part = parts.last_mut().expect("never empty");
+            match c {
+                '"' if quoted && chars.peek() == Some(&'"') => {
+                    chars.next();
+                    part.push('"');
+                }
+                '"' => quoted = !quoted,
+                '.' if !quoted => parts.push(String::new()),
+                '*' | '?' if !quoted => part.push(c),
+                // Everything else is literal; globset escapes with a backslash.
+                c if "*?[]{}\\".contains(c) => {
+                    part.push('\\');
+                    part.push(c);
+                }
+                c if !quoted => part.push(c.to_ascii_lowercase()),
+                c => part.push(c),
+            }
+        }
+        let glob = |g: &str| {
+            globset::GlobBuilder::new(g)
+                .literal_separator(false)
+                .backslash_escape(true)
+                .build()
+                .map(|g| g.compile_matcher())
+                .map_err(|e| format!("table pattern {pattern:?}: {e}"))
+        };
+        let n = parts.len();
+        match n {
+            1 => Ok(TablePattern {
+                schema: None,
+                table: glob(&parts[0])?,
+            }),
+            // database.schema.table: the database part is the dump's own.
+            2 | 3 => Ok(TablePattern {
+                schema: Some(glob(&parts[n - 2])?),
+                table: glob(&parts[n - 1])?,
+            }),
+            _ => Err(format!(
+                "table pattern {pattern:?} has too many dotted names"
+            )),
+        }
+    }
+
+    /// True when the pattern names `t`. A pattern without a schema is taken
+    /// to name the table in every schema (pg_dump limits it to the visible
+    /// ones): the answer errs towards "named".
+    pub fn matches(&self, t: &TableName) -> bool {
+        self.schema.as_ref().is_none_or(|s| s.is_match(&t.schema)) && self.table.is_match(&t.table)
+    }
+}
+
 /// An exported snapshot's id, as `pg_export_snapshot()` makes them.
 fn check_snapshot(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
@@ -323,6 +390,40 @@ fn conninfo_dbname(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_patterns_read_as_pg_dump_reads_them() {
+        let t = |schema: &str, table: &str| TableName {
+            schema: schema.into(),
+            table: table.into(),
+        };
+        let m = |p: &str, name: &TableName| TablePattern::parse(p).expect(p).matches(name);
+        assert!(m("app.posts", &t("app", "posts")));
+        assert!(m("APP.Posts", &t("app", "posts")), "unquoted names fold");
+        assert!(!m("app.posts", &t("App", "posts")));
+        assert!(m("\"App\".posts", &t("App", "posts")));
+        assert!(m("posts", &t("anything", "posts")), "no schema: any schema");
+        assert!(m("app.cache_*", &t("app", "cache_sessions")));
+        assert!(!m("app.cache_*", &t("app", "posts")));
+        assert!(m("app.post?", &t("app", "posts")));
+        assert!(m("*.*", &t("x", "y")));
+        assert!(m("mydb.app.posts", &t("app", "posts")));
+        // Quoted: wildcards, dots and brackets are literal; "" is a quote.
+        let odd = t("app", "Big \"*.t");
+        assert!(m("app.\"Big \"\"*.t\"", &odd));
+        assert!(!m("app.\"Big \"\"*.t\"", &t("app", "Big \"xx.t")));
+        assert!(m("app.\"a[1]\"", &t("app", "a[1]")));
+        assert!(!m("app.\"a[1]\"", &t("app", "a1")));
+        assert!(m("app.a{b}", &t("app", "a{b}")));
+        assert!(TablePattern::parse("a.b.c.d").is_err());
+        // The exact pattern of any table names that table.
+        for name in [odd, t("s p", "Ta\\ble"), t("x", "?")] {
+            assert!(
+                m(&name.exact_pattern().expect("nameable"), &name),
+                "{name:?}"
+            );
+        }
+    }
 
     #[test]
     fn index_builds_share_the_cores_among_restore_workers() {

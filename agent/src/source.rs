@@ -584,10 +584,14 @@ impl Jobs {
 
 const LANE_STOPPED: &str = "stopped: another data lane failed";
 
+/// Tables listed beyond the lanes wanted, to make up for those the plan
+/// leaves out.
+const EXCLUDED_ROOM: usize = 64;
+
 /// The tables that get data lanes of their own: the largest ordinary tables
-/// (heap and TOAST, not indexes), at most `max` and none below
-/// `min_bytes`. Not when the plan filters schemas (pg_dump applies
-/// those to no table named on its own).
+/// (heap and TOAST, not indexes), at most `max`, none below `min_bytes` and
+/// none whose data the plan leaves out. Not when the plan filters schemas
+/// (pg_dump applies those to no table named on its own).
 async fn lane_tables(
     client: &tokio_postgres::Client,
     dump: &pb::DumpOptions,
@@ -596,6 +600,15 @@ async fn lane_tables(
 ) -> Result<Vec<args::TableName>, String> {
     if max == 0 || !dump.schemas.is_empty() || !dump.exclude_schemas.is_empty() {
         return Ok(Vec::new());
+    }
+    // A table whose data the plan leaves out would make an empty lane.
+    let mut excluded = Vec::new();
+    for p in dump.exclude_tables.iter().chain(&dump.exclude_table_data) {
+        match args::TablePattern::parse(p) {
+            Ok(p) => excluded.push(p),
+            // pg_dump will say what is wrong with it.
+            Err(_) => return Ok(Vec::new()),
+        }
     }
     // pg_dump matches patterns in the database's encoding; names that are
     // not plain ASCII get lanes only where that is UTF-8, as ours.
@@ -617,7 +630,10 @@ async fn lane_tables(
                AND pg_catalog.pg_table_size(c.oid) >= $1 \
              ORDER BY pg_catalog.pg_table_size(c.oid) DESC, c.oid \
              LIMIT $2",
-            &[&(min_bytes.min(i64::MAX as u64) as i64), &(max as i64)],
+            &[
+                &(min_bytes.min(i64::MAX as u64) as i64),
+                &((max + EXCLUDED_ROOM) as i64),
+            ],
         )
         .await
         .map_err(|e| format!("listing the largest tables: {}", pg::error_chain(&e)))?;
@@ -629,10 +645,12 @@ async fn lane_tables(
         };
         // A name pg_dump cannot be given exactly stays in lane 0.
         let ascii = name.schema.is_ascii() && name.table.is_ascii();
-        if name.exact_pattern().is_ok() && (utf8 || ascii) {
+        let left_out = excluded.iter().any(|p| p.matches(&name));
+        if name.exact_pattern().is_ok() && (utf8 || ascii) && !left_out {
             tables.push(name);
         }
     }
+    tables.truncate(max);
     Ok(tables)
 }
 

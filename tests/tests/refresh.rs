@@ -260,6 +260,49 @@ async fn plan_filters_apply_inside_lanes() {
     assert_eq!(count("SELECT count(*) FROM app.members").await, 500);
 }
 
+/// A table whose data the plan leaves out gets no lane of its own (it would
+/// be an empty one): with every `app` table's data excluded, only the other
+/// schemas' tables are left to fill the lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lanes_skip_tables_the_plan_leaves_out() {
+    let f = fleet().await;
+    let src = f.src.client("production").await.unwrap();
+    let tables = |except_app: bool| {
+        let src = &src;
+        async move {
+            let sql = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
+                   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
+                   AND NOT ($1 AND n.nspname = 'app') \
+                   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                       AND d.objid = c.oid AND d.deptype = 'e')";
+            let n: i64 = src.query_one(sql, &[&except_app]).await.unwrap().get(0);
+            n as u32
+        }
+    };
+    // Lanes: one per table (at most 7 with 8 jobs), plus lane 0.
+    let lanes = |n: u32| if n == 0 { 0 } else { n.min(7) + 1 };
+    let (all, outside_app) = (tables(false).await, tables(true).await);
+    assert!(
+        lanes(outside_app) < lanes(all),
+        "the fixture must have enough app tables for the exclusion to show: {all} tables, {outside_app} outside app"
+    );
+    let mut spec = f.spec();
+    spec.jobs = 8;
+    spec.dump.exclude_table_data = vec!["APP.*".into()];
+    let report = refresh(f.tls.clone(), &spec, |_| {})
+        .await
+        .expect("refresh succeeds");
+    assert_eq!(report.data_lanes, lanes(outside_app), "{report:?}");
+    let c = f.dst.client("stage").await.unwrap();
+    let count = |sql: &'static str| {
+        let c = &c;
+        async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM app.users").await, 0);
+    assert_eq!(count(r#"SELECT count(*) FROM app."Big ""*.t""#).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stream_mode_in_one_pass_arrives_identical() {
     refresh_and_compare(pb::Mode::Stream, Compress::Auto, 1).await;

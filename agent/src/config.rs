@@ -134,6 +134,8 @@ pub struct Faults {
     /// Source side: the schema dump of a split stream is given a snapshot
     /// that does not exist, so it fails while the data streams.
     pub bad_schema_snapshot: bool,
+    /// Destination side: the largest schema file it lands, instead of 2 GiB.
+    pub max_schema_file: Option<u64>,
 }
 
 #[derive(Clone, Debug)]

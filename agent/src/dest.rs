@@ -483,8 +483,8 @@ impl Jobs {
                     pb::dump_frame::Kind::Data(d) => {
                         let raw = decoder.data(&d)?;
                         if let Some(l) = landing.as_mut() {
-                            if l.written + raw.len() as u64 > MAX_SCHEMA_FILE {
-                                return Err(schema_too_big());
+                            if l.written + raw.len() as u64 > self.max_schema_file() {
+                                return Err(self.schema_too_big());
                             }
                             l.write(&raw).await?;
                             job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
@@ -720,8 +720,8 @@ impl Jobs {
             match self.next_frame(job, stream).await? {
                 pb::dump_frame::Kind::Data(d) => {
                     let raw = decoder.data(&d)?;
-                    if landing.written + raw.len() as u64 > MAX_SCHEMA_FILE {
-                        return Err(schema_too_big());
+                    if landing.written + raw.len() as u64 > self.max_schema_file() {
+                        return Err(self.schema_too_big());
                     }
                     landing.write(&raw).await?;
                     job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
@@ -872,6 +872,29 @@ impl Jobs {
         }
         self.restore_from(job, setup, args::RestoreFrom::Directory(&dir, setup.jobs))
             .await
+    }
+
+    /// The largest schema file this agent lands (lowered only by a test fault).
+    fn max_schema_file(&self) -> u64 {
+        self.config
+            .faults
+            .max_schema_file
+            .unwrap_or(MAX_SCHEMA_FILE)
+    }
+
+    fn schema_too_big(&self) -> StepError {
+        let max = self.max_schema_file();
+        let size = if max >= 1 << 20 {
+            format!("{} MiB", max >> 20)
+        } else {
+            format!("{max} bytes")
+        };
+        StepError::new(
+            "stream",
+            format!(
+                "the schema file from the source exceeds {size}; refresh with --jobs 1 to restore in one pass"
+            ),
+        )
     }
 
     /// Runs `pg_restore` on a landed archive to its end.
@@ -1139,16 +1162,6 @@ async fn stop_lanes(feeds: Vec<LaneFeed>) {
         f.tool.kill().await;
         let _ = f.writer.await;
     }
-}
-
-fn schema_too_big() -> StepError {
-    StepError::new(
-        "stream",
-        format!(
-            "the schema file from the source exceeds {} MiB; refresh with --jobs 1 to restore in one pass",
-            MAX_SCHEMA_FILE >> 20
-        ),
-    )
 }
 
 /// A file from the peer being written into a work directory.

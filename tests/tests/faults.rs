@@ -68,6 +68,7 @@ struct Options {
     /// The source gives every table a data lane of its own, so a stream
     /// with several workers moves its data in several lanes.
     lanes: bool,
+    staging_faults: stagesync_agent::config::Faults,
 }
 
 fn prod_spec() -> AgentSpec {
@@ -92,6 +93,7 @@ async fn setup(o: Options) -> Setup {
     s.may_overwrite = vec!["stage".into()];
     s.peers = vec!["prod-db".into()];
     s.extra_toml = o.staging_toml;
+    s.faults = o.staging_faults;
     let prod = if o.prod_process {
         Agent::Proc(AgentProcess::spawn(&pki, Some(&src), p).unwrap())
     } else {
@@ -498,6 +500,37 @@ async fn a_failing_schema_dump(lanes: bool) {
     if lanes {
         assert_eq!(dumped, 0, "a data lane ran");
     }
+    s.assert_untouched().await;
+}
+
+/// The destination lands the schema file (pre-data and post-data) on disk
+/// and caps its size; here the cap is lowered below the fixture's schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schema_file_over_the_cap_is_refused() {
+    schema_over_the_cap(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schema_file_over_the_cap_is_refused_with_lanes() {
+    schema_over_the_cap(true).await;
+}
+
+async fn schema_over_the_cap(lanes: bool) {
+    let s = setup(Options {
+        lanes,
+        staging_faults: stagesync_agent::config::Faults {
+            max_schema_file: Some(4096),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    s.proxy.throttle(0);
+    let err = s.start(s.spec()).await.unwrap().unwrap_err();
+    assert!(
+        err.contains("the schema file from the source exceeds 4096 bytes; refresh with --jobs 1"),
+        "{err}"
+    );
     s.assert_untouched().await;
 }
 

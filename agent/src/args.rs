@@ -131,17 +131,23 @@ impl TableName {
 /// A table pattern as pg_dump reads it (`--exclude-table`,
 /// `--exclude-table-data`): dots split schema and table; outside double
 /// quotes `*` and `?` are wildcards and letters fold to lower case; inside
-/// them everything is literal and `""` is a quote. Used to tell which tables
+/// them everything is literal and `""` is a quote. Regular expression
+/// syntax outside quotes, which pg_dump also accepts, is refused. Used to
+/// tell which tables
 /// a plan leaves out, so that none of them is given a data lane of its own.
 pub struct TablePattern {
     schema: Option<globset::GlobMatcher>,
     table: globset::GlobMatcher,
+    /// Has an unquoted `?`, which globset reads as one byte and pg_dump as
+    /// one character.
+    any_char: bool,
 }
 
 impl TablePattern {
     pub fn parse(pattern: &str) -> Result<TablePattern, String> {
         let mut parts = vec![String::new()];
         let mut quoted = false;
+        let mut any_char = false;
         let mut chars = pattern.chars().peekable();
         while let Some(c) = chars.next() {
             let part = parts.last_mut().expect("never empty");
@@ -152,7 +158,18 @@ impl TablePattern {
                 }
                 '"' => quoted = !quoted,
                 '.' if !quoted => parts.push(String::new()),
-                '*' | '?' if !quoted => part.push(c),
+                '*' if !quoted => part.push(c),
+                '?' if !quoted => {
+                    any_char = true;
+                    part.push(c);
+                }
+                // pg_dump passes these on as regular expression syntax,
+                // which this reading does not follow.
+                '|' | '+' | '(' | ')' | '^' | '[' | ']' | '{' | '}' | '\\' if !quoted => {
+                    return Err(format!(
+                        "table pattern {pattern:?} uses regular expression syntax"
+                    ));
+                }
                 // Everything else is literal; globset escapes with a backslash.
                 c if "*?[]{}\\".contains(c) => {
                     part.push('\\');
@@ -175,11 +192,13 @@ impl TablePattern {
             1 => Ok(TablePattern {
                 schema: None,
                 table: glob(&parts[0])?,
+                any_char,
             }),
             // database.schema.table: the database part is the dump's own.
             2 | 3 => Ok(TablePattern {
                 schema: Some(glob(&parts[n - 2])?),
                 table: glob(&parts[n - 1])?,
+                any_char,
             }),
             _ => Err(format!(
                 "table pattern {pattern:?} has too many dotted names"
@@ -191,6 +210,9 @@ impl TablePattern {
     /// to name the table in every schema (pg_dump limits it to the visible
     /// ones): the answer errs towards "named".
     pub fn matches(&self, t: &TableName) -> bool {
+        if self.any_char && !(t.schema.is_ascii() && t.table.is_ascii()) {
+            return true;
+        }
         self.schema.as_ref().is_none_or(|s| s.is_match(&t.schema)) && self.table.is_match(&t.table)
     }
 }
@@ -368,9 +390,12 @@ impl RestoreFrom<'_> {
 pub fn restore_settings(configured: &[String], workers: u32, cores: usize) -> Vec<String> {
     const KEY: &str = "max_parallel_maintenance_workers";
     let mut settings = configured.to_vec();
-    let given = configured
-        .iter()
-        .any(|s| s.split('=').next().is_some_and(|k| k.trim() == KEY));
+    // PostgreSQL reads setting names in any case and with - for _.
+    let given = configured.iter().any(|s| {
+        s.split('=')
+            .next()
+            .is_some_and(|k| k.trim().replace('-', "_").eq_ignore_ascii_case(KEY))
+    });
     if workers > 1 && !given {
         let share = cores / workers as usize;
         settings.push(format!("{KEY}={}", share.saturating_sub(1)));
@@ -414,8 +439,16 @@ mod tests {
         assert!(!m("app.\"Big \"\"*.t\"", &t("app", "Big \"xx.t")));
         assert!(m("app.\"a[1]\"", &t("app", "a[1]")));
         assert!(!m("app.\"a[1]\"", &t("app", "a1")));
-        assert!(m("app.a{b}", &t("app", "a{b}")));
+        assert!(m("app.\"a{b}\"", &t("app", "a{b}")));
+        assert!(m("app.a$b", &t("app", "a$b")), "pg_dump escapes $");
         assert!(TablePattern::parse("a.b.c.d").is_err());
+        // Regular expression syntax outside quotes is not followed: the
+        // caller then gives no table a lane.
+        assert!(TablePattern::parse("app.(posts|users)").is_err());
+        assert!(TablePattern::parse("app.\"(posts|users)\"").is_ok());
+        // ? against a name that is not ASCII: taken as named.
+        assert!(m("app.caf?", &t("app", "café")));
+        assert!(m("app.caf?", &t("app", "cafe")));
         // The exact pattern of any table names that table.
         for name in [odd, t("s p", "Ta\\ble"), t("x", "?")] {
             assert!(
@@ -449,8 +482,13 @@ mod tests {
             "max_parallel_maintenance_workers=0"
         );
         // The operator's own value wins.
-        let own = vec!["max_parallel_maintenance_workers = 4".to_string()];
-        assert_eq!(restore_settings(&own, 2, 2), own);
+        for own in [
+            "max_parallel_maintenance_workers = 4",
+            "Max-Parallel-Maintenance-Workers=4",
+        ] {
+            let own = vec![own.to_string()];
+            assert_eq!(restore_settings(&own, 2, 2), own);
+        }
         assert_eq!(RestoreFrom::PostDataOf(Path::new("s"), 3).workers(), 3);
         assert_eq!(RestoreFrom::Directory(Path::new("d"), 0).workers(), 1);
         assert_eq!(RestoreFrom::Stdin.workers(), 1);

@@ -114,12 +114,24 @@ pub fn spawn(
 /// ceiling for unprivileged processes) lets each side work in longer runs.
 const PIPE_SIZE: i32 = 1 << 20;
 
-fn widen_pipe(pipe: &impl std::os::fd::AsFd) {
+/// Widens `pipe` to `PIPE_SIZE` and says whether it now is that wide.
+fn widen_pipe(pipe: &impl std::os::fd::AsFd) -> bool {
     use nix::fcntl::{FcntlArg, fcntl};
     // Best effort: a smaller pipe is only slower.
     if let Err(e) = fcntl(pipe.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
-        tracing::debug!(error = %e, "pipe buffer left at its default size");
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            tracing::warn!(error = %e, "cannot widen the pipes to pg_dump and pg_restore to 1 MiB (see fs.pipe-max-size and fs.pipe-user-pages-soft); dumps move slower");
+        });
     }
+    is_wide(pipe)
+}
+
+/// True when `pipe` holds at least `PIPE_SIZE`: only then is there room to
+/// wait [`PIPE_COALESCE`] between reads or writes without stalling the tool.
+fn is_wide(pipe: &impl std::os::fd::AsFd) -> bool {
+    use nix::fcntl::{FcntlArg, fcntl};
+    fcntl(pipe.as_fd(), FcntlArg::F_GETPIPE_SZ).is_ok_and(|size| size >= PIPE_SIZE)
 }
 
 /// How long a pipe reader or writer waits after a small read or a short
@@ -136,7 +148,7 @@ const SMALL_READ: usize = 64 * 1024;
 /// only part of it, the rest waits `PIPE_COALESCE` for the reader to drain
 /// more, instead of following it a few KiB at a time.
 pub async fn write_coalesced(
-    w: &mut (impl AsyncWrite + Unpin),
+    w: &mut (impl AsyncWrite + std::os::fd::AsFd + Unpin),
     mut data: &[u8],
 ) -> std::io::Result<()> {
     while !data.is_empty() {
@@ -145,7 +157,8 @@ pub async fn write_coalesced(
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         data = &data[n..];
-        if !data.is_empty() {
+        // In a narrow pipe, waiting would leave the reader idle.
+        if !data.is_empty() && is_wide(w) {
             tokio::time::sleep(PIPE_COALESCE).await;
         }
     }
@@ -183,7 +196,7 @@ pub fn chunked_stdout() -> std::io::Result<(Stdio, Chunks)> {
     use crate::frames::CHUNK;
     use std::io::Read;
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    widen_pipe(&write);
+    let coalesce = widen_pipe(&write);
     let mut file = std::fs::File::from(read);
     let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_QUEUED);
     std::thread::Builder::new()
@@ -200,7 +213,7 @@ pub fn chunked_stdout() -> std::io::Result<(Stdio, Chunks)> {
                             if filled == CHUNK {
                                 break false;
                             }
-                            if n < SMALL_READ {
+                            if coalesce && n < SMALL_READ {
                                 std::thread::sleep(PIPE_COALESCE);
                             }
                         }
@@ -298,7 +311,7 @@ mod tests {
             spawn(Path::new("/bin"), "cat", &[], &[], Stdio::piped(), stdout).expect("cat starts");
         let mut stdin = tool.child.stdin.take().expect("stdin");
         // More than the pipe holds, so the writer meets a full pipe.
-        let sent: Vec<u8> = (0..(3 * CHUNK + 12345)).map(|i| (i % 251) as u8).collect();
+        let sent: Vec<u8> = (0..(12 * CHUNK + 12345)).map(|i| (i % 251) as u8).collect();
         let writing = {
             let sent = sent.clone();
             tokio::spawn(async move {

@@ -606,7 +606,8 @@ async fn lane_tables(
     for p in dump.exclude_tables.iter().chain(&dump.exclude_table_data) {
         match args::TablePattern::parse(p) {
             Ok(p) => excluded.push(p),
-            // pg_dump will say what is wrong with it.
+            // A pattern read otherwise (regular expression syntax, or one
+            // pg_dump will refuse): no lanes rather than a wrong guess.
             Err(_) => return Ok(Vec::new()),
         }
     }

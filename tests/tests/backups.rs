@@ -582,6 +582,7 @@ async fn a_controller_that_goes_away_cancels_the_backup_and_its_upload() {
     // The database's slot is free again: a new backup runs. The slot is
     // freed just after the cleanup seen above, so a backup started in
     // between is told to wait; it may take a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let done = loop {
         let r = backup::run(
             tls.clone(),

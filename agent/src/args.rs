@@ -145,19 +145,19 @@ pub struct TablePattern {
 
 impl TablePattern {
     pub fn parse(pattern: &str) -> Result<TablePattern, String> {
-        let mut parts = vec![String::new()];
+        let mut parts = Vec::new();
+        let mut part = String::new();
         let mut quoted = false;
         let mut any_char = false;
         let mut chars = pattern.chars().peekable();
         while let Some(c) = chars.next() {
-            let part = parts.last_mut().expect("never empty");
             match c {
                 '"' if quoted && chars.peek() == Some(&'"') => {
                     chars.next();
                     part.push('"');
                 }
                 '"' => quoted = !quoted,
-                '.' if !quoted => parts.push(String::new()),
+                '.' if !quoted => parts.push(std::mem::take(&mut part)),
                 '*' if !quoted => part.push(c),
                 '?' if !quoted => {
                     any_char = true;
@@ -179,6 +179,7 @@ impl TablePattern {
                 c => part.push(c),
             }
         }
+        parts.push(part);
         let glob = |g: &str| {
             globset::GlobBuilder::new(g)
                 .literal_separator(false)

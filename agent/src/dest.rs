@@ -473,7 +473,7 @@ impl Jobs {
         stream: &mut (impl Stream<Item = Result<pb::DumpFrame, Status>> + Unpin),
     ) -> Result<(), StepError> {
         let mut tool = self.restore_from_stdin(job, setup)?;
-        let mut stdin = tool.child.stdin.take();
+        let mut stdin = tool.take_stdin();
         let mut decoder = Decoder::new(compression);
         let mut landing: Option<Landing> = None;
         let mut landed: Option<PathBuf> = None;
@@ -503,7 +503,7 @@ impl Jobs {
                             _ = job.cancel.cancelled() => {
                                 return Err(StepError::new("stream", "the job was cancelled"));
                             }
-                            r = procs::write_coalesced(w, &raw) => r,
+                            r = w.write(&raw) => r,
                         };
                         if wrote.is_err() {
                             // pg_restore stopped reading: its exit status says why.
@@ -769,7 +769,7 @@ impl Jobs {
     ) -> Result<LaneFeed, StepError> {
         let mut tool = self.restore_from_stdin(job, setup)?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(LANE_QUEUE);
-        let stdin = tool.child.stdin.take();
+        let stdin = tool.take_stdin();
         let j = job.clone();
         // True when everything sent was written and the input then closed.
         let writer = tokio::spawn(async move {
@@ -777,7 +777,7 @@ impl Jobs {
                 return false;
             };
             while let Some(raw) = rx.recv().await {
-                if procs::write_coalesced(&mut stdin, &raw).await.is_err() {
+                if stdin.write(&raw).await.is_err() {
                     return false;
                 }
                 j.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The last lines a tool wrote to stderr.
@@ -39,6 +39,8 @@ pub struct Tool {
     pub child: Child,
     pub stderr: StderrTail,
     reader: Option<tokio::task::JoinHandle<()>>,
+    /// Its stdin pipe holds `PIPE_SIZE`: writes into it may wait for room.
+    stdin_wide: bool,
 }
 
 /// Longest stderr line kept (pg_restore echoes whole failed commands).
@@ -76,9 +78,7 @@ pub fn spawn(
         });
     }
     let mut child = cmd.spawn()?;
-    if let Some(pipe) = &child.stdin {
-        widen_pipe(pipe);
-    }
+    let stdin_wide = child.stdin.as_ref().is_some_and(widen_pipe);
     if let Some(pipe) = &child.stdout {
         widen_pipe(pipe);
     }
@@ -106,6 +106,7 @@ pub fn spawn(
         child,
         stderr: tail,
         reader,
+        stdin_wide,
     })
 }
 
@@ -114,7 +115,9 @@ pub fn spawn(
 /// ceiling for unprivileged processes) lets each side work in longer runs.
 const PIPE_SIZE: i32 = 1 << 20;
 
-/// Widens `pipe` to `PIPE_SIZE` and says whether it now is that wide.
+/// Widens `pipe` to `PIPE_SIZE` and says whether it now is that wide: only
+/// then is there room to wait [`PIPE_COALESCE`] between reads or writes
+/// without stalling the tool.
 fn widen_pipe(pipe: &impl std::os::fd::AsFd) -> bool {
     use nix::fcntl::{FcntlArg, fcntl};
     // Best effort: a smaller pipe is only slower.
@@ -124,13 +127,6 @@ fn widen_pipe(pipe: &impl std::os::fd::AsFd) -> bool {
             tracing::warn!(error = %e, "cannot widen the pipes to pg_dump and pg_restore to 1 MiB (see fs.pipe-max-size and fs.pipe-user-pages-soft); dumps move slower");
         });
     }
-    is_wide(pipe)
-}
-
-/// True when `pipe` holds at least `PIPE_SIZE`: only then is there room to
-/// wait [`PIPE_COALESCE`] between reads or writes without stalling the tool.
-fn is_wide(pipe: &impl std::os::fd::AsFd) -> bool {
-    use nix::fcntl::{FcntlArg, fcntl};
     fcntl(pipe.as_fd(), FcntlArg::F_GETPIPE_SZ).is_ok_and(|size| size >= PIPE_SIZE)
 }
 
@@ -144,25 +140,30 @@ const PIPE_COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
 /// A read shorter than this is "small": the next one waits `PIPE_COALESCE`.
 const SMALL_READ: usize = 64 * 1024;
 
-/// Writes all of `data` to `w` (a tool's stdin pipe). When the pipe takes
-/// only part of it, the rest waits `PIPE_COALESCE` for the reader to drain
-/// more, instead of following it a few KiB at a time.
-pub async fn write_coalesced(
-    w: &mut (impl AsyncWrite + std::os::fd::AsFd + Unpin),
-    mut data: &[u8],
-) -> std::io::Result<()> {
-    while !data.is_empty() {
-        let n = w.write(data).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+/// A tool's stdin pipe, from [`Tool::take_stdin`].
+pub struct Stdin {
+    pipe: tokio::process::ChildStdin,
+    wide: bool,
+}
+
+impl Stdin {
+    /// Writes all of `data`. When the pipe takes only part of it, the rest
+    /// waits `PIPE_COALESCE` for the reader to drain more, instead of
+    /// following it a few KiB at a time (not in a narrow pipe, where
+    /// waiting would leave the reader idle).
+    pub async fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let n = self.pipe.write(data).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            data = &data[n..];
+            if !data.is_empty() && self.wide {
+                tokio::time::sleep(PIPE_COALESCE).await;
+            }
         }
-        data = &data[n..];
-        // In a narrow pipe, waiting would leave the reader idle.
-        if !data.is_empty() && is_wide(w) {
-            tokio::time::sleep(PIPE_COALESCE).await;
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A tool's stdout, read by a thread of its own in chunks of
@@ -236,6 +237,12 @@ pub fn chunked_stdout() -> std::io::Result<(Stdio, Chunks)> {
 }
 
 impl Tool {
+    /// The tool's stdin, when it was started with a pipe there.
+    pub fn take_stdin(&mut self) -> Option<Stdin> {
+        let wide = self.stdin_wide;
+        self.child.stdin.take().map(|pipe| Stdin { pipe, wide })
+    }
+
     /// Stops the tool and its workers: SIGTERM to the process group (the
     /// tools pass it on and cancel their queries), SIGKILL if they are still
     /// there after a grace period, then reaps.
@@ -305,18 +312,18 @@ mod tests {
     #[tokio::test]
     async fn stdout_arrives_in_whole_chunks_and_coalesced_writes_lose_nothing() {
         use crate::frames::CHUNK;
-        use tokio::io::AsyncWriteExt;
         let (stdout, mut chunks) = chunked_stdout().expect("pipe");
         let mut tool =
             spawn(Path::new("/bin"), "cat", &[], &[], Stdio::piped(), stdout).expect("cat starts");
-        let mut stdin = tool.child.stdin.take().expect("stdin");
+        let mut stdin = tool.take_stdin().expect("stdin");
         // More than the pipe holds, so the writer meets a full pipe.
         let sent: Vec<u8> = (0..(12 * CHUNK + 12345)).map(|i| (i % 251) as u8).collect();
         let writing = {
             let sent = sent.clone();
             tokio::spawn(async move {
-                write_coalesced(&mut stdin, &sent).await.expect("written");
-                stdin.shutdown().await.expect("closed");
+                stdin.write(&sent).await.expect("written");
+                // Dropped: cat sees the end of its input.
+                drop(stdin);
             })
         };
         let mut got = Vec::new();

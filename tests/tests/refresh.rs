@@ -243,21 +243,21 @@ async fn plan_filters_apply_inside_lanes() {
         .expect("refresh succeeds");
     assert_eq!(report.data_lanes, 4, "{report:?}");
     let c = f.dst.client("stage").await.unwrap();
-    let count = |sql: &'static str| {
-        let c = &c;
-        async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
-    };
-    assert_eq!(count("SELECT count(*) FROM app.posts").await, 0);
+    assert_eq!(count(&c, "SELECT count(*) FROM app.posts").await, 0);
     assert_eq!(
-        count("SELECT count(*) FROM pg_class WHERE oid = to_regclass('audit.log')").await,
+        count(
+            &c,
+            "SELECT count(*) FROM pg_class WHERE oid = to_regclass('audit.log')"
+        )
+        .await,
         0
     );
-    assert_eq!(count("SELECT count(*) FROM app.users").await, 2000);
+    assert_eq!(count(&c, "SELECT count(*) FROM app.users").await, 2000);
     assert_eq!(
-        count(r#"SELECT count(*) FROM app."Big ""*.t""#).await,
+        count(&c, r#"SELECT count(*) FROM app."Big ""*.t""#).await,
         20_000
     );
-    assert_eq!(count("SELECT count(*) FROM app.members").await, 500);
+    assert_eq!(count(&c, "SELECT count(*) FROM app.members").await, 500);
 }
 
 /// A table whose data the plan leaves out gets no lane of its own (it would
@@ -295,12 +295,11 @@ async fn lanes_skip_tables_the_plan_leaves_out() {
         .expect("refresh succeeds");
     assert_eq!(report.data_lanes, lanes(outside_app), "{report:?}");
     let c = f.dst.client("stage").await.unwrap();
-    let count = |sql: &'static str| {
-        let c = &c;
-        async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
-    };
-    assert_eq!(count("SELECT count(*) FROM app.users").await, 0);
-    assert_eq!(count(r#"SELECT count(*) FROM app."Big ""*.t""#).await, 0);
+    assert_eq!(count(&c, "SELECT count(*) FROM app.users").await, 0);
+    assert_eq!(
+        count(&c, r#"SELECT count(*) FROM app."Big ""*.t""#).await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -522,4 +521,9 @@ async fn refused_outside_the_policies() {
             .iter()
             .all(|d| !d.starts_with("stagesync_"))
     );
+}
+
+/// The single count a query returns.
+async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_runtime::env_config::file::{
     EnvConfigFileKind as ProfileFileKind, EnvConfigFiles as ProfileFiles,
 };
@@ -41,7 +42,15 @@ struct Key {
 /// Builds and caches clients. Cheap to share: SDK clients are `Arc`s inside.
 #[derive(Default)]
 pub struct ClientPool {
-    clients: Mutex<HashMap<Key, Client>>,
+    clients: Mutex<HashMap<Key, Built>>,
+}
+
+/// A client and the credentials chain it signs with (the SDK keeps the
+/// chain to itself once the client is built).
+#[derive(Clone)]
+pub(crate) struct Built {
+    pub client: Client,
+    pub credentials: Option<SharedCredentialsProvider>,
 }
 
 impl ClientPool {
@@ -57,18 +66,29 @@ impl ClientPool {
         retry: RetrySettings,
         target: &Target,
     ) -> Result<Client, SyncError> {
+        Ok(self.built(side, files, retry, target).await?.client)
+    }
+
+    /// The client for one side with its credentials chain.
+    pub(crate) async fn built(
+        &self,
+        side: &SideConfig,
+        files: &ProfileFilePaths,
+        retry: RetrySettings,
+        target: &Target,
+    ) -> Result<Built, SyncError> {
         let key = Key {
             side: side.clone(),
             files: files.clone(),
             retry,
         };
         let mut clients = self.clients.lock().await;
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
+        if let Some(built) = clients.get(&key) {
+            return Ok(built.clone());
         }
-        let client = build(side, files, retry, target).await?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        let built = build(side, files, retry, target).await?;
+        clients.insert(key, built.clone());
+        Ok(built)
     }
 }
 
@@ -115,7 +135,7 @@ async fn build(
     paths: &ProfileFilePaths,
     retry: RetrySettings,
     target: &Target,
-) -> Result<Client, SyncError> {
+) -> Result<Built, SyncError> {
     let files = profile_files(paths);
     if let Some(profile) = &side.profile {
         check_profile(profile, &files, target).await?;
@@ -163,5 +183,8 @@ async fn build(
         endpoint = ?side.endpoint,
         "built s3 client"
     );
-    Ok(Client::from_conf(config.build()))
+    Ok(Built {
+        client: Client::from_conf(config.build()),
+        credentials: sdk.credentials_provider(),
+    })
 }

@@ -7,6 +7,7 @@
 //! - [`client`]: one S3 client per (profile, region, endpoint), reused.
 //! - `listing`: page-by-page listing into bounded channels.
 //! - `plan`: the sorted merge and the content comparison (pure logic).
+//! - `head`: the lean HEAD that compares objects without the SDK's pipeline.
 //! - `transfer`: server-side, multipart and streamed copies of one object.
 //! - [`sync`]: the run itself — preflight, merge, copies with retries.
 //! - `mirror`: the delete guard and batched deletes of extra objects.
@@ -18,6 +19,7 @@
 pub mod backups;
 pub mod client;
 pub mod error;
+mod head;
 mod listing;
 mod mirror;
 mod plan;

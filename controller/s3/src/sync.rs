@@ -67,12 +67,13 @@ pub async fn sync_with(
     let source_target = target(&spec, Side::Source);
     let dest_target = target(&spec, Side::Dest);
     let files = &spec.profile_files;
-    let source = pool
-        .client(&spec.source_side, files, spec.retry, &source_target)
+    let source_built = pool
+        .built(&spec.source_side, files, spec.retry, &source_target)
         .await?;
-    let dest = pool
-        .client(&spec.dest_side, files, spec.retry, &dest_target)
+    let dest_built = pool
+        .built(&spec.dest_side, files, spec.retry, &dest_target)
         .await?;
+    let (source, dest) = (source_built.client, dest_built.client);
     preflight(&source, &source_target).await?;
     preflight(&dest, &dest_target).await?;
     tracing::info!(copy = %spec.name, source = %spec.source, dest = %spec.dest, dry_run = options.dry_run, "sync starting");
@@ -103,6 +104,8 @@ pub async fn sync_with(
             dest: dest.clone(),
             slots: Arc::new(Semaphore::new(spec.concurrency)),
             head_etags: [AtomicBool::new(true), AtomicBool::new(true)],
+            lean: Default::default(),
+            credentials: [source_built.credentials, dest_built.credentials],
         },
         options,
         progress,

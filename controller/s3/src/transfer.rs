@@ -7,15 +7,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::error::{Classified, Kind, Side, classify};
+use crate::head::{LeanAnswer, LeanHead};
 use crate::listing::Listed;
 use crate::plan::{Identity, META_MD5, META_SOURCE_ETAG, is_plain_md5, same_content};
 use crate::progress::CopyMethod;
@@ -33,6 +35,10 @@ pub(crate) struct Transfer {
     pub slots: Arc<Semaphore>,
     /// Whether HEAD returns ETags, per side (source, dest).
     pub head_etags: [AtomicBool; 2],
+    /// The lean HEAD path per side, learned on first use (None: SDK only).
+    pub lean: [OnceCell<Option<LeanHead>>; 2],
+    /// The credentials chain of each side's client, for the lean path.
+    pub credentials: [Option<SharedCredentialsProvider>; 2],
 }
 
 fn sdk<E>(err: SdkError<E, HttpResponse>) -> Classified
@@ -138,10 +144,11 @@ impl Transfer {
         key: &str,
         size: u64,
     ) -> Result<(Identity, Headers), Classified> {
-        let (client, bucket, head_works) = match side {
-            Side::Source => (&self.source, &self.spec.source.bucket, &self.head_etags[0]),
-            Side::Dest => (&self.dest, &self.spec.dest.bucket, &self.head_etags[1]),
+        let (client, bucket, i) = match side {
+            Side::Source => (&self.source, &self.spec.source.bucket, 0),
+            Side::Dest => (&self.dest, &self.spec.dest.bucket, 1),
         };
+        let head_works = &self.head_etags[i];
         if head_works.load(Ordering::Relaxed) {
             let out = client
                 .head_object()
@@ -175,6 +182,30 @@ impl Transfer {
         Ok(found)
     }
 
+    /// The identity of one object, for comparing: by a lean HEAD where
+    /// that works, else through the SDK.
+    async fn identity(&self, side: Side, key: &str, size: u64) -> Result<Identity, Classified> {
+        let i = match side {
+            Side::Source => 0,
+            Side::Dest => 1,
+        };
+        let lean = self.lean[i]
+            .get_or_init(|| async {
+                let (client, bucket) = match side {
+                    Side::Source => (&self.source, &self.spec.source.bucket),
+                    Side::Dest => (&self.dest, &self.spec.dest.bucket),
+                };
+                LeanHead::learn(client, self.credentials[i].clone()?, bucket).await
+            })
+            .await;
+        if let Some(lean) = lean
+            && let LeanAnswer::Found { etag, metadata } = lean.head(key).await
+        {
+            return Ok(Identity::new(Some(&etag), Some(&metadata)));
+        }
+        Ok(self.head(side, key, size).await?.0)
+    }
+
     /// For same-size objects whose ETags do not compare: decide by the
     /// identities stagesync recorded. True when a copy is needed.
     pub(crate) async fn differs_by_metadata(
@@ -184,19 +215,21 @@ impl Transfer {
     ) -> Result<bool, Classified> {
         let source_key = self.source_key(&source.key);
         let dest_key = self.dest_key(&dest.key);
-        let head_dest = self.head(Side::Dest, &dest_key, dest.size);
+        let head_dest = self.identity(Side::Dest, &dest_key, dest.size);
         if source.etag.is_none() {
             // Some servers list no ETags at all: both heads are needed.
-            let head_source = self.head(Side::Source, &source_key, source.size);
-            let ((source_id, _), (dest_id, _)) = futures::try_join!(head_source, head_dest)?;
+            let head_source = self.identity(Side::Source, &source_key, source.size);
+            let (source_id, dest_id) = futures::try_join!(head_source, head_dest)?;
             return Ok(!same_content(&source_id, &dest_id));
         }
-        let (dest_id, _) = head_dest.await?;
+        let dest_id = head_dest.await?;
         if same_content(&Identity::new(source.etag.as_deref(), None), &dest_id) {
             return Ok(false);
         }
         // The source may itself be a stagesync copy carrying an MD5.
-        let (source_id, _) = self.head(Side::Source, &source_key, source.size).await?;
+        let source_id = self
+            .identity(Side::Source, &source_key, source.size)
+            .await?;
         Ok(!same_content(&source_id, &dest_id))
     }
 

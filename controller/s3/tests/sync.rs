@@ -139,6 +139,47 @@ async fn across_buckets_second_run_writes_nothing(backend: Backend) {
         Vec::<String>::new(),
         "no write requests on a no-change run"
     );
+    use std::sync::atomic::Ordering::SeqCst;
+    let (lean, sdk) = (
+        counting.stats.lean_heads.load(SeqCst),
+        counting.stats.sdk_heads.load(SeqCst),
+    );
+    match backend {
+        // Listings without ETags: every key is asked for on both sides,
+        // each once, by lean HEADs (odd keys and all).
+        Backend::S3sFs => assert_eq!((lean, sdk), (2 * ODD_KEYS.len() as u64, 0)),
+        // Listings with plain MD5 ETags decide alone.
+        Backend::Moto => assert_eq!((lean, sdk), (0, 0)),
+    }
+
+    // When the lean path is refused, the SDK answers every comparison.
+    let denying = proxy::start(
+        server.addr,
+        Faults {
+            deny_lean_heads: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let mut spec = spec;
+    spec.source_side.endpoint = Some(denying.endpoint.clone());
+    spec.dest_side.endpoint = Some(denying.endpoint.clone());
+    let third = sync(&spec, SyncOptions::default(), |_| {})
+        .await
+        .expect("third sync");
+    assert_eq!(third.copied.objects, 0);
+    assert_eq!(third.skipped.objects, ODD_KEYS.len() as u64);
+    assert!(denying.stats.writes().is_empty());
+    if backend == Backend::S3sFs {
+        assert!(
+            denying.stats.denied.load(SeqCst) > 0,
+            "lean HEADs were refused"
+        );
+        assert_eq!(
+            denying.stats.sdk_heads.load(SeqCst),
+            2 * ODD_KEYS.len() as u64
+        );
+    }
 }
 
 async fn changed_bytes_recopied_and_extra_deleted(backend: Backend) {
@@ -529,7 +570,7 @@ async fn survives_slow_down_and_connection_resets(backend: Backend) {
         Faults {
             slow_down_every: 4,
             reset_every: 3,
-            deny_put_containing: None,
+            ..Faults::default()
         },
     )
     .await;
@@ -569,6 +610,27 @@ async fn survives_slow_down_and_connection_resets(backend: Backend) {
         "faults were injected during the tree run too"
     );
     assert_eq!(report.copied.objects, 30);
+    assert_eq!(
+        contents(&c, &tree_dst, "").await,
+        contents(&c, &src, "").await
+    );
+
+    // A no-change run under the same faults: on a server whose listings
+    // carry no ETags, every comparison is a HEAD, lean or through the SDK.
+    let before = faulty.stats.slow_downs.load(SeqCst) + faulty.stats.resets.load(SeqCst);
+    let heads = faulty.stats.lean_heads.load(SeqCst) + faulty.stats.sdk_heads.load(SeqCst);
+    let report = sync(&spec, SyncOptions::default(), |_| {})
+        .await
+        .expect("no-change sync despite faults");
+    assert!(
+        faulty.stats.slow_downs.load(SeqCst) + faulty.stats.resets.load(SeqCst) > before,
+        "faults were injected during the no-change run too"
+    );
+    assert_eq!((report.copied.objects, report.skipped.objects), (0, 30));
+    if backend == Backend::S3sFs {
+        let now = faulty.stats.lean_heads.load(SeqCst) + faulty.stats.sdk_heads.load(SeqCst);
+        assert!(now - heads >= 60, "each object compared on both sides");
+    }
     assert_eq!(
         contents(&c, &tree_dst, "").await,
         contents(&c, &src, "").await

@@ -27,6 +27,8 @@ pub struct Faults {
     pub reset_every: u64,
     /// Answer PUTs whose path contains this with 403 AccessDenied.
     pub deny_put_containing: Option<String>,
+    /// Answer HEADs sent by stagesync's lean path with 403 AccessDenied.
+    pub deny_lean_heads: bool,
 }
 
 #[derive(Default)]
@@ -36,6 +38,10 @@ pub struct Stats {
     pub slow_downs: AtomicU64,
     pub resets: AtomicU64,
     pub denied: AtomicU64,
+    /// HEADs of objects sent by stagesync's lean path (its own user agent).
+    pub lean_heads: AtomicU64,
+    /// HEADs of objects sent through the AWS SDK.
+    pub sdk_heads: AtomicU64,
     connections: AtomicU64,
     seen: AtomicU64,
 }
@@ -151,6 +157,26 @@ async fn forward(
         .lock()
         .expect("stats")
         .push(format!("{} {path}", request.method()));
+    let lean = request
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|agent| agent.starts_with("stagesync/"));
+    // Path style: "/bucket" is the bucket, "/bucket/key" an object.
+    let object = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .is_some_and(|(_, key)| !key.is_empty());
+    if request.method() == hyper::Method::HEAD && object {
+        match lean {
+            true => stats.lean_heads.fetch_add(1, Ordering::SeqCst),
+            false => stats.sdk_heads.fetch_add(1, Ordering::SeqCst),
+        };
+        if lean && faults.deny_lean_heads {
+            stats.denied.fetch_add(1, Ordering::SeqCst);
+            return Ok(full(403, DENIED));
+        }
+    }
     let n = stats.seen.fetch_add(1, Ordering::SeqCst) + 1;
     if faults.slow_down_every > 0 && n.is_multiple_of(faults.slow_down_every) {
         stats.slow_downs.fetch_add(1, Ordering::SeqCst);

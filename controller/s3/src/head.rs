@@ -193,6 +193,11 @@ impl LeanHead {
         };
         let status = response.status();
         if status.is_success() {
+            if !response.headers().contains_key(http::header::ETAG) {
+                // Some servers leave the ETag out of HEAD; the SDK path
+                // then reads it with a ranged GET.
+                return self.off("no ETag in HEAD");
+            }
             return found(response.headers());
         }
         // Missing objects, throttling and server errors: the SDK retries
@@ -272,7 +277,6 @@ fn found(headers: &http::HeaderMap) -> LeanAnswer {
         .get(http::header::ETAG)
         .and_then(|v| v.to_str().ok())
     else {
-        // Some servers leave the ETag out of HEAD; the SDK path knows.
         return LeanAnswer::AskSdk;
     };
     let mut metadata = HashMap::new();

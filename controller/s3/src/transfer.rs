@@ -135,6 +135,14 @@ impl Transfer {
         format!("{}{key}", self.spec.dest.prefix)
     }
 
+    /// A side's index in the per-side arrays, its client and its bucket.
+    fn side(&self, side: Side) -> (usize, &Client, &str) {
+        match side {
+            Side::Source => (0, &self.source, &self.spec.source.bucket),
+            Side::Dest => (1, &self.dest, &self.spec.dest.bucket),
+        }
+    }
+
     /// The identity and headers of one object. Some S3-compatible servers
     /// leave the ETag out of HEAD (and of listings) but send it with GET;
     /// once a side is seen doing that, one byte is fetched with GET instead.
@@ -144,10 +152,7 @@ impl Transfer {
         key: &str,
         size: u64,
     ) -> Result<(Identity, Headers), Classified> {
-        let (client, bucket, i) = match side {
-            Side::Source => (&self.source, &self.spec.source.bucket, 0),
-            Side::Dest => (&self.dest, &self.spec.dest.bucket, 1),
-        };
+        let (i, client, bucket) = self.side(side);
         let head_works = &self.head_etags[i];
         if head_works.load(Ordering::Relaxed) {
             let out = client
@@ -185,16 +190,9 @@ impl Transfer {
     /// The identity of one object, for comparing: by a lean HEAD where
     /// that works, else through the SDK.
     async fn identity(&self, side: Side, key: &str, size: u64) -> Result<Identity, Classified> {
-        let i = match side {
-            Side::Source => 0,
-            Side::Dest => 1,
-        };
+        let (i, client, bucket) = self.side(side);
         let lean = self.lean[i]
             .get_or_init(|| async {
-                let (client, bucket) = match side {
-                    Side::Source => (&self.source, &self.spec.source.bucket),
-                    Side::Dest => (&self.dest, &self.spec.dest.bucket),
-                };
                 LeanHead::learn(client, self.credentials[i].clone()?, bucket).await
             })
             .await;

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Side, Target, classify};
-use crate::spec::{ProfileFilePaths, RetrySettings, S3Location, SideConfig};
+use crate::spec::{ProfileFilePaths, RetrySettings, S3Location, SideConfig, encode_key};
 use crate::{ClientPool, SyncError};
 
 /// Upload part size: S3's minimum is 5 MiB; 10,000 parts of 16 MiB allow
@@ -761,19 +761,6 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Percent-encodes a key for `x-amz-copy-source` (keeps `/`).
-fn encode_key(key: &str) -> String {
-    let mut out = String::new();
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

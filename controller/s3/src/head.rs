@@ -10,9 +10,11 @@
 //!
 //! It only ever answers "here is the ETag and metadata" or "ask the SDK":
 //! anything but a 200 with an ETag goes through the SDK again, which owns
-//! retries and the errors a user sees. An answer showing that this path
-//! cannot work against the endpoint (denied, a redirect, a TLS failure)
-//! turns it off for the rest of the run.
+//! retries and the errors a user sees. A 404, 429 or 5xx is asked again for
+//! that object only. Any other answer (a 403 or 400, a redirect, a 200
+//! without an ETag), credentials that cannot be had, and a network failure
+//! before the first success turn the path off for the rest of the run: one
+//! object denied to it is enough.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_s3::Client;
-use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::presigning::{PresignedRequest, PresigningConfig};
 use aws_sigv4::http_request::{
     PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
     UriPathNormalizationMode, sign,
@@ -34,20 +36,31 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use hyper_util::rt::TokioTimer;
+use percent_encoding::percent_decode_str;
 use tokio::sync::RwLock;
+
+use crate::spec::encode_key;
 
 /// The key presigned to learn the shape of a bucket's URLs. Nothing is sent.
 const PROBE: &str = "stagesync-lean-head-probe";
-/// Characters of a key segment sent as they are, as the SDK does for S3.
-const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+/// The whole of one lean HEAD, credentials included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Cached credentials are fetched again this long before they expire.
-const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Cached credentials are fetched again once this close to expiring (a
+/// signed HEAD is sent at once; the SDK's own cache refreshes earlier).
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(10);
+/// Presign query parameters this path knows; any other means the SDK would
+/// send something this path does not.
+const KNOWN_PARAMS: &[&str] = &[
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
 const USER_AGENT: &str = concat!("stagesync/", env!("CARGO_PKG_VERSION"));
 
 /// What a lean HEAD found.
@@ -100,6 +113,7 @@ impl Shape {
                 "X-Amz-Algorithm" => algorithm = Some(value.into_owned()),
                 "X-Amz-Credential" => scope = Some(value.into_owned()),
                 "X-Amz-SignedHeaders" if value != "host" => return None,
+                _ if !KNOWN_PARAMS.contains(&name) => return None,
                 _ => {}
             }
         }
@@ -122,17 +136,28 @@ impl Shape {
         })
     }
 
-    /// The URL of one key: each `/`-separated segment percent-encoded.
-    pub(crate) fn url(&self, key: &str) -> String {
-        let mut url = self.base.clone();
-        for (i, segment) in key.split('/').enumerate() {
-            if i > 0 {
-                url.push('/');
-            }
-            url.extend(utf8_percent_encode(segment, KEY_SEGMENT));
-        }
-        url
+    /// Presigns a HEAD of [`PROBE`] with the SDK (nothing is sent).
+    async fn learn(client: &Client, bucket: &str) -> Option<Shape> {
+        let presigned = presign(client, bucket, PROBE).await?;
+        let headers: Vec<&str> = presigned.headers().map(|(name, _)| name).collect();
+        Shape::from_presigned(presigned.uri(), &headers)
     }
+
+    /// The URL of one key, encoded as the SDK encodes keys.
+    pub(crate) fn url(&self, key: &str) -> String {
+        format!("{}{}", self.base, encode_key(key))
+    }
+}
+
+async fn presign(client: &Client, bucket: &str, key: &str) -> Option<PresignedRequest> {
+    let presigning = PresigningConfig::expires_in(Duration::from_secs(60)).ok()?;
+    client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(presigning)
+        .await
+        .ok()
 }
 
 /// The lean HEAD path for one bucket of one client.
@@ -142,26 +167,20 @@ pub(crate) struct LeanHead {
     provider: SharedCredentialsProvider,
     credentials: RwLock<Option<Credentials>>,
     enabled: AtomicBool,
+    /// Whether any lean HEAD has been answered: after that, a network
+    /// failure is the network's moment, not a sign this path cannot work.
+    answered: AtomicBool,
 }
 
 impl LeanHead {
-    /// Learns a bucket's URL shape from the SDK. None when the client has
-    /// no plain credentials provider or its requests are not plain SigV4.
+    /// Learns a bucket's URL shape from the SDK. None when its requests
+    /// are not plain SigV4 on a plain URL.
     pub(crate) async fn learn(
         client: &Client,
         provider: SharedCredentialsProvider,
         bucket: &str,
     ) -> Option<LeanHead> {
-        let presigning = PresigningConfig::expires_in(Duration::from_secs(60)).ok()?;
-        let presigned = client
-            .head_object()
-            .bucket(bucket)
-            .key(PROBE)
-            .presigned(presigning)
-            .await
-            .ok()?;
-        let headers: Vec<&str> = presigned.headers().map(|(name, _)| name).collect();
-        let shape = Shape::from_presigned(presigned.uri(), &headers)?;
+        let shape = Shape::learn(client, bucket).await?;
         tracing::debug!(bucket, base = %shape.base, "lean HEADs for comparing objects");
         Some(LeanHead {
             http: http_client()?,
@@ -169,6 +188,7 @@ impl LeanHead {
             provider,
             credentials: RwLock::new(None),
             enabled: AtomicBool::new(true),
+            answered: AtomicBool::new(false),
         })
     }
 
@@ -177,19 +197,22 @@ impl LeanHead {
         if !self.enabled.load(Ordering::Relaxed) {
             return LeanAnswer::AskSdk;
         }
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.ask(key)).await {
+            Ok(answer) => answer,
+            Err(_) => self.failed("timed out"),
+        }
+    }
+
+    async fn ask(&self, key: &str) -> LeanAnswer {
         let Some(credentials) = self.credentials().await else {
             return self.off("no credentials");
         };
         let Some(request) = self.signed(key, credentials) else {
             return self.off("cannot sign");
         };
-        let response = match tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request)).await
-        {
-            Ok(Ok(response)) => response,
-            // A reset or a timeout may be the network's moment, or a TLS
-            // setup this client does not share with the SDK's: stop asking.
-            Ok(Err(e)) => return self.off(&e.to_string()),
-            Err(_) => return self.off("timed out"),
+        let response = match self.http.request(request).await {
+            Ok(response) => response,
+            Err(e) => return self.failed(&e.to_string()),
         };
         let status = response.status();
         if status.is_success() {
@@ -198,6 +221,7 @@ impl LeanHead {
                 // then reads it with a ranged GET.
                 return self.off("no ETag in HEAD");
             }
+            self.answered.store(true, Ordering::Relaxed);
             return found(response.headers());
         }
         // Missing objects, throttling and server errors: the SDK retries
@@ -209,6 +233,16 @@ impl LeanHead {
             return self.off(status.as_str());
         }
         LeanAnswer::AskSdk
+    }
+
+    /// A network failure or timeout: before any answer it may be a TLS or
+    /// proxy setup this client does not share with the SDK's, so stop;
+    /// after one, ask the SDK for this object only.
+    fn failed(&self, why: &str) -> LeanAnswer {
+        if self.answered.load(Ordering::Relaxed) {
+            return LeanAnswer::AskSdk;
+        }
+        self.off(why)
     }
 
     fn off(&self, why: &str) -> LeanAnswer {
@@ -263,30 +297,46 @@ impl LeanHead {
             return Some(c.clone());
         }
         let mut cached = self.credentials.write().await;
+        // Those who waited for a fetch that failed stop here, at once.
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
         if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
             return Some(c.clone());
         }
-        let c = self.provider.provide_credentials().await.ok()?;
+        let fetched = tokio::time::timeout(CONNECT_TIMEOUT, self.provider.provide_credentials());
+        let Ok(Ok(c)) = fetched.await else {
+            self.off("no credentials");
+            return None;
+        };
         *cached = Some(c.clone());
         Some(c)
     }
 }
 
 fn found(headers: &http::HeaderMap) -> LeanAnswer {
+    // `head` has checked there is one; this catches one that is not text.
     let Some(etag) = headers
         .get(http::header::ETAG)
         .and_then(|v| v.to_str().ok())
     else {
         return LeanAnswer::AskSdk;
     };
+    // As the SDK reads metadata: UTF-8 values, one header per name (it
+    // refuses repeated ones; so does this, by asking it).
     let mut metadata = HashMap::new();
-    for (name, value) in headers {
-        if let Some(key) = name.as_str().strip_prefix("x-amz-meta-") {
-            let Ok(value) = value.to_str() else {
-                return LeanAnswer::AskSdk;
-            };
-            metadata.insert(key.to_string(), value.to_string());
-        }
+    for name in headers.keys() {
+        let Some(key) = name.as_str().strip_prefix("x-amz-meta-") else {
+            continue;
+        };
+        let mut values = headers.get_all(name).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return LeanAnswer::AskSdk;
+        };
+        let Ok(value) = std::str::from_utf8(value.as_bytes()) else {
+            return LeanAnswer::AskSdk;
+        };
+        metadata.insert(key.to_string(), value.to_string());
     }
     LeanAnswer::Found {
         etag: etag.to_string(),
@@ -294,9 +344,10 @@ fn found(headers: &http::HeaderMap) -> LeanAnswer {
     }
 }
 
-/// An HTTP client for one lean path: TLS as the SDK's (rustls with ring,
-/// the system's roots), plain HTTP for plain endpoints. Each path has its
-/// own, so no pooled connection outlives the runtime that opened it.
+/// An HTTP/1.1 client for one lean path: rustls with ring and the system's
+/// roots, as the SDK's client (which also offers HTTP/2 and trims the
+/// cipher suites); plain HTTP for plain endpoints. Each path has its own,
+/// so no pooled connection outlives the runtime that opened it.
 fn http_client() -> Option<HttpClient<HttpsConnector<HttpConnector>, Empty<Bytes>>> {
     static TLS: OnceLock<Option<rustls::ClientConfig>> = OnceLock::new();
     let tls = TLS
@@ -317,13 +368,18 @@ fn http_client() -> Option<HttpClient<HttpsConnector<HttpConnector>, Empty<Bytes
             )
         })
         .clone()?;
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
     let connector = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .build();
+        .wrap_connector(tcp);
     Some(
         HttpClient::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector),
     )
@@ -371,6 +427,10 @@ mod tests {
         assert_eq!(Shape::from_presigned(&other_key, &["host"]), None);
         let no_scope = PRESIGNED_PATH_STYLE.replace("X-Amz-Credential", "X-Amz-Other");
         assert_eq!(Shape::from_presigned(&no_scope, &["host"]), None);
+        let express = format!("{PRESIGNED_PATH_STYLE}&X-Amz-S3session-Token=t");
+        assert_eq!(Shape::from_presigned(&express, &["host"]), None);
+        let extra = format!("{PRESIGNED_PATH_STYLE}&x-id=HeadObject");
+        assert_eq!(Shape::from_presigned(&extra, &["host"]), None);
     }
 
     #[test]
@@ -390,6 +450,64 @@ mod tests {
         );
     }
 
+    fn sdk_client(endpoint: Option<&str>, region: &str) -> Client {
+        let mut config = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_s3::config::Region::new(region.to_string()))
+            .credentials_provider(Credentials::new("AKID", "secret", None, None, "test"));
+        if let Some(endpoint) = endpoint {
+            config = config.endpoint_url(endpoint).force_path_style(true);
+        }
+        Client::from_conf(config.build())
+    }
+
+    /// Whatever the SDK's key encoding is, the lean path's URL for a key is
+    /// the one the SDK would request: on a custom endpoint (path style) and
+    /// on AWS (virtual-hosted style).
+    #[tokio::test]
+    async fn urls_are_the_sdks_for_odd_keys() {
+        let keys = [
+            "plain.txt",
+            "with space.txt",
+            "unicodé/ファイル.bin",
+            "plus+sign",
+            "percent%20literal",
+            "percent%2Fslash",
+            "question?mark",
+            "hash#and&amp=eq;semi",
+            "tilde~_-.ok",
+            "/leading-slash",
+            "a//double",
+            "./dot/../dots",
+            "trailing/",
+            "deep/a/b/c/d/e/f/g/h/nested.txt",
+        ];
+        for (client, region, base) in [
+            (
+                sdk_client(Some("http://127.0.0.1:9000"), "us-east-1"),
+                "us-east-1",
+                "http://127.0.0.1:9000/media-bucket/",
+            ),
+            (
+                sdk_client(None, "eu-west-1"),
+                "eu-west-1",
+                "https://media-bucket.s3.eu-west-1.amazonaws.com/",
+            ),
+        ] {
+            let shape = Shape::learn(&client, "media-bucket").await.expect("shape");
+            assert_eq!(shape.base, base);
+            assert_eq!(shape.region, region);
+            assert_eq!(shape.service, "s3");
+            for key in keys {
+                let presigned = presign(&client, "media-bucket", key)
+                    .await
+                    .expect("presign");
+                let sdk_url = presigned.uri().split_once('?').expect("query").0;
+                assert_eq!(shape.url(key), sdk_url, "key {key:?}");
+            }
+        }
+    }
+
     #[test]
     fn an_answer_needs_an_etag_and_readable_metadata() {
         let mut headers = http::HeaderMap::new();
@@ -405,9 +523,20 @@ mod tests {
             }
         );
         headers.insert(
+            "x-amz-meta-utf8",
+            http::HeaderValue::from_bytes("café".as_bytes()).expect("utf-8"),
+        );
+        let LeanAnswer::Found { metadata, .. } = found(&headers) else {
+            panic!("UTF-8 metadata is read, as the SDK reads it");
+        };
+        assert_eq!(metadata["utf8"], "café");
+        headers.append("x-amz-meta-utf8", "again".parse().expect("meta"));
+        assert_eq!(found(&headers), LeanAnswer::AskSdk, "repeated metadata");
+        headers.remove("x-amz-meta-utf8");
+        headers.insert(
             "x-amz-meta-odd",
             http::HeaderValue::from_bytes(b"caf\xe9").expect("opaque"),
         );
-        assert_eq!(found(&headers), LeanAnswer::AskSdk);
+        assert_eq!(found(&headers), LeanAnswer::AskSdk, "not UTF-8");
     }
 }

@@ -297,6 +297,21 @@ fn build_set(patterns: &[String]) -> Result<Option<GlobSet>, String> {
         .map_err(|e| format!("bad globs: {e}"))
 }
 
+/// Characters of a key that travel in a URL path (and in
+/// `x-amz-copy-source`) as they are; every other byte is percent-encoded,
+/// as the SDK encodes keys.
+const KEY_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// A key percent-encoded for a URL path or `x-amz-copy-source` (`/` kept).
+pub(crate) fn encode_key(key: &str) -> String {
+    percent_encoding::utf8_percent_encode(key, KEY_KEPT).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use crate::head::{LeanAnswer, LeanHead};
 use crate::listing::Listed;
 use crate::plan::{Identity, META_MD5, META_SOURCE_ETAG, is_plain_md5, same_content};
 use crate::progress::CopyMethod;
-use crate::spec::{CopySpec, MAX_PARTS};
+use crate::spec::{CopySpec, MAX_PARTS, encode_key};
 
 /// Parts of one object in flight at once; the memory slots bound the total.
 const PART_CONCURRENCY: usize = 8;
@@ -101,18 +101,7 @@ fn quoted(etag: &str) -> String {
 
 /// `x-amz-copy-source` is `bucket/key` with the key percent-encoded.
 fn copy_source(bucket: &str, key: &str) -> String {
-    let mut out = String::with_capacity(bucket.len() + key.len() + 8);
-    out.push_str(bucket);
-    out.push('/');
-    for byte in key.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
+    format!("{bucket}/{}", encode_key(key))
 }
 
 /// Byte ranges (inclusive) of the parts of an object of `size` bytes.

@@ -251,6 +251,11 @@ async fn multipart_server_side_copy_above_threshold(backend: Backend) {
     let (_, meta) = get(&c, &dst, "big/video.bin").await;
     assert_eq!(meta, rich_meta());
 
+    // The multipart copy's ETag is no MD5: the re-run reads the identity
+    // stagesync recorded on it, by a lean HEAD.
+    let counting = proxy::start(server.addr, Faults::default()).await;
+    spec.source_side.endpoint = Some(counting.endpoint.clone());
+    spec.dest_side.endpoint = Some(counting.endpoint.clone());
     let again = sync(&spec, SyncOptions::default(), |_| {})
         .await
         .expect("re-run");
@@ -258,6 +263,9 @@ async fn multipart_server_side_copy_above_threshold(backend: Backend) {
         again.copied.objects, 0,
         "multipart copy is recognised as identical"
     );
+    use std::sync::atomic::Ordering::SeqCst;
+    assert!(counting.stats.lean_heads.load(SeqCst) >= 1);
+    assert_eq!(counting.stats.sdk_heads.load(SeqCst), 0);
 }
 
 async fn streamed_between_two_servers_with_two_profiles(backend: Backend) {
@@ -615,21 +623,37 @@ async fn survives_slow_down_and_connection_resets(backend: Backend) {
         contents(&c, &src, "").await
     );
 
-    // A no-change run under the same faults: on a server whose listings
-    // carry no ETags, every comparison is a HEAD, lean or through the SDK.
-    let before = faulty.stats.slow_downs.load(SeqCst) + faulty.stats.resets.load(SeqCst);
-    let heads = faulty.stats.lean_heads.load(SeqCst) + faulty.stats.sdk_heads.load(SeqCst);
+    // A no-change run where every third request is answered 503: on a
+    // server whose listings carry no ETags every comparison is a HEAD, and
+    // those the lean path is refused are asked again through the SDK.
+    let slowing = proxy::start(
+        server.addr,
+        Faults {
+            slow_down_every: 3,
+            ..Faults::default()
+        },
+    )
+    .await;
+    spec.source_side.endpoint = Some(slowing.endpoint.clone());
+    spec.dest_side.endpoint = Some(slowing.endpoint.clone());
     let report = sync(&spec, SyncOptions::default(), |_| {})
         .await
         .expect("no-change sync despite faults");
     assert!(
-        faulty.stats.slow_downs.load(SeqCst) + faulty.stats.resets.load(SeqCst) > before,
-        "faults were injected during the no-change run too"
+        slowing.stats.slow_downs.load(SeqCst) > 0,
+        "503s were injected"
     );
     assert_eq!((report.copied.objects, report.skipped.objects), (0, 30));
     if backend == Backend::S3sFs {
-        let now = faulty.stats.lean_heads.load(SeqCst) + faulty.stats.sdk_heads.load(SeqCst);
-        assert!(now - heads >= 60, "each object compared on both sides");
+        let (lean, sdk) = (
+            slowing.stats.lean_heads.load(SeqCst),
+            slowing.stats.sdk_heads.load(SeqCst),
+        );
+        assert!(
+            lean >= 60,
+            "every object asked for on both sides by a lean HEAD"
+        );
+        assert!(sdk > 0, "the refused ones asked again through the SDK");
     }
     assert_eq!(
         contents(&c, &tree_dst, "").await,

@@ -163,6 +163,8 @@ async fn presign(client: &Client, bucket: &str, key: &str) -> Option<PresignedRe
 /// The lean HEAD path for one bucket of one client.
 pub(crate) struct LeanHead {
     shape: Shape,
+    /// The `host` header every request is signed with (the base's authority).
+    host: String,
     http: HttpClient<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     provider: SharedCredentialsProvider,
     credentials: RwLock<Option<Credentials>>,
@@ -181,10 +183,13 @@ impl LeanHead {
         bucket: &str,
     ) -> Option<LeanHead> {
         let shape = Shape::learn(client, bucket).await?;
+        let base: http::Uri = shape.base.parse().ok()?;
+        let host = base.authority()?.as_str().to_string();
         tracing::debug!(bucket, base = %shape.base, "lean HEADs for comparing objects");
         Some(LeanHead {
             http: http_client()?,
             shape,
+            host,
             provider,
             credentials: RwLock::new(None),
             enabled: AtomicBool::new(true),
@@ -255,7 +260,6 @@ impl LeanHead {
     fn signed(&self, key: &str, credentials: Credentials) -> Option<http::Request<Empty<Bytes>>> {
         let url = self.shape.url(key);
         let uri: http::Uri = url.parse().ok()?;
-        let host = uri.authority()?.as_str().to_string();
         let identity: Identity = credentials.into();
         let mut settings = SigningSettings::default();
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
@@ -273,7 +277,7 @@ impl LeanHead {
         let signable = SignableRequest::new(
             "HEAD",
             &url,
-            [("host", host.as_str())].into_iter(),
+            [("host", self.host.as_str())].into_iter(),
             SignableBody::Bytes(&[]),
         )
         .ok()?;

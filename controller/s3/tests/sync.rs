@@ -162,8 +162,7 @@ async fn across_buckets_second_run_writes_nothing(backend: Backend) {
     )
     .await;
     let mut spec = spec;
-    spec.source_side.endpoint = Some(denying.endpoint.clone());
-    spec.dest_side.endpoint = Some(denying.endpoint.clone());
+    through(&mut spec, &denying.endpoint);
     let third = sync(&spec, SyncOptions::default(), |_| {})
         .await
         .expect("third sync");
@@ -254,8 +253,7 @@ async fn multipart_server_side_copy_above_threshold(backend: Backend) {
     // The multipart copy's ETag is no MD5: the re-run reads the identity
     // stagesync recorded on it, by a lean HEAD.
     let counting = proxy::start(server.addr, Faults::default()).await;
-    spec.source_side.endpoint = Some(counting.endpoint.clone());
-    spec.dest_side.endpoint = Some(counting.endpoint.clone());
+    through(&mut spec, &counting.endpoint);
     let again = sync(&spec, SyncOptions::default(), |_| {})
         .await
         .expect("re-run");
@@ -634,8 +632,7 @@ async fn survives_slow_down_and_connection_resets(backend: Backend) {
         },
     )
     .await;
-    spec.source_side.endpoint = Some(slowing.endpoint.clone());
-    spec.dest_side.endpoint = Some(slowing.endpoint.clone());
+    through(&mut spec, &slowing.endpoint);
     let report = sync(&spec, SyncOptions::default(), |_| {})
         .await
         .expect("no-change sync despite faults");

@@ -156,6 +156,12 @@ pub fn spec(
     spec
 }
 
+/// Points both sides of `spec` at `endpoint` (a proxy in front of the server).
+pub fn through(spec: &mut CopySpec, endpoint: &str) {
+    spec.source_side.endpoint = Some(endpoint.to_string());
+    spec.dest_side.endpoint = Some(endpoint.to_string());
+}
+
 /// Collects progress events.
 #[derive(Clone, Default)]
 pub struct Events(pub Arc<Mutex<Vec<Event>>>);

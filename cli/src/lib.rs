@@ -88,13 +88,7 @@ pub struct TlsArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STAGESYNC_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let result = match cli.command {
         Command::Certs(cmd) => certs_cmd::run(cmd),
         Command::Status(args) => status_cmd::run(args),
@@ -120,6 +114,24 @@ pub fn main() -> ExitCode {
         }
         Command::Demo(args) => demo::run(args),
     };
+    report(result)
+}
+
+/// The one logging set-up of `stagesync` (and of `stagesync-demo`, which
+/// runs in its place): warnings and up on stderr, `STAGESYNC_LOG` to tune.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STAGESYNC_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Turns a command's outcome into the process exit code; an error is
+/// printed first, so every failure of the command says why.
+pub fn report(result: anyhow::Result<Exit>) -> ExitCode {
     match result {
         Ok(exit) => exit.into(),
         Err(e) => {

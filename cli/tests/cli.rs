@@ -213,3 +213,48 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
     assert!(page.contains("stagesync"));
 }
+
+/// A copy of the `stagesync` binary alone in a fresh directory, so that no
+/// `stagesync-demo` sits beside it.
+fn lone_stagesync(dir: &Path) -> std::path::PathBuf {
+    let copy = dir.join("stagesync");
+    std::fs::copy(STAGESYNC, &copy).unwrap();
+    copy
+}
+
+#[test]
+fn demo_without_stagesync_demo_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(lone_stagesync(dir.path()))
+        .arg("demo")
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot find the stagesync-demo binary"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cargo run -q -p stagesync-harness --bin stagesync-demo"),
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_runs_the_stagesync_demo_beside_it_with_its_arguments_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = lone_stagesync(dir.path());
+    // A stand-in that reports what it was given and fails in its own way.
+    let fake = dir.path().join("stagesync-demo");
+    std::fs::write(&fake, "#!/bin/sh\necho \"demo args: $*\"\nexit 7\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(exe)
+        .args(["demo", "--keep"])
+        .env("PATH", "")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    assert!(text(&o).contains("demo args: --keep"), "{}", text(&o));
+}

@@ -6,8 +6,11 @@
 //!   (run as the `postgres` OS user when the tests run as root).
 //! - [`pki`]: a fleet CA and certificates on disk.
 //! - [`agent`]: agents served in-process on `127.0.0.1:0`.
+//! - [`demo`]: the `stagesync-demo` binary's throwaway fleet, built from
+//!   these parts.
 
 pub mod agent;
+pub mod demo;
 pub mod fixtures;
 pub mod pg;
 pub mod pki;

@@ -1,4 +1,4 @@
-//! `stagesync demo`, the README's first command, through the real binary:
+//! `stagesync-demo`, the README's first command, through the real binary:
 //! it refreshes a throwaway fleet, checks the result itself, shows the
 //! direction guard, and leaves nothing behind; `--keep` leaves a fleet that
 //! `stagesync status` can reach; missing PostgreSQL gets install advice.
@@ -8,7 +8,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const STAGESYNC: &str = env!("CARGO_BIN_EXE_stagesync");
+const DEMO: &str = env!("CARGO_BIN_EXE_stagesync-demo");
+
+/// The `stagesync` command, as the demo binary runs it for itself.
+fn stagesync() -> Command {
+    let mut cmd = Command::new(DEMO);
+    cmd.env(stagesync_harness::demo::AS_CLI_ENV, "1");
+    cmd
+}
 
 fn demo_dir(output: &str) -> PathBuf {
     let line = output
@@ -20,8 +27,7 @@ fn demo_dir(output: &str) -> PathBuf {
 
 #[test]
 fn demo_refreshes_shows_the_guard_and_cleans_up() {
-    let out = Command::new(STAGESYNC)
-        .arg("demo")
+    let out = Command::new(DEMO)
         .env_remove("STAGESYNC_PLAN")
         .output()
         .unwrap();
@@ -52,8 +58,8 @@ fn demo_refreshes_shows_the_guard_and_cleans_up() {
 
 #[test]
 fn demo_keep_leaves_a_fleet_to_look_at_until_ctrl_c() {
-    let mut child = Command::new(STAGESYNC)
-        .args(["demo", "--keep"])
+    let mut child = Command::new(DEMO)
+        .arg("--keep")
         .env_remove("STAGESYNC_PLAN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -82,7 +88,7 @@ fn demo_keep_leaves_a_fleet_to_look_at_until_ctrl_c() {
     assert!(export.contains(&plan.display().to_string()), "{export}");
 
     // The fleet is still there: the agents answer `stagesync status`.
-    let status = Command::new(STAGESYNC)
+    let status = stagesync()
         .args(["status", "--plan"])
         .arg(&plan)
         .output()
@@ -115,8 +121,7 @@ fn demo_keep_leaves_a_fleet_to_look_at_until_ctrl_c() {
 #[test]
 fn demo_without_postgresql_says_how_to_install_it() {
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(STAGESYNC)
-        .arg("demo")
+    let out = Command::new(DEMO)
         .env("STAGESYNC_PG_BINDIR", empty.path())
         .output()
         .unwrap();

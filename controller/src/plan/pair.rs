@@ -11,11 +11,12 @@ use super::scope::Scope;
 use super::{GitCheck, PlanAgent, PlanPair, Preflight, SourceBackup};
 
 /// One pair being validated: the steps share its errors' key prefix
-/// (`pairs.NAME`), its name and its table.
+/// (`pairs.NAME`), its name, its table and the agents it may name.
 pub(super) struct PairCheck<'a> {
     pub(super) at: Scope<'a>,
     name: &'a str,
     pub(super) raw: &'a RawPair,
+    agents: &'a BTreeMap<String, PlanAgent>,
 }
 
 pub(super) fn validate_pair(
@@ -30,8 +31,9 @@ pub(super) fn validate_pair(
         at: Scope::new(f, key),
         name,
         raw,
+        agents,
     };
-    let source_backup = c.ends(agents)?;
+    let source_backup = c.ends()?;
     let owner = c.owner()?;
     c.not_into_its_own_source()?;
     let run = c.options(defaults, source_backup.is_some())?;
@@ -68,55 +70,16 @@ fn agent_name(e: &RawEnd) -> Option<String> {
 
 impl PairCheck<'_> {
     /// The source, then the destination; the source's backup, if it is one.
-    fn ends(
-        &self,
-        agents: &BTreeMap<String, PlanAgent>,
-    ) -> Result<Option<SourceBackup>, ConfigError> {
-        let source_backup = self.end(&self.raw.source, "source", agents)?;
-        self.end(&self.raw.dest, "dest", agents)?;
+    fn ends(&self) -> Result<Option<SourceBackup>, ConfigError> {
+        let source_backup = self.end(&self.raw.source, "source")?;
+        self.end(&self.raw.dest, "dest")?;
         Ok(source_backup)
     }
 
     /// One end: an agent's database, or (a source only) a backup of it.
-    fn end(
-        &self,
-        end: &S<RawEnd>,
-        which: &str,
-        agents: &BTreeMap<String, PlanAgent>,
-    ) -> Result<Option<SourceBackup>, ConfigError> {
+    fn end(&self, end: &S<RawEnd>, which: &str) -> Result<Option<SourceBackup>, ConfigError> {
+        let backup = self.agent_or_backup(end, which)?;
         let e = end.get_ref();
-        let backup = match (&e.agent, &e.backup) {
-            (Some(_), Some(b)) => {
-                return self.at.err(
-                    b.span(),
-                    &format!("{which}.backup"),
-                    "give either an agent or a backup, not both",
-                );
-            }
-            (None, Some(b)) if which == "dest" => {
-                return self.at.err(
-                    b.span(),
-                    "dest.backup",
-                    "a destination is a database on an agent, not a backup",
-                );
-            }
-            (None, None) => {
-                return self.at.err(
-                    end.span(),
-                    &format!("{which}.agent"),
-                    if which == "source" {
-                        "missing: name the agent (or, for a source, a `backup` place)"
-                    } else {
-                        "missing: name the agent"
-                    },
-                );
-            }
-            (None, Some(b)) => Some(self.source_backup(b, e)?),
-            (Some(a), None) => {
-                self.known_agent(a, which, agents)?;
-                None
-            }
-        };
         if let (Some(t), None) = (&e.taken, &e.backup) {
             return self.at.err(
                 t.span(),
@@ -134,6 +97,41 @@ impl PairCheck<'_> {
         Ok(backup)
     }
 
+    /// Exactly one of `agent` and `backup`, and a backup for a source only.
+    fn agent_or_backup(
+        &self,
+        end: &S<RawEnd>,
+        which: &str,
+    ) -> Result<Option<SourceBackup>, ConfigError> {
+        let e = end.get_ref();
+        match (&e.agent, &e.backup) {
+            (Some(_), Some(b)) => self.at.err(
+                b.span(),
+                &format!("{which}.backup"),
+                "give either an agent or a backup, not both",
+            ),
+            (None, Some(b)) if which == "dest" => self.at.err(
+                b.span(),
+                "dest.backup",
+                "a destination is a database on an agent, not a backup",
+            ),
+            (None, None) => self.at.err(
+                end.span(),
+                &format!("{which}.agent"),
+                if which == "source" {
+                    "missing: name the agent (or, for a source, a `backup` place)"
+                } else {
+                    "missing: name the agent"
+                },
+            ),
+            (None, Some(b)) => self.source_backup(b, e).map(Some),
+            (Some(a), None) => {
+                self.known_agent(a, which)?;
+                Ok(None)
+            }
+        }
+    }
+
     fn source_backup(&self, b: &S<String>, e: &RawEnd) -> Result<SourceBackup, ConfigError> {
         let place = stagesync_s3::S3Location::parse(b.get_ref())
             .map_err(|m| self.at.error(b.span(), "source.backup", m))?;
@@ -143,13 +141,8 @@ impl PairCheck<'_> {
         })
     }
 
-    fn known_agent(
-        &self,
-        a: &S<String>,
-        which: &str,
-        agents: &BTreeMap<String, PlanAgent>,
-    ) -> Result<(), ConfigError> {
-        if agents.contains_key(a.get_ref()) {
+    fn known_agent(&self, a: &S<String>, which: &str) -> Result<(), ConfigError> {
+        if self.agents.contains_key(a.get_ref()) {
             return Ok(());
         }
         self.at.err(
@@ -158,7 +151,7 @@ impl PairCheck<'_> {
             format!(
                 "no agent named {:?} in [agents] (known: {})",
                 a.get_ref(),
-                agents.keys().cloned().collect::<Vec<_>>().join(", ")
+                self.agents.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         )
     }

@@ -7,6 +7,11 @@
 //! vars file overrides it, as in Ansible. Settings without an equivalent,
 //! secrets that must move to the environment and defaults taken from the
 //! role are reported as warnings naming file, line and variable.
+//!
+//! `load` reads a vars file and `value` its variables' values; `role` knows
+//! which of the role's variables matter; `pair` and `copies` write one
+//! pair's table, with the names and literals of `names`; this module layers
+//! the files and chains the pairs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

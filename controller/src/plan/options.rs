@@ -1,0 +1,97 @@
+//! A pair's refresh options: each key from the pair, else from
+//! `[defaults]`, else the built-in default.
+
+use stagesync_proto::tomlfile::ConfigError;
+use stagesync_proto::v1 as pb;
+
+use super::pair::PairCheck;
+use super::raw::RawOptions;
+use crate::refresh::Compress;
+
+/// The options of one pair, validated.
+pub(super) struct RunOptions {
+    pub(super) mode: pb::Mode,
+    pub(super) jobs: u32,
+    pub(super) lanes: Option<u32>,
+    pub(super) compress: Compress,
+    pub(super) dump: pb::DumpOptions,
+    pub(super) restore: pb::RestoreOptions,
+}
+
+impl PairCheck<'_> {
+    /// `from_backup`: the source is a backup, which only stream mode restores.
+    pub(super) fn options(
+        &self,
+        defaults: &RawOptions,
+        from_backup: bool,
+    ) -> Result<RunOptions, ConfigError> {
+        let o = self.raw.options().or(defaults);
+        let mode = self.mode(&o, from_backup)?;
+        let jobs = self.jobs(&o)?;
+        let lanes = self.lanes(&o)?;
+        Ok(RunOptions {
+            mode,
+            jobs,
+            lanes,
+            compress: match o.compress {
+                None => Compress::Auto,
+                Some(true) => Compress::Always,
+                Some(false) => Compress::Never,
+            },
+            dump: pb::DumpOptions {
+                exclude_tables: o.exclude_tables.unwrap_or_default(),
+                exclude_table_data: o.exclude_table_data.unwrap_or_default(),
+                schemas: o.schemas.unwrap_or_default(),
+                exclude_schemas: o.exclude_schemas.unwrap_or_default(),
+                extra_args: o.pg_dump_args.unwrap_or_default(),
+            },
+            restore: pb::RestoreOptions {
+                privileges: o.privileges.unwrap_or(false),
+                extra_args: o.pg_restore_args.unwrap_or_default(),
+            },
+        })
+    }
+
+    fn mode(&self, o: &RawOptions, from_backup: bool) -> Result<pb::Mode, ConfigError> {
+        let span = o.mode.as_ref().map(|m| m.span()).unwrap_or(0..0);
+        let mode = match o.mode.as_ref().map(|m| m.get_ref().as_str()) {
+            None | Some("stream") => pb::Mode::Stream,
+            Some("parallel") => pb::Mode::Parallel,
+            Some(other) => {
+                return self.at.err(
+                    span,
+                    "mode",
+                    format!("unknown mode {other:?}: use \"stream\" or \"parallel\""),
+                );
+            }
+        };
+        if from_backup && mode == pb::Mode::Parallel {
+            return self
+                .at
+                .err(span, "mode", "a backup is restored in stream mode");
+        }
+        Ok(mode)
+    }
+
+    fn jobs(&self, o: &RawOptions) -> Result<u32, ConfigError> {
+        match &o.jobs {
+            Some(j) if !(1..=64).contains(j.get_ref()) => {
+                self.at.err(j.span(), "jobs", "must be 1 to 64")
+            }
+            Some(j) => Ok(*j.get_ref()),
+            None => Ok(2),
+        }
+    }
+
+    /// None: as many lanes as `jobs`.
+    fn lanes(&self, o: &RawOptions) -> Result<Option<u32>, ConfigError> {
+        match &o.lanes {
+            Some(l) if !(1..=stagesync_proto::MAX_DATA_LANES).contains(l.get_ref()) => self.at.err(
+                l.span(),
+                "lanes",
+                format!("must be 1 to {}", stagesync_proto::MAX_DATA_LANES),
+            ),
+            l => Ok(l.as_ref().map(|l| *l.get_ref())),
+        }
+    }
+}

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use stagesync_proto::v1 as pb;
-use stagesync_s3::backups::{Manifest, PendingUpload, Store, UploadProgress, stamp};
+use stagesync_s3::backups::{Aborted, Manifest, PendingUpload, Store, UploadProgress, stamp};
 use stagesync_s3::{ClientPool, S3Location, SideConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use tonic::Status;
 
 use crate::config::AgentConfig;
 use crate::error::AgentError;
-use crate::{args, db, pg, procs};
+use crate::{args, db, pg, policy, procs};
 
 /// Events buffered for the controller.
 const QUEUE: usize = 16;
@@ -51,23 +51,6 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.database);
-    }
-}
-
-/// What `policy.may_backup_to` / `may_restore_from` match: the place with
-/// its server, so a request cannot send a dump to another endpoint under a
-/// permitted bucket name. `s3://bucket/prefix/` on AWS itself,
-/// `https://host:port/bucket/prefix/` with an endpoint.
-pub fn place_url(p: &pb::S3Place) -> String {
-    if p.endpoint.is_empty() {
-        format!("s3://{}/{}", p.bucket, p.prefix)
-    } else {
-        format!(
-            "{}/{}/{}",
-            p.endpoint.trim_end_matches('/'),
-            p.bucket,
-            p.prefix
-        )
     }
 }
 
@@ -99,46 +82,14 @@ impl Backups {
     /// (the controller went away) cancels the backup.
     pub fn start(self: &Arc<Self>, req: pb::BackupRequest) -> Result<Events, AgentError> {
         let cfg = &self.config;
-        let invalid = |reason: String| AgentError::InvalidArgument {
-            agent: cfg.name.clone(),
-            reason,
-        };
-        let denied = |reason: String| AgentError::PermissionDenied {
-            agent: cfg.name.clone(),
-            reason,
-        };
-        if !cfg.policy.may_dump.matches(&req.database) || req.database.starts_with("stagesync_") {
-            return Err(denied(format!(
-                "direction guard: this agent may not dump database {:?} (policy.may_dump = {:?} in {})",
-                req.database,
-                cfg.policy.may_dump.patterns,
-                cfg.source.display()
-            )));
-        }
+        let invalid = |reason: String| AgentError::invalid(&cfg.name, reason);
+        policy::may_dump(cfg, &req.database)?;
         let daily = req
             .daily
             .clone()
             .ok_or_else(|| invalid("no place to put the backup".into()))?;
-        let mut places = vec![daily];
-        places.extend(req.weekly.clone());
-        for p in &places {
-            if p.bucket.len() < 3 || p.bucket.contains('/') {
-                return Err(invalid(format!(
-                    "bucket {:?} is not a bucket name",
-                    p.bucket
-                )));
-            }
-            if !(p.prefix.is_empty() || p.prefix.ends_with('/')) {
-                return Err(invalid(format!("prefix {:?} must end with '/'", p.prefix)));
-            }
-            if !cfg.policy.may_backup_to.matches(&place_url(p)) {
-                return Err(denied(format!(
-                    "this agent may not upload backups to {} (policy.may_backup_to = {:?} in {})",
-                    place_url(p),
-                    cfg.policy.may_backup_to.patterns,
-                    cfg.source.display()
-                )));
-            }
+        for p in std::iter::once(&daily).chain(req.weekly.as_ref()) {
+            policy::may_backup_to(cfg, p)?;
         }
         if req.weekly_days.iter().any(|d| !(1..=31).contains(d)) {
             return Err(invalid(format!(
@@ -266,7 +217,7 @@ impl Backups {
             Ok(u) => u,
             Err(e) => {
                 match daily.abort_upload(&pending).await {
-                    Ok(()) => {
+                    Ok(_) => {
                         let _ = std::fs::remove_file(&record);
                     }
                     Err(abort) => {
@@ -386,7 +337,7 @@ impl Backups {
         let argv = backup_args(cfg, req)?;
         let mut tool = procs::spawn(
             &cfg.postgres.bin_dir,
-            "pg_dump",
+            procs::Program::PgDump,
             &argv,
             &[],
             Stdio::null(),
@@ -529,11 +480,11 @@ pub async fn abort_left_uploads(config: &AgentConfig, records: Vec<PathBuf>) {
             store.abort_upload(&pending).await
         };
         match tokio::time::timeout(Duration::from_secs(60), aborted).await {
-            Ok(Ok(())) => {
+            Ok(Ok(Aborted::Now)) => {
                 tracing::info!(bucket = %pending.bucket, key = %pending.key, "aborted an upload a crash left behind");
                 let _ = std::fs::remove_file(&path);
             }
-            Ok(Err(e)) if e.to_string().contains("NoSuchUpload") => {
+            Ok(Ok(Aborted::AlreadyGone)) => {
                 let _ = std::fs::remove_file(&path);
             }
             Ok(Err(e)) => {

@@ -51,6 +51,7 @@ struct RawJobs {
     stall_timeout_secs: Option<Spanned<u64>>,
     ticket_ttl_secs: Option<Spanned<u64>>,
     lane_min_table_mb: Option<Spanned<u64>>,
+    status_interval_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +122,9 @@ pub struct JobLimits {
     /// (heap and TOAST, in bytes); below it, one more pg_dump and pg_restore
     /// cost more than they win.
     pub lane_min_table_bytes: u64,
+    /// How often a controller watching a job gets its status when nothing
+    /// else changed (phase changes are sent at once).
+    pub status_interval: std::time::Duration,
 }
 
 /// Faults the tests inject to prove that the agent survives them.
@@ -295,6 +299,17 @@ impl Ctx<'_> {
                 }
                 Some(mb) => *mb.get_ref() << 20,
                 None => 16 << 20,
+            },
+            status_interval: match &raw.jobs.status_interval_ms {
+                Some(ms) if !(50..=3_600_000).contains(ms.get_ref()) => {
+                    return self.err(
+                        ms.span(),
+                        "jobs.status_interval_ms",
+                        "must be 50 to 3600000 (one hour)",
+                    );
+                }
+                Some(ms) => std::time::Duration::from_millis(*ms.get_ref()),
+                None => std::time::Duration::from_millis(500),
             },
         };
 

@@ -25,6 +25,43 @@ pub enum AgentError {
     Internal { agent: String, reason: String },
 }
 
+impl AgentError {
+    pub fn denied(agent: &str, reason: impl Into<String>) -> Self {
+        AgentError::PermissionDenied {
+            agent: agent.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn invalid(agent: &str, reason: impl Into<String>) -> Self {
+        AgentError::InvalidArgument {
+            agent: agent.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn not_found(agent: &str, reason: impl Into<String>) -> Self {
+        AgentError::NotFound {
+            agent: agent.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn precondition(agent: &str, reason: impl Into<String>) -> Self {
+        AgentError::FailedPrecondition {
+            agent: agent.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn internal(agent: &str, reason: impl Into<String>) -> Self {
+        AgentError::Internal {
+            agent: agent.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Status {
         let code = match &e {

@@ -208,6 +208,24 @@ impl Decoder {
     }
 }
 
+/// A frame of the given kind.
+pub fn frame(kind: pb::dump_frame::Kind) -> pb::DumpFrame {
+    pb::DumpFrame { kind: Some(kind) }
+}
+
+/// What kind of frame `k` is, for messages.
+pub fn frame_kind(k: &pb::dump_frame::Kind) -> &'static str {
+    match k {
+        pb::dump_frame::Kind::Header(_) => "header",
+        pb::dump_frame::Kind::Data(_) => "data",
+        pb::dump_frame::Kind::FileStart(_) => "file start",
+        pb::dump_frame::Kind::FileEnd(_) => "file end",
+        pb::dump_frame::Kind::Trailer(_) => "trailer",
+        pb::dump_frame::Kind::Heartbeat(_) => "heartbeat",
+        pb::dump_frame::Kind::LaneEnd(_) => "lane end",
+    }
+}
+
 /// Reads the next chunk of `r`: `CHUNK` bytes, fewer only at the end, and
 /// empty once `r` is done.
 pub async fn read_chunk(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Bytes> {

@@ -7,9 +7,12 @@
 //! - [`auth`]: every RPC is checked against the policy by caller identity.
 //! - [`service`]: the `stagesync.v1.Agent` gRPC service.
 //! - [`pg`]: the local server and its `pg_dump`/`pg_restore`.
-//! - [`jobs`]: refresh jobs, their state, progress and lease;
-//!   [`source`] dumps and pushes, [`dest`] receives and restores,
+//! - [`policy`]: every guard (direction, backup places, job requests);
+//!   `Info` reports what it decides.
+//! - [`jobs`]: refresh jobs, their state, progress, lease and supervisor;
+//!   [`source`] dumps and pushes, [`dest`] receives, restores and swaps,
 //!   [`db`] creates, swaps, rolls back and cleans databases.
+//! - [`backup`]: backups straight into S3.
 //! - [`frames`]: the dump stream's chunks, CRC32C, zstd and SHA-256.
 //! - [`args`], [`sql`]: command lines and SQL text, always quoted.
 //!
@@ -27,6 +30,7 @@ pub mod error;
 pub mod frames;
 pub mod jobs;
 pub mod pg;
+pub mod policy;
 mod procs;
 pub mod service;
 pub mod source;
@@ -60,7 +64,7 @@ pub enum ServeError {
 /// Removes what jobs interrupted by a crash left behind: unfinished
 /// databases and work directories. Runs before the agent serves.
 pub async fn recover(config: &AgentConfig) {
-    dest::clean_work_dir(&config.work_dir).await;
+    jobs::supervisor::clean_work_dir(&config.work_dir).await;
     match db::reopen_closed(&config.postgres, &config.work_dir.join("closed")).await {
         Ok(reopened) if !reopened.is_empty() => {
             tracing::warn!(
@@ -111,7 +115,7 @@ pub async fn serve_with_ready(
         let left = backup::left_uploads(&config);
         tokio::spawn(async move { backup::abort_left_uploads(&config, left).await });
     }
-    let jobs = Arc::new(jobs::Jobs::new(config.clone()));
+    let jobs = Arc::new(jobs::Jobs::new());
     let backups = Arc::new(backup::Backups::new(config.clone()));
     let cancel = CancellationToken::new();
     let incoming = ReceiverStream::new(transport::accept_loop(listener, tls, cancel.clone()));

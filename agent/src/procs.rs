@@ -33,8 +33,30 @@ impl StderrTail {
     }
 }
 
+/// The PostgreSQL client programs the agent runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    PgDump,
+    PgRestore,
+    /// Any program, for the tests of this module.
+    #[cfg(test)]
+    Other(&'static str),
+}
+
+impl Program {
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::PgDump => "pg_dump",
+            Program::PgRestore => "pg_restore",
+            #[cfg(test)]
+            Program::Other(name) => name,
+        }
+    }
+}
+
 /// A running tool.
 pub struct Tool {
+    pub program: Program,
     pub name: &'static str,
     pub child: Child,
     pub stderr: StderrTail,
@@ -50,12 +72,13 @@ const MAX_LINE: usize = 2048;
 /// (`name=value`) become the tool's session settings through PGOPTIONS.
 pub fn spawn(
     bin_dir: &Path,
-    name: &'static str,
+    program: Program,
     args: &[String],
     settings: &[String],
     stdin: Stdio,
     stdout: Stdio,
 ) -> std::io::Result<Tool> {
+    let name = program.name();
     let mut cmd = Command::new(bin_dir.join(name));
     let options: Vec<String> = settings.iter().map(|s| format!("-c {s}")).collect();
     cmd.args(args)
@@ -102,6 +125,7 @@ pub fn spawn(
         })
     });
     Ok(Tool {
+        program,
         name,
         child,
         stderr: tail,
@@ -282,7 +306,7 @@ mod tests {
     async fn data_pipes_are_widened() {
         let mut tool = spawn(
             Path::new("/bin"),
-            "cat",
+            Program::Other("cat"),
             &[],
             &[],
             Stdio::piped(),
@@ -313,8 +337,15 @@ mod tests {
     async fn stdout_arrives_in_whole_chunks_and_coalesced_writes_lose_nothing() {
         use crate::frames::CHUNK;
         let (stdout, mut chunks) = chunked_stdout().expect("pipe");
-        let mut tool =
-            spawn(Path::new("/bin"), "cat", &[], &[], Stdio::piped(), stdout).expect("cat starts");
+        let mut tool = spawn(
+            Path::new("/bin"),
+            Program::Other("cat"),
+            &[],
+            &[],
+            Stdio::piped(),
+            stdout,
+        )
+        .expect("cat starts");
         let mut stdin = tool.take_stdin().expect("stdin");
         // More than the pipe holds, so the writer meets a full pipe.
         let sent: Vec<u8> = (0..(12 * CHUNK + 12345)).map(|i| (i % 251) as u8).collect();
@@ -346,7 +377,7 @@ mod tests {
         let (stdout, mut chunks) = chunked_stdout().expect("pipe");
         let mut tool = spawn(
             Path::new("/usr/bin"),
-            "yes",
+            Program::Other("yes"),
             &[],
             &[],
             Stdio::null(),

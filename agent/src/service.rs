@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use stagesync_certs::{Identity, ReloadingClientConfig};
 use stagesync_proto::v1 as pb;
@@ -11,10 +10,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Caller, authorize};
 use crate::config::AgentConfig;
+use crate::dest::Restorer;
 use crate::error::AgentError;
 use crate::jobs::Jobs;
-use crate::pg;
+use crate::source::Dumper;
 use crate::transport::PeerInfo;
+use crate::{pg, policy};
 
 /// What this agent does beyond the base protocol, listed in Info so a
 /// controller asks only for what both agents of a pair understand.
@@ -26,12 +27,10 @@ pub const FEATURES: &[&str] = &[
 pub struct AgentService {
     config: Arc<AgentConfig>,
     jobs: Arc<Jobs>,
+    dumper: Arc<Dumper>,
+    restorer: Arc<Restorer>,
     backups: Arc<crate::backup::Backups>,
-    client_tls: Arc<ReloadingClientConfig>,
 }
-
-/// How often a watcher gets a status when nothing changed.
-const WATCH_TICK: Duration = Duration::from_millis(500);
 
 impl AgentService {
     pub fn new(
@@ -41,10 +40,11 @@ impl AgentService {
         client_tls: Arc<ReloadingClientConfig>,
     ) -> Self {
         AgentService {
+            dumper: Arc::new(Dumper::new(config.clone(), jobs.clone(), client_tls)),
+            restorer: Arc::new(Restorer::new(config.clone(), jobs.clone())),
             config,
             jobs,
             backups,
-            client_tls,
         }
     }
 
@@ -81,8 +81,8 @@ impl AgentService {
                     .databases
                     .into_iter()
                     .map(|d| pb::Database {
-                        may_dump: policy.may_dump.matches(&d.name),
-                        may_overwrite: policy.may_overwrite.matches(&d.name),
+                        may_dump: policy::may_dump(cfg, &d.name).is_ok(),
+                        may_overwrite: policy::may_overwrite(cfg, &d.name).is_ok(),
                         name: d.name,
                         owner: d.owner,
                         size_bytes: d.size_bytes,
@@ -161,7 +161,7 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
         self.authorize(&request, Caller::Controller, "RestoreBackup")?;
         Ok(Response::new(
-            self.jobs.restore_backup(request.into_inner()).await?,
+            self.restorer.restore_backup(request.into_inner()).await?,
         ))
     }
 
@@ -188,7 +188,7 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::PrepareRestoreResponse>, Status> {
         self.authorize(&request, Caller::Controller, "PrepareRestore")?;
         Ok(Response::new(
-            self.jobs.prepare_restore(request.into_inner()).await?,
+            self.restorer.prepare_restore(request.into_inner()).await?,
         ))
     }
 
@@ -197,10 +197,7 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::StartDumpRequest>,
     ) -> Result<Response<pb::StartDumpResponse>, Status> {
         self.authorize(&request, Caller::Controller, "StartDump")?;
-        let resp = self
-            .jobs
-            .start_dump(request.into_inner(), self.client_tls.clone())
-            .await?;
+        let resp = self.dumper.start_dump(request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -209,7 +206,10 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<Streaming<pb::DumpFrame>>,
     ) -> Result<Response<pb::PushDumpResponse>, Status> {
         let caller = self.authorize(&request, Caller::Peer, "PushDump")?;
-        let resp = self.jobs.push_dump(caller, request.into_inner()).await?;
+        let resp = self
+            .restorer
+            .push_dump(caller, request.into_inner())
+            .await?;
         Ok(Response::new(resp))
     }
 
@@ -235,6 +235,7 @@ impl pb::agent_server::Agent for AgentService {
                 })
             })?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let tick = self.config.jobs.status_interval;
         tokio::spawn(async move {
             let _guard = job.watch_guard();
             let mut changed = job.subscribe();
@@ -253,7 +254,7 @@ impl pb::agent_server::Agent for AgentService {
                 }
                 tokio::select! {
                     _ = changed.changed() => {}
-                    _ = tokio::time::sleep(WATCH_TICK) => {}
+                    _ = tokio::time::sleep(tick) => {}
                     _ = tx.closed() => break,
                 }
             }
@@ -267,7 +268,7 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::CommitResponse>, Status> {
         self.authorize(&request, Caller::Controller, "Commit")?;
         Ok(Response::new(
-            self.jobs.commit(&request.into_inner().job_id).await?,
+            self.restorer.commit(&request.into_inner().job_id).await?,
         ))
     }
 
@@ -307,7 +308,9 @@ impl pb::agent_server::Agent for AgentService {
     ) -> Result<Response<pb::RollbackResponse>, Status> {
         self.authorize(&request, Caller::Controller, "Rollback")?;
         Ok(Response::new(
-            self.jobs.rollback(&request.into_inner().database).await?,
+            self.restorer
+                .rollback(&request.into_inner().database)
+                .await?,
         ))
     }
 }

@@ -251,7 +251,7 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
     let Some(result) = result else {
         let job = job_id.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(job) = &job {
-            runtime.block_on(stagesync_controller::refresh::abort_both(
+            runtime.block_on(stagesync_controller::refresh::abort_all(
                 tls,
                 &spec,
                 job,

@@ -16,7 +16,7 @@ use stagesync_certs::ReloadingClientConfig;
 use stagesync_controller::dag::{self, Outcome};
 use stagesync_controller::history::{self, Record};
 use stagesync_controller::plan::{self, Plan};
-use stagesync_controller::refresh::{Event, RefreshError, refresh, refresh_from_backup};
+use stagesync_controller::refresh::{CheckedSource, Event, RefreshError, refresh};
 use stagesync_proto::v1 as pb;
 
 use crate::Exit;
@@ -353,7 +353,6 @@ async fn run_pair(
         .map_err(|e| format!("refused\u{1}{e}"))?;
     let o = out.clone();
     let name = pair.to_string();
-    let backup_source = plan.backup_source(pair);
     let on_event = move |e| match e {
         Event::Progress { source, dest } => {
             let s = source.map(|s| *s).unwrap_or_default();
@@ -386,12 +385,7 @@ async fn run_pair(
             o.event(json!({"event": "prepared", "pair": name, "job_id": job_id, "new_database": new_database}));
         }
     };
-    let db = async {
-        match &backup_source {
-            Some(b) => refresh_from_backup(tls, &spec, b, on_event).await,
-            None => refresh(tls, &spec, on_event).await,
-        }
-    };
+    let db = refresh(tls, &spec, on_event);
     let s3 = run_copies(&plan.pairs[pair].copies, out.clone(), pair, false);
     let (result, (copied, copy_errors)) = tokio::join!(db, s3);
     let ms = t0.elapsed().as_millis() as u64;
@@ -710,29 +704,14 @@ pub fn plan_cmd(args: PlanArgs) -> anyhow::Result<Exit> {
             if let Err(e) = stagesync_controller::checks::run(&p.preflight, &[]).await {
                 return (format!("refused: {e}"), String::new());
             }
-            if let Some(b) = plan.backup_source(name) {
-                return match stagesync_controller::refresh::preflight_from_backup(
-                    tls.clone(),
-                    &spec,
-                    &b,
-                )
-                .await
-                .map(|(_, l)| l)
-                {
-                    Ok(l) => (
-                        "ok".to_string(),
-                        format!("backup {} ({})", l.manifest.taken, mib(l.manifest.size)),
-                    ),
-                    Err(e) => (format!("refused: {e}"), String::new()),
-                };
-            }
             match stagesync_controller::refresh::preflight(tls.clone(), &spec).await {
-                Ok((src, _)) => {
-                    let size = src
-                        .postgres
-                        .and_then(|pg| pg.databases.into_iter().find(|d| d.name == p.source_db))
-                        .map(|d| mib(d.size_bytes))
-                        .unwrap_or_default();
+                Ok(ready) => {
+                    let size = match &ready.source {
+                        CheckedSource::Backup(l) => {
+                            format!("backup {} ({})", l.manifest.taken, mib(l.manifest.size))
+                        }
+                        CheckedSource::Agent(_) => mib(ready.source_size(&spec)),
+                    };
                     ("ok".to_string(), size)
                 }
                 Err(e) => (format!("refused: {e}"), String::new()),

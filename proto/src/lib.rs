@@ -6,6 +6,7 @@ pub mod v1 {
     tonic::include_proto!("stagesync.v1");
 }
 
+pub mod shape;
 pub mod tomlfile;
 
 pub use v1::agent_client::AgentClient;
@@ -23,3 +24,39 @@ pub const FEATURE_DATA_LANES: &str = "data-lanes";
 /// The most data lanes one refresh may use (each a pg_dump on the source
 /// and a pg_restore on the destination).
 pub const MAX_DATA_LANES: u32 = 8;
+
+/// The file in which a split stream's schema travels (see
+/// `Shape.post_data_file`); the destination restores its post-data section.
+pub const SCHEMA_FILE: &str = "schema.dump";
+
+impl v1::Step {
+    /// The step as an operator reads it in an error.
+    pub fn label(self) -> &'static str {
+        match self {
+            v1::Step::Unspecified => "refresh",
+            v1::Step::Prepare => "prepare",
+            v1::Step::Connect => "connect",
+            v1::Step::PgDump => "pg_dump",
+            v1::Step::Stream => "stream",
+            v1::Step::PgRestore => "pg_restore",
+            v1::Step::PostRestoreSql => "post-restore SQL",
+            v1::Step::Swap => "swap",
+            v1::Step::Abort => "abort",
+            v1::Step::S3 => "s3",
+        }
+    }
+}
+
+impl std::fmt::Display for v1::Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl v1::JobError {
+    /// The failed step (unspecified when the peer sent a value this build
+    /// does not know).
+    pub fn failed_step(&self) -> v1::Step {
+        v1::Step::try_from(self.step).unwrap_or(v1::Step::Unspecified)
+    }
+}

@@ -55,6 +55,15 @@ impl From<SyncError> for BackupError {
     }
 }
 
+/// How an abort of an upload ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aborted {
+    /// The upload and its parts are gone now.
+    Now,
+    /// The server knows no such upload: completed or aborted before.
+    AlreadyGone,
+}
+
 /// What a manifest records about one backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 // Unknown fields are allowed: a manifest written by a newer agent (with
@@ -461,16 +470,22 @@ impl Store {
     }
 
     /// Aborts an upload (after a failure, or one left by a crash).
-    pub async fn abort_upload(&self, upload: &PendingUpload) -> Result<(), BackupError> {
-        self.client
+    pub async fn abort_upload(&self, upload: &PendingUpload) -> Result<Aborted, BackupError> {
+        let sent = self
+            .client
             .abort_multipart_upload()
             .bucket(&upload.bucket)
             .key(&upload.key)
             .upload_id(&upload.upload_id)
             .send()
-            .await
-            .map_err(|e| self.sdk_err("aborting the upload of the dump", &e))?;
-        Ok(())
+            .await;
+        match sent {
+            Ok(_) => Ok(Aborted::Now),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => {
+                Ok(Aborted::AlreadyGone)
+            }
+            Err(e) => Err(self.sdk_err("aborting the upload of the dump", &e)),
+        }
     }
 
     /// Deletes one object.

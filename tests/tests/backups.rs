@@ -429,7 +429,7 @@ async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_one_changes_nothing()
 {
-    use stagesync_controller::refresh::{BackupSource, PairSpec, refresh, refresh_from_backup};
+    use stagesync_controller::refresh::{BackupSource, PairSource, PairSpec, refresh};
     stagesync_harness::init_tracing();
     let src = PgCluster::start().unwrap();
     let dst = PgCluster::start().unwrap();
@@ -466,10 +466,12 @@ async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_on
         database: "production".into(),
         taken: None,
     };
-    let spec = PairSpec::new(staging.target(), "", staging.target(), "stage", "stage");
-    let report = refresh_from_backup(tls.clone(), &spec, &source, |_| {})
-        .await
-        .unwrap();
+    let from = |source: &BackupSource| {
+        let source = PairSource::Backup(source.clone());
+        PairSpec::with_source(source, staging.target(), "stage", "stage")
+    };
+    let spec = from(&source);
+    let report = refresh(tls.clone(), &spec, |_| {}).await.unwrap();
     assert_eq!(report.database, "stage");
     // The same source refreshed live, for comparison.
     let live = PairSpec::new(
@@ -507,9 +509,7 @@ async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_on
         .expect("the header names the database");
     bytes[at] = b'q';
     std::fs::write(&path, &bytes).unwrap();
-    let err = refresh_from_backup(tls.clone(), &spec, &source, |_| {})
-        .await
-        .unwrap_err();
+    let err = refresh(tls.clone(), &spec, |_| {}).await.unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("SHA-256 does not match"),
@@ -533,9 +533,7 @@ async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_on
         database: "nothing".into(),
         ..source.clone()
     };
-    let err = refresh_from_backup(tls, &spec, &none, |_| {})
-        .await
-        .unwrap_err();
+    let err = refresh(tls, &from(&none), |_| {}).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("no complete backup of \"nothing\""),

@@ -737,11 +737,17 @@ async fn prepare_job(s: &Setup, job_id: &str, ticket: &str) {
     let mut dest = stagesync_controller::client::connect(s.tls.clone(), &s.staging.target())
         .await
         .unwrap();
+    // The widest shape, so every header a test sends fits it.
+    let widest = pb::Shape {
+        mode: pb::Mode::Stream as i32,
+        post_data_file: true,
+        data_lanes: stagesync_proto::MAX_DATA_LANES,
+    };
     dest.prepare_restore(pb::PrepareRestoreRequest {
         job_id: job_id.into(),
         database: "stage".into(),
         owner: "stage".into(),
-        mode: pb::Mode::Stream as i32,
+        shape: Some(widest),
         jobs: 1,
         restore: None,
         post_restore_sql: String::new(),
@@ -763,10 +769,9 @@ async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> t
         kind: Some(pb::dump_frame::Kind::Header(pb::DumpHeader {
             job_id: job_id.into(),
             ticket: ticket.into(),
-            mode: pb::Mode::Stream as i32,
+            shape: Some(pb::Shape::one_pass(pb::Mode::Stream)),
             compression: pb::Compression::None as i32,
             source_database: "production".into(),
-            ..Default::default()
         })),
     };
     c.push_dump(futures::stream::iter(vec![header]))
@@ -785,7 +790,7 @@ async fn streams_with_bad_tickets_or_from_strangers_are_refused() {
         job_id: "0123456789abcdef".into(),
         database: "stage".into(),
         owner: "stage".into(),
-        mode: pb::Mode::Stream as i32,
+        shape: Some(pb::Shape::one_pass(pb::Mode::Stream)),
         jobs: 1,
         restore: None,
         post_restore_sql: String::new(),
@@ -837,7 +842,6 @@ async fn push_prepared(
     let header = pb::DumpHeader {
         job_id,
         ticket,
-        mode: pb::Mode::Stream as i32,
         compression: pb::Compression::None as i32,
         source_database: "production".into(),
         ..header
@@ -907,7 +911,11 @@ async fn malformed_split_streams_are_refused() {
     ];
     for (i, (announced, frames, want)) in cases.into_iter().enumerate() {
         let header = pb::DumpHeader {
-            post_data_file: announced,
+            shape: Some(pb::Shape {
+                mode: pb::Mode::Stream as i32,
+                post_data_file: announced,
+                data_lanes: 0,
+            }),
             ..Default::default()
         };
         let refused = push_prepared(&s, 0xa0 + i, header, frames).await;
@@ -1055,8 +1063,11 @@ async fn malformed_lane_streams_are_refused() {
     ));
     for (i, (lanes, post_data_file, frames, want)) in cases.into_iter().enumerate() {
         let header = pb::DumpHeader {
-            post_data_file,
-            data_lanes: lanes,
+            shape: Some(pb::Shape {
+                mode: pb::Mode::Stream as i32,
+                post_data_file,
+                data_lanes: lanes,
+            }),
             ..Default::default()
         };
         let refused = push_prepared(&s, 0xb0 + i, header, frames).await;

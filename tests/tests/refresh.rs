@@ -51,9 +51,13 @@ async fn fleet() -> Fleet {
 
 impl Fleet {
     fn spec(&self) -> PairSpec {
+        self.spec_from("production")
+    }
+
+    fn spec_from(&self, source_db: &str) -> PairSpec {
         PairSpec::new(
             self.prod.target(),
-            "production",
+            source_db,
             self.staging.target(),
             "stage",
             "stage",
@@ -440,8 +444,7 @@ async fn names_that_need_quoting() {
         )
         .await
         .unwrap();
-    let mut spec = f.spec();
-    spec.source_db = source_db.into();
+    let mut spec = f.spec_from(source_db);
     spec.dest_db = dest_db.into();
     spec.owner = owner.into();
     spec.post_restore_sql = "INSERT INTO t VALUES (${V})".into();
@@ -492,8 +495,7 @@ async fn refused_outside_the_policies() {
         .exec("postgres", "CREATE DATABASE secrets")
         .await
         .unwrap();
-    let mut spec = f.spec();
-    spec.source_db = "secrets".into();
+    let spec = f.spec_from("secrets");
     let err = refresh(f.tls.clone(), &spec, |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("may not dump"), "{err}");
     // A missing owner role.

@@ -6,7 +6,7 @@ use stagesync_certs::{Identity, Kind};
 
 use super::Plan;
 use crate::client::AgentTarget;
-use crate::refresh::PairSpec;
+use crate::refresh::{PairSource, PairSpec};
 
 impl Plan {
     /// The identity plan agent `name` must present.
@@ -32,14 +32,16 @@ impl Plan {
         let dest = self
             .agent_target(&p.dest_agent, trust_domain)
             .ok_or("unknown destination agent")?;
-        // A backup source has no agent; the destination stands in.
-        let source = match &p.source_backup {
-            Some(_) => dest.clone(),
-            None => self
-                .agent_target(&p.source_agent, trust_domain)
-                .ok_or("unknown source agent")?,
+        let source = match self.backup_source(name) {
+            Some(backup) => PairSource::Backup(backup),
+            None => PairSource::Agent {
+                target: self
+                    .agent_target(&p.source_agent, trust_domain)
+                    .ok_or("unknown source agent")?,
+                database: p.source_db.clone(),
+            },
         };
-        let mut spec = PairSpec::new(source, &p.source_db, dest, &p.dest_db, &p.owner);
+        let mut spec = PairSpec::with_source(source, dest, &p.dest_db, &p.owner);
         spec.dest_peer_address = self.agents[&p.dest_agent].peer_endpoint.clone();
         spec.mode = p.mode;
         spec.jobs = p.jobs;

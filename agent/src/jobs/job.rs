@@ -1,13 +1,6 @@
-//! Jobs: one refresh as seen by one agent (the source side dumping, or the
-//! destination side restoring), their state, progress and lease.
-//!
-//! A job lives while a controller watches it. Its supervisor task aborts it
-//! when nobody has watched for the controller timeout (or, on the
-//! destination, when the stream never came), and after any failure or abort
-//! waits for the pipeline to stop its processes, then removes what the job
-//! made: the new database and the work directory.
+//! One refresh as seen by one agent (the source side dumping, or the
+//! destination side restoring): its phase, byte counters, error and lease.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +11,7 @@ use stagesync_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentConfig;
+use super::step::StepError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -29,7 +22,8 @@ pub enum Side {
 /// What the destination needs to know about its job.
 pub struct DestSetup {
     pub owner: String,
-    pub mode: pb::Mode,
+    /// The stream's shape, as the controller agreed it.
+    pub shape: pb::Shape,
     pub jobs: u32,
     pub restore: pb::RestoreOptions,
     /// Post-restore SQL with parameters already substituted.
@@ -68,7 +62,7 @@ pub struct Job {
     pub data_lanes: AtomicU32,
     /// Held by whatever runs the job's processes; cleanup waits for it.
     pub pipeline: tokio::sync::Mutex<()>,
-    started: Instant,
+    pub(super) started: Instant,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
     watchers: AtomicUsize,
@@ -164,22 +158,14 @@ impl Job {
     }
 
     /// Marks the job failed (if it has not ended) and stops its processes.
-    pub fn fail(&self, step: &str, message: impl Into<String>, stderr_tail: String) {
-        let message = message.into();
+    pub fn fail(&self, e: StepError) {
         {
             let mut s = self.state();
             if terminal(s.phase) || s.phase == pb::Phase::Committing {
                 return;
             }
-            tracing::warn!(job = %self.id, step, error = %message, "job failed");
-            s.phase = pb::Phase::Failed;
-            s.finished = Some(Instant::now());
-            s.error = Some(pb::JobError {
-                step: step.to_string(),
-                host: host_label(&self.agent),
-                message,
-                stderr_tail,
-            });
+            tracing::warn!(job = %self.id, step = %e.step, error = %e.message, "job failed");
+            self.end(&mut s, pb::Phase::Failed, e.step, e.message, e.stderr);
         }
         self.cancel.cancel();
         self.bump();
@@ -190,17 +176,35 @@ impl Job {
     pub fn commit_failed(&self, message: String) {
         {
             let mut s = self.state();
-            s.phase = pb::Phase::Failed;
-            s.finished = Some(Instant::now());
-            s.error = Some(pb::JobError {
-                step: "swap".to_string(),
-                host: host_label(&self.agent),
+            self.end(
+                &mut s,
+                pb::Phase::Failed,
+                pb::Step::Swap,
                 message,
-                stderr_tail: String::new(),
-            });
+                String::new(),
+            );
         }
         self.cancel.cancel();
         self.bump();
+    }
+
+    /// Ends the job in `phase` with an error.
+    fn end(
+        &self,
+        s: &mut State,
+        phase: pb::Phase,
+        step: pb::Step,
+        message: String,
+        stderr_tail: String,
+    ) {
+        s.phase = phase;
+        s.finished = Some(Instant::now());
+        s.error = Some(pb::JobError {
+            step: step as i32,
+            host: host_label(&self.agent),
+            message,
+            stderr_tail,
+        });
     }
 
     /// Aborts the job on request (controller, lease, shutdown).
@@ -215,14 +219,13 @@ impl Job {
                 _ => {}
             }
             tracing::warn!(job = %self.id, reason, "job aborted");
-            s.phase = pb::Phase::Aborted;
-            s.finished = Some(Instant::now());
-            s.error = Some(pb::JobError {
-                step: "abort".to_string(),
-                host: host_label(&self.agent),
-                message: reason.to_string(),
-                stderr_tail: String::new(),
-            });
+            self.end(
+                &mut s,
+                pb::Phase::Aborted,
+                pb::Step::Abort,
+                reason.to_string(),
+                String::new(),
+            );
         }
         self.cancel.cancel();
         self.bump();
@@ -294,7 +297,7 @@ impl Job {
             .elapsed()
     }
 
-    fn finished_for(&self) -> Option<Duration> {
+    pub(super) fn finished_for(&self) -> Option<Duration> {
         self.state().finished.map(|f| f.elapsed())
     }
 }
@@ -317,94 +320,4 @@ fn host_label(agent: &str) -> String {
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
     format!("agent {agent} on {host}")
-}
-
-/// All jobs of this agent.
-pub struct Jobs {
-    map: Mutex<HashMap<(String, Side), Arc<Job>>>,
-    pub config: Arc<AgentConfig>,
-}
-
-/// How long finished jobs stay visible to `WatchJob` and `Info`.
-const KEEP_FINISHED: Duration = Duration::from_secs(600);
-
-impl Jobs {
-    pub fn new(config: Arc<AgentConfig>) -> Self {
-        Jobs {
-            map: Mutex::new(HashMap::new()),
-            config,
-        }
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Side), Arc<Job>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn get(&self, id: &str, side: Side) -> Option<Arc<Job>> {
-        self.map().get(&(id.to_string(), side)).cloned()
-    }
-
-    /// The job `id` on the side asked for, or on either side if unspecified.
-    pub fn find(&self, id: &str, side: pb::Side) -> Vec<Arc<Job>> {
-        let sides: &[Side] = match side {
-            pb::Side::Source => &[Side::Source],
-            pb::Side::Dest => &[Side::Dest],
-            pb::Side::Unspecified => &[Side::Source, Side::Dest],
-        };
-        sides.iter().filter_map(|s| self.get(id, *s)).collect()
-    }
-
-    pub fn all(&self) -> Vec<Arc<Job>> {
-        let mut v: Vec<_> = self.map().values().cloned().collect();
-        v.sort_by_key(|j| j.started);
-        v
-    }
-
-    /// Registers a job unless its id is taken or (destination) another job
-    /// is refreshing the same database.
-    pub fn insert(&self, job: Arc<Job>) -> Result<(), String> {
-        let mut map = self.map();
-        map.retain(|_, j| j.finished_for().is_none_or(|d| d < KEEP_FINISHED));
-        if map.contains_key(&(job.id.clone(), job.side)) {
-            return Err(format!("job {} already exists on this agent", job.id));
-        }
-        if job.side == Side::Dest
-            && let Some(other) = map
-                .values()
-                .find(|j| j.side == Side::Dest && j.database == job.database && !j.is_terminal())
-        {
-            return Err(format!(
-                "a refresh of database {:?} is already running here as job {} ({:?}); wait for it or abort it",
-                job.database,
-                other.id,
-                other.phase()
-            ));
-        }
-        map.insert((job.id.clone(), job.side), job);
-        Ok(())
-    }
-
-    /// Whether a destination job for `database` is running.
-    pub fn busy(&self, database: &str) -> Option<String> {
-        self.map()
-            .values()
-            .find(|j| j.side == Side::Dest && j.database == database && !j.is_terminal())
-            .map(|j| j.id.clone())
-    }
-
-    /// New databases that belong to jobs still here (not to be cleaned).
-    pub fn live_new_databases(&self) -> Vec<String> {
-        self.map()
-            .values()
-            .filter(|j| j.side == Side::Dest)
-            .map(|j| j.new_database.clone())
-            .collect()
-    }
-
-    /// Aborts every running job (agent shutdown).
-    pub fn abort_all(&self, reason: &str) {
-        for job in self.all() {
-            let _ = job.abort(reason);
-        }
-    }
 }

@@ -1,0 +1,154 @@
+//! `PrepareRestore`: every check of the request, the job registered and
+//! supervised, then the fresh database it restores into.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use stagesync_certs::Identity;
+use stagesync_proto::v1 as pb;
+
+use super::Restorer;
+use crate::error::AgentError;
+use crate::jobs::{DestSetup, Job, Side, StepError, supervisor};
+use crate::{args, db, policy, sql};
+
+impl Restorer {
+    /// `PrepareRestore`: checks everything, creates the fresh database.
+    pub async fn prepare_restore(
+        self: &Arc<Self>,
+        req: pb::PrepareRestoreRequest,
+    ) -> Result<pb::PrepareRestoreResponse, AgentError> {
+        let cfg = &self.config;
+        let setup = self.check_prepare(&req)?;
+        if let Some(busy) = self.jobs.busy(&req.database) {
+            return Err(AgentError::precondition(&cfg.name, busy));
+        }
+        let new_db = sql::new_database(&req.job_id);
+        // Parallel mode lands the whole dump here; a split stream lands its
+        // schema file.
+        let work_dir = (setup.shape.stream_mode() == pb::Mode::Parallel
+            || setup.shape.post_data_file)
+            .then(|| supervisor::jobs_dir(&cfg.work_dir).join(&req.job_id));
+        let job = Job::new(
+            &cfg.name,
+            &req.job_id,
+            Side::Dest,
+            &req.database,
+            new_db.clone(),
+            work_dir,
+            Some(setup),
+        );
+        self.jobs
+            .insert(job.clone())
+            .map_err(|r| AgentError::precondition(&cfg.name, r))?;
+        // Supervised from now on: if this call is cancelled half-way, the
+        // lease still ends the job and the cleanup still runs.
+        supervisor::spawn(cfg.clone(), job.clone());
+        let this = self.clone();
+        let j = job.clone();
+        let made = tokio::spawn(async move { this.make_database(&j).await })
+            .await
+            .unwrap_or_else(|e| Err(format!("preparing failed: {e}")));
+        if let Err(e) = made {
+            job.fail(StepError::new(pb::Step::Prepare, e.clone()));
+            return Err(AgentError::precondition(&cfg.name, e));
+        }
+        tracing::info!(job = %job.id, database = %req.database, new = %new_db, "prepared");
+        Ok(pb::PrepareRestoreResponse {
+            new_database: new_db,
+            previous_database: sql::previous_database(&req.database),
+        })
+    }
+
+    /// Checks a request against the policy and the protocol; what the job
+    /// will need.
+    fn check_prepare(&self, req: &pb::PrepareRestoreRequest) -> Result<DestSetup, AgentError> {
+        let cfg = &self.config;
+        let invalid = |r: String| AgentError::invalid(&cfg.name, r);
+        policy::job_id(cfg, &req.job_id)?;
+        policy::may_overwrite(cfg, &req.database)?;
+        if req.owner.is_empty() {
+            return Err(invalid("the owner role is empty".into()));
+        }
+        let shape = policy::shape(cfg, req.shape.as_ref())?;
+        policy::jobs(cfg, req.jobs)?;
+        let restore = req.restore.clone().unwrap_or_default();
+        args::pg_restore(
+            &cfg.postgres,
+            "x",
+            &req.owner,
+            &restore,
+            args::RestoreFrom::Stdin,
+        )
+        .map_err(&invalid)?;
+        let post_sql = sql::substitute(&req.post_restore_sql, &req.params).map_err(&invalid)?;
+        policy::ticket(cfg, &req.ticket)?;
+        Ok(DestSetup {
+            owner: req.owner.clone(),
+            shape,
+            jobs: req.jobs,
+            restore,
+            post_sql,
+            ticket: Mutex::new(Some(req.ticket.clone())),
+            ticket_expires: Instant::now() + cfg.jobs.ticket_ttl,
+            source: self.check_source(&req.source_identity)?,
+        })
+    }
+
+    /// The peer whose stream feeds the job: one listed in `policy.peers`.
+    /// None: the job is fed from a backup by the controller
+    /// (`RestoreBackup`), never by a peer's stream.
+    fn check_source(&self, identity: &str) -> Result<Option<Identity>, AgentError> {
+        let cfg = &self.config;
+        if identity.is_empty() {
+            return Ok(None);
+        }
+        let source: Identity = identity
+            .parse()
+            .map_err(|e| AgentError::invalid(&cfg.name, format!("source identity: {e}")))?;
+        if !cfg.policy.peers.contains(&source) {
+            return Err(AgentError::denied(
+                &cfg.name,
+                format!(
+                    "{source} may not stream into this agent; add {:?} to policy.peers in {}",
+                    source.name,
+                    cfg.source.display()
+                ),
+            ));
+        }
+        Ok(Some(source))
+    }
+
+    /// Drops what crashed jobs left (it holds disk we may need), creates
+    /// the job's database and its work directory.
+    async fn make_database(&self, job: &Job) -> Result<(), String> {
+        let _pipeline = job.pipeline.lock().await;
+        let keep = self.jobs.live_new_databases();
+        match db::drop_orphans(&self.config.postgres, &keep).await {
+            Ok(dropped) if !dropped.is_empty() => {
+                tracing::info!(?dropped, "dropped leftover databases")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not clean leftover databases"),
+        }
+        let owner = job
+            .dest
+            .as_ref()
+            .map(|d| d.owner.as_str())
+            .unwrap_or_default();
+        db::create_new(
+            &self.config.postgres,
+            &job.new_database,
+            &job.database,
+            owner,
+        )
+        .await
+        .map_err(|e| e.0)?;
+        if let Some(dir) = &job.work_dir {
+            tokio::fs::create_dir_all(dir.join("dump"))
+                .await
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,214 @@
+//! Every guard of this agent, in one place: which databases it may dump and
+//! overwrite (the direction guard), where backups may go and come from, and
+//! what a job request must look like. `Info` reports what these functions
+//! decide, so a controller's preflight sees exactly what the agent enforces.
+
+use stagesync_proto::v1 as pb;
+
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+
+/// The agent's own working databases (a job's new database, a swapped-out
+/// copy): never dumped, never a destination.
+fn ours(database: &str) -> bool {
+    database.starts_with("stagesync_")
+}
+
+/// Databases no refresh may replace, whatever the policy lists.
+fn reserved(database: &str) -> bool {
+    database.is_empty() || ours(database) || ["template0", "template1"].contains(&database)
+}
+
+fn denied(cfg: &AgentConfig, reason: String) -> AgentError {
+    AgentError::denied(&cfg.name, reason)
+}
+
+fn invalid(cfg: &AgentConfig, reason: String) -> AgentError {
+    AgentError::invalid(&cfg.name, reason)
+}
+
+/// The direction guard for reading: `database` may be dumped (for a
+/// refresh or a backup).
+pub fn may_dump(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {
+    if ours(database) || !cfg.policy.may_dump.matches(database) {
+        return Err(denied(
+            cfg,
+            format!(
+                "direction guard: this agent may not dump database {database:?} (policy.may_dump = {:?} in {})",
+                cfg.policy.may_dump.patterns,
+                cfg.source.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The direction guard for writing: `database` may be replaced by a
+/// refresh, or rolled back.
+pub fn may_overwrite(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {
+    if reserved(database) {
+        return Err(denied(
+            cfg,
+            format!("database {database:?} cannot be a refresh destination"),
+        ));
+    }
+    if !cfg.policy.may_overwrite.matches(database) {
+        return Err(denied(
+            cfg,
+            format!(
+                "direction guard: this agent may not overwrite database {database:?} (policy.may_overwrite = {:?} in {})",
+                cfg.policy.may_overwrite.patterns,
+                cfg.source.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What `policy.may_backup_to` / `may_restore_from` match: the place with
+/// its server, so a request cannot send a dump to another endpoint under a
+/// permitted bucket name. `s3://bucket/prefix/` on AWS itself,
+/// `https://host:port/bucket/prefix/` with an endpoint.
+pub fn place_url(p: &pb::S3Place) -> String {
+    if p.endpoint.is_empty() {
+        format!("s3://{}/{}", p.bucket, p.prefix)
+    } else {
+        format!(
+            "{}/{}/{}",
+            p.endpoint.trim_end_matches('/'),
+            p.bucket,
+            p.prefix
+        )
+    }
+}
+
+/// A backup may be uploaded to `place`.
+pub fn may_backup_to(cfg: &AgentConfig, place: &pb::S3Place) -> Result<(), AgentError> {
+    check_place(cfg, place)?;
+    let url = place_url(place);
+    if !cfg.policy.may_backup_to.matches(&url) {
+        return Err(denied(
+            cfg,
+            format!(
+                "this agent may not upload backups to {url} (policy.may_backup_to = {:?} in {})",
+                cfg.policy.may_backup_to.patterns,
+                cfg.source.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A backup may be restored from `place`.
+pub fn may_restore_from(cfg: &AgentConfig, place: &pb::S3Place) -> Result<(), AgentError> {
+    check_place(cfg, place)?;
+    let url = place_url(place);
+    if !cfg.policy.may_restore_from.matches(&url) {
+        return Err(denied(
+            cfg,
+            format!(
+                "this agent may not restore from {url} (policy.may_restore_from = {:?} in {})",
+                cfg.policy.may_restore_from.patterns,
+                cfg.source.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A place's bucket and prefix are well formed.
+fn check_place(cfg: &AgentConfig, p: &pb::S3Place) -> Result<(), AgentError> {
+    if p.bucket.len() < 3 || p.bucket.contains('/') {
+        return Err(invalid(
+            cfg,
+            format!("bucket {:?} is not a bucket name", p.bucket),
+        ));
+    }
+    if !(p.prefix.is_empty() || p.prefix.ends_with('/')) {
+        return Err(invalid(
+            cfg,
+            format!("prefix {:?} must end with '/'", p.prefix),
+        ));
+    }
+    Ok(())
+}
+
+/// A job id: what the controller makes, 8 to 32 lowercase hex digits
+/// (it names the job's database and work directory).
+pub fn job_id(cfg: &AgentConfig, id: &str) -> Result<(), AgentError> {
+    let ok = (8..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !ok {
+        return Err(invalid(
+            cfg,
+            format!("job id {id:?} is not 8-32 lowercase hex digits"),
+        ));
+    }
+    Ok(())
+}
+
+/// The most workers (pg_dump/pg_restore jobs) one request may ask for.
+pub const MAX_JOBS: u32 = 64;
+
+/// Workers asked for by a job request.
+pub fn jobs(cfg: &AgentConfig, jobs: u32) -> Result<(), AgentError> {
+    if !(1..=MAX_JOBS).contains(&jobs) {
+        return Err(invalid(
+            cfg,
+            format!("jobs must be 1 to {MAX_JOBS}, not {jobs}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A stream shape asked for by a job request.
+pub fn shape(cfg: &AgentConfig, shape: Option<&pb::Shape>) -> Result<pb::Shape, AgentError> {
+    let shape = shape
+        .cloned()
+        .ok_or_else(|| invalid(cfg, "the request has no stream shape".into()))?;
+    shape.check().map_err(|e| invalid(cfg, e))?;
+    Ok(shape)
+}
+
+/// The one-time ticket of a job is long enough to be unguessable.
+pub fn ticket(cfg: &AgentConfig, ticket: &str) -> Result<(), AgentError> {
+    if ticket.len() < 32 {
+        return Err(invalid(cfg, "the ticket is too short".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_are_never_destinations() {
+        for name in [
+            "",
+            "stagesync_new_x",
+            "stagesync_drop_y",
+            "template0",
+            "template1",
+        ] {
+            assert!(reserved(name), "{name:?}");
+        }
+        for name in ["staging", "template2", "postgres", "stagesync"] {
+            assert!(!reserved(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn place_urls_carry_their_server() {
+        let mut p = pb::S3Place {
+            bucket: "b1".into(),
+            prefix: "db/".into(),
+            ..Default::default()
+        };
+        assert_eq!(place_url(&p), "s3://b1/db/");
+        p.endpoint = "http://127.0.0.1:9000/".into();
+        assert_eq!(place_url(&p), "http://127.0.0.1:9000/b1/db/");
+    }
+}

@@ -1,0 +1,287 @@
+//! The source side of a refresh: `pg_dump` on the database, framed and
+//! pushed to the destination agent over its own mutual-TLS connection.
+//!
+//! - this file: `StartDump` (the checks, the job) and the push: header,
+//!   the data, trailer, and the destination's verdict.
+//! - [`layout`]: how much of the agreed shape this dump uses (a snapshot
+//!   for a separate schema file, the tables that get lanes of their own).
+//! - [`stream`]: one archive, and the schema file after it.
+//! - [`lanes`]: the schema file, then several data-only dumps at once.
+//! - [`parallel`]: pg_dump's directory format, files shipped as they close.
+//! - [`outbound`]: frames into the stream, with backpressure.
+
+mod lanes;
+mod layout;
+mod outbound;
+mod parallel;
+mod stream;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use stagesync_certs::channel::AgentTarget;
+use stagesync_certs::{Identity, ReloadingClientConfig};
+use stagesync_proto::AgentClient;
+use stagesync_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+use crate::frames::{Encoder, MAX_MESSAGE, frame};
+use crate::jobs::{Job, Jobs, Side, StepError, supervisor};
+use crate::{args, db, pg, policy};
+use layout::Layout;
+use outbound::Outbound;
+
+/// Starts and runs the dumps of this agent.
+pub struct Dumper {
+    config: Arc<AgentConfig>,
+    jobs: Arc<Jobs>,
+    client_tls: Arc<ReloadingClientConfig>,
+}
+
+/// A checked `StartDump` request.
+struct DumpRequest {
+    job_id: String,
+    database: String,
+    agreed: pb::Shape,
+    jobs: u32,
+    dump: pb::DumpOptions,
+    compression: pb::Compression,
+    ticket: String,
+    target: AgentTarget,
+}
+
+/// One dump being pushed: what every way of producing it needs.
+struct DumpRun {
+    config: Arc<AgentConfig>,
+    job: Arc<Job>,
+    database: String,
+    dump: pb::DumpOptions,
+    jobs: u32,
+    out: Outbound,
+}
+
+impl Dumper {
+    pub fn new(
+        config: Arc<AgentConfig>,
+        jobs: Arc<Jobs>,
+        client_tls: Arc<ReloadingClientConfig>,
+    ) -> Self {
+        Dumper {
+            config,
+            jobs,
+            client_tls,
+        }
+    }
+
+    /// `StartDump`: checks the request, registers the job and starts
+    /// pushing.
+    pub async fn start_dump(
+        self: &Arc<Self>,
+        req: pb::StartDumpRequest,
+    ) -> Result<pb::StartDumpResponse, AgentError> {
+        let req = self.check(req)?;
+        self.check_exists(&req.database).await?;
+        let cfg = &self.config;
+        // Parallel mode lands the dump here; a split stream lands its
+        // schema file. Apart from the destination's, should one agent be
+        // both sides.
+        let work_dir = (req.agreed.stream_mode() == pb::Mode::Parallel
+            || req.agreed.post_data_file)
+            .then(|| supervisor::jobs_dir(&cfg.work_dir).join(format!("source-{}", req.job_id)));
+        let job = Job::new(
+            &cfg.name,
+            &req.job_id,
+            Side::Source,
+            &req.database,
+            String::new(),
+            work_dir,
+            None,
+        );
+        self.jobs
+            .insert(job.clone())
+            .map_err(|r| AgentError::precondition(&cfg.name, r))?;
+        supervisor::spawn(cfg.clone(), job.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _pipeline = job.pipeline.lock().await;
+            match this.push(&job, req).await {
+                Ok(()) => {
+                    job.advance(pb::Phase::Sent);
+                    tracing::info!(job = %job.id, bytes = job.dumped.load(Ordering::Relaxed), "dump sent");
+                }
+                Err(e) => job.fail(e),
+            }
+            supervisor::remove_work_dir(job.work_dir.as_deref()).await;
+        });
+        Ok(pb::StartDumpResponse {})
+    }
+
+    /// Checks a request against the policy and the protocol.
+    fn check(&self, req: pb::StartDumpRequest) -> Result<DumpRequest, AgentError> {
+        let cfg = &self.config;
+        policy::job_id(cfg, &req.job_id)?;
+        policy::may_dump(cfg, &req.database)?;
+        let agreed = policy::shape(cfg, req.shape.as_ref())?;
+        policy::jobs(cfg, req.jobs)?;
+        let dump = req.dump.unwrap_or_default();
+        args::pg_dump(&cfg.postgres, &req.database, &dump, args::DumpTo::Stdout)
+            .map_err(|r| AgentError::invalid(&cfg.name, r))?;
+        let dest: Identity = req
+            .dest_identity
+            .parse()
+            .map_err(|e| AgentError::invalid(&cfg.name, format!("destination identity: {e}")))?;
+        let compression = match pb::Compression::try_from(req.compression) {
+            Ok(pb::Compression::None) => pb::Compression::None,
+            _ => pb::Compression::Zstd,
+        };
+        Ok(DumpRequest {
+            job_id: req.job_id,
+            database: req.database,
+            agreed,
+            jobs: req.jobs,
+            dump,
+            compression,
+            ticket: req.ticket,
+            target: AgentTarget {
+                address: req.dest_address,
+                expected: Some(dest),
+            },
+        })
+    }
+
+    async fn check_exists(&self, database: &str) -> Result<(), AgentError> {
+        let cfg = &self.config;
+        let exists = async {
+            let c = pg::connect(&cfg.postgres, "postgres")
+                .await
+                .map_err(|e| pg::error_chain(&e))?;
+            db::database_exists(&c, database).await.map_err(|e| e.0)
+        }
+        .await
+        .map_err(|e| AgentError::internal(&cfg.name, e))?;
+        if !exists {
+            return Err(AgentError::precondition(
+                &cfg.name,
+                format!("database {database:?} does not exist here"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Dials the destination, sends the header, the data in the layout this
+    /// dump can use and the trailer, and waits for the destination's verdict.
+    async fn push(&self, job: &Arc<Job>, req: DumpRequest) -> Result<(), StepError> {
+        let channel = stagesync_certs::channel::channel(self.client_tls.clone(), &req.target)
+            .map_err(|e| StepError::new(pb::Step::Connect, e.to_string()))?;
+        let mut client = AgentClient::new(channel)
+            .max_encoding_message_size(MAX_MESSAGE)
+            .max_decoding_message_size(MAX_MESSAGE);
+        let layout = Layout::choose(&self.config, job, &req.database, &req.dump, &req.agreed).await;
+        let (tx, rx) = mpsc::channel(outbound::QUEUE);
+        let run = DumpRun {
+            config: self.config.clone(),
+            job: job.clone(),
+            database: req.database.clone(),
+            dump: req.dump.clone(),
+            jobs: req.jobs,
+            out: Outbound::new(job.clone(), tx),
+        };
+        run.out
+            .send(frame(pb::dump_frame::Kind::Header(header(&req, &layout))))
+            .await
+            .map_err(|_| StepError::new(pb::Step::Stream, "the stream closed before it started"))?;
+        let push = tokio::spawn(async move { client.push_dump(ReceiverStream::new(rx)).await });
+        let produced = run.produce_all(&layout, req.compression).await;
+        drop(run);
+        drop(layout);
+        let answer = tokio::select! {
+            _ = job.cancel.cancelled() => return Err(StepError::cancelled(pb::Step::Stream)),
+            a = push => a,
+        };
+        let answer = answer
+            .map_err(|e| StepError::new(pb::Step::Stream, format!("the push task failed: {e}")))?;
+        verdict(answer.map(|_| ()), produced, &req.target)
+    }
+}
+
+fn header(req: &DumpRequest, layout: &Layout) -> pb::DumpHeader {
+    pb::DumpHeader {
+        job_id: req.job_id.clone(),
+        ticket: req.ticket.clone(),
+        compression: req.compression as i32,
+        source_database: req.database.clone(),
+        shape: Some(layout.shape),
+    }
+}
+
+/// The push's result: the destination's verdict explains a refused or
+/// broken stream better than this side's view of it.
+fn verdict(
+    answer: Result<(), tonic::Status>,
+    produced: Result<(), StepError>,
+    target: &AgentTarget,
+) -> Result<(), StepError> {
+    match (answer, produced) {
+        (Ok(()), produced) => produced,
+        (Err(status), Err(e)) if e.step == pb::Step::PgDump => {
+            Err(e.note(format_args!("destination: {}", status.message())))
+        }
+        (Err(status), _) => Err(StepError::new(
+            pb::Step::Stream,
+            format!(
+                "the destination agent {} refused or lost the stream: {}",
+                target.address,
+                status.message()
+            ),
+        )),
+    }
+}
+
+impl DumpRun {
+    /// Produces the data in `layout` with heartbeats alongside, then the
+    /// trailer.
+    async fn produce_all(
+        &self,
+        layout: &Layout,
+        compression: pb::Compression,
+    ) -> Result<(), StepError> {
+        let faults = &self.config.faults;
+        let mut enc = Encoder::new(
+            compression,
+            faults.corrupt_frame.filter(|_| faults.corrupt_lane == 0),
+        );
+        let heartbeat = self.out.heartbeats();
+        let produced = match (layout.shape.stream_mode(), &layout.snapshot) {
+            (pb::Mode::Parallel, _) => self.produce_parallel(&mut enc).await,
+            (_, Some(snapshot)) if layout.shape.lanes() > 1 => {
+                self.produce_lanes(&mut enc, &snapshot.id, &layout.tables)
+                    .await
+            }
+            (_, snapshot) => {
+                self.produce_stream(&mut enc, snapshot.as_ref().map(|s| s.id.as_str()))
+                    .await
+            }
+        };
+        // Stop the heartbeats before the trailer, and before the stream may end.
+        heartbeat.abort();
+        let _ = heartbeat.await;
+        produced?;
+        let trailer = frame(pb::dump_frame::Kind::Trailer(enc.trailer()));
+        // A trailer the destination does not take: its verdict says why.
+        let _ = self.out.send(trailer).await;
+        Ok(())
+    }
+
+    /// The snapshot the schema dump uses (a test fault gives it one that
+    /// does not exist, so it fails while the data streams).
+    fn schema_snapshot<'a>(&self, snapshot: &'a str) -> &'a str {
+        if self.config.faults.bad_schema_snapshot {
+            "00000000-00000000-0"
+        } else {
+            snapshot
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The one place a refresh's stream shape is decided: from the plan and
+//! what both agents say they can do. The destination is prepared for this
+//! shape; the source may send less, never more.
+
+use stagesync_proto::v1 as pb;
+
+use super::spec::PairSpec;
+
+fn can(info: &pb::InfoResponse, feature: &str) -> bool {
+    info.features.iter().any(|f| f == feature)
+}
+
+/// The shape of a refresh from a live database.
+pub fn agree(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -> pb::Shape {
+    let post_data_file = split_post_data(spec, src, dst);
+    pb::Shape {
+        mode: spec.mode as i32,
+        post_data_file,
+        data_lanes: if post_data_file {
+            data_lanes(spec, src, dst)
+        } else {
+            0
+        },
+    }
+}
+
+/// Whether a stream-mode refresh sends the post-data section apart, to be
+/// built by `spec.jobs` workers: only when that is more than one, and both
+/// agents say they can. Not when privileges are restored: a one-pass restore
+/// grants them after indexes, constraints and triggers exist, and so keeps
+/// the order a dump was made for.
+fn split_post_data(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -> bool {
+    let feature = stagesync_proto::FEATURE_SPLIT_POST_DATA;
+    spec.mode == pb::Mode::Stream
+        && spec.jobs > 1
+        && !spec.restore.privileges
+        && can(src, feature)
+        && can(dst, feature)
+}
+
+/// How many data lanes a split stream may use: up to `spec.jobs` (or the
+/// plan's `lanes`) when both agents can, except with schema filters
+/// (pg_dump does not apply them to tables named on their own). The source
+/// decides how many it really uses, by the size of the tables.
+fn data_lanes(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -> u32 {
+    let feature = stagesync_proto::FEATURE_DATA_LANES;
+    if !can(src, feature)
+        || !can(dst, feature)
+        || !spec.dump.schemas.is_empty()
+        || !spec.dump.exclude_schemas.is_empty()
+    {
+        return 0;
+    }
+    match spec.lanes.unwrap_or(spec.jobs).min(spec.jobs) {
+        0 | 1 => 0,
+        n => n.min(stagesync_proto::MAX_DATA_LANES),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::AgentTarget;
+
+    fn test_spec() -> PairSpec {
+        let target = || AgentTarget {
+            address: "127.0.0.1:1".into(),
+            expected: None,
+        };
+        PairSpec::new(target(), "prod", target(), "stage", "stage")
+    }
+
+    fn with(features: &[&str]) -> pb::InfoResponse {
+        pb::InfoResponse {
+            features: features.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn post_data_is_split_only_when_both_agents_can_and_it_helps() {
+        let mut spec = test_spec();
+        let can = with(&[stagesync_proto::FEATURE_SPLIT_POST_DATA]);
+        let old = pb::InfoResponse::default();
+        assert!(split_post_data(&spec, &can, &can));
+        assert!(!split_post_data(&spec, &can, &old), "old destination");
+        assert!(!split_post_data(&spec, &old, &can), "old source");
+        spec.jobs = 1;
+        assert!(!split_post_data(&spec, &can, &can), "one worker: one pass");
+        spec.jobs = 4;
+        spec.restore.privileges = true;
+        assert!(!split_post_data(&spec, &can, &can), "privileges restored");
+        spec.restore.privileges = false;
+        spec.mode = pb::Mode::Parallel;
+        assert!(!split_post_data(&spec, &can, &can), "parallel mode");
+        assert_eq!(
+            agree(&spec, &can, &can),
+            pb::Shape::one_pass(pb::Mode::Parallel)
+        );
+    }
+
+    #[test]
+    fn data_lanes_only_with_a_split_stream_and_no_schema_filters() {
+        let mut spec = test_spec();
+        spec.jobs = 3;
+        let lanes = with(&[
+            stagesync_proto::FEATURE_SPLIT_POST_DATA,
+            stagesync_proto::FEATURE_DATA_LANES,
+        ]);
+        let split_only = with(&[stagesync_proto::FEATURE_SPLIT_POST_DATA]);
+        let agreed = |spec: &PairSpec, s, d| agree(spec, s, d).data_lanes;
+        assert_eq!(agreed(&spec, &lanes, &lanes), 3);
+        assert_eq!(agreed(&spec, &lanes, &split_only), 0, "old destination");
+        assert_eq!(agreed(&spec, &split_only, &lanes), 0, "old source");
+        spec.lanes = Some(2);
+        assert_eq!(agreed(&spec, &lanes, &lanes), 2, "capped by the plan");
+        spec.lanes = Some(1);
+        assert_eq!(agreed(&spec, &lanes, &lanes), 0, "one data stream");
+        spec.lanes = None;
+        spec.jobs = 100;
+        assert_eq!(
+            agreed(&spec, &lanes, &lanes),
+            stagesync_proto::MAX_DATA_LANES
+        );
+        spec.dump.exclude_schemas = vec!["audit".into()];
+        assert_eq!(agreed(&spec, &lanes, &lanes), 0, "schema filter");
+        spec.dump.exclude_schemas.clear();
+        spec.jobs = 1;
+        assert_eq!(agreed(&spec, &lanes, &lanes), 0, "no split, no lanes");
+        assert!(agree(&spec, &lanes, &lanes).check().is_ok());
+    }
+}

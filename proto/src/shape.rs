@@ -1,0 +1,150 @@
+//! The rules of a stream's [`Shape`]: what a shape may ask for, and when
+//! what a stream carries stays within what was agreed.
+//!
+//! Both agents and the controller apply these same rules, so "the shape"
+//! is decided once (by the controller) and only checked afterwards.
+
+use crate::MAX_DATA_LANES;
+use crate::v1::{Mode, Shape};
+
+impl Shape {
+    /// One pass: the whole dump in one stream, nothing apart.
+    pub fn one_pass(mode: Mode) -> Shape {
+        Shape {
+            mode: mode as i32,
+            post_data_file: false,
+            data_lanes: 0,
+        }
+    }
+
+    /// The mode, unspecified when the value is unknown.
+    pub fn stream_mode(&self) -> Mode {
+        Mode::try_from(self.mode).unwrap_or(Mode::Unspecified)
+    }
+
+    /// Data lanes the stream carries: at least one.
+    pub fn lanes(&self) -> u32 {
+        self.data_lanes.max(1)
+    }
+
+    /// Checks that the shape makes sense on its own.
+    pub fn check(&self) -> Result<(), String> {
+        match self.stream_mode() {
+            Mode::Unspecified => return Err("mode must be stream or parallel".into()),
+            Mode::Parallel if self.post_data_file || self.lanes() > 1 => {
+                return Err(
+                    "parallel mode ships pg_dump's directory whole: no post-data file, no lanes"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if self.lanes() > 1 && !self.post_data_file {
+            return Err("data lanes need the post-data file".into());
+        }
+        if self.lanes() > MAX_DATA_LANES {
+            return Err(format!(
+                "{} data lanes: at most {MAX_DATA_LANES}",
+                self.data_lanes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that a stream of this shape fits a job prepared for
+    /// `agreed`: the same mode, a post-data file only if agreed, no more
+    /// lanes than agreed.
+    pub fn fits_within(&self, agreed: &Shape) -> Result<(), String> {
+        self.check()?;
+        if self.stream_mode() != agreed.stream_mode() {
+            return Err(format!(
+                "the stream is in {:?} mode; the job was prepared for {:?}",
+                self.stream_mode(),
+                agreed.stream_mode()
+            ));
+        }
+        if self.post_data_file && !agreed.post_data_file {
+            return Err(
+                "the stream announces a separate post-data file; the job was prepared without one"
+                    .into(),
+            );
+        }
+        if self.lanes() > agreed.lanes() {
+            return Err(format!(
+                "the stream announces {} data lanes; the job was prepared for at most {}",
+                self.lanes(),
+                agreed.lanes()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The most of `self` a source can send: lower, never higher.
+    pub fn lowered(&self, post_data_file: bool, data_lanes: u32) -> Shape {
+        let post_data_file = self.post_data_file && post_data_file;
+        Shape {
+            mode: self.mode,
+            post_data_file,
+            data_lanes: if post_data_file && data_lanes > 1 {
+                data_lanes.min(self.lanes())
+            } else {
+                0
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(lanes: u32) -> Shape {
+        Shape {
+            mode: Mode::Stream as i32,
+            post_data_file: true,
+            data_lanes: lanes,
+        }
+    }
+
+    #[test]
+    fn incoherent_shapes_are_refused() {
+        assert!(Shape::one_pass(Mode::Stream).check().is_ok());
+        assert!(Shape::one_pass(Mode::Parallel).check().is_ok());
+        assert!(Shape::one_pass(Mode::Unspecified).check().is_err());
+        assert!(split(4).check().is_ok());
+        assert!(split(MAX_DATA_LANES + 1).check().is_err());
+        let mut lanes_alone = split(3);
+        lanes_alone.post_data_file = false;
+        assert!(lanes_alone.check().is_err(), "lanes without the file");
+        let mut parallel = split(0);
+        parallel.mode = Mode::Parallel as i32;
+        assert!(parallel.check().is_err(), "parallel with a file");
+    }
+
+    #[test]
+    fn a_stream_may_carry_less_than_agreed_never_more() {
+        let agreed = split(4);
+        assert!(split(4).fits_within(&agreed).is_ok());
+        assert!(split(2).fits_within(&agreed).is_ok());
+        assert!(split(0).fits_within(&agreed).is_ok());
+        assert!(Shape::one_pass(Mode::Stream).fits_within(&agreed).is_ok());
+        assert!(split(5).fits_within(&agreed).is_err(), "more lanes");
+        let one = Shape::one_pass(Mode::Stream);
+        assert!(split(0).fits_within(&one).is_err(), "a file not agreed");
+        assert!(
+            Shape::one_pass(Mode::Parallel).fits_within(&one).is_err(),
+            "another mode"
+        );
+    }
+
+    #[test]
+    fn lowering_never_raises() {
+        let agreed = split(4);
+        assert_eq!(agreed.lowered(true, 8), split(4));
+        assert_eq!(agreed.lowered(true, 3), split(3));
+        assert_eq!(agreed.lowered(true, 1), split(0));
+        assert_eq!(agreed.lowered(false, 4), Shape::one_pass(Mode::Stream));
+        let one = Shape::one_pass(Mode::Stream);
+        assert_eq!(one.lowered(true, 4), one);
+    }
+}

@@ -4,10 +4,14 @@
 #![forbid(unsafe_code)]
 
 mod backup_cmd;
+mod backups_cmd;
 mod certs_cmd;
 mod demo;
 mod exit;
+mod history_cmd;
 mod import_cmd;
+mod output;
+mod plan_cmd;
 mod refresh_cmd;
 mod status_cmd;
 mod sync_cmd;
@@ -39,9 +43,9 @@ enum Command {
     Sync(sync_cmd::SyncArgs),
     /// Show what `sync` would do (databases, preflight, S3 copies and
     /// deletes), changing nothing.
-    Plan(sync_cmd::PlanArgs),
+    Plan(plan_cmd::PlanArgs),
     /// Show what earlier runs did.
-    History(sync_cmd::HistoryArgs),
+    History(history_cmd::HistoryArgs),
     /// Refresh one database from another through their agents.
     Refresh(Box<refresh_cmd::RefreshArgs>),
     /// Swap the previous copy of a database back in.
@@ -51,7 +55,7 @@ enum Command {
     Backup(backup_cmd::BackupArgs),
     /// List or verify the backups in the plan's [backups] place.
     #[command(subcommand)]
-    Backups(backup_cmd::BackupsCommand),
+    Backups(backups_cmd::BackupsCommand),
     /// Turn the Ansible role's vars files into plan pairs (printed; warnings
     /// for settings without an equivalent).
     #[command(name = "import-ansible")]
@@ -94,12 +98,12 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status_cmd::run(args),
         Command::Refresh(args) => refresh_cmd::run(*args),
         Command::Sync(args) => sync_cmd::run(args),
-        Command::History(args) => sync_cmd::history_cmd(args),
-        Command::Plan(args) => sync_cmd::plan_cmd(args),
+        Command::History(args) => history_cmd::run(args),
+        Command::Plan(args) => plan_cmd::run(args),
         Command::Rollback(args) => refresh_cmd::run_rollback(args),
         Command::ImportAnsible(args) => import_cmd::run(args),
         Command::Backup(args) => backup_cmd::run(args),
-        Command::Backups(cmd) => backup_cmd::backups(cmd),
+        Command::Backups(cmd) => backups_cmd::run(cmd),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "stagesync", &mut std::io::stdout());

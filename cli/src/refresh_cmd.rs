@@ -2,18 +2,18 @@
 //! on the command line (the plan file's `sync` runs many).
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use stagesync_certs::{Identity, Kind, ReloadingClientConfig};
 use stagesync_controller::AgentTarget;
-use stagesync_controller::refresh::{Compress, Event, PairSpec, RefreshError, refresh, rollback};
+use stagesync_controller::refresh::{
+    Compress, Event, PairSpec, RefreshError, Report, abort_all, refresh, rollback,
+};
 use stagesync_proto::v1 as pb;
 
+use crate::output::{Output, mib};
 use crate::status_cmd::tls_files;
 use crate::{Exit, TlsArgs};
 
@@ -129,17 +129,51 @@ fn target(spec: &str, trust_domain: &str, flag: &str) -> anyhow::Result<AgentTar
     })
 }
 
-fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / 1048576.0)
-}
-
 pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
     let tls = Arc::new(ReloadingClientConfig::load(tls_files(&args.tls)?)?);
-    let td = tls.identity().trust_domain;
+    let spec = spec(&args, &tls.identity().trust_domain)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let out = Output::new(false);
+    let item = format!("{} → {}", args.source_db, args.dest_db);
+    out.start(&item);
+    let job_id: Mutex<Option<String>> = Mutex::default();
+    let on_event = |e: Event| {
+        if let Event::Prepared { job_id: id, .. } = &e {
+            *job_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        }
+        let (line, throttle) = event_line(e);
+        out.line(&item, line, throttle);
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = refresh(tls.clone(), &spec, on_event) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    out.clear();
+    let Some(result) = result else {
+        let job = job_id.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(job) = &job {
+            let reason = "interrupted by the operator";
+            runtime.block_on(abort_all(tls, &spec, job, reason));
+        }
+        eprintln!(
+            "stagesync: interrupted{}; the destination database {:?} is unchanged",
+            job.map(|j| format!(": job {j} aborted"))
+                .unwrap_or_default(),
+            args.dest_db
+        );
+        return Ok(Exit::Interrupted);
+    };
+    Ok(print_result(&args, result))
+}
+
+/// The refresh the arguments ask for.
+fn spec(args: &RefreshArgs, td: &str) -> anyhow::Result<PairSpec> {
     let mut spec = PairSpec::new(
-        target(&args.source, &td, "--source")?,
+        target(&args.source, td, "--source")?,
         &args.source_db,
-        target(&args.dest, &td, "--dest")?,
+        target(&args.dest, td, "--dest")?,
         &args.dest_db,
         &args.owner,
     );
@@ -154,17 +188,17 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
         (_, true) => Compress::Never,
         _ => Compress::Auto,
     };
-    spec.dest_peer_address = args.dest_peer_address;
+    spec.dest_peer_address = args.dest_peer_address.clone();
     spec.dump = pb::DumpOptions {
-        exclude_tables: args.exclude_table,
-        exclude_table_data: args.exclude_table_data,
-        schemas: args.schema,
-        exclude_schemas: args.exclude_schema,
-        extra_args: args.pg_dump_arg,
+        exclude_tables: args.exclude_table.clone(),
+        exclude_table_data: args.exclude_table_data.clone(),
+        schemas: args.schema.clone(),
+        exclude_schemas: args.exclude_schema.clone(),
+        extra_args: args.pg_dump_arg.clone(),
     };
     spec.restore = pb::RestoreOptions {
         privileges: args.privileges,
-        extra_args: args.pg_restore_arg,
+        extra_args: args.pg_restore_arg.clone(),
     };
     if let Some(file) = &args.post_restore_sql {
         spec.post_restore_sql = std::fs::read_to_string(file)
@@ -180,92 +214,48 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
         }
     }
     spec.params = params;
+    Ok(spec)
+}
 
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let terminal = std::io::stderr().is_terminal();
-    let bar = if terminal {
-        let b = ProgressBar::new_spinner();
-        b.set_style(
-            ProgressStyle::with_template("{spinner} {prefix} {msg} [{elapsed}]")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        b.set_prefix(format!("{} → {}", args.source_db, args.dest_db));
-        b.enable_steady_tick(Duration::from_millis(120));
-        Some(b)
-    } else {
-        None
-    };
-    let mut last_line = Instant::now() - Duration::from_secs(10);
-    let job_id: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-    let seen_job = job_id.clone();
-    let on_event = |e: Event| {
-        if let Event::Prepared { job_id, .. } = &e {
-            *seen_job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job_id.clone());
+/// A refresh event as a line, and whether lines of its kind are throttled.
+fn event_line(e: Event) -> (String, bool) {
+    match e {
+        Event::Preflight { source_size } => (
+            format!("preflight ok: source database is {}", mib(source_size)),
+            false,
+        ),
+        Event::Prepared {
+            job_id,
+            new_database,
+        } => (
+            format!("job {job_id}: restoring into {new_database}"),
+            false,
+        ),
+        Event::Progress { source, dest } => {
+            let s = source.map(|s| *s).unwrap_or_default();
+            let d = dest.map(|d| *d).unwrap_or_default();
+            let phase = pb::Phase::try_from(d.phase)
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_default();
+            let line = format!(
+                "{}: dumped {}, sent {}, restored {} ({}/s)",
+                phase.to_lowercase(),
+                mib(s.bytes_dumped),
+                mib(s.bytes_sent),
+                mib(d.bytes_restored),
+                mib(d.rate as u64)
+            );
+            (line, true)
         }
-        let line = match e {
-            Event::Preflight { source_size } => {
-                format!("preflight ok: source database is {}", mib(source_size))
-            }
-            Event::Prepared {
-                job_id,
-                new_database,
-            } => format!("job {job_id}: restoring into {new_database}"),
-            Event::Progress { source, dest } => {
-                let s = source.map(|s| *s).unwrap_or_default();
-                let d = dest.map(|d| *d).unwrap_or_default();
-                let phase = pb::Phase::try_from(d.phase)
-                    .map(|p| format!("{p:?}"))
-                    .unwrap_or_default();
-                let line = format!(
-                    "{}: dumped {}, sent {}, restored {} ({}/s)",
-                    phase.to_lowercase(),
-                    mib(s.bytes_dumped),
-                    mib(s.bytes_sent),
-                    mib(d.bytes_restored),
-                    mib(d.rate as u64)
-                );
-                if bar.is_none() && last_line.elapsed() < Duration::from_secs(2) {
-                    return;
-                }
-                last_line = Instant::now();
-                line
-            }
-            Event::Committed { database, previous } => {
-                format!("swapped in {database}; the old one is kept as {previous}")
-            }
-        };
-        match &bar {
-            Some(b) => b.set_message(line),
-            None => eprintln!("stagesync: {line}"),
-        }
-    };
-    let result = runtime.block_on(async {
-        tokio::select! {
-            r = refresh(tls.clone(), &spec, on_event) => Some(r),
-            _ = tokio::signal::ctrl_c() => None,
-        }
-    });
-    if let Some(b) = &bar {
-        b.finish_and_clear();
+        Event::Committed { database, previous } => (
+            format!("swapped in {database}; the old one is kept as {previous}"),
+            false,
+        ),
     }
-    let Some(result) = result else {
-        let job = job_id.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(job) = &job {
-            runtime.block_on(stagesync_controller::refresh::abort_all(
-                tls,
-                &spec,
-                job,
-                "interrupted by the operator",
-            ));
-        }
-        eprintln!(
-            "stagesync: interrupted{}; the destination database {:?} is unchanged",
-            job.map(|j| format!(": job {j} aborted"))
-                .unwrap_or_default(),
-            args.dest_db
-        );
-        return Ok(Exit::Interrupted);
-    };
+}
+
+/// Says how the refresh ended; its exit code.
+fn print_result(args: &RefreshArgs, result: Result<Report, RefreshError>) -> Exit {
     match result {
         Ok(r) => {
             println!(
@@ -287,18 +277,18 @@ pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
                 args.dest,
                 r.database
             );
-            Ok(Exit::Ok)
+            Exit::Ok
         }
         Err(e @ RefreshError::Preflight(_)) => {
             eprintln!("stagesync: refused: {e}\nstagesync: nothing was changed");
-            Ok(Exit::Refused)
+            Exit::Refused
         }
         Err(e) => {
             eprintln!(
                 "stagesync: refresh failed: {e}\nstagesync: the destination database {:?} is unchanged",
                 args.dest_db
             );
-            Ok(Exit::Failed)
+            Exit::Failed
         }
     }
 }

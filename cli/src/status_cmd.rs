@@ -9,6 +9,7 @@ use stagesync_certs::{Identity, Kind, ReloadingClientConfig, TlsFiles};
 use stagesync_controller::AgentTarget;
 use stagesync_proto::v1::InfoResponse;
 
+use crate::output::human_bytes;
 use crate::{Exit, TlsArgs};
 
 #[derive(clap::Args)]
@@ -125,21 +126,6 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
         n if n == results.len() => Exit::Failed,
         _ => Exit::Partial,
     })
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
 }
 
 fn print_table(

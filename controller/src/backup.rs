@@ -1,11 +1,12 @@
-//! `stagesync backup`: asks an agent to back a database up into S3, and
-//! follows it to the end.
+//! Backups: asks an agent to back a database up into S3 and follows it to
+//! the end; a run of several databases, each recorded in the history.
 
 use std::sync::Arc;
 
 use stagesync_proto::v1 as pb;
 
 use crate::client::{self, AgentTarget, ClientError, ClientTls};
+use crate::history::{self, PairOutcome, Record};
 use crate::plan::BackupPlan;
 
 /// The agent's request for one database, from the plan's `[backups]`.
@@ -60,5 +61,110 @@ pub async fn run<T: ClientTls>(
             }
             Err(status) => return Err(client::explain(target, &status)),
         }
+    }
+}
+
+/// What a run of backups reports as it goes.
+pub enum BackupEvent<'a> {
+    Started,
+    Progress(&'a pb::BackupProgress),
+    Finished(&'a Record),
+}
+
+/// One database's backup in a run.
+pub struct BackupRun {
+    pub database: String,
+    pub record: Record,
+    pub result: Result<pb::BackupDone, ClientError>,
+}
+
+/// The databases to back up on `target`: every one its policy lets it
+/// dump (`all`), else those named.
+pub async fn databases<T: ClientTls>(
+    tls: Arc<T>,
+    target: &AgentTarget,
+    all: bool,
+    named: &[String],
+) -> Result<Vec<String>, ClientError> {
+    if !all {
+        return Ok(named.to_vec());
+    }
+    let info = crate::status::info(tls, target).await?;
+    Ok(info
+        .postgres
+        .map(|p| {
+            p.databases
+                .into_iter()
+                .filter(|d| d.may_dump)
+                .map(|d| d.name)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Backs up `databases` on agent `agent` one after the other, each
+/// recorded in the run history under `state_dir` as `backup:AGENT/DB`.
+/// Returns the runs, and why the history could not be written, if so.
+pub async fn run_all<T: ClientTls>(
+    tls: Arc<T>,
+    (agent, target): (&str, &AgentTarget),
+    plan: &BackupPlan,
+    databases: &[String],
+    state_dir: &std::path::Path,
+    mut on_event: impl FnMut(&str, BackupEvent<'_>),
+) -> (Vec<BackupRun>, Option<String>) {
+    let run_id = crate::run::new_run_id();
+    let mut runs = Vec::new();
+    for db in databases {
+        on_event(db, BackupEvent::Started);
+        let mut record = Record {
+            run_id: run_id.clone(),
+            pair: format!("backup:{agent}/{db}"),
+            started: history::now(),
+            ..Default::default()
+        };
+        let t0 = std::time::Instant::now();
+        let result = run(tls.clone(), target, request(plan, db), |p| {
+            on_event(db, BackupEvent::Progress(p))
+        })
+        .await;
+        record.finished = history::now();
+        record.steps = vec![("backup".into(), t0.elapsed().as_millis() as u64)];
+        match &result {
+            Ok(done) => {
+                record.outcome = PairOutcome::Ok;
+                record.bytes_dumped = done.size;
+            }
+            Err(e) => {
+                record.outcome = outcome_of(e);
+                record.error = Some(e.to_string());
+            }
+        }
+        on_event(db, BackupEvent::Finished(&record));
+        runs.push(BackupRun {
+            database: db.clone(),
+            record,
+            result,
+        });
+    }
+    let records: Vec<Record> = runs.iter().map(|r| r.record.clone()).collect();
+    let history_error = history::append(state_dir, &records)
+        .err()
+        .map(|e| format!("could not record the run in {}: {e}", state_dir.display()));
+    (runs, history_error)
+}
+
+/// A backup the agent refused (its policy, the request, another backup of
+/// the database running) changed nothing; anything else failed.
+fn outcome_of(e: &ClientError) -> PairOutcome {
+    match e {
+        ClientError::Refused {
+            code:
+                tonic::Code::PermissionDenied
+                | tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition,
+            ..
+        } => PairOutcome::Refused,
+        _ => PairOutcome::Failed,
     }
 }

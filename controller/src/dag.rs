@@ -10,9 +10,9 @@ use futures::stream::FuturesUnordered;
 
 /// How one pair ended.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outcome<T> {
+pub enum Outcome<T, E> {
     Done(T),
-    Failed(String),
+    Failed(E),
     /// Not run because a pair it comes after did not succeed.
     Skipped {
         after: String,
@@ -23,14 +23,14 @@ pub enum Outcome<T> {
 /// at a time. `nodes` maps a name to the names it comes after; names not in
 /// `nodes` count as satisfied (they were not selected for this run).
 /// Results come back in the order the pairs finished.
-pub async fn run<T, F, Fut>(
+pub async fn run<T, E, F, Fut>(
     nodes: &BTreeMap<String, Vec<String>>,
     parallel: usize,
     run: F,
-) -> Vec<(String, Outcome<T>)>
+) -> Vec<(String, Outcome<T, E>)>
 where
     F: Fn(String) -> Fut,
-    Fut: Future<Output = Result<T, String>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let parallel = parallel.max(1);
     let mut waiting: BTreeSet<String> = nodes.keys().cloned().collect();

@@ -6,6 +6,37 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// How one pair (or one backup) of a run ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PairOutcome {
+    Ok,
+    /// Refused before anything changed (preflight, policy, a bad request).
+    Refused,
+    /// Failed on the way; the destination is as it was.
+    #[default]
+    Failed,
+    /// Not run: a pair it comes after did not succeed.
+    Skipped,
+}
+
+impl PairOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            PairOutcome::Ok => "ok",
+            PairOutcome::Refused => "refused",
+            PairOutcome::Failed => "failed",
+            PairOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for PairOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// One pair's run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Record {
@@ -14,9 +45,11 @@ pub struct Record {
     /// RFC 3339, UTC.
     pub started: String,
     pub finished: String,
-    /// "ok", "failed", "skipped" or "refused".
-    pub outcome: String,
+    pub outcome: PairOutcome,
     pub bytes_dumped: u64,
+    /// Bytes on the wire (after compression); absent in older records.
+    #[serde(default)]
+    pub bytes_sent: u64,
     pub bytes_restored: u64,
     pub objects_copied: u64,
     pub bytes_copied: u64,
@@ -88,13 +121,13 @@ mod tests {
         let a = Record {
             run_id: "r1".into(),
             pair: "a".into(),
-            outcome: "ok".into(),
+            outcome: PairOutcome::Ok,
             ..Default::default()
         };
         let b = Record {
             run_id: "r1".into(),
             pair: "b".into(),
-            outcome: "failed".into(),
+            outcome: PairOutcome::Failed,
             error: Some("x".into()),
             ..Default::default()
         };

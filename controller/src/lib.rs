@@ -15,6 +15,7 @@ pub mod dag;
 pub mod history;
 pub mod plan;
 pub mod refresh;
+pub mod run;
 pub mod status;
 
 pub use client::{AgentTarget, ClientError, connect};

@@ -64,14 +64,21 @@ impl AgentError {
 
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Status {
-        let code = match &e {
-            AgentError::Unauthenticated { .. } => Code::Unauthenticated,
-            AgentError::PermissionDenied { .. } => Code::PermissionDenied,
-            AgentError::InvalidArgument { .. } => Code::InvalidArgument,
-            AgentError::NotFound { .. } => Code::NotFound,
-            AgentError::FailedPrecondition { .. } => Code::FailedPrecondition,
-            AgentError::Internal { .. } => Code::Internal,
+        let (code, kind) = match &e {
+            AgentError::Unauthenticated { .. } => (Code::Unauthenticated, "unauthenticated"),
+            AgentError::PermissionDenied { .. } => (Code::PermissionDenied, "permission-denied"),
+            AgentError::InvalidArgument { .. } => (Code::InvalidArgument, "invalid-argument"),
+            AgentError::NotFound { .. } => (Code::NotFound, "not-found"),
+            AgentError::FailedPrecondition { .. } => {
+                (Code::FailedPrecondition, "failed-precondition")
+            }
+            AgentError::Internal { .. } => (Code::Internal, "internal"),
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        status.metadata_mut().insert(
+            stagesync_proto::AGENT_ERROR_KEY,
+            tonic::metadata::MetadataValue::from_static(kind),
+        );
+        status
     }
 }

@@ -34,6 +34,14 @@ pub async fn connect<T: ClientTls>(
     Ok(AgentClient::new(channel))
 }
 
+/// Whether the agent made this status itself (it marks those), rather than
+/// the transport failing on the way.
+fn is_agents_own(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .contains_key(stagesync_proto::AGENT_ERROR_KEY)
+}
+
 /// Turns a failed call into an error that says what happened and what to do.
 pub fn explain(target: &AgentTarget, status: &tonic::Status) -> ClientError {
     let label = target.label();
@@ -46,7 +54,7 @@ pub fn explain(target: &AgentTarget, status: &tonic::Status) -> ClientError {
             | tonic::Code::NotFound
             | tonic::Code::FailedPrecondition
             | tonic::Code::AlreadyExists
-    ) || (status.code() == tonic::Code::Internal && status.message().starts_with("agent "))
+    ) || is_agents_own(status)
     {
         return ClientError::Refused {
             target: label,

@@ -25,6 +25,12 @@ pub const FEATURE_DATA_LANES: &str = "data-lanes";
 /// and a pg_restore on the destination).
 pub const MAX_DATA_LANES: u32 = 8;
 
+/// gRPC metadata key an agent sets on every error status it makes itself
+/// (its value names the kind: "permission-denied", "internal", ...), so a
+/// client tells the agent's own answer from a transport failure without
+/// reading the message.
+pub const AGENT_ERROR_KEY: &str = "stagesync-agent-error";
+
 /// The file in which a split stream's schema travels (see
 /// `Shape.post_data_file`); the destination restores its post-data section.
 pub const SCHEMA_FILE: &str = "schema.dump";

@@ -84,31 +84,45 @@ pub fn place_url(p: &pb::S3Place) -> String {
 
 /// A backup may be uploaded to `place`.
 pub fn may_backup_to(cfg: &AgentConfig, place: &pb::S3Place) -> Result<(), AgentError> {
-    check_place(cfg, place)?;
-    let url = place_url(place);
-    if !cfg.policy.may_backup_to.matches(&url) {
-        return Err(denied(
-            cfg,
-            format!(
-                "this agent may not upload backups to {url} (policy.may_backup_to = {:?} in {})",
-                cfg.policy.may_backup_to.patterns,
-                cfg.source.display()
-            ),
-        ));
-    }
-    Ok(())
+    let patterns = &cfg.policy.may_backup_to;
+    place_allowed(
+        cfg,
+        place,
+        patterns,
+        "upload backups to",
+        "policy.may_backup_to",
+    )
 }
 
 /// A backup may be restored from `place`.
 pub fn may_restore_from(cfg: &AgentConfig, place: &pb::S3Place) -> Result<(), AgentError> {
+    let patterns = &cfg.policy.may_restore_from;
+    place_allowed(
+        cfg,
+        place,
+        patterns,
+        "restore from",
+        "policy.may_restore_from",
+    )
+}
+
+/// `place` is well formed and its URL matches `patterns` (the policy key
+/// `key`); `doing` says what for, in the refusal.
+fn place_allowed(
+    cfg: &AgentConfig,
+    place: &pb::S3Place,
+    patterns: &crate::config::Patterns,
+    doing: &str,
+    key: &str,
+) -> Result<(), AgentError> {
     check_place(cfg, place)?;
     let url = place_url(place);
-    if !cfg.policy.may_restore_from.matches(&url) {
+    if !patterns.matches(&url) {
         return Err(denied(
             cfg,
             format!(
-                "this agent may not restore from {url} (policy.may_restore_from = {:?} in {})",
-                cfg.policy.may_restore_from.patterns,
+                "this agent may not {doing} {url} ({key} = {:?} in {})",
+                patterns.patterns,
                 cfg.source.display()
             ),
         ));

@@ -13,7 +13,6 @@ use super::DumpRun;
 use crate::args;
 use crate::frames::Encoder;
 use crate::jobs::StepError;
-use crate::procs::{self, Program};
 
 /// The archive's table of contents: shipped last.
 const TOC: &str = "toc.dat";
@@ -34,18 +33,8 @@ impl DumpRun {
             .await
             .map_err(|e| step(format!("cannot create {}: {e}", dir.display())))?;
         let mut events = closed_files(&dir)?;
-        let pg = &self.config.postgres;
         let to = args::DumpTo::Directory(&dir, self.jobs);
-        let argv = args::pg_dump(pg, &self.database, &self.dump, to).map_err(step)?;
-        let mut tool = procs::spawn(
-            &pg.bin_dir,
-            Program::PgDump,
-            &argv,
-            &[],
-            Stdio::null(),
-            Stdio::null(),
-        )
-        .map_err(|e| step(format!("cannot start pg_dump: {e}")))?;
+        let mut tool = self.spawn_pg_dump(to, Stdio::null())?;
         let mut shipped: HashSet<String> = HashSet::new();
         let status = loop {
             tokio::select! {

@@ -88,7 +88,6 @@ impl DumpRun {
         &self,
         snapshot: &str,
     ) -> Result<(procs::Tool, PathBuf), StepError> {
-        let pg = &self.config.postgres;
         let dir = self.job.work_dir.clone().ok_or_else(|| {
             StepError::new(pb::Step::PgDump, "a split stream without a work directory")
         })?;
@@ -103,17 +102,7 @@ impl DumpRun {
             snapshot,
             file: &file,
         };
-        let argv = args::pg_dump(pg, &self.database, &self.dump, to)
-            .map_err(|e| StepError::new(pb::Step::PgDump, e))?;
-        let tool = procs::spawn(
-            &pg.bin_dir,
-            Program::PgDump,
-            &argv,
-            &[],
-            Stdio::null(),
-            Stdio::null(),
-        )
-        .map_err(|e| StepError::new(pb::Step::PgDump, format!("cannot start pg_dump: {e}")))?;
+        let tool = self.spawn_pg_dump(to, Stdio::null())?;
         Ok((tool, dir))
     }
 
@@ -123,12 +112,21 @@ impl DumpRun {
         &self,
         to: args::DumpTo<'_>,
     ) -> Result<(procs::Tool, procs::Chunks), StepError> {
+        let (stdout, chunks) = procs::chunked_stdout()
+            .map_err(|e| StepError::new(pb::Step::PgDump, format!("cannot start pg_dump: {e}")))?;
+        Ok((self.spawn_pg_dump(to, stdout)?, chunks))
+    }
+
+    /// Starts `pg_dump` on the job's database, writing `to`.
+    pub(super) fn spawn_pg_dump(
+        &self,
+        to: args::DumpTo<'_>,
+        stdout: Stdio,
+    ) -> Result<procs::Tool, StepError> {
         let pg = &self.config.postgres;
         let argv = args::pg_dump(pg, &self.database, &self.dump, to)
             .map_err(|e| StepError::new(pb::Step::PgDump, e))?;
-        let cannot = |e| StepError::new(pb::Step::PgDump, format!("cannot start pg_dump: {e}"));
-        let (stdout, chunks) = procs::chunked_stdout().map_err(cannot)?;
-        let tool = procs::spawn(
+        procs::spawn(
             &pg.bin_dir,
             Program::PgDump,
             &argv,
@@ -136,8 +134,7 @@ impl DumpRun {
             Stdio::null(),
             stdout,
         )
-        .map_err(cannot)?;
-        Ok((tool, chunks))
+        .map_err(|e| StepError::new(pb::Step::PgDump, format!("cannot start pg_dump: {e}")))
     }
 }
 

@@ -26,7 +26,9 @@ pub enum PkiError {
         what: &'static str,
         source: std::io::Error,
     },
-    #[error("{0} already exists; pass --force to replace it (the old key stops working)")]
+    #[error(
+        "{0} already exists; pass --force to replace it (the old certificate is revoked: copy the CA's crl.pem to every agent and controller)"
+    )]
     Exists(PathBuf),
     #[error("{0}: no CA here; run `stagesync certs init --dir {dir}` first", dir = .0.parent().map(|p| p.display().to_string()).unwrap_or_default())]
     NoCa(PathBuf),
@@ -218,6 +220,10 @@ pub fn init_dir(dir: &Path, trust_domain: &str, days: i64, force: bool) -> Resul
     create_dir(dir)?;
     write_file(&key, ca.key_pem.as_bytes(), 0o600, force)?;
     write_file(&crt, ca.cert_pem.as_bytes(), 0o644, true)?;
+    // A new CA revokes nothing: a list of its own, empty (a forced init
+    // replaces the old CA's list with it).
+    let _ = std::fs::remove_file(crate::revoke::crl_path(&crt));
+    crate::revoke::write_list(dir, &ca, &[])?;
     Ok(ca)
 }
 
@@ -243,6 +249,12 @@ pub fn issue_into(
     refuse_existing(&key, force)?;
     let leaf = ca.issue(req)?;
     create_dir(dir)?;
+    // The certificate this one replaces stops working: its serial is
+    // revoked before the new files are written.
+    if let Ok(old) = fs::read(&crt) {
+        let serial = crate::revoke::serial_of(&old, &crt)?;
+        crate::revoke::write_list(dir, ca, &[serial])?;
+    }
     write_file(&key, leaf.key_pem.as_bytes(), 0o600, force)?;
     write_file(&crt, leaf.cert_pem.as_bytes(), 0o644, true)?;
     Ok((crt, key, leaf))
@@ -273,7 +285,12 @@ fn read(path: &Path, what: &'static str) -> Result<String, PkiError> {
 
 /// Writes through a temporary file and a rename, so a reader never sees half a
 /// file and a key never exists with looser permissions than `mode`.
-fn write_file(path: &Path, data: &[u8], mode: u32, replace: bool) -> Result<(), PkiError> {
+pub(crate) fn write_file(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    replace: bool,
+) -> Result<(), PkiError> {
     let io = |what: &'static str| {
         let path = path.to_path_buf();
         move |source| PkiError::Io { path, what, source }

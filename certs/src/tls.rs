@@ -5,14 +5,19 @@
 //! connection (they are small) and the configuration is rebuilt only when
 //! their bytes changed, so certificates rotate without a restart. A rotation
 //! that leaves broken files keeps the last good configuration and logs why.
+//!
+//! The fleet's revocation list, `crl.pem` beside the CA certificate, is
+//! read with them: a certificate it names is refused (a peer's on both
+//! sides of every connection) from the next connection on.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -58,11 +63,14 @@ struct Snapshot {
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
+    /// The revocation list, when there is one.
+    crl: Option<Vec<u8>>,
 }
 
 /// Parsed material, shared by the server and client builders.
 struct Material {
     roots: RootCertStore,
+    crls: Vec<CertificateRevocationListDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     identity: Identity,
@@ -87,7 +95,44 @@ impl TlsFiles {
             ca: read(&self.ca, "CA certificate")?,
             cert: read(&self.cert, "certificate")?,
             key: read(&self.key, "private key")?,
+            crl: self.read_crl()?,
         })
+    }
+
+    /// The revocation list beside the CA certificate, if there is one.
+    fn read_crl(&self) -> Result<Option<Vec<u8>>, TlsError> {
+        let path = crate::revoke::crl_path(&self.ca);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TlsError::Read {
+                what: "revocation list",
+                path,
+                source,
+            }),
+        }
+    }
+
+    fn parse_crls(
+        &self,
+        snap: &Snapshot,
+    ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+        let Some(bytes) = &snap.crl else {
+            return Ok(Vec::new());
+        };
+        let crls: Vec<_> = CertificateRevocationListDer::pem_slice_iter(bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|_| TlsError::NoCertificate {
+                what: "revocation list",
+                path: crate::revoke::crl_path(&self.ca),
+            })?;
+        if crls.is_empty() {
+            return Err(TlsError::NoCertificate {
+                what: "revocation list",
+                path: crate::revoke::crl_path(&self.ca),
+            });
+        }
+        Ok(crls)
     }
 
     fn parse(&self, snap: &Snapshot) -> Result<Material, TlsError> {
@@ -129,6 +174,7 @@ impl TlsFiles {
             .unwrap_or(i64::MAX);
         Ok(Material {
             roots,
+            crls: self.parse_crls(snap)?,
             chain,
             key,
             identity,
@@ -146,6 +192,8 @@ impl TlsFiles {
 
     fn server_config(&self, m: Material) -> Result<ServerConfig, TlsError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(m.roots), provider())
+            .with_crls(m.crls)
+            .only_check_end_entity_revocation()
             .build()
             .map_err(|e| self.config_error(format!("CA unusable for client verification: {e}")))?;
         let mut cfg = ServerConfig::builder_with_provider(provider())
@@ -159,10 +207,15 @@ impl TlsFiles {
     }
 
     fn client_config(&self, m: Material) -> Result<ClientConfig, TlsError> {
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(m.roots), provider())
+            .with_crls(m.crls)
+            .only_check_end_entity_revocation()
+            .build()
+            .map_err(|e| self.config_error(format!("CA unusable for server verification: {e}")))?;
         let mut cfg = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| self.config_error(e))?
-            .with_root_certificates(m.roots)
+            .with_webpki_verifier(verifier)
             .with_client_auth_cert(m.chain, m.key)
             .map_err(|e| self.config_error(key_reason(e)))?;
         cfg.alpn_protocols = vec![b"h2".to_vec()];

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use stagesync_certs::{Kind, pki};
+use stagesync_certs::{Kind, pki, revoke};
 
 use crate::Exit;
 
@@ -31,6 +31,25 @@ pub enum CertsCommand {
         #[command(subcommand)]
         what: IssueWhat,
     },
+    /// Revoke the certificate DIR holds for an agent or a controller: it is
+    /// added to DIR/crl.pem, which agents and controllers read beside their
+    /// CA certificate (copy it there); they refuse it from their next
+    /// connection on.
+    Revoke {
+        /// Whose certificate.
+        kind: KindArg,
+        /// Its name.
+        name: String,
+        /// The certs directory holding the CA and the certificate.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum KindArg {
+    Agent,
+    Controller,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +117,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<Exit> {
                     (Kind::Controller, name, Vec::new(), Vec::new(), common)
                 }
             };
+            let replaced = pki::leaf_paths(&common.dir, kind, &name).0.exists() && common.force;
             let ca = pki::load_ca(&common.dir)?;
             let mut req = pki::LeafRequest::new(kind, &name, common.days);
             req.dns = dns;
@@ -110,7 +130,33 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<Exit> {
                 crt.display(),
                 key.display()
             );
+            if replaced {
+                println!(
+                    "{}",
+                    revoked_note(&common.dir, "the certificate it replaces")
+                );
+            }
+            Ok(Exit::Ok)
+        }
+        CertsCommand::Revoke { kind, name, dir } => {
+            let kind = match kind {
+                KindArg::Agent => Kind::Agent,
+                KindArg::Controller => Kind::Controller,
+            };
+            let (crt, count) = revoke::revoke_leaf(&dir, kind, &name)
+                .with_context(|| format!("revoking the certificate of {kind} {name}"))?;
+            println!("{}", revoked_note(&dir, &crt.display().to_string()));
+            println!("the list holds {count} revoked certificates");
             Ok(Exit::Ok)
         }
     }
+}
+
+/// What a revocation means for the operator.
+fn revoked_note(dir: &std::path::Path, what: &str) -> String {
+    let crl = revoke::crl_path(&pki::ca_paths(dir).0);
+    format!(
+        "revoked {what}: copy {} beside ca.crt on every agent and controller host; each refuses the certificate from its next connection on",
+        crl.display()
+    )
 }

@@ -167,6 +167,10 @@ fn diagnose(target: &AgentTarget, status: &tonic::Status, chain: &str) -> Option
 
 const ALERTS: &[(&str, &str)] = &[
     (
+        "CertificateRevoked",
+        "the agent refused our certificate: it was revoked (the fleet's crl.pem names it); use a newly issued one",
+    ),
+    (
         "CertificateExpired",
         "the agent refused our certificate: it has expired; issue a new one (stagesync certs issue controller NAME --force)",
     ),
@@ -191,11 +195,15 @@ const ALERTS: &[(&str, &str)] = &[
 fn tls_advice(e: &rustls::Error) -> Option<String> {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     let text = match e {
-        E::AlertReceived(A::CertificateExpired) => ALERTS[0].1.to_string(),
-        E::AlertReceived(A::UnknownCA) => ALERTS[1].1.to_string(),
-        E::AlertReceived(A::CertificateRequired) => ALERTS[2].1.to_string(),
-        E::AlertReceived(A::BadCertificate) => ALERTS[3].1.to_string(),
-        E::AlertReceived(A::DecryptError) => ALERTS[4].1.to_string(),
+        E::AlertReceived(A::CertificateRevoked) => ALERTS[0].1.to_string(),
+        E::AlertReceived(A::CertificateExpired) => ALERTS[1].1.to_string(),
+        E::AlertReceived(A::UnknownCA) => ALERTS[2].1.to_string(),
+        E::AlertReceived(A::CertificateRequired) => ALERTS[3].1.to_string(),
+        E::AlertReceived(A::BadCertificate) => ALERTS[4].1.to_string(),
+        E::AlertReceived(A::DecryptError) => ALERTS[5].1.to_string(),
+        E::InvalidCertificate(C::Revoked) => {
+            "the agent's certificate was revoked (the fleet's crl.pem names it): issue it a new one".to_string()
+        }
         E::InvalidCertificate(C::UnknownIssuer) | E::InvalidCertificate(C::BadSignature) => {
             "the agent's certificate is not from our fleet CA: check the CA file we use, or reissue the agent's certificate".to_string()
         }

@@ -42,22 +42,29 @@ pub fn swap_database(live: &str) -> String {
     with_prefix("stagesync_swap_", live)
 }
 
-/// `prefix` + `live`, shortened with a hash when too long for PostgreSQL.
+/// Marks a name shortened with a hash, right after the prefix.
+const HASHED: char = '#';
+
+/// `prefix` + `live`, or, when that is too long for PostgreSQL (or `live`
+/// itself starts with the mark), `prefix` + `#` + a readable head + `_` +
+/// 128 bits of `live`'s SHA-256. The two forms cannot meet: only the second
+/// has `#` right after the prefix. So two live databases never share one
+/// name here, whatever their names.
 pub fn with_prefix(prefix: &str, live: &str) -> String {
     let plain = format!("{prefix}{live}");
-    if plain.len() <= MAX_IDENT {
+    if plain.len() <= MAX_IDENT && !live.starts_with(HASHED) {
         return plain;
     }
-    // Too long: keep a readable head and make it unique with a hash.
-    let hash = hex::encode(&Sha256::digest(live.as_bytes())[..6]);
+    let hash = hex::encode(&Sha256::digest(live.as_bytes())[..16]);
+    let room = MAX_IDENT - prefix.len() - HASHED.len_utf8() - 1 - hash.len();
     let mut head = String::new();
     for c in live.chars() {
-        if prefix.len() + head.len() + c.len_utf8() + 1 + hash.len() > MAX_IDENT {
+        if head.len() + c.len_utf8() > room {
             break;
         }
         head.push(c);
     }
-    format!("{prefix}{head}_{hash}")
+    format!("{prefix}{HASHED}{head}_{hash}")
 }
 
 /// Replaces `${NAME}` with the quoted literal of `params[NAME]`.
@@ -94,6 +101,32 @@ pub fn substitute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_two_live_names_share_a_rollback_name() {
+        // Under the former scheme a long name was cut to a head and 6
+        // bytes of its hash, with no mark: a 48-byte name written as that
+        // head and hash got the long name's rollback name.
+        let long = "a".repeat(60);
+        let old_hash = hex::encode(&Sha256::digest(long.as_bytes())[..6]);
+        let old_head = "a".repeat(MAX_IDENT - PREVIOUS_PREFIX.len() - 1 - old_hash.len());
+        let crafted = format!("{old_head}_{old_hash}");
+        assert_eq!(format!("{PREVIOUS_PREFIX}{crafted}").len(), MAX_IDENT);
+        assert_eq!(
+            format!("{PREVIOUS_PREFIX}{crafted}"),
+            format!("{PREVIOUS_PREFIX}{old_head}_{old_hash}"),
+            "the former collision"
+        );
+        assert_ne!(previous_database(&long), previous_database(&crafted));
+        // A short name cannot mimic the hashed form either.
+        let hashed = previous_database(&long);
+        let mimic = hashed.trim_start_matches(PREVIOUS_PREFIX);
+        assert!(mimic.len() + PREVIOUS_PREFIX.len() <= MAX_IDENT);
+        assert_ne!(previous_database(mimic), hashed);
+        for name in [&long, &crafted, mimic] {
+            assert!(previous_database(name).len() <= MAX_IDENT, "{name}");
+        }
+    }
     use std::collections::HashMap;
 
     #[test]

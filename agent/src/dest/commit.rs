@@ -64,20 +64,25 @@ impl Restorer {
         }
     }
 
-    /// `Rollback`: the previous copy of `database` back in.
+    /// `Rollback`: the previous copy of `database` back in. One at a time
+    /// per database, never during its refresh; it runs in its own task, so
+    /// a caller that goes away cannot leave it half done.
     pub async fn rollback(&self, database: &str) -> Result<pb::RollbackResponse, AgentError> {
         let name = &self.config.name;
         policy::may_overwrite(&self.config, database)?;
-        if let Some(busy) = self.jobs.busy(database) {
-            return Err(AgentError::precondition(
-                name,
-                format!("{busy}; then roll back"),
-            ));
-        }
-        let closed = self.config.work_dir.join("closed");
-        let previous = db::rollback(&self.config.postgres, &closed, database)
-            .await
-            .map_err(|e| AgentError::precondition(name, e.0))?;
+        let claim = self
+            .jobs
+            .claim_rollback(database)
+            .map_err(|busy| AgentError::precondition(name, busy))?;
+        let (config, db) = (self.config.clone(), database.to_string());
+        let rolled = tokio::spawn(async move {
+            let _claim = claim;
+            let closed = config.work_dir.join("closed");
+            db::rollback(&config.postgres, &closed, &db).await
+        })
+        .await
+        .map_err(|e| AgentError::internal(name, format!("the rollback task failed: {e}")))?;
+        let previous = rolled.map_err(|e| AgentError::precondition(name, e.0))?;
         tracing::info!(database, %previous, "rolled back");
         Ok(pb::RollbackResponse {
             database: database.to_string(),

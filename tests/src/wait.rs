@@ -76,6 +76,7 @@ pub fn exit_of(child: Child) -> Result<Output, Output> {
 /// variable `CI` is set: there a skipped test would pass without having
 /// run, so this panics instead.
 #[must_use]
+#[track_caller]
 pub fn require_root(why: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;

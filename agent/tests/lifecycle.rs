@@ -1,13 +1,13 @@
 //! The real agent binary: readiness for systemd, graceful SIGTERM, and the
 //! hardened unit file.
 
-use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stagesync_harness::agent::write_config;
+use stagesync_harness::wait::exit_of;
 use stagesync_harness::{AgentSpec, TestPki};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_stagesync-agent");
@@ -35,7 +35,7 @@ fn signals_readiness_and_stops_gracefully_on_sigterm() {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
 
-    let mut child = Command::new(AGENT)
+    let child = Command::new(AGENT)
         .arg("--config")
         .arg(&path)
         .env("NOTIFY_SOCKET", &notify_path)
@@ -56,24 +56,13 @@ fn signals_readiness_and_stops_gracefully_on_sigterm() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "agent ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let out = exit_of(child).unwrap_or_else(|out| {
+        panic!(
+            "agent ignored SIGTERM: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let (status, stderr) = (out.status, String::from_utf8_lossy(&out.stderr));
     assert!(status.success(), "exit {status}: {stderr}");
     assert!(stderr.contains("SIGTERM: shutting down"), "{stderr}");
     assert!(stderr.contains("stopped"), "{stderr}");

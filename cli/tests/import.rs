@@ -5,8 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use stagesync_harness::fixtures::{seed_rich, seed_stage};
-use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
+use stagesync_harness::Fleet;
 
 const STAGESYNC: &str = env!("CARGO_BIN_EXE_stagesync");
 
@@ -29,29 +28,16 @@ fn import(dir: &Path, args: &[&str]) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn imported_pairs_run_with_secrets_from_the_environment() {
-    let src = PgCluster::start().unwrap();
-    let dst = PgCluster::start().unwrap();
-    seed_rich(&src, "production").await.unwrap();
-    seed_stage(&dst).await.unwrap();
-    let pki = TestPki::new().unwrap();
-    pki.controller("ops").unwrap();
-    let mut p = AgentSpec::new("prod-db");
-    p.may_dump = vec!["production".into()];
-    let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
-    let mut s = AgentSpec::new("staging-db");
-    s.may_overwrite = vec!["stage".into()];
-    s.peers = vec!["prod-db".into()];
-    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("vars")).unwrap();
+    let f = Fleet::builder().build().await;
+    let dir = f.dir();
+    std::fs::create_dir_all(dir.join("vars")).unwrap();
     std::fs::write(
-        dir.path().join("group_vars.yml"),
+        dir.join("group_vars.yml"),
         "---\nstagesync_compare_git_commits: false\nstagesync_backup_script: /var/lib/postgresql/scripts/postgresbackup.sh\n",
     )
     .unwrap();
     std::fs::write(
-        dir.path().join("vars/prod-to-stage.yml"),
+        dir.join("vars/prod-to-stage.yml"),
         r#"stagesync_sourcedb: "production"
 stagesync_destdb: "stage"
 stagesync_destdb_role: "stage"
@@ -64,7 +50,7 @@ stagesync_exclude_table_data:
     )
     .unwrap();
     let out = import(
-        dir.path(),
+        dir,
         &["vars/prod-to-stage.yml", "--group-vars", "group_vars.yml"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -84,36 +70,20 @@ stagesync_exclude_table_data:
     );
 
     // The snippet appended to a plan drives a real refresh.
-    let plan = dir.path().join("stagesync.toml");
-    std::fs::write(
-        &plan,
-        format!(
-            "[controller]\nname = \"ops\"\ncerts_dir = {:?}\n\n[agents]\nprod-db = {{ endpoint = \"{}\" }}\nstaging-db = {{ endpoint = \"{}\" }}\n\n{snippet}",
-            pki.dir(),
-            prod.addr,
-            staging.addr
-        ),
-    )
-    .unwrap();
-    let out = tokio::task::spawn_blocking({
-        let plan = plan.clone();
-        let state = dir.path().join("state");
-        move || {
-            Command::new(STAGESYNC)
-                .args(["sync", "--all", "--plan"])
-                .arg(&plan)
-                .arg("--state-dir")
-                .arg(&state)
-                .env("PROD_TO_STAGE_SOCIAL_CLIENT_ID", "staging-id-from-env")
-                .env("PROD_TO_STAGE_SOCIAL_SECRET", "staging-secret-from-env")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let plan = f.write_plan(&format!("\n{snippet}"));
+    let out = f
+        .command(STAGESYNC)
+        .args(["sync", "--all", "--plan"])
+        .arg(&plan)
+        .arg("--state-dir")
+        .arg(f.state_dir())
+        .env("PROD_TO_STAGE_SOCIAL_CLIENT_ID", "staging-id-from-env")
+        .env("PROD_TO_STAGE_SOCIAL_SECRET", "staging-secret-from-env")
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let c = dst.client("stage").await.unwrap();
+    let c = f.dst().client("stage").await.unwrap();
     let row = c
         .query_one(
             "SELECT client_id, secret FROM socialaccount_socialapp WHERE provider = 'github'",
@@ -133,7 +103,8 @@ stagesync_exclude_table_data:
         .await
         .unwrap()
         .get(0);
-    let src_audit: i64 = src
+    let src_audit: i64 = f
+        .src()
         .client("production")
         .await
         .unwrap()

@@ -5,14 +5,10 @@
 //! namespaces this test makes are ever dialed.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use stagesync_harness::agent::{agent_binary, write_config};
-use stagesync_harness::fixtures::{content_hashes, seed_rich, seed_stage};
-use stagesync_harness::proxy::tool_processes;
-use stagesync_harness::{AgentSpec, PgCluster, TestPki};
+use stagesync_harness::wait::PATIENCE;
+use stagesync_harness::{AgentRun, AgentSpec, Fleet, eventually, require_root};
 
 const STAGESYNC: &str = env!("CARGO_BIN_EXE_stagesync");
 
@@ -122,90 +118,34 @@ impl Drop for Link {
     }
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// An agent's place: in `netns`, on `ip`.
+fn in_netns(netns: &str, ip: Ipv4Addr) -> AgentRun {
+    AgentRun::InNetns {
+        netns: netns.to_string(),
+        ip: IpAddr::V4(ip),
     }
-}
-
-fn agent_in(ns: &str, config: &Path, log: &Path) -> Proc {
-    let log_file = std::fs::File::create(log).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(agent_binary().unwrap())
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .contains("serving")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "agent in {ns} did not start: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Proc(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_cut_mid_stream_leaves_the_destination_untouched() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED link_cut_mid_stream: network namespaces need root (CI runs it as root)");
+    if !require_root("network namespaces") {
         return;
     }
-    let src = PgCluster::start().unwrap();
-    let dst = PgCluster::start().unwrap();
-    seed_rich(&src, "production").await.unwrap();
-    seed_stage(&dst).await.unwrap();
-    let before = content_hashes(&dst, "stage").await.unwrap();
-
     let link = Link::new();
-    let pki = TestPki::new().unwrap();
-    pki.controller("ops").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let limits = "\n[jobs]\nstall_timeout_secs = 3\ncontroller_timeout_secs = 3\n";
-
-    let mut p = AgentSpec::new("prod-db");
-    p.may_dump = vec!["production".into()];
-    p.extra_toml = limits.into();
-    let pdir = dir.path().join("prod");
-    std::fs::create_dir_all(&pdir).unwrap();
-    let ptls = pki.agent_at("prod-db", IpAddr::V4(link.src_ip)).unwrap();
-    let pcfg = write_config(&pdir, &p, &ptls, Some(&src)).unwrap();
-    let text = std::fs::read_to_string(&pcfg)
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("{}:7443", link.src_ip));
-    std::fs::write(&pcfg, text).unwrap();
-
-    let mut s = AgentSpec::new("staging-db");
-    s.may_overwrite = vec!["stage".into()];
-    s.peers = vec!["prod-db".into()];
-    s.extra_toml = limits.into();
-    let sdir = dir.path().join("staging");
-    std::fs::create_dir_all(&sdir).unwrap();
-    let stls = pki.agent_at("staging-db", IpAddr::V4(link.dst_ip)).unwrap();
-    let scfg = write_config(&sdir, &s, &stls, Some(&dst)).unwrap();
-    let text = std::fs::read_to_string(&scfg)
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("{}:7443", link.dst_ip));
-    std::fs::write(&scfg, text).unwrap();
-
-    let _prod = agent_in(&link.src_ns, &pcfg, &pdir.join("log"));
-    let _staging = agent_in(&link.dst_ns, &scfg, &sdir.join("log"));
+    let limits = |a: &mut AgentSpec| {
+        a.jobs.insert("stall_timeout_secs".into(), 3);
+        a.jobs.insert("controller_timeout_secs".into(), 3);
+    };
+    let f = Fleet::builder()
+        .prod(limits)
+        .staging(limits)
+        .prod_runs(in_netns(&link.src_ns, link.src_ip))
+        .staging_runs(in_netns(&link.dst_ns, link.dst_ip))
+        .build()
+        .await;
 
     // The controller lives in the destination's namespace.
-    let controller = Command::new("ip")
+    let mut controller = tokio::process::Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -214,95 +154,54 @@ async fn link_cut_mid_stream_leaves_the_destination_untouched() {
             "refresh",
             "--certs-dir",
         ])
-        .arg(pki.dir())
+        .arg(f.pki().dir())
         .args(["--controller", "ops"])
         .arg("--source")
-        .arg(format!("prod-db={}:7443", link.src_ip))
+        .arg(format!("prod-db={}", f.prod().target().address))
         .args(["--source-db", "production"])
         .arg("--dest")
-        .arg(format!("staging-db={}:7443", link.dst_ip))
+        .arg(format!("staging-db={}", f.staging().target().address))
         .args(["--dest-db", "stage", "--owner", "stage"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut controller = Proc(controller);
 
-    // Wait until pg_restore is at work on the destination, then cut.
-    let c = dst.client("postgres").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n: i64 = c
+    // Wait until pg_restore copies table data on the destination (the
+    // stream is past the schema and data is flowing), then cut.
+    let c = f.dst().client("postgres").await.unwrap();
+    eventually("pg_restore to copy data on the destination", async || {
+        assert!(
+            controller.try_wait().unwrap().is_none(),
+            "the refresh ended before the cut"
+        );
+        let copying: i64 = c
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stagesync-pg_restore'",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stagesync-pg_restore' \
+                 AND query LIKE 'COPY %'",
                 &[],
             )
             .await
             .unwrap()
             .get(0);
-        if n > 0 {
-            break;
-        }
-        assert!(
-            controller.0.try_wait().unwrap().is_none(),
-            "the refresh ended before the cut"
-        );
-        assert!(Instant::now() < deadline, "pg_restore never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+        if copying > 0 { Ok(()) } else { Err(copying) }
+    })
+    .await;
     link.cut();
     assert!(link.is_down(), "the link is down");
     assert!(
-        controller.0.try_wait().unwrap().is_none(),
+        controller.try_wait().unwrap().is_none(),
         "the refresh was still running at the cut"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = controller.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the controller never gave up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(controller.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let out = tokio::time::timeout(PATIENCE, controller.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("the controller never gave up ({} s)", PATIENCE.as_secs()))
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no data from the source agent"), "{stderr}");
     assert!(stderr.contains("is unchanged"), "{stderr}");
-
-    assert_eq!(content_hashes(&dst, "stage").await.unwrap(), before);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pg_database WHERE datname LIKE 'stagesync%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let procs = [&src, &dst]
-            .iter()
-            .flat_map(|c| tool_processes(&c.socket_dir))
-            .count();
-        let dirs = [&pdir, &sdir]
-            .iter()
-            .filter(|d| {
-                std::fs::read_dir(d.join("work/jobs"))
-                    .map(|mut r| r.next().is_some())
-                    .unwrap_or(false)
-            })
-            .count();
-        if left == 0 && procs == 0 && dirs == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left behind: {left} databases, {procs} tools, {dirs} work dirs"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    drop(controller);
+    f.assert_untouched().await;
 }

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use stagesync_harness::Fleet;
 use stagesync_harness::fixtures::content_hashes;
-use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
+use stagesync_harness::fleet::S3_PROFILE;
 
 const STAGESYNC: &str = env!("CARGO_BIN_EXE_stagesync");
 
@@ -25,52 +26,55 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn plan_text(pki_dir: &Path, prod: &TestAgent, staging: &TestAgent) -> String {
-    format!(
-        r#"[controller]
-name = "ops"
-certs_dir = {certs:?}
-parallel = 2
-
-[agents]
-prod-db = {{ endpoint = "{prod}" }}
-staging-db = {{ endpoint = "{staging}" }}
+/// Four pairs on the standard fleet's agents: a chain through `stage` into
+/// `dev`, and one through a pair that fails into one that is skipped.
+const PAIRS: &str = r#"parallel = 2
 
 [pairs.prod-to-stage]
-source = {{ agent = "prod-db", database = "production" }}
-dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
+source = { agent = "prod-db", database = "production" }
+dest = { agent = "staging-db", database = "stage", owner = "stage" }
 
 [pairs.stage-to-dev]
-source = {{ agent = "staging-db", database = "stage" }}
-dest = {{ agent = "staging-db", database = "dev", owner = "dev" }}
+source = { agent = "staging-db", database = "stage" }
+dest = { agent = "staging-db", database = "dev", owner = "dev" }
 after = ["prod-to-stage"]
 
 [pairs.prod-to-broken]
-source = {{ agent = "prod-db", database = "production" }}
-dest = {{ agent = "staging-db", database = "broken", owner = "stage" }}
+source = { agent = "prod-db", database = "production" }
+dest = { agent = "staging-db", database = "broken", owner = "stage" }
 post_restore_sql = "SELECT 1/0"
 
 [pairs.broken-to-qa]
-source = {{ agent = "staging-db", database = "broken" }}
-dest = {{ agent = "staging-db", database = "qa", owner = "stage" }}
+source = { agent = "staging-db", database = "broken" }
+dest = { agent = "staging-db", database = "qa", owner = "stage" }
 after = ["prod-to-broken"]
-"#,
-        certs = pki_dir,
-        prod = prod.addr,
-        staging = staging.addr,
-    )
+"#;
+
+/// The standard pair, as a plan's table.
+const PROD_TO_STAGE: &str = r#"
+[pairs.prod-to-stage]
+source = { agent = "prod-db", database = "production" }
+dest = { agent = "staging-db", database = "stage", owner = "stage" }
+"#;
+
+/// Runs `stagesync` with `args` against the fleet.
+async fn run(f: &Fleet, args: &[&str]) -> Output {
+    f.command(STAGESYNC).args(args).output().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sync_runs_the_plan_in_order_and_records_history() {
-    let src = PgCluster::start().unwrap();
-    let dst = PgCluster::start().unwrap();
-    src.exec("postgres", "CREATE DATABASE production")
-        .await
-        .unwrap();
-    src.exec("production", "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
-        .await
-        .unwrap();
+    let f = Fleet::builder()
+        .source_sql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g")
+        .dest_unseeded()
+        .staging(|s| {
+            s.may_dump = vec!["stage".into(), "broken".into()];
+            s.may_overwrite = vec!["stage".into(), "dev".into(), "broken".into(), "qa".into()];
+            s.peers.push("staging-db".into());
+        })
+        .build()
+        .await;
+    let dst = f.dst();
     for sql in [
         "CREATE ROLE stage LOGIN",
         "CREATE ROLE dev LOGIN",
@@ -85,33 +89,23 @@ async fn sync_runs_the_plan_in_order_and_records_history() {
     )
     .await
     .unwrap();
-    let old_dev = content_hashes(&dst, "dev").await.unwrap();
+    let old_dev = content_hashes(dst, "dev").await.unwrap();
 
-    let pki = TestPki::new().unwrap();
-    pki.controller("ops").unwrap();
-    let mut p = AgentSpec::new("prod-db");
-    p.may_dump = vec!["production".into()];
-    let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
-    let mut s = AgentSpec::new("staging-db");
-    s.may_dump = vec!["stage".into(), "broken".into()];
-    s.may_overwrite = vec!["stage".into(), "dev".into(), "broken".into(), "qa".into()];
-    s.peers = vec!["prod-db".into(), "staging-db".into()];
-    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let plan = dir.path().join("stagesync.toml");
-    std::fs::write(&plan, plan_text(&pki.dir(), &prod, &staging)).unwrap();
-    let state = dir.path().join("state");
-    let (plan_s, state_s) = (plan.display().to_string(), state.display().to_string());
-
-    let out = {
-        let (p, st) = (plan_s.clone(), state_s.clone());
-        tokio::task::spawn_blocking(move || {
-            stagesync(&["sync", "--all", "--plan", &p, "--state-dir", &st, "--json"])
-        })
-        .await
-        .unwrap()
-    };
+    let plan = f.write_plan(PAIRS).display().to_string();
+    let state = f.state_dir().display().to_string();
+    let out = run(
+        &f,
+        &[
+            "sync",
+            "--all",
+            "--plan",
+            &plan,
+            "--state-dir",
+            &state,
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -153,18 +147,12 @@ async fn sync_runs_the_plan_in_order_and_records_history() {
     assert_eq!(pos("pair_started", "broken-to-qa"), None);
     // The chain carried production's data through stage into dev.
     assert_eq!(
-        content_hashes(&dst, "dev").await.unwrap(),
-        content_hashes(&src, "production").await.unwrap()
+        content_hashes(dst, "dev").await.unwrap(),
+        content_hashes(f.src(), "production").await.unwrap()
     );
 
-    let (p, st) = (plan_s.clone(), state_s.clone());
-    let (hist, back) = tokio::task::spawn_blocking(move || {
-        let hist = stagesync(&["history", "--plan", &p, "--state-dir", &st]);
-        let back = stagesync(&["rollback", "stage-to-dev", "--plan", &p]);
-        (hist, back)
-    })
-    .await
-    .unwrap();
+    let hist = run(&f, &["history", "--plan", &plan, "--state-dir", &state]).await;
+    let back = run(&f, &["rollback", "stage-to-dev", "--plan", &plan]).await;
     assert!(hist.status.success(), "{}", text(&hist));
     let h = text(&hist);
     for needle in [
@@ -180,7 +168,7 @@ async fn sync_runs_the_plan_in_order_and_records_history() {
     }
     assert!(back.status.success(), "{}", text(&back));
     assert_eq!(
-        content_hashes(&dst, "dev").await.unwrap(),
+        content_hashes(dst, "dev").await.unwrap(),
         old_dev,
         "rollback restored dev"
     );
@@ -327,32 +315,13 @@ fn git(dir: &Path, args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn preflight_checks_refuse_before_anything_changes() {
-    let src = PgCluster::start().unwrap();
-    let dst = PgCluster::start().unwrap();
-    src.exec("postgres", "CREATE DATABASE production")
-        .await
-        .unwrap();
-    src.exec(
-        "production",
-        "CREATE TABLE t (id int); INSERT INTO t VALUES (1)",
-    )
-    .await
-    .unwrap();
-    stagesync_harness::fixtures::seed_stage(&dst).await.unwrap();
-    let before = content_hashes(&dst, "stage").await.unwrap();
-    let pki = TestPki::new().unwrap();
-    pki.controller("ops").unwrap();
-    let mut p = AgentSpec::new("prod-db");
-    p.may_dump = vec!["production".into()];
-    let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
-    let mut s = AgentSpec::new("staging-db");
-    s.may_overwrite = vec!["stage".into()];
-    s.peers = vec!["prod-db".into()];
-    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
+    let f = Fleet::builder()
+        .source_sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .build()
+        .await;
 
     // The web app's repository: production's branch ahead of staging's.
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("app");
+    let repo = f.dir().join("app");
     std::fs::create_dir(&repo).unwrap();
     git(&repo, &["init", "-q"]);
     git(&repo, &["commit", "-q", "--allow-empty", "-m", "one"]);
@@ -360,49 +329,20 @@ async fn preflight_checks_refuse_before_anything_changes() {
     git(&repo, &["commit", "-q", "--allow-empty", "-m", "two"]);
 
     let write_plan = |preflight: &str| {
-        let text = format!(
-            r#"[controller]
-name = "ops"
-certs_dir = {certs:?}
-[agents]
-prod-db = {{ endpoint = "{prod}" }}
-staging-db = {{ endpoint = "{staging}" }}
-[pairs.prod-to-stage]
-source = {{ agent = "prod-db", database = "production" }}
-dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
-{preflight}
-"#,
-            certs = pki.dir(),
-            prod = prod.addr,
-            staging = staging.addr,
-        );
-        let path = dir.path().join("stagesync.toml");
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
+        let plan = f.write_plan(&format!("{PROD_TO_STAGE}{preflight}\n"));
+        plan.display().to_string()
     };
     let git_check = format!(
         "preflight.git = {{ repo = {:?}, source_ref = \"refs/heads/main\", dest_ref = \"refs/heads/staging\" }}",
         repo.display().to_string()
     );
-    let state = dir.path().join("state").display().to_string();
-    let run = |plan: String, extra: Vec<String>| {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut args = vec![
-                "sync".to_string(),
-                "--all".into(),
-                "--plan".into(),
-                plan,
-                "--state-dir".into(),
-                state,
-            ];
-            args.extend(extra);
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            stagesync(&refs)
-        })
+    let state = f.state_dir().display().to_string();
+    let sync = async |plan: String, extra: &[&str]| {
+        let args = ["sync", "--all", "--plan", &plan, "--state-dir", &state];
+        run(&f, &[&args[..], extra].concat()).await
     };
 
-    let out = run(write_plan(&git_check), vec![]).await.unwrap();
+    let out = sync(write_plan(&git_check), &[]).await;
     assert_eq!(out.status.code(), Some(4), "refused: {}", text(&out));
     assert!(
         text(&out).contains("refs/heads/main is at"),
@@ -414,25 +354,16 @@ dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
         "{}",
         text(&out)
     );
-    assert_eq!(
-        content_hashes(&dst, "stage").await.unwrap(),
-        before,
-        "nothing changed"
-    );
+    f.assert_untouched().await;
 
-    let out = run(
+    let out = sync(
         write_plan("preflight.commands = [\"test -e /nonexistent/maintenance-ok\"]"),
-        vec![],
+        &[],
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("preflight command"), "{}", text(&out));
-    assert_eq!(
-        content_hashes(&dst, "stage").await.unwrap(),
-        before,
-        "nothing changed"
-    );
+    f.assert_untouched().await;
 
     // An owner role the destination does not have.
     let path = write_plan("");
@@ -440,7 +371,7 @@ dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
         .unwrap()
         .replace("owner = \"stage\"", "owner = \"no_such_role\"");
     std::fs::write(&path, text_with_owner).unwrap();
-    let out = run(path, vec![]).await.unwrap();
+    let out = sync(path, &[]).await;
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
         text(&out)
@@ -448,65 +379,30 @@ dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
         "{}",
         text(&out)
     );
-    assert_eq!(
-        content_hashes(&dst, "stage").await.unwrap(),
-        before,
-        "nothing changed"
+    f.assert_untouched().await;
+    let leftovers = f.stagesync_databases().await;
+    assert!(
+        leftovers.is_empty(),
+        "a refused run created a database: {leftovers:?}"
     );
-    let leftovers = dst
-        .client("postgres")
-        .await
-        .unwrap()
-        .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'stagesync%'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(leftovers.is_empty(), "a refused run created a database");
 
     // The operator may skip a named check; the refresh then runs.
-    let out = run(
-        write_plan(&git_check),
-        vec!["--skip-preflight".into(), "git".into()],
-    )
-    .await
-    .unwrap();
+    let out = sync(write_plan(&git_check), &["--skip-preflight", "git"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
-        content_hashes(&dst, "stage").await.unwrap(),
-        content_hashes(&src, "production").await.unwrap()
+        content_hashes(f.dst(), "stage").await.unwrap(),
+        content_hashes(f.src(), "production").await.unwrap()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plan_changes_nothing_and_sync_then_does_what_it_listed() {
-    use stagesync_harness::s3::{S3Server, profile_files};
-    let src = PgCluster::start().unwrap();
-    let dst = PgCluster::start().unwrap();
-    src.exec("postgres", "CREATE DATABASE production")
-        .await
-        .unwrap();
-    src.exec(
-        "production",
-        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)",
-    )
-    .await
-    .unwrap();
-    stagesync_harness::fixtures::seed_stage(&dst).await.unwrap();
-    let pki = TestPki::new().unwrap();
-    pki.controller("ops").unwrap();
-    let mut p = AgentSpec::new("prod-db");
-    p.may_dump = vec!["production".into()];
-    let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
-    let mut s = AgentSpec::new("staging-db");
-    s.may_overwrite = vec!["stage".into()];
-    s.peers = vec!["prod-db".into()];
-    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
-
-    let s3 = S3Server::start("AKIASTAGESYNCTEST", "test-secret-key-0123")
-        .await
-        .unwrap();
+    let f = Fleet::builder()
+        .source_sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
+        .s3()
+        .build()
+        .await;
+    let s3 = f.s3();
     s3.put("prod-media", "files/a.jpg", b"photo a").unwrap();
     s3.put("prod-media", "files/deep/b c+d.png", b"photo b, new")
         .unwrap();
@@ -514,72 +410,31 @@ async fn plan_changes_nothing_and_sync_then_does_what_it_listed() {
         .unwrap();
     s3.put("stage-media", "files/gone.txt", b"only on staging")
         .unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let (config, credentials) = profile_files(
-        dir.path(),
-        "stage",
-        "AKIASTAGESYNCTEST",
-        "test-secret-key-0123",
-    )
-    .unwrap();
-    let plan = dir.path().join("stagesync.toml");
-    std::fs::write(
-        &plan,
-        format!(
-            r#"[controller]
-name = "ops"
-certs_dir = {certs:?}
-[agents]
-prod-db = {{ endpoint = "{prod}" }}
-staging-db = {{ endpoint = "{staging}" }}
-[pairs.prod-to-stage]
-source = {{ agent = "prod-db", database = "production" }}
-dest = {{ agent = "staging-db", database = "stage", owner = "stage" }}
+    let plan = f.write_plan(&format!(
+        r#"{PROD_TO_STAGE}
 [[pairs.prod-to-stage.copies]]
 name = "media"
 source = "s3://prod-media/files/"
 dest = "s3://stage-media/files/"
-profile = "stage"
+profile = "{S3_PROFILE}"
 endpoint = "{endpoint}"
 "#,
-            certs = pki.dir(),
-            prod = prod.addr,
-            staging = staging.addr,
-            endpoint = s3.endpoint(),
-        ),
-    )
-    .unwrap();
-    let run = |args: Vec<String>| {
-        let (config, credentials) = (config.clone(), credentials.clone());
-        tokio::task::spawn_blocking(move || {
-            Command::new(STAGESYNC)
-                .args(&args)
-                .env("AWS_CONFIG_FILE", &config)
-                .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
-                .env_remove("AWS_ACCESS_KEY_ID")
-                .env_remove("AWS_SECRET_ACCESS_KEY")
-                .env_remove("AWS_PROFILE")
-                .output()
-                .unwrap()
-        })
-    };
+        endpoint = s3.endpoint(),
+    ));
     let plan_s = plan.display().to_string();
-    let state = dir.path().join("state").display().to_string();
+    let state = f.state_dir().display().to_string();
 
-    let db_before = content_hashes(&dst, "stage").await.unwrap();
+    let db_before = content_hashes(f.dst(), "stage").await.unwrap();
     let src_before = s3.objects("prod-media");
     let dst_before = s3.objects("stage-media");
-    let out = run(vec!["plan".into(), "--plan".into(), plan_s.clone()])
-        .await
-        .unwrap();
+    let out = run(&f, &["plan", "--plan", &plan_s]).await;
     assert!(out.status.success(), "{}", text(&out));
     let listed = text(&out);
     assert!(listed.contains("would copy 2 objects"), "{listed}");
     assert!(listed.contains("would delete 1 objects"), "{listed}");
     assert!(listed.contains("nothing was changed"), "{listed}");
     assert_eq!(
-        content_hashes(&dst, "stage").await.unwrap(),
+        content_hashes(f.dst(), "stage").await.unwrap(),
         db_before,
         "plan changed the database"
     );
@@ -594,16 +449,8 @@ endpoint = "{endpoint}"
         "plan changed the destination bucket"
     );
 
-    let out = run(vec![
-        "sync".into(),
-        "--all".into(),
-        "--plan".into(),
-        plan_s,
-        "--state-dir".into(),
-        state,
-    ])
-    .await
-    .unwrap();
+    let sync = ["sync", "--all", "--plan", &plan_s, "--state-dir", &state];
+    let out = run(&f, &sync).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains("copied 2 objects"), "{}", text(&out));
     assert!(text(&out).contains("deleted 1 objects"), "{}", text(&out));
@@ -613,25 +460,15 @@ endpoint = "{endpoint}"
         "the media bucket mirrors production"
     );
     assert_eq!(
-        content_hashes(&dst, "stage").await.unwrap(),
-        content_hashes(&src, "production").await.unwrap()
+        content_hashes(f.dst(), "stage").await.unwrap(),
+        content_hashes(f.src(), "production").await.unwrap()
     );
 
     // Again with --json, after one object changed on production: one event
     // for that object, a finished event per copy, the summary last.
     s3.put("prod-media", "files/a.jpg", b"photo a, edited")
         .unwrap();
-    let out = run(vec![
-        "sync".into(),
-        "--all".into(),
-        "--json".into(),
-        "--plan".into(),
-        plan.display().to_string(),
-        "--state-dir".into(),
-        dir.path().join("state").display().to_string(),
-    ])
-    .await
-    .unwrap();
+    let out = run(&f, &[&sync[..], &["--json"]].concat()).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -1,6 +1,7 @@
 //! Agents served in-process, configured through a real `agent.toml`.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use stagesync_agent::config;
@@ -10,7 +11,7 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{PgCluster, TestPki};
+use crate::{PgCluster, TestPki, eventually};
 
 /// What a test agent is and may do.
 #[derive(Clone, Debug)]
@@ -20,7 +21,15 @@ pub struct AgentSpec {
     pub may_overwrite: Vec<String>,
     pub controllers: Vec<String>,
     pub peers: Vec<String>,
-    /// TOML appended to the generated file (e.g. a `[jobs]` table).
+    /// Where backups may go and come from (`policy.may_backup_to`,
+    /// `policy.may_restore_from`).
+    pub may_backup_to: Vec<String>,
+    pub may_restore_from: Vec<String>,
+    /// The `[jobs]` table: limits by key (e.g. `stall_timeout_secs`).
+    pub jobs: BTreeMap<String, u64>,
+    /// The `[s3]` table: AWS config and credentials files.
+    pub s3_files: Option<(PathBuf, PathBuf)>,
+    /// TOML appended to the generated file, after every table above.
     pub extra_toml: String,
     /// Faults to inject (in-process agents only).
     pub faults: stagesync_agent::config::Faults,
@@ -35,6 +44,10 @@ impl AgentSpec {
             may_overwrite: Vec::new(),
             controllers: vec!["ops".into()],
             peers: Vec::new(),
+            may_backup_to: Vec::new(),
+            may_restore_from: Vec::new(),
+            jobs: BTreeMap::new(),
+            s3_files: None,
             extra_toml: String::new(),
             faults: Default::default(),
         }
@@ -94,10 +107,35 @@ peers = {peers}
         overwrite = toml_list(&spec.may_overwrite),
         controllers = toml_list(&spec.controllers),
         peers = toml_list(&spec.peers),
-    ) + &spec.extra_toml;
+    ) + &tables(spec)
+        + &spec.extra_toml;
     let path = dir.join("agent.toml");
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// The rest of `[policy]`, and the `[jobs]` and `[s3]` tables, as far as
+/// `spec` has them.
+fn tables(spec: &AgentSpec) -> String {
+    let mut out = String::new();
+    for (key, places) in [
+        ("may_backup_to", &spec.may_backup_to),
+        ("may_restore_from", &spec.may_restore_from),
+    ] {
+        if !places.is_empty() {
+            out += &format!("{key} = {}\n", toml_list(places));
+        }
+    }
+    if !spec.jobs.is_empty() {
+        out += "\n[jobs]\n";
+        for (key, value) in &spec.jobs {
+            out += &format!("{key} = {value}\n");
+        }
+    }
+    if let Some((config, credentials)) = &spec.s3_files {
+        out += &format!("\n[s3]\nconfig_file = {config:?}\ncredentials_file = {credentials:?}\n");
+    }
+    out
 }
 
 /// How a controller dials test agent `name` at `addr`, expecting its identity.
@@ -119,6 +157,8 @@ pub struct AgentProcess {
     pub config_path: PathBuf,
     child: Option<std::process::Child>,
     pub log: PathBuf,
+    /// The network namespace it runs in, if not the test's own.
+    netns: Option<String>,
     _dir: TempDir,
 }
 
@@ -140,69 +180,115 @@ pub fn agent_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The port an agent in a network namespace of its own listens on (the
+/// namespace has nothing else on it).
+pub const NETNS_PORT: u16 = 7443;
+
 impl AgentProcess {
     /// Starts the real agent binary for `spec` on a free loopback port and
-    /// waits until it accepts connections.
-    pub fn spawn(
+    /// waits until it is ready.
+    pub async fn spawn(
         pki: &TestPki,
         cluster: Option<&PgCluster>,
         spec: AgentSpec,
     ) -> anyhow::Result<Self> {
         let tls = pki.agent(&spec.name)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Self::launch(cluster, spec, tls, addr, None).await
+    }
+
+    /// Starts the real agent binary for `spec` inside network namespace
+    /// `netns`, listening on `ip` there, with a certificate for `ip`.
+    pub async fn spawn_in_netns(
+        pki: &TestPki,
+        cluster: Option<&PgCluster>,
+        spec: AgentSpec,
+        netns: &str,
+        ip: IpAddr,
+    ) -> anyhow::Result<Self> {
+        let tls = pki.agent_at(&spec.name, ip)?;
+        let addr = SocketAddr::new(ip, NETNS_PORT);
+        Self::launch(cluster, spec, tls, addr, Some(netns.to_string())).await
+    }
+
+    async fn launch(
+        cluster: Option<&PgCluster>,
+        spec: AgentSpec,
+        tls: TlsFiles,
+        addr: SocketAddr,
+        netns: Option<String>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("stagesync-agentp-")
             .tempdir()?;
         let config_path = write_config(dir.path(), &spec, &tls, cluster)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let text = std::fs::read_to_string(&config_path)?.replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
+        let text = std::fs::read_to_string(&config_path)?
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
         std::fs::write(&config_path, text)?;
         let mut p = AgentProcess {
             name: spec.name,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr,
             config_path,
             child: None,
             log: dir.path().join("agent.log"),
+            netns,
             _dir: dir,
         };
-        p.start()?;
+        p.start().await?;
         Ok(p)
     }
 
-    /// (Re)starts the process with the same configuration.
-    pub fn start(&mut self) -> anyhow::Result<()> {
+    /// (Re)starts the process with the same configuration and waits until
+    /// it tells systemd's notify socket that it is ready: its start-up
+    /// recovery is done and it accepts calls.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = std::process::Command::new(agent_binary()?)
+        let notify_path = self._dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)?;
+        notify.set_nonblocking(true)?;
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(agent_binary()?);
+                c
+            }
+            None => std::process::Command::new(agent_binary()?),
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", &notify_path)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(self.addr).is_err() {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "agent did not listen: {}",
-                self.log_text()
-            );
-            if let Some(c) = self.child.as_mut()
-                && let Some(status) = c.try_wait()?
+        let child = self.child.insert(child);
+        let (name, log) = (&self.name, &self.log);
+        let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+        let mut buf = [0u8; 256];
+        eventually(format!("agent {name} to be ready"), async || {
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).contains("READY=1")
             {
-                anyhow::bail!("agent exited with {status}: {}", self.log_text());
+                return Ok(Ok(()));
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Ok(())
+            match child.try_wait() {
+                Ok(Some(status)) => Ok(Err(anyhow::anyhow!(
+                    "agent {name} exited with {status}: {}",
+                    log_text()
+                ))),
+                _ => Err(log_text()),
+            }
+        })
+        .await
     }
 
     pub fn log_text(&self) -> String {

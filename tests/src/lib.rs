@@ -5,21 +5,29 @@
 //! - [`pg`]: `initdb` + `pg_ctl` clusters on their own unix socket
 //!   (run as the `postgres` OS user when the tests run as root).
 //! - [`pki`]: a fleet CA and certificates on disk.
-//! - [`agent`]: agents served in-process on `127.0.0.1:0`.
+//! - [`agent`]: agents served in-process on `127.0.0.1:0`, or run as the
+//!   real binary.
+//! - [`fleet`]: the standard test fleet (two clusters, their agents, a PKI,
+//!   on request an S3 server and a plan), built with only what differs.
+//! - [`wait`]: [`eventually`], and the rule for tests that need root.
 //! - [`demo`]: the `stagesync-demo` binary's throwaway fleet, built from
 //!   these parts.
 
 pub mod agent;
 pub mod demo;
 pub mod fixtures;
+pub mod fleet;
 pub mod pg;
 pub mod pki;
 pub mod proxy;
 pub mod s3;
+pub mod wait;
 
 pub use agent::{AgentProcess, AgentSpec, TestAgent};
+pub use fleet::{AgentRun, Fleet, FleetAgent};
 pub use pg::PgCluster;
 pub use pki::TestPki;
+pub use wait::{eventually, require_root};
 
 /// Installs a test-friendly tracing subscriber once (`RUST_LOG` to tune).
 pub fn init_tracing() {

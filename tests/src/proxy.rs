@@ -18,6 +18,9 @@ struct Control {
     stalled: AtomicBool,
     connections: AtomicUsize,
     forwarded: AtomicU64,
+    /// Chunks read and let through the stall check but not yet counted in
+    /// `forwarded`.
+    in_flight: AtomicUsize,
 }
 
 pub struct FaultProxy {
@@ -84,6 +87,12 @@ impl FaultProxy {
         self.ctl.connections.load(Ordering::SeqCst)
     }
 
+    /// Stalled, with the last chunks let through before the stall written:
+    /// from now on [`forwarded`](Self::forwarded) stays where it is.
+    pub fn quiet(&self) -> bool {
+        self.ctl.stalled.load(Ordering::SeqCst) && self.ctl.in_flight.load(Ordering::SeqCst) == 0
+    }
+
     /// Bytes forwarded so far, both directions.
     pub fn forwarded(&self) -> u64 {
         self.ctl.forwarded.load(Ordering::SeqCst)
@@ -109,16 +118,25 @@ async fn pump(
             _ = cut.cancelled() => return,
             r = from.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
         };
+        // Counted in flight before the stall is checked, so that once a
+        // stall is set and nothing is in flight, nothing more goes through.
+        ctl.in_flight.fetch_add(1, Ordering::SeqCst);
         while ctl.stalled.load(Ordering::SeqCst) {
+            ctl.in_flight.fetch_sub(1, Ordering::SeqCst);
             tokio::select! {
                 _ = cut.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
+            ctl.in_flight.fetch_add(1, Ordering::SeqCst);
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        let written = to.write_all(&buf[..n]).await;
+        if written.is_ok() {
+            ctl.forwarded.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        ctl.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if written.is_err() {
             return;
         }
-        ctl.forwarded.fetch_add(n as u64, Ordering::SeqCst);
         let rate = ctl.rate.load(Ordering::SeqCst);
         if rate > 0 {
             tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;

@@ -5,113 +5,78 @@
 //! a tampered dump.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use stagesync_controller::backup;
 use stagesync_controller::plan::BackupPlan;
-use stagesync_harness::fixtures::{content_hashes, schema_dump, seed_rich};
+use stagesync_harness::fixtures::{content_hashes, schema_dump};
+use stagesync_harness::fleet::{BACKUP_BUCKET, FleetBuilder, S3_PROFILE};
 use stagesync_harness::proxy::FaultProxy;
-use stagesync_harness::s3::{S3Server, profile_files};
-use stagesync_harness::{AgentProcess, AgentSpec, PgCluster, TestAgent, TestPki};
+use stagesync_harness::{AgentRun, Fleet, PgCluster, eventually};
 use stagesync_proto::v1 as pb;
-use stagesync_s3::backups::Store;
+use stagesync_s3::backups::{Store, stamp};
 use stagesync_s3::{ClientPool, ProfileFilePaths, S3Location, SideConfig};
 
-const KEY: &str = "AKIABACKUPTEST";
-const SECRET: &str = "backup-secret-key-0123";
-
-struct Setup {
-    s3: S3Server,
-    files: ProfileFilePaths,
-    _aws_dir: tempfile::TempDir,
+/// The standard fleet with an S3 server and its bucket for backups; the
+/// source may also dump `missing`, a database that is not there.
+fn fleet() -> FleetBuilder {
+    Fleet::builder()
+        .backups()
+        .prod(|p| p.may_dump.push("missing".into()))
 }
 
-async fn s3() -> Setup {
-    let s3 = S3Server::start(KEY, SECRET).await.unwrap();
-    std::fs::create_dir_all(s3.root.join("backups")).unwrap();
-    let aws_dir = tempfile::tempdir().unwrap();
-    let (config, credentials) = profile_files(aws_dir.path(), "backup", KEY, SECRET).unwrap();
-    Setup {
-        s3,
-        files: ProfileFilePaths {
-            config: Some(config),
-            credentials: Some(credentials),
-        },
-        _aws_dir: aws_dir,
+fn side(endpoint: &str) -> SideConfig {
+    SideConfig {
+        profile: Some(S3_PROFILE.into()),
+        region: None,
+        endpoint: Some(endpoint.to_string()),
     }
-}
-
-/// The agent's policy and AWS files, appended to its [policy] table.
-fn backup_toml(files: &ProfileFilePaths) -> String {
-    format!(
-        "may_backup_to = [\"http://127.0.0.1:*/backups/*\"]\nmay_restore_from = [\"http://127.0.0.1:*/backups/*\"]\n\n[s3]\nconfig_file = {:?}\ncredentials_file = {:?}\n",
-        files.config.as_ref().unwrap(),
-        files.credentials.as_ref().unwrap()
-    )
 }
 
 fn plan(endpoint: &str, weekly: bool) -> BackupPlan {
     BackupPlan {
-        daily: S3Location::new("backups", "daily/"),
-        weekly: weekly.then(|| S3Location::new("backups", "weekly/")),
+        daily: S3Location::new(BACKUP_BUCKET, "daily/"),
+        weekly: weekly.then(|| S3Location::new(BACKUP_BUCKET, "weekly/")),
         weekly_days: (1..=31).collect(),
         keep_daily: 2,
         keep_weekly: 1,
-        side: SideConfig {
-            profile: Some("backup".into()),
-            region: None,
-            endpoint: Some(endpoint.to_string()),
-        },
+        side: side(endpoint),
     }
 }
 
-async fn store(setup: &Setup, prefix: &str) -> Store {
+fn aws_files(f: &Fleet) -> ProfileFilePaths {
+    let (config, credentials) = f.aws_files();
+    ProfileFilePaths {
+        config: Some(config),
+        credentials: Some(credentials),
+    }
+}
+
+async fn store(f: &Fleet, prefix: &str) -> Store {
     Store::open(
         &ClientPool::new(),
-        S3Location::new("backups", prefix),
-        SideConfig {
-            profile: Some("backup".into()),
-            region: None,
-            endpoint: Some(setup.s3.endpoint()),
-        },
-        &setup.files,
+        S3Location::new(BACKUP_BUCKET, prefix),
+        side(&f.s3().endpoint()),
+        &aws_files(f),
     )
     .await
     .unwrap()
 }
 
-fn prod_spec(files: &ProfileFilePaths) -> AgentSpec {
-    let mut p = AgentSpec::new("prod-db");
-    p.may_dump = vec!["production".into(), "missing".into()];
-    p.extra_toml = backup_toml(files);
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_restores_to_an_identical_database_and_verify_catches_tampering() {
-    stagesync_harness::init_tracing();
-    let src = PgCluster::start().unwrap();
-    seed_rich(&src, "production").await.unwrap();
-    let setup = s3().await;
-    let pki = TestPki::new().unwrap();
-    let tls = pki.controller_tls("ops").unwrap();
-    let agent = TestAgent::start(&pki, Some(&src), prod_spec(&setup.files))
-        .await
-        .unwrap();
-
+    let f = fleet().dest_unseeded().build().await;
     let mut progress = 0;
     let done = backup::run(
-        tls.clone(),
-        &agent.target(),
-        backup::request(&plan(&setup.s3.endpoint(), false), "production"),
+        f.tls(),
+        &f.prod().target(),
+        backup::request(&plan(&f.s3().endpoint(), false), "production"),
         |_| progress += 1,
     )
     .await
     .unwrap();
     assert!(done.dump_key.starts_with("daily/production/"), "{done:?}");
     assert!(done.dump_key.ends_with(".prod-db.dump"), "{done:?}");
-    let daily = store(&setup, "daily/").await;
+    let daily = store(&f, "daily/").await;
     let found = daily.list("production").await.unwrap();
     assert_eq!(found.complete.len(), 1, "{found:?}");
     assert!(found.incomplete.is_empty(), "{found:?}");
@@ -119,7 +84,8 @@ async fn a_backup_restores_to_an_identical_database_and_verify_catches_tampering
     assert_eq!(b.manifest.size, done.size);
     assert_eq!(b.manifest.sha256, done.sha256);
     assert!(b.manifest.pg_dump_version.contains("pg_dump"), "{b:?}");
-    let live_size: i64 = src
+    let live_size: i64 = f
+        .src()
         .client("production")
         .await
         .unwrap()
@@ -131,26 +97,26 @@ async fn a_backup_restores_to_an_identical_database_and_verify_catches_tampering
     assert_eq!(daily.verify(b).await.unwrap(), None);
 
     // Restore the object with pg_restore into another cluster.
-    let dst = PgCluster::start().unwrap();
+    let dst = f.dst();
     dst.exec("postgres", "CREATE DATABASE restored")
         .await
         .unwrap();
-    let bytes = setup.s3.objects("backups")[&done.dump_key].clone();
+    let bytes = f.s3().objects(BACKUP_BUCKET)[&done.dump_key].clone();
     let dump_file = dst.dir().join("backup.dump");
     std::fs::write(&dump_file, &bytes).unwrap();
     chown_to_postgres(&dump_file);
-    restore(&dst, "restored", &dump_file);
+    restore(dst, "restored", &dump_file);
     assert_eq!(
-        content_hashes(&dst, "restored").await.unwrap(),
-        content_hashes(&src, "production").await.unwrap()
+        content_hashes(dst, "restored").await.unwrap(),
+        content_hashes(f.src(), "production").await.unwrap()
     );
     assert_eq!(
-        schema_dump(&dst, "restored").unwrap(),
-        schema_dump(&src, "production").unwrap()
+        schema_dump(dst, "restored").unwrap(),
+        schema_dump(f.src(), "production").unwrap()
     );
 
     // The same bytes at the same size, one flipped: verify says so.
-    let path = setup.s3.root.join("backups").join(&done.dump_key);
+    let path = f.s3().root.join(BACKUP_BUCKET).join(&done.dump_key);
     let mut tampered = bytes.clone();
     let mid = tampered.len() / 2;
     tampered[mid] ^= 0x55;
@@ -199,60 +165,67 @@ fn pending_parts(root: &Path) -> usize {
 
 /// A production database of 24 MiB pg_dump cannot compress (more than one
 /// upload part), and S3 behind a slow link, so faults land mid-upload.
-async fn slow_upload() -> (PgCluster, Setup, FaultProxy, String) {
-    let src = PgCluster::start().unwrap();
-    src.exec("postgres", "CREATE DATABASE production")
-        .await
-        .unwrap();
-    src.exec(
-        "production",
-        "CREATE EXTENSION pgcrypto; CREATE TABLE blob (id int PRIMARY KEY, data bytea); INSERT INTO blob SELECT g, gen_random_bytes(1024) FROM generate_series(1, 24576) g",
-    )
-    .await
-    .unwrap();
-    let setup = s3().await;
-    let proxy = FaultProxy::start(setup.s3.addr).await.unwrap();
+/// The proxy and the endpoint through it.
+async fn slow_upload(prod: AgentRun) -> (Fleet, FaultProxy, String) {
+    let f = fleet()
+        .no_dest()
+        .source_sql(
+            "CREATE EXTENSION pgcrypto; CREATE TABLE blob (id int PRIMARY KEY, data bytea); INSERT INTO blob SELECT g, gen_random_bytes(1024) FROM generate_series(1, 24576) g",
+        )
+        .prod_runs(prod)
+        .build()
+        .await;
+    let proxy = FaultProxy::start(f.s3().addr).await.unwrap();
     proxy.throttle(4 * 1024 * 1024);
     let endpoint = format!("http://{}", proxy.addr);
-    (src, setup, proxy, endpoint)
+    (f, proxy, endpoint)
 }
 
 /// Waits until upload parts are arriving at the server.
 async fn wait_for_parts(proxy: &FaultProxy) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while proxy.forwarded() < 6 * 1024 * 1024 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upload never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the upload to get going", async || {
+        match proxy.forwarded() {
+            n if n >= 6 * 1024 * 1024 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await
+}
+
+/// Waits until no upload is held open at the server and the source
+/// agent's records of started uploads are gone.
+async fn wait_uploads_gone(f: &Fleet, what: &str) {
+    let records = f.prod().work_dir().join("uploads");
+    eventually(what, async || {
+        let parts = pending_parts(&f.s3().root);
+        let recorded = std::fs::read_dir(&records).map_or(0, |d| d.count());
+        match (parts, recorded) {
+            (0, 0) => Ok(()),
+            _ => Err(format!(
+                "{parts} upload files at the server, {recorded} records; agent log: {}",
+                f.prod().log_text()
+            )),
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_agent_leaves_no_backup_and_aborts_the_upload_when_it_starts_again() {
-    stagesync_harness::init_tracing();
-    let (src, setup, proxy, endpoint) = slow_upload().await;
-    let pki = TestPki::new().unwrap();
-    let tls = pki.controller_tls("ops").unwrap();
-    let mut agent = AgentProcess::spawn(&pki, Some(&src), prod_spec(&setup.files)).unwrap();
-
-    let target = agent.target();
+    let (mut f, proxy, endpoint) = slow_upload(AgentRun::Process).await;
+    let (tls, target) = (f.tls(), f.prod().target());
     let req = backup::request(&plan(&endpoint, false), "production");
-    let running = tokio::spawn({
-        let tls = tls.clone();
-        async move { backup::run(tls, &target, req, |_| {}).await }
-    });
+    let running = tokio::spawn(async move { backup::run(tls, &target, req, |_| {}).await });
     wait_for_parts(&proxy).await;
-    let status = agent.kill().unwrap();
+    let status = f.prod_mut().process().kill().unwrap();
     assert!(!status.success(), "the agent was not killed: {status}");
     let result = running.await.unwrap();
     assert!(result.is_err(), "a killed backup reported success");
     assert!(
-        pending_parts(&setup.s3.root) > 0,
+        pending_parts(&f.s3().root) > 0,
         "the fault did not happen: no upload was in progress when the agent died"
     );
-    let records = agent.work_dir().join("uploads");
+    let records = f.prod().work_dir().join("uploads");
     assert_eq!(
         std::fs::read_dir(&records).unwrap().count(),
         1,
@@ -260,17 +233,13 @@ async fn a_killed_agent_leaves_no_backup_and_aborts_the_upload_when_it_starts_ag
     );
 
     // Nothing that looks like a backup.
-    let objects = setup.s3.objects("backups");
+    let objects = f.s3().objects(BACKUP_BUCKET);
     assert!(
         objects.is_empty(),
         "objects after a killed upload: {:?}",
         objects.keys()
     );
-    let found = store(&setup, "daily/")
-        .await
-        .list("production")
-        .await
-        .unwrap();
+    let found = store(&f, "daily/").await.list("production").await.unwrap();
     assert!(
         found.complete.is_empty() && found.incomplete.is_empty(),
         "{found:?}"
@@ -278,18 +247,10 @@ async fn a_killed_agent_leaves_no_backup_and_aborts_the_upload_when_it_starts_ag
 
     // The next start aborts the upload the crash left behind.
     proxy.throttle(0);
-    agent.start().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while pending_parts(&setup.s3.root) > 0 || std::fs::read_dir(&records).unwrap().count() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the left upload was not aborted: {}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    f.prod_mut().process().start().await.unwrap();
+    wait_uploads_gone(&f, "the left upload to be aborted").await;
     assert!(
-        agent
+        f.prod()
             .log_text()
             .contains("aborted an upload a crash left behind")
     );
@@ -297,24 +258,15 @@ async fn a_killed_agent_leaves_no_backup_and_aborts_the_upload_when_it_starts_ag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() {
-    stagesync_harness::init_tracing();
-    let src = PgCluster::start().unwrap();
-    src.exec("postgres", "CREATE DATABASE production")
-        .await
-        .unwrap();
-    src.exec(
-        "production",
-        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)",
-    )
-    .await
-    .unwrap();
-    let setup = s3().await;
-    let pki = TestPki::new().unwrap();
-    let tls: Arc<_> = pki.controller_tls("ops").unwrap();
-    let agent = TestAgent::start(&pki, Some(&src), prod_spec(&setup.files))
-        .await
-        .unwrap();
-    let p = plan(&setup.s3.endpoint(), true);
+    let f = fleet()
+        .no_dest()
+        .source_sql(
+            "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)",
+        )
+        .build()
+        .await;
+    let (tls, agent) = (f.tls(), f.prod());
+    let p = plan(&f.s3().endpoint(), true);
     let mut taken = Vec::new();
     for _ in 0..3 {
         let done = backup::run(
@@ -326,12 +278,20 @@ async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() 
         .await
         .unwrap();
         assert!(done.weekly, "today is a weekly day in this plan");
-        taken.push(done.taken.clone());
-        // Names have one-second resolution.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Names have one-second resolution: the next backup starts in a
+        // later second.
+        eventually(
+            format!("the clock to leave {}", done.taken),
+            async || match stamp(time::OffsetDateTime::now_utc()) {
+                now if now != done.taken => Ok(()),
+                now => Err(now),
+            },
+        )
+        .await;
+        taken.push(done.taken);
     }
-    let daily = store(&setup, "daily/").await;
-    let weekly = store(&setup, "weekly/").await;
+    let daily = store(&f, "daily/").await;
+    let weekly = store(&f, "weekly/").await;
     let names = |found: &stagesync_s3::backups::Found| -> Vec<String> {
         found
             .complete
@@ -351,7 +311,7 @@ async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() 
     );
 
     // A failing attempt (pg_dump cannot get its lock) prunes nothing.
-    let locker = src.client("production").await.unwrap();
+    let locker = f.src().client("production").await.unwrap();
     locker
         .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
         .await
@@ -370,7 +330,7 @@ async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() 
     assert_eq!(names(&after), taken[1..].to_vec());
     assert!(after.incomplete.is_empty(), "{after:?}");
     assert_eq!(
-        pending_parts(&setup.s3.root),
+        pending_parts(&f.s3().root),
         0,
         "the failed upload was not aborted"
     );
@@ -397,10 +357,7 @@ async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() 
     let mut other_server = p.clone();
     other_server.side.endpoint = Some("https://s3.attacker.example".into());
     for (plan, place) in [
-        (
-            &elsewhere,
-            format!("{}/other-bucket/x/", setup.s3.endpoint()),
-        ),
+        (&elsewhere, format!("{}/other-bucket/x/", f.s3().endpoint())),
         (
             &other_server,
             "https://s3.attacker.example/backups/daily/".to_string(),
@@ -430,76 +387,56 @@ async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() 
 async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_one_changes_nothing()
 {
     use stagesync_controller::refresh::{BackupSource, PairSource, PairSpec, refresh};
-    stagesync_harness::init_tracing();
-    let src = PgCluster::start().unwrap();
-    let dst = PgCluster::start().unwrap();
-    seed_rich(&src, "production").await.unwrap();
-    stagesync_harness::fixtures::seed_stage(&dst).await.unwrap();
+    let f = fleet()
+        .staging(|s| s.may_overwrite.push("live_copy".into()))
+        .build()
+        .await;
+    let (src, dst, tls) = (f.src(), f.dst(), f.tls());
     dst.exec("postgres", "CREATE DATABASE live_copy OWNER stage")
         .await
         .unwrap();
-    let setup = s3().await;
-    let pki = TestPki::new().unwrap();
-    let tls = pki.controller_tls("ops").unwrap();
-    let prod = TestAgent::start(&pki, Some(&src), prod_spec(&setup.files))
-        .await
-        .unwrap();
-    let mut s = AgentSpec::new("staging-db");
-    s.may_overwrite = vec!["stage".into(), "live_copy".into()];
-    s.peers = vec!["prod-db".into()];
-    s.extra_toml = backup_toml(&setup.files);
-    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
-
-    let p = plan(&setup.s3.endpoint(), false);
+    let p = plan(&f.s3().endpoint(), false);
     let done = backup::run(
         tls.clone(),
-        &prod.target(),
+        &f.prod().target(),
         backup::request(&p, "production"),
         |_| {},
     )
     .await
     .unwrap();
     let source = BackupSource {
-        place: S3Location::new("backups", "daily/"),
+        place: S3Location::new(BACKUP_BUCKET, "daily/"),
         side: p.side.clone(),
-        files: setup.files.clone(),
+        files: aws_files(&f),
         database: "production".into(),
         taken: None,
     };
     let from = |source: &BackupSource| {
         let source = PairSource::Backup(source.clone());
-        PairSpec::with_source(source, staging.target(), "stage", "stage")
+        PairSpec::with_source(source, f.staging().target(), "stage", "stage")
     };
     let spec = from(&source);
     let report = refresh(tls.clone(), &spec, |_| {}).await.unwrap();
     assert_eq!(report.database, "stage");
     // The same source refreshed live, for comparison.
-    let live = PairSpec::new(
-        prod.target(),
-        "production",
-        staging.target(),
-        "live_copy",
-        "stage",
-    );
+    let mut live = f.pair();
+    live.dest_db = "live_copy".into();
     refresh(tls.clone(), &live, |_| {}).await.unwrap();
-    let from_backup = content_hashes(&dst, "stage").await.unwrap();
+    let from_backup = content_hashes(dst, "stage").await.unwrap();
     assert_eq!(
         from_backup,
-        content_hashes(&src, "production").await.unwrap()
+        content_hashes(src, "production").await.unwrap()
     );
+    assert_eq!(from_backup, content_hashes(dst, "live_copy").await.unwrap());
     assert_eq!(
-        from_backup,
-        content_hashes(&dst, "live_copy").await.unwrap()
-    );
-    assert_eq!(
-        schema_dump(&dst, "stage").unwrap(),
-        schema_dump(&dst, "live_copy").unwrap()
+        schema_dump(dst, "stage").unwrap(),
+        schema_dump(dst, "live_copy").unwrap()
     );
 
     // A dump object that no longer matches its manifest is refused at the
     // trailer, and the live database stays as it was.
-    let before = content_hashes(&dst, "stage").await.unwrap();
-    let path = setup.s3.root.join("backups").join(&done.dump_key);
+    let before = content_hashes(dst, "stage").await.unwrap();
+    let path = f.s3().root.join(BACKUP_BUCKET).join(&done.dump_key);
     // The database name in the dump's header: pg_restore ignores it, so
     // only the checksum can notice.
     let mut bytes = std::fs::read(&path).unwrap();
@@ -515,18 +452,12 @@ async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_on
         text.contains("SHA-256 does not match"),
         "not caught by the checksum: {text}"
     );
-    assert_eq!(content_hashes(&dst, "stage").await.unwrap(), before);
-    let leftovers = dst
-        .client("postgres")
-        .await
-        .unwrap()
-        .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'stagesync_new_%'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(leftovers.is_empty(), "a new database was left behind");
+    assert_eq!(content_hashes(dst, "stage").await.unwrap(), before);
+    let leftovers = f.stagesync_databases().await;
+    assert!(
+        !leftovers.iter().any(|d| d.starts_with("stagesync_new_")),
+        "a new database was left behind: {leftovers:?}"
+    );
 
     // No complete backup at all: refused before anything starts.
     let none = BackupSource {
@@ -543,62 +474,33 @@ async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_controller_that_goes_away_cancels_the_backup_and_its_upload() {
-    stagesync_harness::init_tracing();
-    let (src, setup, proxy, endpoint) = slow_upload().await;
-    let pki = TestPki::new().unwrap();
-    let tls = pki.controller_tls("ops").unwrap();
-    let agent = TestAgent::start(&pki, Some(&src), prod_spec(&setup.files))
-        .await
-        .unwrap();
-    let target = agent.target();
+    let (f, proxy, endpoint) = slow_upload(AgentRun::InProcess).await;
+    let (tls, target) = (f.tls(), f.prod().target());
     let req = backup::request(&plan(&endpoint, false), "production");
-    let running = tokio::spawn({
-        let tls = tls.clone();
-        async move { backup::run(tls, &target, req, |_| {}).await }
-    });
+    let running = tokio::spawn(async move { backup::run(tls, &target, req, |_| {}).await });
     wait_for_parts(&proxy).await;
     assert!(
-        pending_parts(&setup.s3.root) > 0,
+        pending_parts(&f.s3().root) > 0,
         "the fault did not happen: no upload in progress"
     );
     // The controller goes away (as on Ctrl-C): its stream closes.
     running.abort();
     assert!(running.await.unwrap_err().is_cancelled());
     proxy.throttle(0);
-    let records = agent.work_dir().join("uploads");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while pending_parts(&setup.s3.root) > 0
-        || std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0) > 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cancelled backup's upload was not aborted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(setup.s3.objects("backups").is_empty());
+    wait_uploads_gone(&f, "the cancelled backup's upload to be aborted").await;
+    assert!(f.s3().objects(BACKUP_BUCKET).is_empty());
     // The database's slot is free again: a new backup runs. The slot is
     // freed just after the cleanup seen above, so a backup started in
     // between is told to wait; it may take a moment.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        let r = backup::run(
-            tls.clone(),
-            &agent.target(),
-            backup::request(&plan(&setup.s3.endpoint(), false), "production"),
-            |_| {},
-        )
-        .await;
-        match r {
-            Err(e) if e.to_string().contains("already running") => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the cancelled backup never freed its slot: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            r => break r.unwrap(),
-        }
-    };
+    let req = backup::request(&plan(&f.s3().endpoint(), false), "production");
+    let done = eventually(
+        "the cancelled backup to free its slot",
+        async || match backup::run(f.tls(), &f.prod().target(), req.clone(), |_| {}).await {
+            Err(e) if e.to_string().contains("already running") => Err(e.to_string()),
+            r => Ok(r),
+        },
+    )
+    .await
+    .unwrap();
     assert!(done.size > 20 * 1024 * 1024, "{done:?}");
 }

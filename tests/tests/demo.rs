@@ -3,10 +3,11 @@
 //! direction guard, and leaves nothing behind; `--keep` leaves a fleet that
 //! `stagesync status` can reach; missing PostgreSQL gets install advice.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use stagesync_harness::wait::PATIENCE;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const DEMO: &str = env!("CARGO_BIN_EXE_stagesync-demo");
 
@@ -56,27 +57,36 @@ fn demo_refreshes_shows_the_guard_and_cleans_up() {
     assert!(!dir.exists(), "{} was left behind", dir.display());
 }
 
-#[test]
-fn demo_keep_leaves_a_fleet_to_look_at_until_ctrl_c() {
-    let mut child = Command::new(DEMO)
+#[tokio::test]
+async fn demo_keep_leaves_a_fleet_to_look_at_until_ctrl_c() {
+    let mut child = tokio::process::Command::new(DEMO)
         .arg("--keep")
         .env_remove("STAGESYNC_PLAN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !seen.contains("Press Ctrl-C") {
-        assert!(Instant::now() < deadline, "demo did not get ready:\n{seen}");
-        match lines.next() {
-            Some(Ok(l)) => {
-                seen.push_str(&l);
-                seen.push('\n');
+    // The demo builds its fleet and refreshes it before it says so.
+    let ready = tokio::time::timeout(PATIENCE, async {
+        while !seen.contains("Press Ctrl-C") {
+            match lines.next_line().await {
+                Ok(Some(l)) => {
+                    seen.push_str(&l);
+                    seen.push('\n');
+                }
+                _ => return false,
             }
-            _ => panic!("demo ended early:\n{seen}"),
         }
+        true
+    })
+    .await;
+    match ready {
+        Ok(true) => {}
+        Ok(false) => panic!("demo ended early:\n{seen}"),
+        Err(_) => panic!("demo did not get ready:\n{seen}"),
     }
     let dir = demo_dir(&seen);
     let plan = dir.join("stagesync.toml");
@@ -104,12 +114,15 @@ fn demo_keep_leaves_a_fleet_to_look_at_until_ctrl_c() {
     assert!(status_text.contains("staging-db"), "{status_text}");
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let code = child.wait().unwrap().code();
+    let mut rest = Vec::new();
+    while let Ok(Some(l)) = lines.next_line().await {
+        rest.push(l);
+    }
+    let code = child.wait().await.unwrap().code();
     assert_eq!(code, Some(0), "{}", rest.join("\n"));
     assert!(
         rest.iter()

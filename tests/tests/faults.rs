@@ -2,134 +2,58 @@
 //! then that the live destination database is exactly as it was and that
 //! no stagesync database, work directory or child process is left behind.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use stagesync_certs::ReloadingClientConfig;
-use stagesync_controller::AgentTarget;
 use stagesync_controller::refresh::{PairSpec, refresh};
-use stagesync_harness::fixtures::{content_hashes, seed_rich, seed_stage};
+use stagesync_harness::fixtures::content_hashes;
+use stagesync_harness::fleet::FleetBuilder;
 use stagesync_harness::proxy::{FaultProxy, tool_processes};
-use stagesync_harness::{AgentProcess, AgentSpec, PgCluster, TestAgent, TestPki};
+use stagesync_harness::{AgentRun, AgentSpec, Fleet, eventually};
 use stagesync_proto::v1 as pb;
 
-/// A running agent, in-process or as its own process.
-enum Agent {
-    In(TestAgent),
-    Proc(AgentProcess),
-}
-
-impl Agent {
-    fn target(&self) -> AgentTarget {
-        match self {
-            Agent::In(a) => a.target(),
-            Agent::Proc(a) => a.target(),
-        }
-    }
-    fn work_dir(&self) -> PathBuf {
-        match self {
-            Agent::In(a) => a.work_dir(),
-            Agent::Proc(a) => a.work_dir(),
-        }
-    }
-    fn config_path(&self) -> PathBuf {
-        match self {
-            Agent::In(a) => a.config_path.clone(),
-            Agent::Proc(a) => a.config_path.clone(),
-        }
-    }
-    fn proc(&mut self) -> &mut AgentProcess {
-        match self {
-            Agent::Proc(p) => p,
-            Agent::In(_) => panic!("not a process agent"),
-        }
-    }
-}
-
+/// The standard fleet, with the stream between the agents going through a
+/// fault proxy.
 struct Setup {
-    src: PgCluster,
-    dst: PgCluster,
-    pki: TestPki,
-    prod: Agent,
-    staging: Agent,
+    fleet: Fleet,
     proxy: FaultProxy,
-    tls: Arc<ReloadingClientConfig>,
-    before: BTreeMap<String, String>,
 }
 
-#[derive(Default)]
-struct Options {
-    prod_process: bool,
-    staging_process: bool,
-    prod_spec: Option<AgentSpec>,
-    staging_toml: String,
-    /// The source gives every table a data lane of its own, so a stream
-    /// with several workers moves its data in several lanes.
-    lanes: bool,
-    staging_faults: stagesync_agent::config::Faults,
-}
-
-fn prod_spec() -> AgentSpec {
-    let mut p = AgentSpec::new("prod-db");
-    p.may_dump = vec!["production".into()];
-    p
-}
-
-async fn setup(o: Options) -> Setup {
-    stagesync_harness::init_tracing();
-    let src = PgCluster::start().unwrap();
-    let dst = PgCluster::start().unwrap();
-    seed_rich(&src, "production").await.unwrap();
-    seed_stage(&dst).await.unwrap();
-    let before = content_hashes(&dst, "stage").await.unwrap();
-    let pki = TestPki::new().unwrap();
-    let mut p = o.prod_spec.unwrap_or_else(prod_spec);
-    if o.lanes {
-        p.extra_toml += "\n[jobs]\nlane_min_table_mb = 0\n";
+impl Deref for Setup {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
     }
-    let mut s = AgentSpec::new("staging-db");
-    s.may_overwrite = vec!["stage".into()];
-    s.peers = vec!["prod-db".into()];
-    s.extra_toml = o.staging_toml;
-    s.faults = o.staging_faults;
-    let prod = if o.prod_process {
-        Agent::Proc(AgentProcess::spawn(&pki, Some(&src), p).unwrap())
-    } else {
-        Agent::In(TestAgent::start(&pki, Some(&src), p).await.unwrap())
-    };
-    let staging = if o.staging_process {
-        Agent::Proc(AgentProcess::spawn(&pki, Some(&dst), s).unwrap())
-    } else {
-        Agent::In(TestAgent::start(&pki, Some(&dst), s).await.unwrap())
-    };
-    let dest_addr = staging.target().address.parse().unwrap();
-    let proxy = FaultProxy::start(dest_addr).await.unwrap();
+}
+
+impl DerefMut for Setup {
+    fn deref_mut(&mut self) -> &mut Fleet {
+        &mut self.fleet
+    }
+}
+
+/// The source gives every table a data lane of its own, so a stream with
+/// several workers moves its data in several lanes.
+fn lanes(on: bool) -> impl FnOnce(&mut AgentSpec) {
+    move |p| {
+        if on {
+            p.jobs.insert("lane_min_table_mb".into(), 0);
+        }
+    }
+}
+
+async fn setup(fleet: FleetBuilder) -> Setup {
+    let fleet = fleet.build().await;
+    let proxy = FaultProxy::start(fleet.staging().addr()).await.unwrap();
     // Slow the dump down so there is time to break things mid-stream.
     proxy.throttle(400 * 1024);
-    let tls = pki.controller_tls("ops").unwrap();
-    Setup {
-        src,
-        dst,
-        pki,
-        prod,
-        staging,
-        proxy,
-        tls,
-        before,
-    }
+    Setup { fleet, proxy }
 }
 
 impl Setup {
     fn spec(&self) -> PairSpec {
-        let mut spec = PairSpec::new(
-            self.prod.target(),
-            "production",
-            self.staging.target(),
-            "stage",
-            "stage",
-        );
+        let mut spec = self.pair();
         spec.dest_peer_address = Some(self.proxy.addr.to_string());
         spec
     }
@@ -138,102 +62,51 @@ impl Setup {
         &self,
         spec: PairSpec,
     ) -> tokio::task::JoinHandle<Result<stagesync_controller::refresh::Report, String>> {
-        let tls = self.tls.clone();
+        let tls = self.tls();
         tokio::spawn(async move { refresh(tls, &spec, |_| {}).await.map_err(|e| e.to_string()) })
+    }
+
+    /// The destination's jobs, as its `Info` lists them.
+    async fn dest_jobs(&self) -> Vec<pb::JobStatus> {
+        self.info(self.staging()).await.unwrap().jobs
     }
 
     /// Waits until the destination has restored some bytes of job data.
     async fn wait_restoring(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(info) =
-                stagesync_controller::status::info(self.tls.clone(), &self.staging.target()).await
-                && info
-                    .jobs
-                    .iter()
-                    .any(|j| j.phase == pb::Phase::Restoring as i32 && j.bytes_restored > 0)
-            {
-                return;
+        eventually("the refresh to restore data", async || {
+            let jobs = self.info(self.staging()).await.map(|i| i.jobs);
+            match &jobs {
+                Ok(jobs)
+                    if jobs.iter().any(|j| {
+                        j.phase == pb::Phase::Restoring as i32 && j.bytes_restored > 0
+                    }) =>
+                {
+                    Ok(())
+                }
+                _ => Err(jobs),
             }
-            assert!(
-                Instant::now() < deadline,
-                "the refresh never started restoring"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// Waits until the destination restores data in `n` lanes at once:
     /// that many pg_restore processes run.
     async fn wait_lanes(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        eventually(format!("the refresh to restore in {n} lanes"), async || {
             // Restoring in n lanes, not yet indexing: the processes are the
             // lanes'.
-            let lanes =
-                stagesync_controller::status::info(self.tls.clone(), &self.staging.target())
-                    .await
-                    .is_ok_and(|i| {
-                        i.jobs.iter().any(|j| {
-                            j.phase == pb::Phase::Restoring as i32 && j.data_lanes as usize == n
-                        })
-                    });
-            if lanes && tool_processes(&self.dst.socket_dir).len() == n {
-                return;
+            let jobs = self.info(self.staging()).await.map(|i| i.jobs);
+            let lanes = jobs.as_ref().is_ok_and(|jobs| {
+                jobs.iter()
+                    .any(|j| j.phase == pb::Phase::Restoring as i32 && j.data_lanes as usize == n)
+            });
+            let procs = tool_processes(&self.dst().socket_dir);
+            match lanes && procs.len() == n {
+                true => Ok(()),
+                false => Err((jobs, procs)),
             }
-            assert!(
-                Instant::now() < deadline,
-                "the refresh never restored in {n} lanes"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stagesync_databases(&self) -> Vec<String> {
-        let c = self.dst.client("postgres").await.unwrap();
-        c.query(
-            "SELECT datname::text FROM pg_database WHERE datname LIKE 'stagesync%'",
-            &[],
-        )
+        })
         .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-    }
-
-    /// The live database is as it was; nothing of the job is left.
-    async fn assert_untouched(&self) {
-        assert_eq!(
-            content_hashes(&self.dst, "stage").await.unwrap(),
-            self.before,
-            "live database changed"
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let dbs = self.stagesync_databases().await;
-            let procs: Vec<u32> = [&self.src, &self.dst]
-                .iter()
-                .flat_map(|c| tool_processes(&c.socket_dir))
-                .collect();
-            let dirs: Vec<PathBuf> = [&self.prod, &self.staging]
-                .iter()
-                .map(|a| a.work_dir().join("jobs"))
-                .filter(|d| {
-                    std::fs::read_dir(d)
-                        .map(|mut r| r.next().is_some())
-                        .unwrap_or(false)
-                })
-                .collect();
-            if dbs.is_empty() && procs.is_empty() && dirs.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "left behind: databases {dbs:?}, processes {procs:?}, work dirs {dirs:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 }
 
@@ -247,20 +120,20 @@ async fn source_agent_killed_mid_lanes() {
     source_agent_killed(true).await;
 }
 
-async fn source_agent_killed(lanes: bool) {
-    let mut s = setup(Options {
-        prod_process: true,
-        lanes,
-        ..Default::default()
-    })
+async fn source_agent_killed(with_lanes: bool) {
+    let mut s = setup(
+        Fleet::builder()
+            .prod_runs(AgentRun::Process)
+            .prod(lanes(with_lanes)),
+    )
     .await;
     let run = s.start(s.spec());
-    if lanes {
+    if with_lanes {
         s.wait_lanes(2).await;
     } else {
         s.wait_restoring().await;
     }
-    let status = s.prod.proc().kill().unwrap();
+    let status = s.prod_mut().process().kill().unwrap();
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9),
@@ -271,16 +144,16 @@ async fn source_agent_killed(lanes: bool) {
     assert!(err.contains("stopped or crashed"), "{err}");
     // The killed agent could not remove its job's work directory (the
     // post-data section dumped apart); restarted, it does so before serving.
-    let jobs_dir = s.prod.work_dir().join("jobs");
+    let jobs_dir = s.prod().work_dir().join("jobs");
     assert!(
         std::fs::read_dir(&jobs_dir).is_ok_and(|mut d| d.next().is_some()),
         "the killed source left its job directory"
     );
-    s.prod.proc().start().unwrap();
+    s.prod_mut().process().start().await.unwrap();
     s.assert_untouched().await;
     assert!(
-        s.prod
-            .proc()
+        s.prod_mut()
+            .process()
             .log_text()
             .contains("removed leftover job directories")
     );
@@ -296,20 +169,20 @@ async fn destination_agent_killed_mid_lanes_then_restarted() {
     destination_agent_killed(true).await;
 }
 
-async fn destination_agent_killed(lanes: bool) {
-    let mut s = setup(Options {
-        staging_process: true,
-        lanes,
-        ..Default::default()
-    })
+async fn destination_agent_killed(with_lanes: bool) {
+    let mut s = setup(
+        Fleet::builder()
+            .staging_runs(AgentRun::Process)
+            .prod(lanes(with_lanes)),
+    )
     .await;
     let run = s.start(s.spec());
-    if lanes {
+    if with_lanes {
         s.wait_lanes(2).await;
     } else {
         s.wait_restoring().await;
     }
-    let status = s.staging.proc().kill().unwrap();
+    let status = s.staging_mut().process().kill().unwrap();
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9),
@@ -324,17 +197,17 @@ async fn destination_agent_killed(lanes: bool) {
         "{left:?}"
     );
     // ...and pg_restore died with its agent.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !tool_processes(&s.dst.socket_dir).is_empty() {
-        assert!(Instant::now() < deadline, "pg_restore outlived its agent");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("pg_restore to die with its agent", async || {
+        let left = tool_processes(&s.dst().socket_dir);
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await;
     // A restarted agent cleans up before it serves.
-    s.staging.proc().start().unwrap();
+    s.staging_mut().process().start().await.unwrap();
     s.assert_untouched().await;
     assert!(
-        s.staging
-            .proc()
+        s.staging_mut()
+            .process()
             .log_text()
             .contains("dropped databases left by interrupted jobs")
     );
@@ -342,10 +215,10 @@ async fn destination_agent_killed(lanes: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pg_restore_killed() {
-    let s = setup(Options::default()).await;
+    let s = setup(Fleet::builder()).await;
     let run = s.start(s.spec());
     s.wait_restoring().await;
-    let pids = tool_processes(&s.dst.socket_dir);
+    let pids = tool_processes(&s.dst().socket_dir);
     assert_eq!(pids.len(), 1, "one pg_restore runs: {pids:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pids[0] as i32),
@@ -362,14 +235,10 @@ async fn pg_restore_killed() {
 /// the kill, and nothing is left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lanes_pg_restore_killed() {
-    let s = setup(Options {
-        lanes: true,
-        ..Default::default()
-    })
-    .await;
+    let s = setup(Fleet::builder().prod(lanes(true))).await;
     let run = s.start(s.spec());
     s.wait_lanes(2).await;
-    let pids = tool_processes(&s.dst.socket_dir);
+    let pids = tool_processes(&s.dst().socket_dir);
     let victim = *pids.iter().max().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim as i32),
@@ -384,7 +253,7 @@ async fn a_lanes_pg_restore_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn indexes_and_constraints_failing_after_the_data() {
-    let s = setup(Options::default()).await;
+    let s = setup(Fleet::builder()).await;
     s.proxy.throttle(0);
     let mut spec = s.spec();
     // Without app.users' rows, app.posts' rows restore, and then its foreign
@@ -404,41 +273,48 @@ async fn indexes_and_constraints_failing_after_the_data() {
 /// and drops the new database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aborted_while_indexing() {
-    let s = setup(Options::default()).await;
+    let s = setup(Fleet::builder()).await;
     let run = s.start(s.spec());
     s.wait_restoring().await;
     // The tables exist once data flows. A share lock lets app.teams' rows in
     // but keeps its primary key (post-data) waiting.
-    let info = stagesync_controller::status::info(s.tls.clone(), &s.staging.target())
-        .await
-        .unwrap();
-    let job = info.jobs.last().unwrap().clone();
-    let holder = s.dst.client(&job.new_database).await.unwrap();
+    let job = s.dest_jobs().await.last().unwrap().clone();
+    let holder = s.dst().client(&job.new_database).await.unwrap();
     holder
         .batch_execute("BEGIN; LOCK TABLE app.teams IN ACCESS SHARE MODE")
         .await
         .unwrap();
     s.proxy.throttle(0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let info = stagesync_controller::status::info(s.tls.clone(), &s.staging.target())
-            .await
-            .unwrap();
-        let now = info.jobs.iter().find(|j| j.job_id == job.job_id).unwrap();
-        if now.phase == pb::Phase::Indexing as i32 {
-            assert_eq!(now.post_data_jobs, 2);
-            break;
+    let now = eventually("the job to build indexes", async || {
+        let jobs = s.dest_jobs().await;
+        let now = jobs.into_iter().find(|j| j.job_id == job.job_id).unwrap();
+        match now.phase == pb::Phase::Indexing as i32 {
+            true => Ok(now),
+            false => Err(now),
         }
-        assert!(Instant::now() < deadline, "never indexing: {now:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Held: the post-data workers are waiting on the lock.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    })
+    .await;
+    assert_eq!(now.post_data_jobs, 2);
+    // Held: a post-data worker waits on the lock.
+    let watcher = s.dst().client("postgres").await.unwrap();
+    eventually("a post-data worker to wait on the lock", async || {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND application_name = 'stagesync-pg_restore' AND wait_event_type = 'Lock'",
+                &[&job.new_database],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 { Ok(()) } else { Err(waiting) }
+    })
+    .await;
     assert!(
-        !tool_processes(&s.dst.socket_dir).is_empty(),
+        !tool_processes(&s.dst().socket_dir).is_empty(),
         "pg_restore is running its post-data pass"
     );
-    let mut dest = stagesync_controller::client::connect(s.tls.clone(), &s.staging.target())
+    let mut dest = stagesync_controller::client::connect(s.tls(), &s.staging().target())
         .await
         .unwrap();
     dest.abort(pb::AbortRequest {
@@ -470,24 +346,20 @@ async fn a_failing_schema_dump_starts_no_data_lane() {
     a_failing_schema_dump(true).await;
 }
 
-async fn a_failing_schema_dump(lanes: bool) {
-    let mut p = prod_spec();
-    p.faults.bad_schema_snapshot = true;
-    let s = setup(Options {
-        prod_spec: Some(p),
-        lanes,
-        ..Default::default()
-    })
+async fn a_failing_schema_dump(with_lanes: bool) {
+    let s = setup(
+        Fleet::builder()
+            .prod(|p| p.faults.bad_schema_snapshot = true)
+            .prod(lanes(with_lanes)),
+    )
     .await;
     // Throttled to 400 KiB/s, the whole dump would take many seconds.
     let err = s.start(s.spec()).await.unwrap().unwrap_err();
     assert!(err.contains("the schema dump"), "{err}");
     assert!(err.contains("snapshot"), "pg_dump's own words: {err}");
-    let info = stagesync_controller::status::info(s.tls.clone(), &s.prod.target())
-        .await
-        .unwrap();
+    let info = s.info(s.prod()).await.unwrap();
     let dumped = info.jobs.iter().map(|j| j.bytes_dumped).max().unwrap_or(0);
-    let c = s.src.client("production").await.unwrap();
+    let c = s.src().client("production").await.unwrap();
     let posts: i64 = c
         .query_one("SELECT pg_table_size('app.posts')", &[])
         .await
@@ -497,7 +369,7 @@ async fn a_failing_schema_dump(lanes: bool) {
         dumped < posts as u64 / 2,
         "the data kept streaming: {dumped} bytes dumped, app.posts alone is {posts}"
     );
-    if lanes {
+    if with_lanes {
         assert_eq!(dumped, 0, "a data lane ran");
     }
     s.assert_untouched().await;
@@ -515,15 +387,12 @@ async fn a_schema_file_over_the_cap_is_refused_with_lanes() {
     schema_over_the_cap(true).await;
 }
 
-async fn schema_over_the_cap(lanes: bool) {
-    let s = setup(Options {
-        lanes,
-        staging_faults: stagesync_agent::config::Faults {
-            max_schema_file: Some(4096),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
+async fn schema_over_the_cap(with_lanes: bool) {
+    let s = setup(
+        Fleet::builder()
+            .prod(lanes(with_lanes))
+            .staging(|s| s.faults.max_schema_file = Some(4096)),
+    )
     .await;
     s.proxy.throttle(0);
     let err = s.start(s.spec()).await.unwrap().unwrap_err();
@@ -536,13 +405,7 @@ async fn schema_over_the_cap(lanes: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupted_frame_is_caught_by_its_checksum() {
-    let mut p = prod_spec();
-    p.faults.corrupt_frame = Some(2);
-    let s = setup(Options {
-        prod_spec: Some(p),
-        ..Default::default()
-    })
-    .await;
+    let s = setup(Fleet::builder().prod(|p| p.faults.corrupt_frame = Some(2))).await;
     s.proxy.throttle(0);
     let err = s.start(s.spec()).await.unwrap().unwrap_err();
     assert!(err.contains("frame 2 failed its CRC32C check"), "{err}");
@@ -551,14 +414,10 @@ async fn corrupted_frame_is_caught_by_its_checksum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupted_frame_in_a_lane_is_caught_by_its_checksum() {
-    let mut p = prod_spec();
-    p.faults.corrupt_frame = Some(2);
-    p.faults.corrupt_lane = 1;
-    let s = setup(Options {
-        prod_spec: Some(p),
-        lanes: true,
-        ..Default::default()
-    })
+    let s = setup(Fleet::builder().prod(lanes(true)).prod(|p| {
+        p.faults.corrupt_frame = Some(2);
+        p.faults.corrupt_lane = 1;
+    }))
     .await;
     s.proxy.throttle(0);
     let err = s.start(s.spec()).await.unwrap().unwrap_err();
@@ -571,7 +430,7 @@ async fn corrupted_frame_in_a_lane_is_caught_by_its_checksum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn post_restore_sql_failing() {
-    let s = setup(Options::default()).await;
+    let s = setup(Fleet::builder()).await;
     s.proxy.throttle(0);
     let mut spec = s.spec();
     spec.post_restore_sql =
@@ -584,17 +443,10 @@ async fn post_restore_sql_failing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn controller_vanishing_mid_job() {
-    let limits = "\n[jobs]\ncontroller_timeout_secs = 2\n";
-    let s = setup(Options {
-        staging_toml: limits.into(),
-        prod_spec: Some({
-            let mut p = prod_spec();
-            p.extra_toml = limits.into();
-            p
-        }),
-        ..Default::default()
-    })
-    .await;
+    let limit = |a: &mut AgentSpec| {
+        a.jobs.insert("controller_timeout_secs".into(), 2);
+    };
+    let s = setup(Fleet::builder().prod(limit).staging(limit)).await;
     // Parallel mode too: pg_dump's -j workers must stop with their job.
     for mode in [pb::Mode::Stream, pb::Mode::Parallel] {
         let mut spec = s.spec();
@@ -607,27 +459,22 @@ async fn controller_vanishing_mid_job() {
             "the controller is gone"
         );
         // The destination aborts the job on its own once nobody watches.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let info = stagesync_controller::status::info(s.tls.clone(), &s.staging.target())
-                .await
-                .unwrap();
-            let job = info.jobs.last().unwrap();
-            if job.phase == pb::Phase::Aborted as i32 {
-                let why = job.error.clone().unwrap_or_default().message;
-                assert!(why.contains("no controller has watched"), "{why}");
-                break;
+        let why = eventually("the unwatched job to be aborted", async || {
+            let job = s.dest_jobs().await.pop().unwrap();
+            match job.phase == pb::Phase::Aborted as i32 {
+                true => Ok(job.error.unwrap_or_default().message),
+                false => Err(job.phase()),
             }
-            assert!(Instant::now() < deadline, "job still {:?}", job.phase);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
+        assert!(why.contains("no controller has watched"), "{why}");
         s.assert_untouched().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn post_restore_sql_cannot_leave_the_owner_role() {
-    let s = setup(Options::default()).await;
+    let s = setup(Fleet::builder()).await;
     s.proxy.throttle(0);
     let mut spec = s.spec();
     spec.post_restore_sql = "RESET ROLE; DROP DATABASE postgres".into();
@@ -642,23 +489,23 @@ async fn post_restore_sql_cannot_leave_the_owner_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_mid_swap_is_repaired_at_start() {
-    let s = setup(Options::default()).await;
+    let s = setup(Fleet::builder()).await;
     // What a crash between closing the live database and the swap leaves:
     // the database closed to connections, and the agent's note of it.
-    let closed = s.staging.work_dir().join("closed");
+    let closed = s.staging().work_dir().join("closed");
     std::fs::create_dir_all(&closed).unwrap();
     std::fs::write(closed.join(hex::encode("stage")), "true\nstage").unwrap();
-    s.dst
+    s.dst()
         .exec("postgres", "ALTER DATABASE stage ALLOW_CONNECTIONS false")
         .await
         .unwrap();
     assert!(
-        s.dst.client("stage").await.is_err(),
+        s.dst().client("stage").await.is_err(),
         "the database is really closed"
     );
-    let config = stagesync_agent::config::load(&s.staging.config_path()).unwrap();
+    let config = stagesync_agent::config::load(s.staging().config_path()).unwrap();
     stagesync_agent::recover(&config).await;
-    s.dst.client("stage").await.expect("reopened at start");
+    s.dst().client("stage").await.expect("reopened at start");
     assert!(
         std::fs::read_dir(&closed).unwrap().next().is_none(),
         "the note is gone"
@@ -668,19 +515,24 @@ async fn a_crash_mid_swap_is_repaired_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn link_stalls_mid_stream() {
-    let s = setup(Options {
-        staging_toml: "\n[jobs]\nstall_timeout_secs = 3\n".into(),
-        ..Default::default()
-    })
+    let s = setup(Fleet::builder().staging(|s| {
+        s.jobs.insert("stall_timeout_secs".into(), 3);
+    }))
     .await;
     let run = s.start(s.spec());
     s.wait_restoring().await;
     s.proxy.stall();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let frozen = s.proxy.forwarded();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(s.proxy.forwarded(), frozen, "the link is really dead");
+    // The chunks already let through are written; then nothing moves.
+    let frozen = eventually("the stalled link to go quiet", async || {
+        match s.proxy.quiet() {
+            true => Ok(s.proxy.forwarded()),
+            false => Err(s.proxy.forwarded()),
+        }
+    })
+    .await;
     let err = run.await.unwrap().unwrap_err();
+    // Dead from the stall until the refresh gave up on it.
+    assert_eq!(s.proxy.forwarded(), frozen, "the link is really dead");
     assert!(
         err.contains("no data from the source agent for 3 s"),
         "{err}"
@@ -690,7 +542,7 @@ async fn link_stalls_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn second_refresh_of_the_same_destination_is_refused() {
-    let s = setup(Options::default()).await;
+    let s = setup(Fleet::builder()).await;
     let first = s.start(s.spec());
     s.wait_restoring().await;
     let err = s.start(s.spec()).await.unwrap().unwrap_err();
@@ -704,21 +556,28 @@ async fn second_refresh_of_the_same_destination_is_refused() {
         .unwrap()
         .expect("the first refresh still succeeds");
     assert_eq!(
-        content_hashes(&s.dst, "stage").await.unwrap(),
-        content_hashes(&s.src, "production").await.unwrap()
+        content_hashes(s.dst(), "stage").await.unwrap(),
+        content_hashes(s.src(), "production").await.unwrap()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_ticket_is_refused() {
-    let s = setup(Options {
-        staging_toml: "\n[jobs]\nticket_ttl_secs = 1\n".into(),
-        ..Default::default()
-    })
+    let s = setup(Fleet::builder().staging(|s| {
+        s.jobs.insert("ticket_ttl_secs".into(), 1);
+    }))
     .await;
     let ticket = "c".repeat(64);
     prepare(&s, &ticket).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the ticket has expired, the destination gives up on the job.
+    eventually("the job to end with its ticket unused", async || {
+        let jobs = s.dest_jobs().await;
+        match jobs.iter().find(|j| j.job_id == "0123456789abcdef") {
+            Some(j) if j.phase == pb::Phase::Aborted as i32 => Ok(()),
+            _ => Err(jobs),
+        }
+    })
+    .await;
     let late = push_header(&s, "prod-db", "0123456789abcdef", &ticket).await;
     assert_eq!(late.code(), tonic::Code::PermissionDenied);
     assert!(
@@ -734,7 +593,7 @@ async fn prepare(s: &Setup, ticket: &str) {
 }
 
 async fn prepare_job(s: &Setup, job_id: &str, ticket: &str) {
-    let mut dest = stagesync_controller::client::connect(s.tls.clone(), &s.staging.target())
+    let mut dest = stagesync_controller::client::connect(s.tls(), &s.staging().target())
         .await
         .unwrap();
     // The widest shape, so every header a test sends fits it.
@@ -761,8 +620,8 @@ async fn prepare_job(s: &Setup, job_id: &str, ticket: &str) {
 
 /// Pushes a stream header straight to the destination as `as_agent`.
 async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> tonic::Status {
-    let tls = Arc::new(ReloadingClientConfig::load(s.pki.agent(as_agent).unwrap()).unwrap());
-    let mut c = stagesync_controller::client::connect(tls, &s.staging.target())
+    let tls = Arc::new(ReloadingClientConfig::load(s.pki().agent(as_agent).unwrap()).unwrap());
+    let mut c = stagesync_controller::client::connect(tls, &s.staging().target())
         .await
         .unwrap();
     let header = pb::DumpFrame {
@@ -781,9 +640,9 @@ async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_with_bad_tickets_or_from_strangers_are_refused() {
-    let s = setup(Options::default()).await;
+    let s = setup(Fleet::builder()).await;
     let ticket = "a".repeat(64);
-    let mut dest = stagesync_controller::client::connect(s.tls.clone(), &s.staging.target())
+    let mut dest = stagesync_controller::client::connect(s.tls(), &s.staging().target())
         .await
         .unwrap();
     dest.prepare_restore(pb::PrepareRestoreRequest {
@@ -850,8 +709,8 @@ async fn push_prepared(
         .chain(frames)
         .map(|k| pb::DumpFrame { kind: Some(k) })
         .collect::<Vec<_>>();
-    let tls = Arc::new(ReloadingClientConfig::load(s.pki.agent("prod-db").unwrap()).unwrap());
-    let mut c = stagesync_controller::client::connect(tls, &s.staging.target())
+    let tls = Arc::new(ReloadingClientConfig::load(s.pki().agent("prod-db").unwrap()).unwrap());
+    let mut c = stagesync_controller::client::connect(tls, &s.staging().target())
         .await
         .unwrap();
     c.push_dump(futures::stream::iter(all))
@@ -866,7 +725,7 @@ async fn push_prepared(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_split_streams_are_refused() {
     use pb::dump_frame::Kind;
-    let s = setup(Options::default()).await;
+    let s = setup(Fleet::builder()).await;
     let start = |name: &str| Kind::FileStart(pb::FileStart { name: name.into() });
     let trailer = || {
         Kind::Trailer(stagesync_agent::frames::Encoder::new(pb::Compression::None, None).trailer())
@@ -935,12 +794,12 @@ async fn malformed_lane_streams_are_refused() {
     use bytes::Bytes;
     use pb::dump_frame::Kind;
     use stagesync_agent::frames::Encoder;
-    let s = setup(Options::default()).await;
+    let s = setup(Fleet::builder()).await;
     // A real schema archive, so that the tables get made and the lanes'
     // pg_restores start before the broken part.
-    let out = std::process::Command::new(s.src.bin_dir.join("pg_dump"))
-        .arg(format!("--host={}", s.src.socket_dir.display()))
-        .arg(format!("--port={}", s.src.port))
+    let out = std::process::Command::new(s.src().bin_dir.join("pg_dump"))
+        .arg(format!("--host={}", s.src().socket_dir.display()))
+        .arg(format!("--port={}", s.src().port))
         .args([
             "--username=postgres",
             "--format=custom",

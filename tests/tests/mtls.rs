@@ -1,16 +1,22 @@
 //! Mutual TLS and authorization between a controller and a real agent.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use stagesync_certs::pki::LeafRequest;
 use stagesync_certs::{Kind, ReloadingClientConfig, TlsFiles};
-use stagesync_controller::client::StaticClientTls;
+use stagesync_controller::client::{StaticClientTls, connect};
 use stagesync_controller::status::info;
 use stagesync_controller::{AgentTarget, ClientError};
-use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
+use stagesync_harness::{
+    AgentSpec, Fleet, FleetAgent, PgCluster, TestAgent, TestPki, wait::PATIENCE,
+};
+use stagesync_proto::AgentClient;
+use stagesync_proto::v1 as pb;
 use time::{Duration, OffsetDateTime};
+use tonic::transport::Channel;
 
 fn err_text(r: Result<stagesync_proto::v1::InfoResponse, ClientError>) -> String {
     match r {
@@ -280,9 +286,10 @@ async fn info_answers_while_databases_come_and_go() {
     };
     let tls = pki.controller_tls("ops").unwrap();
     let (mut nulls, mut answers) = (0u32, 0u32);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    // Go on until the window has been hit (proved by a NULL size seen directly)
-    // and Info has answered through it, or the deadline passes.
+    // As many rounds as fit in the harness's patience: this is load, not a
+    // wait. Go on until the window has been hit (proved by a NULL size seen
+    // directly) and Info has answered through it, or the time is up.
+    let deadline = std::time::Instant::now() + PATIENCE;
     while std::time::Instant::now() < deadline && (nulls < 5 || answers < 200) {
         let seen: i64 = probe
             .query_one(
@@ -308,4 +315,163 @@ async fn info_answers_while_databases_come_and_go() {
         "the NULL-size window was never seen ({rounds} create/drop rounds, {answers} Info calls)"
     );
     agent.stop().await;
+}
+
+/// Whether each database `agent`'s `Info` lists may be dumped or
+/// overwritten (`flag` picks which).
+async fn offered(
+    f: &Fleet,
+    agent: &FleetAgent,
+    flag: fn(&pb::Database) -> bool,
+) -> BTreeMap<String, bool> {
+    let info = f.info(agent).await.expect("Info answers");
+    let pgi = info.postgres.expect("Info reports on PostgreSQL");
+    assert!(pgi.reachable, "{}", pgi.error);
+    pgi.databases
+        .iter()
+        .map(|d| (d.name.clone(), flag(d)))
+        .collect()
+}
+
+/// Info lists no template database, so it offers none: a name it does not
+/// list counts as not offered.
+fn is_offered(offered: &BTreeMap<String, bool>, name: &str) -> bool {
+    offered.get(name).copied().unwrap_or(false)
+}
+
+/// What `Info` offers to overwrite is exactly what `PrepareRestore`
+/// accepts: names and globs of the policy, and never a reserved name, even
+/// where the policy's globs match it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn info_offers_to_overwrite_exactly_what_prepare_restore_accepts() {
+    let f = Fleet::builder()
+        .staging(|s| {
+            s.may_overwrite = ["stage", "qa_*", "stagesync_*", "template*"]
+                .map(String::from)
+                .to_vec();
+        })
+        .build()
+        .await;
+    for db in ["qa_review", "other", "stagesync_new_x"] {
+        let sql = format!("CREATE DATABASE {db} OWNER stage");
+        f.dst().exec("postgres", &sql).await.unwrap();
+    }
+    let offered = offered(&f, f.staging(), |d| d.may_overwrite).await;
+    let mut dest = connect(f.tls(), &f.staging().target()).await.unwrap();
+    let mut accepted = Vec::new();
+    for (n, name) in [
+        "stage",
+        "qa_review",
+        "other",
+        "stagesync_new_x",
+        "template0",
+        "template1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let job_id = format!("{:016x}", 0xd0 + n);
+        let answer = dest
+            .prepare_restore(pb::PrepareRestoreRequest {
+                job_id: job_id.clone(),
+                database: name.into(),
+                owner: "stage".into(),
+                shape: Some(pb::Shape::one_pass(pb::Mode::Stream)),
+                jobs: 1,
+                restore: None,
+                post_restore_sql: String::new(),
+                params: Default::default(),
+                ticket: "d".repeat(64),
+                source_identity: "spiffe://stagesync/agent/prod-db".into(),
+            })
+            .await;
+        if answer.is_ok() {
+            accepted.push(name);
+            abort(&mut dest, &job_id, pb::Side::Dest).await;
+        }
+        assert_eq!(
+            answer.is_ok(),
+            is_offered(&offered, name),
+            "{name}: Info lists {:?}, PrepareRestore answers {answer:?}",
+            offered.get(name)
+        );
+    }
+    assert_eq!(accepted, ["stage", "qa_review"]);
+    f.dst()
+        .exec("postgres", "DROP DATABASE IF EXISTS stagesync_new_x")
+        .await
+        .unwrap();
+    f.assert_untouched().await;
+}
+
+/// What `Info` offers to dump is exactly what `StartDump` accepts: names
+/// and globs of the policy, and never the agent's own databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn info_offers_to_dump_exactly_what_start_dump_accepts() {
+    let f = Fleet::builder()
+        .prod(|p| {
+            p.may_dump = ["production", "prod_*", "stagesync_*"]
+                .map(String::from)
+                .to_vec();
+        })
+        .build()
+        .await;
+    for db in ["prod_copy", "other", "stagesync_new_x"] {
+        let sql = format!("CREATE DATABASE {db}");
+        f.src().exec("postgres", &sql).await.unwrap();
+    }
+    let offered = offered(&f, f.prod(), |d| d.may_dump).await;
+    let mut source = connect(f.tls(), &f.prod().target()).await.unwrap();
+    let mut accepted = Vec::new();
+    for (n, name) in [
+        "production",
+        "prod_copy",
+        "other",
+        "stagesync_new_x",
+        "template1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let job_id = format!("{:016x}", 0xe0 + n);
+        // Sent to the real destination, which has no such job: an accepted
+        // dump fails there unless aborted first.
+        let answer = source
+            .start_dump(pb::StartDumpRequest {
+                job_id: job_id.clone(),
+                database: name.into(),
+                shape: Some(pb::Shape::one_pass(pb::Mode::Stream)),
+                jobs: 1,
+                dump: None,
+                dest_address: f.staging().target().address,
+                dest_identity: "spiffe://stagesync/agent/staging-db".into(),
+                ticket: "e".repeat(64),
+                compression: pb::Compression::None as i32,
+            })
+            .await;
+        if answer.is_ok() {
+            accepted.push(name);
+            abort(&mut source, &job_id, pb::Side::Source).await;
+        }
+        assert_eq!(
+            answer.is_ok(),
+            is_offered(&offered, name),
+            "{name}: Info lists {:?}, StartDump answers {answer:?}",
+            offered.get(name)
+        );
+    }
+    assert_eq!(accepted, ["production", "prod_copy"]);
+    f.assert_untouched().await;
+}
+
+/// Aborts job `job_id` on `side` of the agent `client` talks to.
+async fn abort(client: &mut AgentClient<Channel>, job_id: &str, side: pb::Side) {
+    client
+        .abort(pb::AbortRequest {
+            job_id: job_id.into(),
+            reason: "the test only asked".into(),
+            side: side as i32,
+        })
+        .await
+        .unwrap();
 }

@@ -1,92 +1,38 @@
 //! Database refreshes between two real agents over mutual TLS, on two real
 //! PostgreSQL clusters.
 
-use std::sync::Arc;
-
-use stagesync_certs::ReloadingClientConfig;
 use stagesync_controller::refresh::{Compress, PairSpec, RefreshError, refresh, rollback};
-use stagesync_harness::fixtures::{
-    content_hashes, objects_not_owned_by, schema_dump, seed_rich, seed_stage,
-};
-use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
+use stagesync_harness::fixtures::{content_hashes, objects_not_owned_by, schema_dump, seed_rich};
+use stagesync_harness::{Fleet, PgCluster};
 use stagesync_proto::v1 as pb;
 
-struct Fleet {
-    src: PgCluster,
-    dst: PgCluster,
-    _pki: TestPki,
-    prod: TestAgent,
-    staging: TestAgent,
-    tls: Arc<ReloadingClientConfig>,
-}
-
-/// Production with the rich database, staging with an older `stage`.
+/// Production with the rich database, staging with an older `stage`; both
+/// policies also take names that need quoting.
 async fn fleet() -> Fleet {
-    stagesync_harness::init_tracing();
-    let src = PgCluster::start().unwrap();
-    let dst = PgCluster::start().unwrap();
-    seed_rich(&src, "production").await.unwrap();
-    seed_stage(&dst).await.unwrap();
-    let pki = TestPki::new().unwrap();
-    let mut p = AgentSpec::new("prod-db");
-    p.may_dump = vec!["production".into(), "Prod *".into()];
-    // Every table is big enough for a data lane of its own, so that the
-    // small fixture takes the path large databases take.
-    p.extra_toml = "\n[jobs]\nlane_min_table_mb = 0\n".into();
-    let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
-    let mut s = AgentSpec::new("staging-db");
-    s.may_overwrite = vec!["stage*".into(), "Stage *".into()];
-    s.peers = vec!["prod-db".into()];
-    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
-    let tls = pki.controller_tls("ops").unwrap();
-    Fleet {
-        src,
-        dst,
-        _pki: pki,
-        prod,
-        staging,
-        tls,
-    }
-}
-
-impl Fleet {
-    fn spec(&self) -> PairSpec {
-        self.spec_from("production")
-    }
-
-    fn spec_from(&self, source_db: &str) -> PairSpec {
-        PairSpec::new(
-            self.prod.target(),
-            source_db,
-            self.staging.target(),
-            "stage",
-            "stage",
-        )
-    }
-
-    async fn databases(&self) -> Vec<String> {
-        let c = self.dst.client("postgres").await.unwrap();
-        c.query("SELECT datname::text FROM pg_database ORDER BY 1", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    }
+    Fleet::builder()
+        .prod(|p| {
+            p.may_dump.push("Prod *".into());
+            // Every table is big enough for a data lane of its own, so that
+            // the small fixture takes the path large databases take.
+            p.jobs.insert("lane_min_table_mb".into(), 0);
+        })
+        .staging(|s| s.may_overwrite = vec!["stage*".into(), "Stage *".into()])
+        .build()
+        .await
 }
 
 async fn assert_identical(f: &Fleet) {
     assert_eq!(
-        content_hashes(&f.src, "production").await.unwrap(),
-        content_hashes(&f.dst, "stage").await.unwrap(),
+        content_hashes(f.src(), "production").await.unwrap(),
+        content_hashes(f.dst(), "stage").await.unwrap(),
         "same content"
     );
     assert_eq!(
-        schema_dump(&f.src, "production").unwrap(),
-        schema_dump(&f.dst, "stage").unwrap(),
+        schema_dump(f.src(), "production").unwrap(),
+        schema_dump(f.dst(), "stage").unwrap(),
         "same schema"
     );
-    let foreign = objects_not_owned_by(&f.dst, "stage", "stage")
+    let foreign = objects_not_owned_by(f.dst(), "stage", "stage")
         .await
         .unwrap();
     assert!(
@@ -94,7 +40,7 @@ async fn assert_identical(f: &Fleet) {
         "objects not owned by stage: {foreign:?}"
     );
     // Sequences continue where production's stopped.
-    let c = f.dst.client("stage").await.unwrap();
+    let c = f.dst().client("stage").await.unwrap();
     let next: i64 = c
         .query_one("SELECT nextval('app.invoice_seq')", &[])
         .await
@@ -120,12 +66,12 @@ async fn assert_identical(f: &Fleet) {
 
 async fn refresh_and_compare(mode: pb::Mode, compress: Compress, jobs: u32) {
     let f = fleet().await;
-    let mut spec = f.spec();
+    let mut spec = f.pair();
     spec.mode = mode;
     spec.compress = compress;
     spec.jobs = jobs;
     let mut events = 0;
-    let report = refresh(f.tls.clone(), &spec, |_| events += 1)
+    let report = refresh(f.tls(), &spec, |_| events += 1)
         .await
         .expect("refresh succeeds");
     assert!(events >= 3);
@@ -158,13 +104,13 @@ async fn refresh_and_compare(mode: pb::Mode, compress: Compress, jobs: u32) {
     }
     assert_identical(&f).await;
     // The old content is kept as the previous copy; nothing else is left.
-    let dbs = f.databases().await;
+    let dbs = f.dest_databases().await;
     assert!(dbs.contains(&"stagesync_prev_stage".to_string()), "{dbs:?}");
     assert!(
         !dbs.iter().any(|d| d.starts_with("stagesync_new_")),
         "{dbs:?}"
     );
-    let old = f.dst.client("stagesync_prev_stage").await.unwrap();
+    let old = f.dst().client("stagesync_prev_stage").await.unwrap();
     let n: i64 = old
         .query_one("SELECT count(*) FROM old_data", &[])
         .await
@@ -211,20 +157,20 @@ async fn stream_mode_in_four_lanes_arrives_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn schema_filters_keep_the_data_in_one_lane() {
     let f = fleet().await;
-    let mut spec = f.spec();
+    let mut spec = f.pair();
     // A pattern that matches no schema: the filter changes nothing but
     // the way the data travels.
     spec.dump.exclude_schemas = vec!["scratch_*".into()];
-    let report = refresh(f.tls.clone(), &spec, |_| {})
+    let report = refresh(f.tls(), &spec, |_| {})
         .await
         .expect("refresh succeeds");
     assert_eq!(report.post_data_jobs, 2, "{report:?}");
     assert_eq!(report.data_lanes, 0, "{report:?}");
     assert_identical(&f).await;
     // The plan may ask for one lane: the same.
-    let mut spec = f.spec();
+    let mut spec = f.pair();
     spec.lanes = Some(1);
-    let report = refresh(f.tls.clone(), &spec, |_| {})
+    let report = refresh(f.tls(), &spec, |_| {})
         .await
         .expect("refresh succeeds");
     assert_eq!(report.post_data_jobs, 2, "{report:?}");
@@ -238,15 +184,15 @@ async fn schema_filters_keep_the_data_in_one_lane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plan_filters_apply_inside_lanes() {
     let f = fleet().await;
-    let mut spec = f.spec();
+    let mut spec = f.pair();
     spec.jobs = 4;
     spec.dump.exclude_table_data = vec!["app.posts".into()];
     spec.dump.exclude_tables = vec!["audit.log".into()];
-    let report = refresh(f.tls.clone(), &spec, |_| {})
+    let report = refresh(f.tls(), &spec, |_| {})
         .await
         .expect("refresh succeeds");
     assert_eq!(report.data_lanes, 4, "{report:?}");
-    let c = f.dst.client("stage").await.unwrap();
+    let c = f.dst().client("stage").await.unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM app.posts").await, 0);
     assert_eq!(
         count(
@@ -270,7 +216,7 @@ async fn plan_filters_apply_inside_lanes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lanes_skip_tables_the_plan_leaves_out() {
     let f = fleet().await;
-    let src = f.src.client("production").await.unwrap();
+    let src = f.src().client("production").await.unwrap();
     let tables = |except_app: bool| {
         let src = &src;
         async move {
@@ -291,14 +237,14 @@ async fn lanes_skip_tables_the_plan_leaves_out() {
         lanes(outside_app) < lanes(all),
         "the fixture must have enough app tables for the exclusion to show: {all} tables, {outside_app} outside app"
     );
-    let mut spec = f.spec();
+    let mut spec = f.pair();
     spec.jobs = 8;
     spec.dump.exclude_table_data = vec!["APP.*".into()];
-    let report = refresh(f.tls.clone(), &spec, |_| {})
+    let report = refresh(f.tls(), &spec, |_| {})
         .await
         .expect("refresh succeeds");
     assert_eq!(report.data_lanes, lanes(outside_app), "{report:?}");
-    let c = f.dst.client("stage").await.unwrap();
+    let c = f.dst().client("stage").await.unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM app.users").await, 0);
     assert_eq!(
         count(&c, r#"SELECT count(*) FROM app."Big ""*.t""#).await,
@@ -317,14 +263,14 @@ async fn stream_mode_in_one_pass_arrives_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn split_survives_an_idle_in_transaction_timeout_on_the_source() {
     let f = fleet().await;
-    f.src
+    f.src()
         .exec(
             "postgres",
             "ALTER DATABASE production SET idle_in_transaction_session_timeout = '1ms'",
         )
         .await
         .unwrap();
-    let report = refresh(f.tls.clone(), &f.spec(), |_| {})
+    let report = refresh(f.tls(), &f.pair(), |_| {})
         .await
         .expect("refresh succeeds");
     assert_eq!(report.post_data_jobs, 2, "{report:?}");
@@ -339,11 +285,11 @@ async fn parallel_mode_arrives_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn settings_grants_sessions_and_rollback() {
     let f = fleet().await;
-    f.dst
+    f.dst()
         .exec("postgres", "CREATE ROLE reader LOGIN")
         .await
         .unwrap();
-    f.dst
+    f.dst()
         .exec(
             "postgres",
             "ALTER DATABASE stage SET work_mem = '7MB'; ALTER ROLE reader IN DATABASE stage SET search_path = app, public; \
@@ -351,22 +297,22 @@ async fn settings_grants_sessions_and_rollback() {
         )
         .await
         .unwrap();
-    let before = content_hashes(&f.dst, "stage").await.unwrap();
+    let before = content_hashes(f.dst(), "stage").await.unwrap();
     // A session open during the refresh is ended.
-    let open = f.dst.client("stage").await.unwrap();
+    let open = f.dst().client("stage").await.unwrap();
     open.query_one("SELECT 1", &[]).await.unwrap();
 
-    let mut spec = f.spec();
+    let mut spec = f.pair();
     spec.post_restore_sql = "UPDATE public.socialaccount_socialapp SET client_id = ${CLIENT_ID}, secret = ${SECRET} WHERE provider = 'github'".into();
     spec.params.insert("CLIENT_ID".into(), "stage-id".into());
     spec.params.insert("SECRET".into(), "it's s3cret\\".into());
-    refresh(f.tls.clone(), &spec, |_| {}).await.unwrap();
+    refresh(f.tls(), &spec, |_| {}).await.unwrap();
 
     assert!(
         open.query_one("SELECT 1", &[]).await.is_err(),
         "the old session was ended"
     );
-    let c = f.dst.client("postgres").await.unwrap();
+    let c = f.dst().client("postgres").await.unwrap();
     let row = c
         .query_one(
             "SELECT pg_get_userbyid(datdba)::text, datconnlimit, datacl::text FROM pg_database WHERE datname = 'stage'",
@@ -399,7 +345,7 @@ async fn settings_grants_sessions_and_rollback() {
         vec!["*:work_mem=7MB", "reader:search_path=app, public"]
     );
     // New sessions see the new data, with the post-restore SQL applied.
-    let s = f.dst.client("stage").await.unwrap();
+    let s = f.dst().client("stage").await.unwrap();
     let app = s
         .query_one(
             "SELECT client_id, secret FROM public.socialaccount_socialapp",
@@ -410,11 +356,11 @@ async fn settings_grants_sessions_and_rollback() {
     assert_eq!(app.get::<_, String>(0), "stage-id");
     assert_eq!(app.get::<_, String>(1), "it's s3cret\\");
 
-    let back = rollback(f.tls.clone(), &f.staging.target(), "stage")
+    let back = rollback(f.tls(), &f.staging().target(), "stage")
         .await
         .unwrap();
     assert_eq!(back.previous_database, "stagesync_prev_stage");
-    assert_eq!(content_hashes(&f.dst, "stage").await.unwrap(), before);
+    assert_eq!(content_hashes(f.dst(), "stage").await.unwrap(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -423,39 +369,39 @@ async fn names_that_need_quoting() {
     let source_db = r#"Prod "Main" DB"#;
     let dest_db = "Stage 'q' DB";
     let owner = r#"Stage "Owner"; DROP ROLE stage; --"#;
-    f.src
+    f.src()
         .exec(
             "postgres",
             &format!("CREATE DATABASE \"{}\"", source_db.replace('"', "\"\"")),
         )
         .await
         .unwrap();
-    f.src
+    f.src()
         .exec(
             source_db,
             "CREATE TABLE t (x int); INSERT INTO t VALUES (42)",
         )
         .await
         .unwrap();
-    f.dst
+    f.dst()
         .exec(
             "postgres",
             &format!("CREATE ROLE \"{}\" LOGIN", owner.replace('"', "\"\"")),
         )
         .await
         .unwrap();
-    let mut spec = f.spec_from(source_db);
+    let mut spec = f.pair_from(source_db);
     spec.dest_db = dest_db.into();
     spec.owner = owner.into();
     spec.post_restore_sql = "INSERT INTO t VALUES (${V})".into();
     spec.params.insert("V".into(), "7".into());
     for mode in [pb::Mode::Stream, pb::Mode::Parallel] {
         spec.mode = mode;
-        refresh(f.tls.clone(), &spec, |_| {})
+        refresh(f.tls(), &spec, |_| {})
             .await
             .expect("quoted names work");
     }
-    let c = f.dst.client(dest_db).await.unwrap();
+    let c = f.dst().client(dest_db).await.unwrap();
     let rows: Vec<String> = c
         .query("SELECT x::text FROM t ORDER BY x", &[])
         .await
@@ -486,22 +432,22 @@ async fn names_that_need_quoting() {
 async fn refused_outside_the_policies() {
     let f = fleet().await;
     // Restore into a database the destination may not overwrite.
-    let mut spec = f.spec();
+    let mut spec = f.pair();
     spec.dest_db = "postgres".into();
-    let err = refresh(f.tls.clone(), &spec, |_| {}).await.unwrap_err();
+    let err = refresh(f.tls(), &spec, |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("may not overwrite"), "{err}");
     // Dump a database the source may not dump.
-    f.src
+    f.src()
         .exec("postgres", "CREATE DATABASE secrets")
         .await
         .unwrap();
-    let spec = f.spec_from("secrets");
-    let err = refresh(f.tls.clone(), &spec, |_| {}).await.unwrap_err();
+    let spec = f.pair_from("secrets");
+    let err = refresh(f.tls(), &spec, |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("may not dump"), "{err}");
     // A missing owner role.
-    let mut spec = f.spec();
+    let mut spec = f.pair();
     spec.owner = "nobody".into();
-    let err = refresh(f.tls.clone(), &spec, |_| {}).await.unwrap_err();
+    let err = refresh(f.tls(), &spec, |_| {}).await.unwrap_err();
     assert!(matches!(err, RefreshError::Preflight(_)), "{err}");
     assert!(
         err.to_string().contains("\"nobody\" does not exist"),
@@ -509,20 +455,16 @@ async fn refused_outside_the_policies() {
     );
     // A reversed pair: staging into production. Production's agent refuses.
     let reversed = PairSpec::new(
-        f.staging.target(),
+        f.staging().target(),
         "stage",
-        f.prod.target(),
+        f.prod().target(),
         "production",
         "postgres",
     );
-    let err = refresh(f.tls.clone(), &reversed, |_| {}).await.unwrap_err();
+    let err = refresh(f.tls(), &reversed, |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("may not"), "{err}");
-    assert!(
-        f.databases()
-            .await
-            .iter()
-            .all(|d| !d.starts_with("stagesync_"))
-    );
+    let left = f.stagesync_databases().await;
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// The single count a query returns.

@@ -125,6 +125,26 @@ pub struct PendingSide {
     pub endpoint: Option<String>,
 }
 
+impl From<&SideConfig> for PendingSide {
+    fn from(side: &SideConfig) -> Self {
+        PendingSide {
+            profile: side.profile.clone(),
+            region: side.region.clone(),
+            endpoint: side.endpoint.clone(),
+        }
+    }
+}
+
+impl From<&PendingSide> for SideConfig {
+    fn from(side: &PendingSide) -> Self {
+        SideConfig {
+            profile: side.profile.clone(),
+            region: side.region.clone(),
+            endpoint: side.endpoint.clone(),
+        }
+    }
+}
+
 /// Counts of an upload in progress.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UploadProgress {
@@ -276,11 +296,7 @@ impl Store {
             bucket: self.location.bucket.clone(),
             key: key.to_string(),
             upload_id,
-            side: PendingSide {
-                profile: self.side.profile.clone(),
-                region: self.side.region.clone(),
-                endpoint: self.side.endpoint.clone(),
-            },
+            side: PendingSide::from(&self.side),
         })
     }
 

@@ -281,24 +281,7 @@ impl Run {
             if let Some(item) = &dest_item {
                 self.with_report(|r| r.listed_dest.add(item.size));
             }
-            let job = match (&source_item, dest_item.clone()) {
-                (Some(src), None) => Some(Work::Copy(src.clone(), CopyReason::Missing)),
-                (Some(src), Some(dst)) => match compare(src, &dst) {
-                    Verdict::Same => {
-                        self.skipped(src);
-                        None
-                    }
-                    Verdict::Copy(reason) => Some(Work::Copy(src.clone(), reason)),
-                    Verdict::AskMetadata => Some(Work::Check(src.clone(), dst)),
-                },
-                (None, Some(dst)) => {
-                    if self.transfer.spec.delete {
-                        extras.push(dst);
-                    }
-                    None
-                }
-                (None, None) => None,
-            };
+            let job = self.decide(source_item.as_ref(), dest_item.clone(), &mut extras);
             if let Some(job) = job
                 && work.send(job).await.is_err()
             {
@@ -324,6 +307,34 @@ impl Run {
             }
         }
         Ok(extras)
+    }
+
+    /// What one key needs: a copy, a closer look, nothing, or (when only
+    /// the destination has it) a place among the extras to delete.
+    fn decide(
+        &self,
+        source: Option<&Listed>,
+        dest: Option<Listed>,
+        extras: &mut Vec<Listed>,
+    ) -> Option<Work> {
+        match (source, dest) {
+            (Some(src), None) => Some(Work::Copy(src.clone(), CopyReason::Missing)),
+            (Some(src), Some(dst)) => match compare(src, &dst) {
+                Verdict::Same => {
+                    self.skipped(src);
+                    None
+                }
+                Verdict::Copy(reason) => Some(Work::Copy(src.clone(), reason)),
+                Verdict::AskMetadata => Some(Work::Check(src.clone(), dst)),
+            },
+            (None, Some(dst)) => {
+                if self.transfer.spec.delete {
+                    extras.push(dst);
+                }
+                None
+            }
+            (None, None) => None,
+        }
     }
 
     fn skipped(&self, object: &Listed) {

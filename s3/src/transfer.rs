@@ -79,6 +79,21 @@ macro_rules! headers_from {
     };
 }
 
+/// `$request` (a PUT, a copy or a multipart upload) with the headers and
+/// metadata of `$h`.
+macro_rules! with_headers {
+    ($request:expr, $h:expr) => {{
+        let h: Headers = $h;
+        $request
+            .set_content_type(h.content_type)
+            .set_cache_control(h.cache_control)
+            .set_content_encoding(h.content_encoding)
+            .set_content_disposition(h.content_disposition)
+            .set_content_language(h.content_language)
+            .set_metadata(Some(h.metadata))
+    }};
+}
+
 impl Headers {
     /// The source's metadata plus what stagesync records about its identity.
     fn tagged(mut self, source: &Identity) -> Self {
@@ -264,15 +279,8 @@ impl Transfer {
             request.metadata_directive(MetadataDirective::Copy)
         } else {
             let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
-            let h = headers.tagged(&identity);
-            request
-                .metadata_directive(MetadataDirective::Replace)
-                .set_content_type(h.content_type)
-                .set_cache_control(h.cache_control)
-                .set_content_encoding(h.content_encoding)
-                .set_content_disposition(h.content_disposition)
-                .set_content_language(h.content_language)
-                .set_metadata(Some(h.metadata))
+            let request = request.metadata_directive(MetadataDirective::Replace);
+            with_headers!(request, headers.tagged(&identity))
         };
         request.send().await.map_err(sdk)?;
         Ok(())
@@ -327,21 +335,14 @@ impl Transfer {
         let identity = Identity::new(got.e_tag(), got.metadata());
         let h = headers_from!(got).tagged(&identity);
         let body = got.body.collect().await.map_err(transient)?.into_bytes();
-        self.dest
+        let put = self
+            .dest
             .put_object()
             .bucket(&self.spec.dest.bucket)
             .key(self.dest_key(&object.key))
             .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
-            .set_content_type(h.content_type)
-            .set_cache_control(h.cache_control)
-            .set_content_encoding(h.content_encoding)
-            .set_content_disposition(h.content_disposition)
-            .set_content_language(h.content_language)
-            .set_metadata(Some(h.metadata))
-            .send()
-            .await
-            .map_err(sdk)?;
+            .body(ByteStream::from(body));
+        with_headers!(put, h).send().await.map_err(sdk)?;
         Ok(())
     }
 
@@ -399,27 +400,8 @@ impl Transfer {
         F: Fn(String, i32, u64, u64) -> Fut,
         Fut: Future<Output = Result<Option<String>, Classified>>,
     {
-        let bucket = &self.spec.dest.bucket;
         let key = self.dest_key(&object.key);
-        let created = self
-            .dest
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(&key)
-            .set_content_type(h.content_type)
-            .set_cache_control(h.cache_control)
-            .set_content_encoding(h.content_encoding)
-            .set_content_disposition(h.content_disposition)
-            .set_content_language(h.content_language)
-            .set_metadata(Some(h.metadata))
-            .send()
-            .await
-            .map_err(sdk)?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| transient("CreateMultipartUpload returned no upload id"))?
-            .to_string();
-
+        let upload_id = self.create_upload(&key, h).await?;
         let parts = futures::stream::iter(part_ranges(object.size, self.spec.part_size))
             .map(|(number, start, end)| {
                 let done = part(upload_id.clone(), number, start, end);
@@ -436,47 +418,75 @@ impl Transfer {
             .buffered(PART_CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await;
-
         let completed = match parts {
-            Ok(parts) => {
-                let done = self
-                    .dest
-                    .complete_multipart_upload()
-                    .bucket(bucket)
-                    .key(&key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await;
-                match done {
-                    Ok(_) => Ok(()),
-                    Err(e) if unparsed_success(&e) => {
-                        self.confirm_complete(bucket, &key, object.size).await
-                    }
-                    Err(e) => Err(sdk(e)),
-                }
-            }
+            Ok(parts) => self.complete(&key, &upload_id, parts, object.size).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = completed {
-            let aborted = self
-                .dest
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-            if let Err(abort) = aborted {
-                tracing::warn!(bucket, key, upload_id, error = %classify(&abort), "could not abort multipart upload");
-            }
-            return Err(e);
+        if completed.is_err() {
+            self.abort(&key, &upload_id).await;
         }
-        Ok(())
+        completed
+    }
+
+    /// Starts a multipart upload of `key` with the object's headers;
+    /// returns its upload id.
+    async fn create_upload(&self, key: &str, h: Headers) -> Result<String, Classified> {
+        let create = self
+            .dest
+            .create_multipart_upload()
+            .bucket(&self.spec.dest.bucket)
+            .key(key);
+        let created = with_headers!(create, h).send().await.map_err(sdk)?;
+        Ok(created
+            .upload_id()
+            .ok_or_else(|| transient("CreateMultipartUpload returned no upload id"))?
+            .to_string())
+    }
+
+    /// Completes a multipart upload of `size` bytes from its parts.
+    async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+        size: u64,
+    ) -> Result<(), Classified> {
+        let bucket = &self.spec.dest.bucket;
+        let done = self
+            .dest
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if unparsed_success(&e) => self.confirm_complete(bucket, key, size).await,
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    /// Aborts a failed multipart upload; a failure to abort is only logged,
+    /// as the copy has failed already.
+    async fn abort(&self, key: &str, upload_id: &str) {
+        let bucket = &self.spec.dest.bucket;
+        let aborted = self
+            .dest
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(abort) = aborted {
+            tracing::warn!(bucket, key, upload_id, error = %classify(&abort), "could not abort multipart upload");
+        }
     }
 
     /// A completion the SDK could not parse: confirm the object is there

@@ -119,6 +119,23 @@ fn copy_source(bucket: &str, key: &str) -> String {
     format!("{bucket}/{}", encode_key(key))
 }
 
+/// One part of a multipart copy, as the part's request needs it.
+struct Part {
+    upload_id: String,
+    number: i32,
+    /// The first and last byte (inclusive).
+    start: u64,
+    end: u64,
+    /// The source's ETag, quoted: the part is read only from that version.
+    if_match: Option<String>,
+}
+
+impl Part {
+    fn range(&self) -> String {
+        format!("bytes={}-{}", self.start, self.end)
+    }
+}
+
 /// Byte ranges (inclusive) of the parts of an object of `size` bytes.
 pub(crate) fn part_ranges(size: u64, part_size: u64) -> Vec<(i32, u64, u64)> {
     let part = part_size.max(size.div_ceil(MAX_PARTS));
@@ -287,37 +304,29 @@ impl Transfer {
     }
 
     async fn server_multipart(&self, object: &Listed) -> Result<(), Classified> {
-        let source_key = self.source_key(&object.key);
-        let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
-        let source = copy_source(&self.spec.source.bucket, &source_key);
-        let etag = identity.etag.as_deref().map(quoted);
-        self.multipart(
-            object,
-            headers.tagged(&identity),
-            |upload_id, number, start, end| {
-                let source = source.clone();
-                let etag = etag.clone();
-                async move {
-                    let out = self
-                        .dest
-                        .upload_part_copy()
-                        .bucket(&self.spec.dest.bucket)
-                        .key(self.dest_key(&object.key))
-                        .copy_source(source)
-                        .set_copy_source_if_match(etag)
-                        .copy_source_range(format!("bytes={start}-{end}"))
-                        .part_number(number)
-                        .upload_id(upload_id)
-                        .send()
-                        .await
-                        .map_err(sdk)?;
-                    Ok(out
-                        .copy_part_result()
-                        .and_then(|r| r.e_tag())
-                        .map(str::to_string))
-                }
-            },
-        )
+        let source = copy_source(&self.spec.source.bucket, &self.source_key(&object.key));
+        self.multipart(object, |p| {
+            let source = source.clone();
+            async move {
+                let out = self
+                    .dest
+                    .upload_part_copy()
+                    .bucket(&self.spec.dest.bucket)
+                    .key(self.dest_key(&object.key))
+                    .copy_source(source)
+                    .copy_source_range(p.range())
+                    .set_copy_source_if_match(p.if_match)
+                    .part_number(p.number)
+                    .upload_id(p.upload_id)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                Ok(out
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .map(str::to_string))
+            }
+        })
         .await
     }
 
@@ -348,63 +357,62 @@ impl Transfer {
 
     async fn streamed_multipart(&self, object: &Listed) -> Result<(), Classified> {
         let source_key = self.source_key(&object.key);
-        let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
-        let etag = identity.etag.as_deref().map(quoted);
-        self.multipart(
-            object,
-            headers.tagged(&identity),
-            |upload_id, number, start, end| {
-                let source_key = source_key.clone();
-                let etag = etag.clone();
-                async move {
-                    let _slot = self.slots.acquire().await.map_err(transient)?;
-                    let got = self
-                        .source
-                        .get_object()
-                        .bucket(&self.spec.source.bucket)
-                        .key(source_key)
-                        .set_if_match(etag)
-                        .range(format!("bytes={start}-{end}"))
-                        .send()
-                        .await
-                        .map_err(sdk)?;
-                    let body = got.body.collect().await.map_err(transient)?.into_bytes();
-                    let out = self
-                        .dest
-                        .upload_part()
-                        .bucket(&self.spec.dest.bucket)
-                        .key(self.dest_key(&object.key))
-                        .part_number(number)
-                        .upload_id(upload_id)
-                        .content_length(body.len() as i64)
-                        .body(ByteStream::from(body))
-                        .send()
-                        .await
-                        .map_err(sdk)?;
-                    Ok(out.e_tag().map(str::to_string))
-                }
-            },
-        )
+        self.multipart(object, |p| {
+            let source_key = source_key.clone();
+            async move {
+                let _slot = self.slots.acquire().await.map_err(transient)?;
+                let got = self
+                    .source
+                    .get_object()
+                    .bucket(&self.spec.source.bucket)
+                    .key(source_key)
+                    .range(p.range())
+                    .set_if_match(p.if_match)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                let body = got.body.collect().await.map_err(transient)?.into_bytes();
+                let out = self
+                    .dest
+                    .upload_part()
+                    .bucket(&self.spec.dest.bucket)
+                    .key(self.dest_key(&object.key))
+                    .part_number(p.number)
+                    .upload_id(p.upload_id)
+                    .content_length(body.len() as i64)
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                Ok(out.e_tag().map(str::to_string))
+            }
+        })
         .await
     }
 
-    /// Creates a multipart upload, runs `part` for every range, completes
-    /// it, and aborts it on any failure so no orphaned parts are billed.
-    async fn multipart<F, Fut>(
-        &self,
-        object: &Listed,
-        h: Headers,
-        part: F,
-    ) -> Result<(), Classified>
+    /// Copies `object` as a multipart upload: its identity and headers read
+    /// from the source first, then `part` run for every range (each only
+    /// if the source still has that identity), the upload completed, and
+    /// aborted on any failure so no orphaned parts are billed.
+    async fn multipart<F, Fut>(&self, object: &Listed, part: F) -> Result<(), Classified>
     where
-        F: Fn(String, i32, u64, u64) -> Fut,
+        F: Fn(Part) -> Fut,
         Fut: Future<Output = Result<Option<String>, Classified>>,
     {
+        let source_key = self.source_key(&object.key);
+        let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
+        let if_match = identity.etag.as_deref().map(quoted);
         let key = self.dest_key(&object.key);
-        let upload_id = self.create_upload(&key, h).await?;
+        let upload_id = self.create_upload(&key, headers.tagged(&identity)).await?;
         let parts = futures::stream::iter(part_ranges(object.size, self.spec.part_size))
             .map(|(number, start, end)| {
-                let done = part(upload_id.clone(), number, start, end);
+                let done = part(Part {
+                    upload_id: upload_id.clone(),
+                    number,
+                    start,
+                    end,
+                    if_match: if_match.clone(),
+                });
                 async move {
                     let etag = done.await?;
                     Ok::<_, Classified>(

@@ -134,6 +134,12 @@ pub fn spawn(
     })
 }
 
+/// Starts `pg_dump`: it reads nothing and takes no session settings; its
+/// archive goes to `stdout` (or to the file its arguments name).
+pub fn spawn_pg_dump(bin_dir: &Path, args: &[String], stdout: Stdio) -> std::io::Result<Tool> {
+    spawn(bin_dir, Program::PgDump, args, &[], Stdio::null(), stdout)
+}
+
 /// Pipe buffer for a tool's data pipe. At the default 64 KiB the tool and
 /// the agent wake each other for every few writes; 1 MiB (Linux's default
 /// ceiling for unprivileged processes) lets each side work in longer runs.
@@ -302,17 +308,22 @@ impl Tool {
 mod tests {
     use super::*;
 
+    /// Starts `dir/name` with no arguments and no session settings.
+    fn start(dir: &str, name: &'static str, stdin: Stdio, stdout: Stdio) -> Tool {
+        spawn(
+            Path::new(dir),
+            Program::Other(name),
+            &[],
+            &[],
+            stdin,
+            stdout,
+        )
+        .expect(name)
+    }
+
     #[tokio::test]
     async fn data_pipes_are_widened() {
-        let mut tool = spawn(
-            Path::new("/bin"),
-            Program::Other("cat"),
-            &[],
-            &[],
-            Stdio::piped(),
-            Stdio::piped(),
-        )
-        .expect("cat starts");
+        let mut tool = start("/bin", "cat", Stdio::piped(), Stdio::piped());
         let size = |fd: std::os::fd::BorrowedFd<'_>| {
             nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).expect("F_GETPIPE_SZ")
         };
@@ -337,15 +348,7 @@ mod tests {
     async fn stdout_arrives_in_whole_chunks_and_coalesced_writes_lose_nothing() {
         use crate::frames::CHUNK;
         let (stdout, mut chunks) = chunked_stdout().expect("pipe");
-        let mut tool = spawn(
-            Path::new("/bin"),
-            Program::Other("cat"),
-            &[],
-            &[],
-            Stdio::piped(),
-            stdout,
-        )
-        .expect("cat starts");
+        let mut tool = start("/bin", "cat", Stdio::piped(), stdout);
         let mut stdin = tool.take_stdin().expect("stdin");
         // More than the pipe holds, so the writer meets a full pipe.
         let sent: Vec<u8> = (0..(12 * CHUNK + 12345)).map(|i| (i % 251) as u8).collect();
@@ -375,15 +378,7 @@ mod tests {
     #[tokio::test]
     async fn a_tool_stops_when_nobody_reads_its_stdout() {
         let (stdout, mut chunks) = chunked_stdout().expect("pipe");
-        let mut tool = spawn(
-            Path::new("/usr/bin"),
-            Program::Other("yes"),
-            &[],
-            &[],
-            Stdio::null(),
-            stdout,
-        )
-        .expect("yes");
+        let mut tool = start("/usr/bin", "yes", Stdio::null(), stdout);
         assert_eq!(
             chunks.next().await.expect("read").len(),
             crate::frames::CHUNK

@@ -75,15 +75,10 @@ impl Backups {
     ) -> Result<(procs::Tool, tokio::process::ChildStdout), BackupFailure> {
         let cfg = &self.config;
         let argv = backup_args(cfg, req).map_err(BackupFailure::at(BackupStep::Dump))?;
-        let mut tool = procs::spawn(
-            &cfg.postgres.bin_dir,
-            procs::Program::PgDump,
-            &argv,
-            &[],
-            Stdio::null(),
-            Stdio::piped(),
-        )
-        .map_err(|e| BackupFailure::new(BackupStep::Dump, format!("cannot start pg_dump: {e}")))?;
+        let mut tool =
+            procs::spawn_pg_dump(&cfg.postgres.bin_dir, &argv, Stdio::piped()).map_err(|e| {
+                BackupFailure::new(BackupStep::Dump, format!("cannot start pg_dump: {e}"))
+            })?;
         let out = tool
             .child
             .stdout

@@ -47,18 +47,22 @@ async fn admin(pg: &PostgresConfig) -> Result<Client, DbError> {
 }
 
 pub async fn database_exists(c: &Client, name: &str) -> Result<bool, DbError> {
-    let row = c
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .map_err(|e| err("reading pg_database", e))?;
-    Ok(row.is_some())
+    let sql = "SELECT 1 FROM pg_database WHERE datname = $1";
+    has_row(c, sql, name, "reading pg_database").await
 }
 
 pub async fn role_exists(c: &Client, name: &str) -> Result<bool, DbError> {
+    let sql = "SELECT 1 FROM pg_roles WHERE rolname = $1";
+    has_row(c, sql, name, "reading pg_roles").await
+}
+
+/// Whether `sql` finds a row for `name` (its `$1`); `reading` says what
+/// was read when it fails.
+async fn has_row(c: &Client, sql: &str, name: &str, reading: &str) -> Result<bool, DbError> {
     let row = c
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .query_opt(sql, &[&name])
         .await
-        .map_err(|e| err("reading pg_roles", e))?;
+        .map_err(|e| err(reading, e))?;
     Ok(row.is_some())
 }
 

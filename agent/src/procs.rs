@@ -106,24 +106,10 @@ pub fn spawn(
         widen_pipe(pipe);
     }
     let tail = StderrTail::default();
-    let reader = child.stderr.take().map(|err| {
-        let tail = tail.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(mut line)) = lines.next_line().await {
-                tracing::debug!(tool = name, line = %line, "stderr");
-                if line.len() > MAX_LINE {
-                    let mut cut = MAX_LINE;
-                    while !line.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    line.truncate(cut);
-                    line.push_str(" [...]");
-                }
-                tail.push(line);
-            }
-        })
-    });
+    let reader = child
+        .stderr
+        .take()
+        .map(|err| tokio::spawn(keep_stderr(err, tail.clone(), name)));
     Ok(Tool {
         program,
         name,
@@ -132,6 +118,24 @@ pub fn spawn(
         reader,
         stdin_wide,
     })
+}
+
+/// Reads a tool's stderr to its end: every line logged, the last ones
+/// kept in `tail` (each cut to [`MAX_LINE`]).
+async fn keep_stderr(err: tokio::process::ChildStderr, tail: StderrTail, name: &'static str) {
+    let mut lines = BufReader::new(err).lines();
+    while let Ok(Some(mut line)) = lines.next_line().await {
+        tracing::debug!(tool = name, line = %line, "stderr");
+        if line.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(" [...]");
+        }
+        tail.push(line);
+    }
 }
 
 /// Starts `pg_dump`: it reads nothing and takes no session settings; its

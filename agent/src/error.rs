@@ -2,6 +2,8 @@
 
 use tonic::{Code, Status};
 
+use crate::backup::BackupFailure;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The caller presented no usable identity.
@@ -23,6 +25,14 @@ pub enum AgentError {
     /// Something on this host failed (PostgreSQL, disk).
     #[error("agent {agent}: {reason}")]
     Internal { agent: String, reason: String },
+    /// A backup failed at one of its steps (S3, PostgreSQL, `pg_dump`).
+    #[error("agent {agent}: backup of {database:?}: {failure}")]
+    Backup {
+        agent: String,
+        database: String,
+        #[source]
+        failure: BackupFailure,
+    },
 }
 
 impl AgentError {
@@ -60,6 +70,14 @@ impl AgentError {
             reason: reason.into(),
         }
     }
+
+    pub fn backup(agent: &str, database: &str, failure: BackupFailure) -> Self {
+        AgentError::Backup {
+            agent: agent.to_string(),
+            database: database.to_string(),
+            failure,
+        }
+    }
 }
 
 impl From<AgentError> for Status {
@@ -72,7 +90,7 @@ impl From<AgentError> for Status {
             AgentError::FailedPrecondition { .. } => {
                 (Code::FailedPrecondition, "failed-precondition")
             }
-            AgentError::Internal { .. } => (Code::Internal, "internal"),
+            AgentError::Internal { .. } | AgentError::Backup { .. } => (Code::Internal, "internal"),
         };
         let mut status = Status::new(code, e.to_string());
         status.metadata_mut().insert(

@@ -5,6 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
+use tokio_postgres::Client;
 
 use crate::config::PostgresConfig;
 
@@ -180,6 +181,17 @@ pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
         .map_err(describe)?;
     let version: String = row.try_get(0).map_err(describe)?;
     let version_num: i32 = row.try_get(1).map_err(describe)?;
+    Ok(ServerInfo {
+        version,
+        version_num: version_num.max(0) as u32,
+        databases: databases(&client).await.map_err(describe)?,
+        roles: roles(&client).await.map_err(describe)?,
+        data_dir_free_bytes: data_dir_free_bytes(&client).await,
+    })
+}
+
+/// The databases a client can connect to, with owner and size.
+async fn databases(client: &Client) -> Result<Vec<DatabaseRow>, tokio_postgres::Error> {
     // pg_database_size() is NULL for a database created or dropped while we
     // look (its directory is not there yet or any more): size 0, not an error.
     let rows = client
@@ -188,10 +200,8 @@ pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
              FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
             &[],
         )
-        .await
-        .map_err(describe)?;
-    let databases = rows
-        .iter()
+        .await?;
+    rows.iter()
         .map(|r| {
             Ok(DatabaseRow {
                 name: r.try_get(0)?,
@@ -199,34 +209,32 @@ pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
                 size_bytes: r.try_get::<_, Option<i64>>(2)?.unwrap_or(0).max(0) as u64,
             })
         })
-        .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(describe)?;
-    let roles = client
+        .collect()
+}
+
+/// The roles, but PostgreSQL's own `pg_*` ones.
+async fn roles(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    client
         .query(
             "SELECT rolname::text FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1",
             &[],
         )
-        .await
-        .map_err(describe)?
+        .await?
         .iter()
         .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()
-        .map_err(describe)?;
-    // Readable by superusers and pg_read_all_settings; 0 when we cannot tell.
-    let data_dir_free_bytes = match client.query_one("SHOW data_directory", &[]).await {
+        .collect()
+}
+
+/// Free space where the data directory is. Readable by superusers and
+/// pg_read_all_settings; 0 when we cannot tell.
+async fn data_dir_free_bytes(client: &Client) -> u64 {
+    match client.query_one("SHOW data_directory", &[]).await {
         Ok(row) => match row.try_get::<_, String>(0) {
-            Ok(dir) => free_bytes(std::path::Path::new(&dir)),
+            Ok(dir) => free_bytes(Path::new(&dir)),
             Err(_) => 0,
         },
         Err(_) => 0,
-    };
-    Ok(ServerInfo {
-        version,
-        version_num: version_num.max(0) as u32,
-        databases,
-        roles,
-        data_dir_free_bytes,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use stagesync_proto::v1 as pb;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Patterns};
 use crate::error::AgentError;
 
 /// The agent's own working databases (a job's new database, a swapped-out
@@ -30,15 +30,10 @@ fn invalid(cfg: &AgentConfig, reason: String) -> AgentError {
 /// The direction guard for reading: `database` may be dumped (for a
 /// refresh or a backup).
 pub fn may_dump(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {
-    if ours(database) || !cfg.policy.may_dump.matches(database) {
-        return Err(denied(
-            cfg,
-            format!(
-                "direction guard: this agent may not dump database {database:?} (policy.may_dump = {:?} in {})",
-                cfg.policy.may_dump.patterns,
-                cfg.source.display()
-            ),
-        ));
+    let listed = &cfg.policy.may_dump;
+    if ours(database) || !listed.matches(database) {
+        let refused = format!("direction guard: this agent may not dump database {database:?}");
+        return Err(not_listed(cfg, refused, "may_dump", listed));
     }
     Ok(())
 }
@@ -52,15 +47,11 @@ pub fn may_overwrite(cfg: &AgentConfig, database: &str) -> Result<(), AgentError
             format!("database {database:?} cannot be a refresh destination"),
         ));
     }
-    if !cfg.policy.may_overwrite.matches(database) {
-        return Err(denied(
-            cfg,
-            format!(
-                "direction guard: this agent may not overwrite database {database:?} (policy.may_overwrite = {:?} in {})",
-                cfg.policy.may_overwrite.patterns,
-                cfg.source.display()
-            ),
-        ));
+    let listed = &cfg.policy.may_overwrite;
+    if !listed.matches(database) {
+        let refused =
+            format!("direction guard: this agent may not overwrite database {database:?}");
+        return Err(not_listed(cfg, refused, "may_overwrite", listed));
     }
     Ok(())
 }
@@ -84,50 +75,45 @@ pub fn place_url(p: &pb::S3Place) -> String {
 
 /// A backup may be uploaded to `place`.
 pub fn may_backup_to(cfg: &AgentConfig, place: &pb::S3Place) -> Result<(), AgentError> {
-    let patterns = &cfg.policy.may_backup_to;
-    place_allowed(
-        cfg,
-        place,
-        patterns,
-        "upload backups to",
-        "policy.may_backup_to",
-    )
+    let listed = &cfg.policy.may_backup_to;
+    place_listed(cfg, place, "upload backups to", "may_backup_to", listed)
 }
 
 /// A backup may be restored from `place`.
 pub fn may_restore_from(cfg: &AgentConfig, place: &pb::S3Place) -> Result<(), AgentError> {
-    let patterns = &cfg.policy.may_restore_from;
-    place_allowed(
-        cfg,
-        place,
-        patterns,
-        "restore from",
-        "policy.may_restore_from",
-    )
+    let listed = &cfg.policy.may_restore_from;
+    place_listed(cfg, place, "restore from", "may_restore_from", listed)
 }
 
-/// `place` is well formed and its URL matches `patterns` (the policy key
-/// `key`); `doing` says what for, in the refusal.
-fn place_allowed(
+/// `place` is well formed and matches `listed` (`policy.<key>`), which says
+/// where this agent may `doing`.
+fn place_listed(
     cfg: &AgentConfig,
     place: &pb::S3Place,
-    patterns: &crate::config::Patterns,
     doing: &str,
     key: &str,
+    listed: &Patterns,
 ) -> Result<(), AgentError> {
     check_place(cfg, place)?;
     let url = place_url(place);
-    if !patterns.matches(&url) {
-        return Err(denied(
-            cfg,
-            format!(
-                "this agent may not {doing} {url} ({key} = {:?} in {})",
-                patterns.patterns,
-                cfg.source.display()
-            ),
-        ));
+    if !listed.matches(&url) {
+        let refused = format!("this agent may not {doing} {url}");
+        return Err(not_listed(cfg, refused, key, listed));
     }
     Ok(())
+}
+
+/// A refusal because `policy.<key>` does not list what was asked: names
+/// the list and the file to change.
+fn not_listed(cfg: &AgentConfig, refused: String, key: &str, listed: &Patterns) -> AgentError {
+    denied(
+        cfg,
+        format!(
+            "{refused} (policy.{key} = {:?} in {})",
+            listed.patterns,
+            cfg.source.display()
+        ),
+    )
 }
 
 /// A place's bucket and prefix are well formed.

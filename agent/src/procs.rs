@@ -106,24 +106,10 @@ pub fn spawn(
         widen_pipe(pipe);
     }
     let tail = StderrTail::default();
-    let reader = child.stderr.take().map(|err| {
-        let tail = tail.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(mut line)) = lines.next_line().await {
-                tracing::debug!(tool = name, line = %line, "stderr");
-                if line.len() > MAX_LINE {
-                    let mut cut = MAX_LINE;
-                    while !line.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    line.truncate(cut);
-                    line.push_str(" [...]");
-                }
-                tail.push(line);
-            }
-        })
-    });
+    let reader = child
+        .stderr
+        .take()
+        .map(|err| tokio::spawn(keep_stderr(err, tail.clone(), name)));
     Ok(Tool {
         program,
         name,
@@ -132,6 +118,30 @@ pub fn spawn(
         reader,
         stdin_wide,
     })
+}
+
+/// Reads a tool's stderr to its end: every line logged, the last ones
+/// kept in `tail` (each cut to [`MAX_LINE`]).
+async fn keep_stderr(err: tokio::process::ChildStderr, tail: StderrTail, name: &'static str) {
+    let mut lines = BufReader::new(err).lines();
+    while let Ok(Some(mut line)) = lines.next_line().await {
+        tracing::debug!(tool = name, line = %line, "stderr");
+        if line.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(" [...]");
+        }
+        tail.push(line);
+    }
+}
+
+/// Starts `pg_dump`: it reads nothing and takes no session settings; its
+/// archive goes to `stdout` (or to the file its arguments name).
+pub fn spawn_pg_dump(bin_dir: &Path, args: &[String], stdout: Stdio) -> std::io::Result<Tool> {
+    spawn(bin_dir, Program::PgDump, args, &[], Stdio::null(), stdout)
 }
 
 /// Pipe buffer for a tool's data pipe. At the default 64 KiB the tool and
@@ -302,17 +312,22 @@ impl Tool {
 mod tests {
     use super::*;
 
+    /// Starts `dir/name` with no arguments and no session settings.
+    fn start(dir: &str, name: &'static str, stdin: Stdio, stdout: Stdio) -> Tool {
+        spawn(
+            Path::new(dir),
+            Program::Other(name),
+            &[],
+            &[],
+            stdin,
+            stdout,
+        )
+        .expect(name)
+    }
+
     #[tokio::test]
     async fn data_pipes_are_widened() {
-        let mut tool = spawn(
-            Path::new("/bin"),
-            Program::Other("cat"),
-            &[],
-            &[],
-            Stdio::piped(),
-            Stdio::piped(),
-        )
-        .expect("cat starts");
+        let mut tool = start("/bin", "cat", Stdio::piped(), Stdio::piped());
         let size = |fd: std::os::fd::BorrowedFd<'_>| {
             nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETPIPE_SZ).expect("F_GETPIPE_SZ")
         };
@@ -337,15 +352,7 @@ mod tests {
     async fn stdout_arrives_in_whole_chunks_and_coalesced_writes_lose_nothing() {
         use crate::frames::CHUNK;
         let (stdout, mut chunks) = chunked_stdout().expect("pipe");
-        let mut tool = spawn(
-            Path::new("/bin"),
-            Program::Other("cat"),
-            &[],
-            &[],
-            Stdio::piped(),
-            stdout,
-        )
-        .expect("cat starts");
+        let mut tool = start("/bin", "cat", Stdio::piped(), stdout);
         let mut stdin = tool.take_stdin().expect("stdin");
         // More than the pipe holds, so the writer meets a full pipe.
         let sent: Vec<u8> = (0..(12 * CHUNK + 12345)).map(|i| (i % 251) as u8).collect();
@@ -375,15 +382,7 @@ mod tests {
     #[tokio::test]
     async fn a_tool_stops_when_nobody_reads_its_stdout() {
         let (stdout, mut chunks) = chunked_stdout().expect("pipe");
-        let mut tool = spawn(
-            Path::new("/usr/bin"),
-            Program::Other("yes"),
-            &[],
-            &[],
-            Stdio::null(),
-            stdout,
-        )
-        .expect("yes");
+        let mut tool = start("/usr/bin", "yes", Stdio::null(), stdout);
         assert_eq!(
             chunks.next().await.expect("read").len(),
             crate::frames::CHUNK

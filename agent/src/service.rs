@@ -67,57 +67,14 @@ impl AgentService {
         }
     }
 
+    fn no_job(&self, id: &str) -> Status {
+        AgentError::not_found(&self.config.name, format!("no job {id:?} here")).into()
+    }
+
+    /// What this agent is, what it may do, and what it sees: the answer
+    /// to `Info`, which a controller's preflight decides on.
     async fn info(&self) -> pb::InfoResponse {
         let cfg = &self.config;
-        let pg_cfg = &cfg.postgres;
-        let policy = &cfg.policy;
-        let postgres = match pg::server_info(pg_cfg).await {
-            Ok(info) => pb::PostgresInfo {
-                reachable: true,
-                error: String::new(),
-                server_version: info.version,
-                server_version_num: info.version_num,
-                databases: info
-                    .databases
-                    .into_iter()
-                    .map(|d| pb::Database {
-                        may_dump: policy::may_dump(cfg, &d.name).is_ok(),
-                        may_overwrite: policy::may_overwrite(cfg, &d.name).is_ok(),
-                        name: d.name,
-                        owner: d.owner,
-                        size_bytes: d.size_bytes,
-                    })
-                    .collect(),
-                socket_dir: pg_cfg.socket_dir.display().to_string(),
-                port: pg_cfg.port.into(),
-                data_dir_free_bytes: info.data_dir_free_bytes,
-                roles: info.roles,
-            },
-            Err(error) => pb::PostgresInfo {
-                data_dir_free_bytes: 0,
-                reachable: false,
-                error,
-                socket_dir: pg_cfg.socket_dir.display().to_string(),
-                port: pg_cfg.port.into(),
-                ..Default::default()
-            },
-        };
-        let (pg_dump_version, pg_dump_major) = pg::tool_version(&pg_cfg.bin_dir, "pg_dump").await;
-        let (pg_restore_version, pg_restore_major) =
-            pg::tool_version(&pg_cfg.bin_dir, "pg_restore").await;
-        // The statvfs field types differ between platforms, hence the casts.
-        #[allow(clippy::unnecessary_cast)]
-        let work_dir = match nix::sys::statvfs::statvfs(&cfg.work_dir) {
-            Ok(s) => pb::WorkDir {
-                path: cfg.work_dir.display().to_string(),
-                free_bytes: s.blocks_available() as u64 * s.fragment_size() as u64,
-                total_bytes: s.blocks() as u64 * s.fragment_size() as u64,
-            },
-            Err(_) => pb::WorkDir {
-                path: cfg.work_dir.display().to_string(),
-                ..Default::default()
-            },
-        };
         pb::InfoResponse {
             name: cfg.name.clone(),
             identity: cfg.identity.to_string(),
@@ -125,25 +82,101 @@ impl AgentService {
             hostname: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            postgres: Some(postgres),
-            tools: Some(pb::ToolInfo {
-                bin_dir: pg_cfg.bin_dir.display().to_string(),
-                pg_dump_version,
-                pg_restore_version,
-                pg_dump_major,
-                pg_restore_major,
-            }),
-            policy: Some(pb::Policy {
-                may_dump: policy.may_dump.patterns.clone(),
-                may_overwrite: policy.may_overwrite.patterns.clone(),
-                controllers: policy.controllers.iter().map(|i| i.to_string()).collect(),
-                peers: policy.peers.iter().map(|i| i.to_string()).collect(),
-                may_backup_to: policy.may_backup_to.patterns.clone(),
-                may_restore_from: policy.may_restore_from.patterns.clone(),
-            }),
-            work_dir: Some(work_dir),
+            postgres: Some(self.postgres_info().await),
+            tools: Some(self.tools_info().await),
+            policy: Some(self.policy_info()),
+            work_dir: Some(self.work_dir_info()),
             jobs: self.jobs.all().iter().map(|j| j.status()).collect(),
             features: FEATURES.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    /// The local server, its databases with what the policy allows on each
+    /// (decided by [`policy`], as the RPCs decide it), or why it cannot be
+    /// reached.
+    async fn postgres_info(&self) -> pb::PostgresInfo {
+        let cfg = &self.config;
+        let pg_cfg = &cfg.postgres;
+        let located = pb::PostgresInfo {
+            socket_dir: pg_cfg.socket_dir.display().to_string(),
+            port: pg_cfg.port.into(),
+            ..Default::default()
+        };
+        let info = match pg::server_info(pg_cfg).await {
+            Ok(info) => info,
+            Err(error) => {
+                return pb::PostgresInfo {
+                    reachable: false,
+                    error,
+                    ..located
+                };
+            }
+        };
+        let databases = info
+            .databases
+            .into_iter()
+            .map(|d| pb::Database {
+                may_dump: policy::may_dump(cfg, &d.name).is_ok(),
+                may_overwrite: policy::may_overwrite(cfg, &d.name).is_ok(),
+                name: d.name,
+                owner: d.owner,
+                size_bytes: d.size_bytes,
+            })
+            .collect();
+        pb::PostgresInfo {
+            reachable: true,
+            server_version: info.version,
+            server_version_num: info.version_num,
+            databases,
+            data_dir_free_bytes: info.data_dir_free_bytes,
+            roles: info.roles,
+            ..located
+        }
+    }
+
+    /// `pg_dump` and `pg_restore`: where they are and which versions.
+    async fn tools_info(&self) -> pb::ToolInfo {
+        let bin_dir = &self.config.postgres.bin_dir;
+        let (pg_dump_version, pg_dump_major) = pg::tool_version(bin_dir, "pg_dump").await;
+        let (pg_restore_version, pg_restore_major) = pg::tool_version(bin_dir, "pg_restore").await;
+        pb::ToolInfo {
+            bin_dir: bin_dir.display().to_string(),
+            pg_dump_version,
+            pg_restore_version,
+            pg_dump_major,
+            pg_restore_major,
+        }
+    }
+
+    /// The policy as configured.
+    fn policy_info(&self) -> pb::Policy {
+        let policy = &self.config.policy;
+        pb::Policy {
+            may_dump: policy.may_dump.patterns.clone(),
+            may_overwrite: policy.may_overwrite.patterns.clone(),
+            controllers: policy.controllers.iter().map(|i| i.to_string()).collect(),
+            peers: policy.peers.iter().map(|i| i.to_string()).collect(),
+            may_backup_to: policy.may_backup_to.patterns.clone(),
+            may_restore_from: policy.may_restore_from.patterns.clone(),
+        }
+    }
+
+    /// The work dir and its free space (0 when it cannot be read).
+    fn work_dir_info(&self) -> pb::WorkDir {
+        let dir = &self.config.work_dir;
+        let path = dir.display().to_string();
+        // The statvfs field types differ between platforms, hence the casts.
+        #[allow(clippy::unnecessary_cast)]
+        match nix::sys::statvfs::statvfs(dir) {
+            Ok(s) => pb::WorkDir {
+                path,
+                free_bytes: s.blocks_available() as u64 * s.fragment_size() as u64,
+                total_bytes: s.blocks() as u64 * s.fragment_size() as u64,
+            },
+            Err(_) => pb::WorkDir {
+                path,
+                ..Default::default()
+            },
         }
     }
 }
@@ -228,12 +261,7 @@ impl pb::agent_server::Agent for AgentService {
             .find(&id, side)
             .into_iter()
             .next()
-            .ok_or_else(|| {
-                Status::from(AgentError::NotFound {
-                    agent: self.config.name.clone(),
-                    reason: format!("no job {id:?} here"),
-                })
-            })?;
+            .ok_or_else(|| self.no_job(&id))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let tick = self.config.jobs.status_interval;
         tokio::spawn(async move {
@@ -281,10 +309,7 @@ impl pb::agent_server::Agent for AgentService {
         let side = pb::Side::try_from(req.side).unwrap_or(pb::Side::Unspecified);
         let found = self.jobs.find(&req.job_id, side);
         if found.is_empty() {
-            return Err(Status::from(AgentError::NotFound {
-                agent: self.config.name.clone(),
-                reason: format!("no job {:?} here", req.job_id),
-            }));
+            return Err(self.no_job(&req.job_id));
         }
         let reason = if req.reason.is_empty() {
             format!("aborted by {caller}")
@@ -292,12 +317,8 @@ impl pb::agent_server::Agent for AgentService {
             format!("aborted by {caller}: {}", req.reason)
         };
         for job in found {
-            job.abort(&reason).map_err(|r| {
-                Status::from(AgentError::FailedPrecondition {
-                    agent: self.config.name.clone(),
-                    reason: r,
-                })
-            })?;
+            job.abort(&reason)
+                .map_err(|r| AgentError::precondition(&self.config.name, r))?;
         }
         Ok(Response::new(pb::AbortResponse {}))
     }

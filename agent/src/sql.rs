@@ -18,6 +18,22 @@ pub fn literal(value: &str) -> String {
     }
 }
 
+/// `ALTER DATABASE "from" RENAME TO "to"`.
+pub fn rename_database(from: &str, to: &str) -> String {
+    format!("ALTER DATABASE {} RENAME TO {}", ident(from), ident(to))
+}
+
+/// `ALTER DATABASE "db" ALLOW_CONNECTIONS true|false`.
+pub fn allow_connections(db: &str, allowed: bool) -> String {
+    format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allowed}", ident(db))
+}
+
+/// `DROP DATABASE IF EXISTS "name" WITH (FORCE)`: its sessions are ended
+/// rather than waited for.
+pub fn drop_database(name: &str) -> String {
+    format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name))
+}
+
 /// Prefix of the databases a job restores into before the swap.
 pub const NEW_PREFIX: &str = "stagesync_new_";
 /// Prefix of the previous copies kept for rollback.

@@ -62,99 +62,31 @@ pub(crate) async fn delete_extras(
     extras: Vec<Listed>,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    let Deletes {
-        spec,
-        dest,
-        target,
-        options,
-        progress,
-    } = *job;
-    let record = options.record_keys;
-    if options.dry_run {
-        for object in extras {
-            report.deleted.add(object.size);
-            progress(Event::WouldDelete {
+    if job.options.dry_run {
+        for object in &extras {
+            job.deleted(object, report);
+            (job.progress)(Event::WouldDelete {
                 key: object.key.clone(),
             });
-            if record {
-                report.deleted_keys.push(object.key);
-            }
         }
         return Ok(());
     }
     let (mut failed, mut first) = (0u64, None);
     for batch in extras.chunks(DELETE_BATCH) {
-        let identifiers = batch
-            .iter()
-            .map(|o| {
-                ObjectIdentifier::builder()
-                    .key(format!("{}{}", spec.dest.prefix, o.key))
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SyncError::Request {
-                target: Box::new(target.clone()),
-                operation: "DeleteObjects",
-                detail: e.to_string(),
-            })?;
-        let delete = Delete::builder()
-            .set_objects(Some(identifiers))
-            .quiet(true)
-            .build()
-            .map_err(|e| SyncError::Request {
-                target: Box::new(target.clone()),
-                operation: "DeleteObjects",
-                detail: e.to_string(),
-            })?;
-        let sent = (|| async {
-            dest.delete_objects()
-                .bucket(&spec.dest.bucket)
-                .delete(delete.clone())
-                .send()
-                .await
-                .map_err(|e| classify(&e))
-        })
-        .retry(backoff(&spec.retry))
-        .when(retryable)
-        .await;
-        let errors: Vec<(String, String)> = match sent {
-            Ok(out) => out
-                .errors()
-                .iter()
-                .map(|e| {
-                    let key = e.key().unwrap_or_default();
-                    let relative = key.strip_prefix(spec.dest.prefix.as_str()).unwrap_or(key);
-                    (
-                        relative.to_string(),
-                        format!(
-                            "{}: {}",
-                            e.code().unwrap_or("error"),
-                            e.message().unwrap_or("")
-                        ),
-                    )
-                })
-                .collect(),
-            Err(e) => batch
-                .iter()
-                .map(|o| (o.key.clone(), e.detail.clone()))
-                .collect(),
-        };
+        let errors = delete_batch(job, batch).await?;
         for object in batch {
             match errors.iter().find(|(key, _)| *key == object.key) {
                 Some((key, detail)) => {
                     failed += 1;
                     first.get_or_insert_with(|| format!("`{key}`: {detail}"));
-                    progress(Event::Failed {
+                    (job.progress)(Event::Failed {
                         key: key.clone(),
                         error: detail.clone(),
                     });
                 }
                 None => {
-                    report.deleted.add(object.size);
-                    if record {
-                        report.deleted_keys.push(object.key.clone());
-                    }
-                    progress(Event::Deleted {
+                    job.deleted(object, report);
+                    (job.progress)(Event::Deleted {
                         key: object.key.clone(),
                     });
                 }
@@ -163,13 +95,86 @@ pub(crate) async fn delete_extras(
     }
     if failed > 0 {
         return Err(SyncError::DeletesFailed {
-            copy: spec.name.clone(),
-            target: Box::new(target.clone()),
+            copy: job.spec.name.clone(),
+            target: Box::new(job.target.clone()),
             failed,
             first: first.unwrap_or_default(),
         });
     }
     Ok(())
+}
+
+impl Deletes<'_> {
+    /// Counts a deleted (or, in a dry run, deletable) object in the report.
+    fn deleted(&self, object: &Listed, report: &mut SyncReport) {
+        report.deleted.add(object.size);
+        if self.options.record_keys {
+            report.deleted_keys.push(object.key.clone());
+        }
+    }
+
+    fn request_error(&self, detail: impl ToString) -> SyncError {
+        SyncError::Request {
+            target: Box::new(self.target.clone()),
+            operation: "DeleteObjects",
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Deletes one batch (with retries). Returns the keys that were not
+/// deleted, relative to the destination prefix, each with why.
+async fn delete_batch(
+    job: &Deletes<'_>,
+    batch: &[Listed],
+) -> Result<Vec<(String, String)>, SyncError> {
+    let Deletes { spec, dest, .. } = *job;
+    let identifiers = batch
+        .iter()
+        .map(|o| {
+            ObjectIdentifier::builder()
+                .key(format!("{}{}", spec.dest.prefix, o.key))
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| job.request_error(e))?;
+    let delete = Delete::builder()
+        .set_objects(Some(identifiers))
+        .quiet(true)
+        .build()
+        .map_err(|e| job.request_error(e))?;
+    let sent = (|| async {
+        dest.delete_objects()
+            .bucket(&spec.dest.bucket)
+            .delete(delete.clone())
+            .send()
+            .await
+            .map_err(|e| classify(&e))
+    })
+    .retry(backoff(&spec.retry))
+    .when(retryable)
+    .await;
+    let prefix = spec.dest.prefix.as_str();
+    Ok(match sent {
+        Ok(out) => out
+            .errors()
+            .iter()
+            .map(|e| {
+                let key = e.key().unwrap_or_default();
+                let relative = key.strip_prefix(prefix).unwrap_or(key);
+                let why = format!(
+                    "{}: {}",
+                    e.code().unwrap_or("error"),
+                    e.message().unwrap_or("")
+                );
+                (relative.to_string(), why)
+            })
+            .collect(),
+        Err(e) => batch
+            .iter()
+            .map(|o| (o.key.clone(), e.detail.clone()))
+            .collect(),
+    })
 }
 
 #[cfg(test)]

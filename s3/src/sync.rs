@@ -12,13 +12,13 @@ use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::client::ClientPool;
+use crate::client::{Built, ClientPool};
 use crate::error::{Classified, Kind, Side, SyncError, Target, classify, side_error};
 use crate::listing::{self, Listed, Listing};
 use crate::mirror::{self, Deletes};
 use crate::plan::{Verdict, compare, next_step};
 use crate::progress::{CopyReason, Event, Progress, SyncReport};
-use crate::spec::{CopySpec, RetrySettings};
+use crate::spec::{CopySpec, Filter, RetrySettings};
 use crate::transfer::Transfer;
 
 /// How to run a sync.
@@ -64,58 +64,11 @@ pub async fn sync_with(
 ) -> Result<SyncReport, SyncError> {
     let filter = spec.validate()?;
     let spec = Arc::new(spec.clone());
-    let source_target = target(&spec, Side::Source);
-    let dest_target = target(&spec, Side::Dest);
-    let files = &spec.profile_files;
-    let source_built = pool
-        .built(&spec.source_side, files, spec.retry, &source_target)
-        .await?;
-    let dest_built = pool
-        .built(&spec.dest_side, files, spec.retry, &dest_target)
-        .await?;
-    let (source, dest) = (source_built.client, dest_built.client);
-    preflight(&source, &source_target).await?;
-    preflight(&dest, &dest_target).await?;
+    let ends = Ends::connect(pool, &spec).await?;
     tracing::info!(copy = %spec.name, source = %spec.source, dest = %spec.dest, dry_run = options.dry_run, "sync starting");
-
-    let source_list = listing::spawn(
-        source.clone(),
-        spec.source.clone(),
-        filter.clone(),
-        spec.listing,
-        spec.retry,
-        source_target,
-        progress.clone(),
-    );
-    let dest_list = listing::spawn(
-        dest.clone(),
-        spec.dest.clone(),
-        filter,
-        spec.listing,
-        spec.retry,
-        dest_target.clone(),
-        progress.clone(),
-    );
-
-    let run = Run {
-        transfer: Transfer {
-            spec: spec.clone(),
-            source,
-            dest: dest.clone(),
-            slots: Arc::new(Semaphore::new(spec.concurrency)),
-            head_etags: [AtomicBool::new(true), AtomicBool::new(true)],
-            lean: Default::default(),
-            credentials: [source_built.credentials, dest_built.credentials],
-        },
-        options,
-        progress,
-        report: Mutex::new(SyncReport {
-            copy: spec.name.clone(),
-            dry_run: options.dry_run,
-            ..SyncReport::default()
-        }),
-        first_failure: Mutex::new(None),
-    };
+    let source_list = ends.list(Side::Source, &spec, filter.clone(), &progress);
+    let dest_list = ends.list(Side::Dest, &spec, filter, &progress);
+    let run = Run::new(spec.clone(), ends, options, progress);
 
     let (work_tx, work_rx) = mpsc::channel(spec.concurrency * 2);
     let workers =
@@ -124,29 +77,9 @@ pub async fn sync_with(
     let extras = merged?;
 
     let mut report = run.take_report();
-    if report.failed.objects > 0 {
-        let first = run
-            .first_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .unwrap_or_default();
-        return Err(SyncError::CopiesFailed {
-            copy: spec.name.clone(),
-            failed: report.failed.objects,
-            first,
-        });
-    }
+    run.check_copies(&report)?;
     if spec.delete && !extras.is_empty() {
-        mirror::guard(&spec, extras.len() as u64, report.listed_dest.objects)?;
-        let job = Deletes {
-            spec: &spec,
-            dest: &dest,
-            target: &dest_target,
-            options,
-            progress: &run.progress,
-        };
-        mirror::delete_extras(&job, extras, &mut report).await?;
+        run.delete(extras, &mut report).await?;
     }
     report.copied_keys.sort();
     report.deleted_keys.sort();
@@ -160,6 +93,54 @@ pub async fn sync_with(
         "sync finished"
     );
     Ok(report)
+}
+
+/// Both ends of a copy, with clients that reached their buckets.
+struct Ends {
+    source: Built,
+    dest: Built,
+    source_target: Target,
+    dest_target: Target,
+}
+
+impl Ends {
+    /// Clients for both sides, each bucket checked before any work.
+    async fn connect(pool: &ClientPool, spec: &CopySpec) -> Result<Ends, SyncError> {
+        let source_target = target(spec, Side::Source);
+        let dest_target = target(spec, Side::Dest);
+        let files = &spec.profile_files;
+        let source = pool
+            .built(&spec.source_side, files, spec.retry, &source_target)
+            .await?;
+        let dest = pool
+            .built(&spec.dest_side, files, spec.retry, &dest_target)
+            .await?;
+        preflight(&source.client, &source_target).await?;
+        preflight(&dest.client, &dest_target).await?;
+        Ok(Ends {
+            source,
+            dest,
+            source_target,
+            dest_target,
+        })
+    }
+
+    /// One side's listing, running ahead of the merge.
+    fn list(&self, side: Side, spec: &CopySpec, filter: Filter, progress: &Progress) -> Listing {
+        let (built, location, target) = match side {
+            Side::Source => (&self.source, &spec.source, &self.source_target),
+            Side::Dest => (&self.dest, &spec.dest, &self.dest_target),
+        };
+        listing::spawn(
+            built.client.clone(),
+            location.clone(),
+            filter,
+            spec.listing,
+            spec.retry,
+            target.clone(),
+            progress.clone(),
+        )
+    }
 }
 
 fn target(spec: &CopySpec, side: Side) -> Target {
@@ -203,6 +184,8 @@ pub(crate) fn retryable(err: &Classified) -> bool {
 
 struct Run {
     transfer: Transfer,
+    /// The destination as errors name it, for the deletes.
+    dest_target: Target,
     options: SyncOptions,
     progress: Progress,
     report: Mutex<SyncReport>,
@@ -210,6 +193,61 @@ struct Run {
 }
 
 impl Run {
+    fn new(spec: Arc<CopySpec>, ends: Ends, options: SyncOptions, progress: Progress) -> Run {
+        Run {
+            transfer: Transfer {
+                spec: spec.clone(),
+                source: ends.source.client,
+                dest: ends.dest.client,
+                slots: Arc::new(Semaphore::new(spec.concurrency)),
+                head_etags: [AtomicBool::new(true), AtomicBool::new(true)],
+                lean: Default::default(),
+                credentials: [ends.source.credentials, ends.dest.credentials],
+            },
+            dest_target: ends.dest_target,
+            options,
+            progress,
+            report: Mutex::new(SyncReport {
+                copy: spec.name.clone(),
+                dry_run: options.dry_run,
+                ..SyncReport::default()
+            }),
+            first_failure: Mutex::new(None),
+        }
+    }
+
+    /// Fails the sync when any copy failed: then nothing may be deleted.
+    fn check_copies(&self, report: &SyncReport) -> Result<(), SyncError> {
+        if report.failed.objects == 0 {
+            return Ok(());
+        }
+        let first = self
+            .first_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or_default();
+        Err(SyncError::CopiesFailed {
+            copy: self.transfer.spec.name.clone(),
+            failed: report.failed.objects,
+            first,
+        })
+    }
+
+    /// Deletes the destination's extras, if the guard allows that many.
+    async fn delete(&self, extras: Vec<Listed>, report: &mut SyncReport) -> Result<(), SyncError> {
+        let spec = &self.transfer.spec;
+        mirror::guard(spec, extras.len() as u64, report.listed_dest.objects)?;
+        let job = Deletes {
+            spec,
+            dest: &self.transfer.dest,
+            target: &self.dest_target,
+            options: self.options,
+            progress: &self.progress,
+        };
+        mirror::delete_extras(&job, extras, report).await
+    }
+
     fn with_report(&self, f: impl FnOnce(&mut SyncReport)) {
         f(&mut self.report.lock().unwrap_or_else(PoisonError::into_inner));
     }
@@ -243,24 +281,7 @@ impl Run {
             if let Some(item) = &dest_item {
                 self.with_report(|r| r.listed_dest.add(item.size));
             }
-            let job = match (&source_item, dest_item.clone()) {
-                (Some(src), None) => Some(Work::Copy(src.clone(), CopyReason::Missing)),
-                (Some(src), Some(dst)) => match compare(src, &dst) {
-                    Verdict::Same => {
-                        self.skipped(src);
-                        None
-                    }
-                    Verdict::Copy(reason) => Some(Work::Copy(src.clone(), reason)),
-                    Verdict::AskMetadata => Some(Work::Check(src.clone(), dst)),
-                },
-                (None, Some(dst)) => {
-                    if self.transfer.spec.delete {
-                        extras.push(dst);
-                    }
-                    None
-                }
-                (None, None) => None,
-            };
+            let job = self.decide(source_item.as_ref(), dest_item.clone(), &mut extras);
             if let Some(job) = job
                 && work.send(job).await.is_err()
             {
@@ -286,6 +307,34 @@ impl Run {
             }
         }
         Ok(extras)
+    }
+
+    /// What one key needs: a copy, a closer look, nothing, or (when only
+    /// the destination has it) a place among the extras to delete.
+    fn decide(
+        &self,
+        source: Option<&Listed>,
+        dest: Option<Listed>,
+        extras: &mut Vec<Listed>,
+    ) -> Option<Work> {
+        match (source, dest) {
+            (Some(src), None) => Some(Work::Copy(src.clone(), CopyReason::Missing)),
+            (Some(src), Some(dst)) => match compare(src, &dst) {
+                Verdict::Same => {
+                    self.skipped(src);
+                    None
+                }
+                Verdict::Copy(reason) => Some(Work::Copy(src.clone(), reason)),
+                Verdict::AskMetadata => Some(Work::Check(src.clone(), dst)),
+            },
+            (None, Some(dst)) => {
+                if self.transfer.spec.delete {
+                    extras.push(dst);
+                }
+                None
+            }
+            (None, None) => None,
+        }
     }
 
     fn skipped(&self, object: &Listed) {
@@ -315,14 +364,8 @@ impl Run {
     }
 
     async fn copy(&self, object: Listed, reason: CopyReason) {
-        let record = self.options.record_keys;
         if self.options.dry_run {
-            self.with_report(|r| {
-                r.copied.add(object.size);
-                if record {
-                    r.copied_keys.push(object.key.clone());
-                }
-            });
+            self.count_copied(&object);
             (self.progress)(Event::WouldCopy {
                 key: object.key,
                 bytes: object.size,
@@ -343,12 +386,7 @@ impl Run {
             .await;
         match copied {
             Ok(method) => {
-                self.with_report(|r| {
-                    r.copied.add(object.size);
-                    if record {
-                        r.copied_keys.push(object.key.clone());
-                    }
-                });
+                self.count_copied(&object);
                 (self.progress)(Event::Copied {
                     key: object.key,
                     bytes: object.size,
@@ -358,6 +396,17 @@ impl Run {
             }
             Err(e) => self.failed(&object, &e),
         }
+    }
+
+    /// Counts a copied (or, in a dry run, copyable) object in the report.
+    fn count_copied(&self, object: &Listed) {
+        let record = self.options.record_keys;
+        self.with_report(|r| {
+            r.copied.add(object.size);
+            if record {
+                r.copied_keys.push(object.key.clone());
+            }
+        });
     }
 
     fn failed(&self, object: &Listed, err: &Classified) {

@@ -79,6 +79,21 @@ macro_rules! headers_from {
     };
 }
 
+/// `$request` (a PUT, a copy or a multipart upload) with the headers and
+/// metadata of `$h`.
+macro_rules! with_headers {
+    ($request:expr, $h:expr) => {{
+        let h: Headers = $h;
+        $request
+            .set_content_type(h.content_type)
+            .set_cache_control(h.cache_control)
+            .set_content_encoding(h.content_encoding)
+            .set_content_disposition(h.content_disposition)
+            .set_content_language(h.content_language)
+            .set_metadata(Some(h.metadata))
+    }};
+}
+
 impl Headers {
     /// The source's metadata plus what stagesync records about its identity.
     fn tagged(mut self, source: &Identity) -> Self {
@@ -102,6 +117,23 @@ fn quoted(etag: &str) -> String {
 /// `x-amz-copy-source` is `bucket/key` with the key percent-encoded.
 fn copy_source(bucket: &str, key: &str) -> String {
     format!("{bucket}/{}", encode_key(key))
+}
+
+/// One part of a multipart copy, as the part's request needs it.
+struct Part {
+    upload_id: String,
+    number: i32,
+    /// The first and last byte (inclusive).
+    start: u64,
+    end: u64,
+    /// The source's ETag, quoted: the part is read only from that version.
+    if_match: Option<String>,
+}
+
+impl Part {
+    fn range(&self) -> String {
+        format!("bytes={}-{}", self.start, self.end)
+    }
 }
 
 /// Byte ranges (inclusive) of the parts of an object of `size` bytes.
@@ -264,52 +296,37 @@ impl Transfer {
             request.metadata_directive(MetadataDirective::Copy)
         } else {
             let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
-            let h = headers.tagged(&identity);
-            request
-                .metadata_directive(MetadataDirective::Replace)
-                .set_content_type(h.content_type)
-                .set_cache_control(h.cache_control)
-                .set_content_encoding(h.content_encoding)
-                .set_content_disposition(h.content_disposition)
-                .set_content_language(h.content_language)
-                .set_metadata(Some(h.metadata))
+            let request = request.metadata_directive(MetadataDirective::Replace);
+            with_headers!(request, headers.tagged(&identity))
         };
         request.send().await.map_err(sdk)?;
         Ok(())
     }
 
     async fn server_multipart(&self, object: &Listed) -> Result<(), Classified> {
-        let source_key = self.source_key(&object.key);
-        let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
-        let source = copy_source(&self.spec.source.bucket, &source_key);
-        let etag = identity.etag.as_deref().map(quoted);
-        self.multipart(
-            object,
-            headers.tagged(&identity),
-            |upload_id, number, start, end| {
-                let source = source.clone();
-                let etag = etag.clone();
-                async move {
-                    let out = self
-                        .dest
-                        .upload_part_copy()
-                        .bucket(&self.spec.dest.bucket)
-                        .key(self.dest_key(&object.key))
-                        .copy_source(source)
-                        .set_copy_source_if_match(etag)
-                        .copy_source_range(format!("bytes={start}-{end}"))
-                        .part_number(number)
-                        .upload_id(upload_id)
-                        .send()
-                        .await
-                        .map_err(sdk)?;
-                    Ok(out
-                        .copy_part_result()
-                        .and_then(|r| r.e_tag())
-                        .map(str::to_string))
-                }
-            },
-        )
+        let source = copy_source(&self.spec.source.bucket, &self.source_key(&object.key));
+        self.multipart(object, |p| {
+            let source = source.clone();
+            async move {
+                let out = self
+                    .dest
+                    .upload_part_copy()
+                    .bucket(&self.spec.dest.bucket)
+                    .key(self.dest_key(&object.key))
+                    .copy_source(source)
+                    .copy_source_range(p.range())
+                    .set_copy_source_if_match(p.if_match)
+                    .part_number(p.number)
+                    .upload_id(p.upload_id)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                Ok(out
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .map(str::to_string))
+            }
+        })
         .await
     }
 
@@ -327,102 +344,75 @@ impl Transfer {
         let identity = Identity::new(got.e_tag(), got.metadata());
         let h = headers_from!(got).tagged(&identity);
         let body = got.body.collect().await.map_err(transient)?.into_bytes();
-        self.dest
+        let put = self
+            .dest
             .put_object()
             .bucket(&self.spec.dest.bucket)
             .key(self.dest_key(&object.key))
             .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
-            .set_content_type(h.content_type)
-            .set_cache_control(h.cache_control)
-            .set_content_encoding(h.content_encoding)
-            .set_content_disposition(h.content_disposition)
-            .set_content_language(h.content_language)
-            .set_metadata(Some(h.metadata))
-            .send()
-            .await
-            .map_err(sdk)?;
+            .body(ByteStream::from(body));
+        with_headers!(put, h).send().await.map_err(sdk)?;
         Ok(())
     }
 
     async fn streamed_multipart(&self, object: &Listed) -> Result<(), Classified> {
         let source_key = self.source_key(&object.key);
-        let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
-        let etag = identity.etag.as_deref().map(quoted);
-        self.multipart(
-            object,
-            headers.tagged(&identity),
-            |upload_id, number, start, end| {
-                let source_key = source_key.clone();
-                let etag = etag.clone();
-                async move {
-                    let _slot = self.slots.acquire().await.map_err(transient)?;
-                    let got = self
-                        .source
-                        .get_object()
-                        .bucket(&self.spec.source.bucket)
-                        .key(source_key)
-                        .set_if_match(etag)
-                        .range(format!("bytes={start}-{end}"))
-                        .send()
-                        .await
-                        .map_err(sdk)?;
-                    let body = got.body.collect().await.map_err(transient)?.into_bytes();
-                    let out = self
-                        .dest
-                        .upload_part()
-                        .bucket(&self.spec.dest.bucket)
-                        .key(self.dest_key(&object.key))
-                        .part_number(number)
-                        .upload_id(upload_id)
-                        .content_length(body.len() as i64)
-                        .body(ByteStream::from(body))
-                        .send()
-                        .await
-                        .map_err(sdk)?;
-                    Ok(out.e_tag().map(str::to_string))
-                }
-            },
-        )
+        self.multipart(object, |p| {
+            let source_key = source_key.clone();
+            async move {
+                let _slot = self.slots.acquire().await.map_err(transient)?;
+                let got = self
+                    .source
+                    .get_object()
+                    .bucket(&self.spec.source.bucket)
+                    .key(source_key)
+                    .range(p.range())
+                    .set_if_match(p.if_match)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                let body = got.body.collect().await.map_err(transient)?.into_bytes();
+                let out = self
+                    .dest
+                    .upload_part()
+                    .bucket(&self.spec.dest.bucket)
+                    .key(self.dest_key(&object.key))
+                    .part_number(p.number)
+                    .upload_id(p.upload_id)
+                    .content_length(body.len() as i64)
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                Ok(out.e_tag().map(str::to_string))
+            }
+        })
         .await
     }
 
-    /// Creates a multipart upload, runs `part` for every range, completes
-    /// it, and aborts it on any failure so no orphaned parts are billed.
-    async fn multipart<F, Fut>(
-        &self,
-        object: &Listed,
-        h: Headers,
-        part: F,
-    ) -> Result<(), Classified>
+    /// Copies `object` as a multipart upload: its identity and headers read
+    /// from the source first, then `part` run for every range (each only
+    /// if the source still has that identity), the upload completed, and
+    /// aborted on any failure so no orphaned parts are billed.
+    async fn multipart<F, Fut>(&self, object: &Listed, part: F) -> Result<(), Classified>
     where
-        F: Fn(String, i32, u64, u64) -> Fut,
+        F: Fn(Part) -> Fut,
         Fut: Future<Output = Result<Option<String>, Classified>>,
     {
-        let bucket = &self.spec.dest.bucket;
+        let source_key = self.source_key(&object.key);
+        let (identity, headers) = self.head(Side::Source, &source_key, object.size).await?;
+        let if_match = identity.etag.as_deref().map(quoted);
         let key = self.dest_key(&object.key);
-        let created = self
-            .dest
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(&key)
-            .set_content_type(h.content_type)
-            .set_cache_control(h.cache_control)
-            .set_content_encoding(h.content_encoding)
-            .set_content_disposition(h.content_disposition)
-            .set_content_language(h.content_language)
-            .set_metadata(Some(h.metadata))
-            .send()
-            .await
-            .map_err(sdk)?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| transient("CreateMultipartUpload returned no upload id"))?
-            .to_string();
-
+        let upload_id = self.create_upload(&key, headers.tagged(&identity)).await?;
         let parts = futures::stream::iter(part_ranges(object.size, self.spec.part_size))
             .map(|(number, start, end)| {
-                let done = part(upload_id.clone(), number, start, end);
+                let done = part(Part {
+                    upload_id: upload_id.clone(),
+                    number,
+                    start,
+                    end,
+                    if_match: if_match.clone(),
+                });
                 async move {
                     let etag = done.await?;
                     Ok::<_, Classified>(
@@ -436,47 +426,75 @@ impl Transfer {
             .buffered(PART_CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await;
-
         let completed = match parts {
-            Ok(parts) => {
-                let done = self
-                    .dest
-                    .complete_multipart_upload()
-                    .bucket(bucket)
-                    .key(&key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await;
-                match done {
-                    Ok(_) => Ok(()),
-                    Err(e) if unparsed_success(&e) => {
-                        self.confirm_complete(bucket, &key, object.size).await
-                    }
-                    Err(e) => Err(sdk(e)),
-                }
-            }
+            Ok(parts) => self.complete(&key, &upload_id, parts, object.size).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = completed {
-            let aborted = self
-                .dest
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-            if let Err(abort) = aborted {
-                tracing::warn!(bucket, key, upload_id, error = %classify(&abort), "could not abort multipart upload");
-            }
-            return Err(e);
+        if completed.is_err() {
+            self.abort(&key, &upload_id).await;
         }
-        Ok(())
+        completed
+    }
+
+    /// Starts a multipart upload of `key` with the object's headers;
+    /// returns its upload id.
+    async fn create_upload(&self, key: &str, h: Headers) -> Result<String, Classified> {
+        let create = self
+            .dest
+            .create_multipart_upload()
+            .bucket(&self.spec.dest.bucket)
+            .key(key);
+        let created = with_headers!(create, h).send().await.map_err(sdk)?;
+        Ok(created
+            .upload_id()
+            .ok_or_else(|| transient("CreateMultipartUpload returned no upload id"))?
+            .to_string())
+    }
+
+    /// Completes a multipart upload of `size` bytes from its parts.
+    async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+        size: u64,
+    ) -> Result<(), Classified> {
+        let bucket = &self.spec.dest.bucket;
+        let done = self
+            .dest
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if unparsed_success(&e) => self.confirm_complete(bucket, key, size).await,
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    /// Aborts a failed multipart upload; a failure to abort is only logged,
+    /// as the copy has failed already.
+    async fn abort(&self, key: &str, upload_id: &str) {
+        let bucket = &self.spec.dest.bucket;
+        let aborted = self
+            .dest
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(abort) = aborted {
+            tracing::warn!(bucket, key, upload_id, error = %classify(&abort), "could not abort multipart upload");
+        }
     }
 
     /// A completion the SDK could not parse: confirm the object is there

@@ -16,6 +16,7 @@ mod outbound;
 mod parallel;
 mod stream;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -284,4 +285,17 @@ impl DumpRun {
             snapshot
         }
     }
+}
+
+/// `dir` (the job's work directory, or a folder in it), created; the job
+/// has none when `dir` is None, and `missing` says so.
+async fn created_dir(dir: Option<PathBuf>, missing: &str) -> Result<PathBuf, StepError> {
+    let dir = dir.ok_or_else(|| StepError::new(pb::Step::PgDump, missing))?;
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| {
+        StepError::new(
+            pb::Step::PgDump,
+            format!("cannot create {}: {e}", dir.display()),
+        )
+    })?;
+    Ok(dir)
 }

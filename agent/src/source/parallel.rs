@@ -9,10 +9,11 @@ use std::process::Stdio;
 use futures::StreamExt;
 use stagesync_proto::v1 as pb;
 
-use super::DumpRun;
+use super::{DumpRun, created_dir};
 use crate::args;
 use crate::frames::Encoder;
 use crate::jobs::StepError;
+use crate::procs;
 
 /// The archive's table of contents: shipped last.
 const TOC: &str = "toc.dat";
@@ -23,18 +24,14 @@ fn step(message: impl Into<String>) -> StepError {
 
 impl DumpRun {
     pub(super) async fn produce_parallel(&self, enc: &mut Encoder) -> Result<(), StepError> {
-        let dir = self
-            .job
-            .work_dir
-            .as_ref()
-            .map(|d| d.join("dump"))
-            .ok_or_else(|| step("parallel job without a work directory"))?;
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| step(format!("cannot create {}: {e}", dir.display())))?;
+        let dir = self.job.work_dir.as_ref().map(|d| d.join("dump"));
+        let dir = created_dir(dir, "parallel job without a work directory").await?;
         let mut events = closed_files(&dir)?;
+        let pg = &self.config.postgres;
         let to = args::DumpTo::Directory(&dir, self.jobs);
-        let mut tool = self.spawn_pg_dump(to, Stdio::null())?;
+        let argv = args::pg_dump(pg, &self.database, &self.dump, to).map_err(step)?;
+        let mut tool = procs::spawn_pg_dump(&pg.bin_dir, &argv, Stdio::null())
+            .map_err(|e| step(format!("cannot start pg_dump: {e}")))?;
         let mut shipped: HashSet<String> = HashSet::new();
         let status = loop {
             tokio::select! {

@@ -10,12 +10,12 @@ use std::process::Stdio;
 use stagesync_proto::SCHEMA_FILE;
 use stagesync_proto::v1 as pb;
 
-use super::DumpRun;
 use super::outbound::Chunked;
+use super::{DumpRun, created_dir};
 use crate::args;
 use crate::frames::Encoder;
 use crate::jobs::{StepError, finish_tool};
-use crate::procs::{self, Program};
+use crate::procs;
 
 impl DumpRun {
     pub(super) async fn produce_stream(
@@ -88,21 +88,18 @@ impl DumpRun {
         &self,
         snapshot: &str,
     ) -> Result<(procs::Tool, PathBuf), StepError> {
-        let dir = self.job.work_dir.clone().ok_or_else(|| {
-            StepError::new(pb::Step::PgDump, "a split stream without a work directory")
-        })?;
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-            StepError::new(
-                pb::Step::PgDump,
-                format!("cannot create {}: {e}", dir.display()),
-            )
-        })?;
+        let pg = &self.config.postgres;
+        let dir = self.job.work_dir.clone();
+        let dir = created_dir(dir, "a split stream without a work directory").await?;
         let file = dir.join(SCHEMA_FILE);
         let to = args::DumpTo::Schema {
             snapshot,
             file: &file,
         };
-        let tool = self.spawn_pg_dump(to, Stdio::null())?;
+        let argv = args::pg_dump(pg, &self.database, &self.dump, to)
+            .map_err(|e| StepError::new(pb::Step::PgDump, e))?;
+        let tool = procs::spawn_pg_dump(&pg.bin_dir, &argv, Stdio::null())
+            .map_err(|e| StepError::new(pb::Step::PgDump, format!("cannot start pg_dump: {e}")))?;
         Ok((tool, dir))
     }
 
@@ -112,29 +109,13 @@ impl DumpRun {
         &self,
         to: args::DumpTo<'_>,
     ) -> Result<(procs::Tool, procs::Chunks), StepError> {
-        let (stdout, chunks) = procs::chunked_stdout()
-            .map_err(|e| StepError::new(pb::Step::PgDump, format!("cannot start pg_dump: {e}")))?;
-        Ok((self.spawn_pg_dump(to, stdout)?, chunks))
-    }
-
-    /// Starts `pg_dump` on the job's database, writing `to`.
-    pub(super) fn spawn_pg_dump(
-        &self,
-        to: args::DumpTo<'_>,
-        stdout: Stdio,
-    ) -> Result<procs::Tool, StepError> {
         let pg = &self.config.postgres;
         let argv = args::pg_dump(pg, &self.database, &self.dump, to)
             .map_err(|e| StepError::new(pb::Step::PgDump, e))?;
-        procs::spawn(
-            &pg.bin_dir,
-            Program::PgDump,
-            &argv,
-            &[],
-            Stdio::null(),
-            stdout,
-        )
-        .map_err(|e| StepError::new(pb::Step::PgDump, format!("cannot start pg_dump: {e}")))
+        let cannot = |e| StepError::new(pb::Step::PgDump, format!("cannot start pg_dump: {e}"));
+        let (stdout, chunks) = procs::chunked_stdout().map_err(cannot)?;
+        let tool = procs::spawn_pg_dump(&pg.bin_dir, &argv, stdout).map_err(cannot)?;
+        Ok((tool, chunks))
     }
 }
 

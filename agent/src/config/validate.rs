@@ -1,0 +1,398 @@
+//! The raw tables checked one part at a time into an [`AgentConfig`]: the
+//! identity and its certificate, the directories, PostgreSQL, the policy,
+//! the job limits and the AWS files.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::Glob;
+use stagesync_certs::{Identity, Kind, ReloadingServerConfig, TlsError, TlsFiles};
+use stagesync_proto::tomlfile::TomlFile;
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawJobs, RawPolicy, RawPostgres, RawS3, RawTls};
+use super::{
+    AgentConfig, ConfigError, DEFAULT_RESTORE_SETTINGS, Faults, JobLimits, Patterns, Policy,
+    PostgresConfig, os_user_name,
+};
+
+/// The file being validated, for locating errors.
+pub(super) struct Ctx<'a>(pub TomlFile<'a>);
+
+impl<'a> std::ops::Deref for Ctx<'a> {
+    type Target = TomlFile<'a>;
+    fn deref(&self) -> &TomlFile<'a> {
+        &self.0
+    }
+}
+
+impl Ctx<'_> {
+    /// Checks the parts in a fixed order, so a file with several mistakes
+    /// always reports the same one first.
+    pub(super) fn validate(&self, raw: RawConfig) -> Result<AgentConfig, ConfigError> {
+        let (identity, trust_domain) = self.validate_identity(&raw.name, &raw.trust_domain)?;
+        let listen = self.validate_listen(&raw.listen)?;
+        let tls = self.validate_tls(&raw.tls, &raw.name, &identity)?;
+        let work_dir = self.resolve(raw.work_dir.get_ref());
+        if let Err(m) = check_writable_dir(&work_dir) {
+            return self.err(raw.work_dir.span(), "work_dir", m);
+        }
+        let postgres = self.validate_postgres(&raw.postgres)?;
+        let policy = self.validate_policy(&raw.policy, &trust_domain)?;
+        let jobs = self.validate_jobs(&raw.jobs)?;
+        let s3_files = self.validate_s3(&raw.s3)?;
+        Ok(AgentConfig {
+            source: self.path.to_path_buf(),
+            name: raw.name.into_inner(),
+            identity,
+            listen,
+            tls,
+            work_dir,
+            postgres,
+            policy,
+            jobs,
+            s3_files,
+            faults: Faults::default(),
+        })
+    }
+
+    /// The agent's identity from `name` and `trust_domain`, and the trust
+    /// domain its controllers and peers belong to.
+    fn validate_identity(
+        &self,
+        name: &Spanned<String>,
+        trust_domain: &Option<Spanned<String>>,
+    ) -> Result<(Identity, String), ConfigError> {
+        if let Err(e) = stagesync_certs::identity::validate_name(name.get_ref()) {
+            return self.err(name.span(), "name", e.to_string());
+        }
+        let trust_domain = match trust_domain {
+            Some(td) => {
+                if let Err(e) = stagesync_certs::identity::validate_trust_domain(td.get_ref()) {
+                    return self.err(td.span(), "trust_domain", e.to_string());
+                }
+                td.get_ref().clone()
+            }
+            None => stagesync_certs::DEFAULT_TRUST_DOMAIN.to_string(),
+        };
+        let identity = Identity::new(&trust_domain, Kind::Agent, name.get_ref())
+            .map_err(|e| self.error(name.span(), "name", e.to_string()))?;
+        Ok((identity, trust_domain))
+    }
+
+    fn validate_listen(&self, listen: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        listen.get_ref().parse().or_else(|_| {
+            self.err(
+                listen.span(),
+                "listen",
+                format!(
+                    "{:?} is not an address to listen on: use IP:PORT, e.g. \"0.0.0.0:7443\"",
+                    listen.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn validate_jobs(&self, raw: &RawJobs) -> Result<JobLimits, ConfigError> {
+        let secs = |v: &Option<Spanned<u64>>, key: &str, default: u64| match v {
+            Some(s) if *s.get_ref() == 0 => self.err(s.span(), key, "must be at least 1 second"),
+            Some(s) => Ok(Duration::from_secs(*s.get_ref())),
+            None => Ok(Duration::from_secs(default)),
+        };
+        Ok(JobLimits {
+            controller_timeout: secs(
+                &raw.controller_timeout_secs,
+                "jobs.controller_timeout_secs",
+                60,
+            )?,
+            stall_timeout: secs(&raw.stall_timeout_secs, "jobs.stall_timeout_secs", 120)?,
+            ticket_ttl: secs(&raw.ticket_ttl_secs, "jobs.ticket_ttl_secs", 600)?,
+            lane_min_table_bytes: match &raw.lane_min_table_mb {
+                Some(mb) if *mb.get_ref() > 1 << 30 => {
+                    let why = "must be at most 1073741824 (1 PiB)";
+                    return self.err(mb.span(), "jobs.lane_min_table_mb", why);
+                }
+                Some(mb) => *mb.get_ref() << 20,
+                None => 16 << 20,
+            },
+            status_interval: match &raw.status_interval_ms {
+                Some(ms) if !(50..=3_600_000).contains(ms.get_ref()) => {
+                    let why = "must be 50 to 3600000 (one hour)";
+                    return self.err(ms.span(), "jobs.status_interval_ms", why);
+                }
+                Some(ms) => Duration::from_millis(*ms.get_ref()),
+                None => Duration::from_millis(500),
+            },
+        })
+    }
+
+    /// The AWS profile files, when given: they must be readable files.
+    fn validate_s3(&self, raw: &RawS3) -> Result<stagesync_s3::ProfileFilePaths, ConfigError> {
+        let file = |given: &Option<Spanned<String>>, key: &str| match given {
+            Some(p) => {
+                let path = self.resolve(p.get_ref());
+                if !path.is_file() {
+                    let why = format!("{} is not a readable file", path.display());
+                    return self.err(p.span(), key, why);
+                }
+                Ok(Some(path))
+            }
+            None => Ok(None),
+        };
+        Ok(stagesync_s3::ProfileFilePaths {
+            config: file(&raw.config_file, "s3.config_file")?,
+            credentials: file(&raw.credentials_file, "s3.credentials_file")?,
+        })
+    }
+
+    fn validate_tls(
+        &self,
+        raw: &RawTls,
+        name: &Spanned<String>,
+        identity: &Identity,
+    ) -> Result<TlsFiles, ConfigError> {
+        let files = TlsFiles {
+            ca: self.resolve(raw.ca.get_ref()),
+            cert: self.resolve(raw.cert.get_ref()),
+            key: self.resolve(raw.key.get_ref()),
+        };
+        let loaded = match ReloadingServerConfig::load(files.clone()) {
+            Ok(l) => l,
+            Err(e) => {
+                let (span, key) = match &e {
+                    TlsError::Read { what, .. } | TlsError::NoCertificate { what, .. } => {
+                        if what.starts_with("CA") {
+                            (raw.ca.span(), "tls.ca")
+                        } else if *what == "private key" {
+                            (raw.key.span(), "tls.key")
+                        } else {
+                            (raw.cert.span(), "tls.cert")
+                        }
+                    }
+                    TlsError::BadKey { .. } | TlsError::Config { .. } => {
+                        (raw.key.span(), "tls.key")
+                    }
+                    TlsError::Identity { .. } => (raw.cert.span(), "tls.cert"),
+                };
+                return self.err(span, key, e.to_string());
+            }
+        };
+        let actual = loaded.identity();
+        if &actual != identity {
+            return self.err(
+                name.span(),
+                "name",
+                format!(
+                    "this agent is configured as {identity} but its certificate {} names {actual}: fix `name`/`trust_domain`, or issue a certificate with `stagesync certs issue agent {}`",
+                    files.cert.display(),
+                    identity.name
+                ),
+            );
+        }
+        Ok(files)
+    }
+
+    fn validate_postgres(&self, raw: &RawPostgres) -> Result<PostgresConfig, ConfigError> {
+        let socket_dir = self.socket_dir(&raw.socket_dir)?;
+        let port = raw.port.as_ref().map(|p| *p.get_ref()).unwrap_or(5432);
+        if port == 0 {
+            let span = span_of(&raw.port);
+            return self.err(span, "postgres.port", "port 0 is not a PostgreSQL port");
+        }
+        let user = match &raw.user {
+            Some(u) if u.get_ref().is_empty() => {
+                return self.err(u.span(), "postgres.user", "must not be empty");
+            }
+            Some(u) => u.get_ref().clone(),
+            None => os_user_name(),
+        };
+        Ok(PostgresConfig {
+            socket_dir,
+            port,
+            user,
+            bin_dir: self.bin_dir(&raw.bin_dir)?,
+            restore_settings: self.restore_settings(&raw.restore_settings)?,
+        })
+    }
+
+    /// `postgres.socket_dir`, by default where Debian and Red Hat put it.
+    fn socket_dir(&self, raw: &Option<Spanned<String>>) -> Result<PathBuf, ConfigError> {
+        let dir = raw
+            .as_ref()
+            .map(|s| self.resolve(s.get_ref()))
+            .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
+        if !dir.is_dir() {
+            return self.err(
+                span_of(raw),
+                "postgres.socket_dir",
+                format!(
+                    "{} is not a directory: set it to the server's unix_socket_directories",
+                    dir.display()
+                ),
+            );
+        }
+        Ok(dir)
+    }
+
+    /// `postgres.bin_dir`, or where the client tools are found.
+    fn bin_dir(&self, raw: &Option<Spanned<String>>) -> Result<PathBuf, ConfigError> {
+        let Some(b) = raw else {
+            return crate::pg::find_bin_dir().ok_or_else(|| {
+                self.error(
+                    0..0,
+                    "postgres.bin_dir",
+                    "pg_dump and pg_restore were not found (pg_config --bindir, /usr/lib/postgresql/*/bin, PATH): install the PostgreSQL client tools or set postgres.bin_dir",
+                )
+            });
+        };
+        let dir = self.resolve(b.get_ref());
+        if let Err(m) = crate::pg::check_bin_dir(&dir) {
+            return self.err(b.span(), "postgres.bin_dir", m);
+        }
+        Ok(dir)
+    }
+
+    /// `postgres.restore_settings`: `name=value` items, or the defaults.
+    fn restore_settings(
+        &self,
+        raw: &Option<Spanned<Vec<Spanned<String>>>>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let Some(list) = raw else {
+            return Ok(DEFAULT_RESTORE_SETTINGS
+                .iter()
+                .map(|s| s.to_string())
+                .collect());
+        };
+        let mut out = Vec::new();
+        for item in list.get_ref() {
+            let v = item.get_ref();
+            if !is_setting(v) {
+                return self.err(
+                    item.span(),
+                    "postgres.restore_settings",
+                    format!("{v:?} is not name=value (e.g. \"maintenance_work_mem=512MB\")"),
+                );
+            }
+            out.push(v.clone());
+        }
+        Ok(out)
+    }
+
+    fn validate_policy(&self, raw: &RawPolicy, trust_domain: &str) -> Result<Policy, ConfigError> {
+        if raw.controllers.get_ref().is_empty() {
+            return self.err(
+                raw.controllers.span(),
+                "policy.controllers",
+                "no controller may command this agent: list at least one controller name",
+            );
+        }
+        let identities = |list: &[Spanned<String>], kind: Kind, key: &str| {
+            list.iter()
+                .map(|s| self.identity(s, kind, key, trust_domain))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Policy {
+            may_dump: self.patterns(&raw.may_dump, "policy.may_dump")?,
+            may_overwrite: self.patterns(&raw.may_overwrite, "policy.may_overwrite")?,
+            controllers: identities(
+                raw.controllers.get_ref(),
+                Kind::Controller,
+                "policy.controllers",
+            )?,
+            peers: identities(&raw.peers, Kind::Agent, "policy.peers")?,
+            may_backup_to: self.patterns(&raw.may_backup_to, "policy.may_backup_to")?,
+            may_restore_from: self.patterns(&raw.may_restore_from, "policy.may_restore_from")?,
+        })
+    }
+
+    /// A list of globs; an empty one would silently match nothing.
+    fn patterns(&self, list: &[Spanned<String>], key: &str) -> Result<Patterns, ConfigError> {
+        for p in list {
+            if let Err(e) = Glob::new(p.get_ref()) {
+                return self.err(
+                    p.span(),
+                    key,
+                    format!("bad glob {:?}: {}", p.get_ref(), e.kind()),
+                );
+            }
+            if p.get_ref().is_empty() {
+                return self.err(p.span(), key, "an empty pattern matches nothing; remove it");
+            }
+        }
+        let all: Vec<String> = list.iter().map(|p| p.get_ref().clone()).collect();
+        Patterns::new(&all).map_err(|e| ConfigError {
+            file: self.path.to_path_buf(),
+            line: 1,
+            key: key.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// A controller or peer: a bare name in this agent's trust domain, or a
+    /// full `spiffe://` identity that must be of the same domain and kind.
+    fn identity(
+        &self,
+        s: &Spanned<String>,
+        kind: Kind,
+        key: &str,
+        trust_domain: &str,
+    ) -> Result<Identity, ConfigError> {
+        let v = s.get_ref();
+        let id = if v.starts_with("spiffe://") {
+            v.parse::<Identity>()
+        } else {
+            Identity::new(trust_domain, kind, v)
+        };
+        match id {
+            Ok(id) if id.kind == kind && id.trust_domain == trust_domain => Ok(id),
+            Ok(id) => self.err(
+                s.span(),
+                key,
+                format!("{id} is not a {kind} of trust domain {trust_domain:?}"),
+            ),
+            Err(e) => self.err(s.span(), key, e.to_string()),
+        }
+    }
+}
+
+/// Where an optional key stands; nowhere (line 1) when it was left out.
+fn span_of<T>(v: &Option<Spanned<T>>) -> Range<usize> {
+    v.as_ref().map(|s| s.span()).unwrap_or(0..0)
+}
+
+/// A session setting as `pg_restore` may be given it: a lower-case name
+/// and a plain value, which passes through PGOPTIONS as one option.
+fn is_setting(v: &str) -> bool {
+    v.split_once('=').is_some_and(|(name, value)| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+            && !value.is_empty()
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    })
+}
+
+fn check_writable_dir(dir: &Path) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "{} is not a directory: create it, owned by the agent's user",
+            dir.display()
+        ));
+    }
+    let probe = dir.join(format!(".stagesync-probe-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "{} is not writable by this agent: {e}",
+            dir.display()
+        )),
+    }
+}

@@ -1,0 +1,41 @@
+//! The post-restore SQL, run with the owner's rights only.
+
+use super::{DbError, err};
+use crate::config::PostgresConfig;
+use crate::pg;
+use crate::sql::ident;
+
+/// Runs the post-restore SQL in `db`, in one transaction, with the owner's
+/// rights only: it runs inside a SECURITY DEFINER function owned by the
+/// owner, where `RESET ROLE` and `SET SESSION AUTHORIZATION` are refused, so
+/// it cannot climb back to the agent's superuser login.
+pub async fn post_restore(
+    pg: &PostgresConfig,
+    db: &str,
+    owner: &str,
+    sql: &str,
+) -> Result<(), DbError> {
+    let mut c = pg::connect(pg, db)
+        .await
+        .map_err(|e| err(format!("connecting to {db:?}"), e))?;
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| err("starting the post-restore transaction", e))?;
+    tx.batch_execute(&format!(
+        "CREATE FUNCTION pg_temp.stagesync_post_restore(sql text) RETURNS void \
+         LANGUAGE plpgsql SECURITY DEFINER AS $f$ BEGIN EXECUTE sql; END $f$;\n\
+         ALTER FUNCTION pg_temp.stagesync_post_restore(text) OWNER TO {}",
+        ident(owner)
+    ))
+    .await
+    .map_err(|e| err(format!("preparing to run as {owner:?}"), e))?;
+    // The SQL (which may hold secrets) travels as a parameter and is never
+    // logged or echoed; the error says what PostgreSQL objected to.
+    tx.execute("SELECT pg_temp.stagesync_post_restore($1)", &[&sql])
+        .await
+        .map_err(|e| err("the post-restore SQL failed", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| err("committing the post-restore SQL", e))
+}

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use stagesync_certs::pki::{self, LeafRequest};
 use stagesync_certs::{Kind, ReloadingClientConfig, TlsFiles, revoke};
 use stagesync_controller::status;
-use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
+use stagesync_harness::{Fleet, FleetAgent};
 
 /// `Info` on `agent` with the controller certificate in `files`, on a new
 /// connection.
-async fn info(files: &TlsFiles, agent: &TestAgent) -> Result<String, String> {
+async fn info(files: &TlsFiles, agent: &FleetAgent) -> Result<String, String> {
     let tls = Arc::new(ReloadingClientConfig::load(files.clone()).map_err(|e| e.to_string())?);
     status::info(tls, &agent.target())
         .await
@@ -36,22 +36,22 @@ fn keep_copy(files: &TlsFiles, stem: &str) -> TlsFiles {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoked_certificates_are_refused_without_a_restart() {
-    let pg = PgCluster::start().unwrap();
-    let pki = TestPki::new().unwrap();
-    let mut spec = AgentSpec::new("staging-db");
-    spec.controllers = vec!["ops".into(), "ci".into()];
-    let agent = TestAgent::start(&pki, Some(&pg), spec).await.unwrap();
+    let f = Fleet::builder()
+        .staging(|s| s.controllers.push("ci".into()))
+        .build()
+        .await;
+    let (pki, agent) = (f.pki(), f.staging());
     let ops = pki.controller("ops").unwrap();
-    assert_eq!(info(&ops, &agent).await.unwrap(), "staging-db");
+    assert_eq!(info(&ops, agent).await.unwrap(), "staging-db");
 
     // Revoked: the agent, still running, refuses it on the next connection.
     let (_, count) = revoke::revoke_leaf(&pki.dir(), Kind::Controller, "ops").unwrap();
     assert_eq!(count, 1);
-    let refused = info(&ops, &agent).await.unwrap_err();
+    let refused = info(&ops, agent).await.unwrap_err();
     assert!(refused.contains("revoked"), "{refused}");
     // Its replacement (a new serial) works.
     let ops = pki.controller("ops").unwrap();
-    assert_eq!(info(&ops, &agent).await.unwrap(), "staging-db");
+    assert_eq!(info(&ops, agent).await.unwrap(), "staging-db");
 
     // `certs issue --force` revokes the certificate it replaces.
     let req = LeafRequest::new(Kind::Controller, "ci", 30);
@@ -62,11 +62,11 @@ async fn revoked_certificates_are_refused_without_a_restart() {
         key: ci.1,
     };
     let old = keep_copy(&files, "controller-ci-old");
-    assert_eq!(info(&old, &agent).await.unwrap(), "staging-db");
+    assert_eq!(info(&old, agent).await.unwrap(), "staging-db");
     pki::issue_into(&pki.dir(), &pki.ca, &req, true).unwrap();
-    let refused = info(&old, &agent).await.unwrap_err();
+    let refused = info(&old, agent).await.unwrap_err();
     assert!(refused.contains("revoked"), "{refused}");
-    assert_eq!(info(&files, &agent).await.unwrap(), "staging-db");
+    assert_eq!(info(&files, agent).await.unwrap(), "staging-db");
     // The earlier revocation is still in the list.
     let list = revoke::revoked_serials(&revoke::crl_path(&pki.ca_path())).unwrap();
     assert_eq!(list.len(), 2);

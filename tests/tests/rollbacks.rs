@@ -2,47 +2,16 @@
 //! same database, and one wins while the other is refused naming it; the
 //! database accepts connections afterwards.
 
-use std::time::{Duration, Instant};
-
-use stagesync_controller::refresh::{PairSpec, refresh, rollback};
-use stagesync_harness::fixtures::{seed_rich, seed_stage};
-use stagesync_harness::{AgentSpec, PgCluster, TestAgent, TestPki};
+use stagesync_controller::refresh::{refresh, rollback};
+use stagesync_harness::wait::PATIENCE;
+use stagesync_harness::{Fleet, eventually};
 use stagesync_proto::v1 as pb;
-
-/// How long anything here may take, far beyond what it needs.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// Polls `check` until it holds, or fails after a generous deadline.
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rollbacks_and_refreshes_of_one_database_take_turns() {
-    let src = PgCluster::start().unwrap();
-    let dst = PgCluster::start().unwrap();
-    seed_rich(&src, "production").await.unwrap();
-    seed_stage(&dst).await.unwrap();
-    let pki = TestPki::new().unwrap();
-    let mut p = AgentSpec::new("prod-db");
-    p.may_dump = vec!["production".into()];
-    let prod = TestAgent::start(&pki, Some(&src), p).await.unwrap();
-    let mut s = AgentSpec::new("staging-db");
-    s.may_overwrite = vec!["stage".into()];
-    s.peers = vec!["prod-db".into()];
-    let staging = TestAgent::start(&pki, Some(&dst), s).await.unwrap();
-    let tls = pki.controller_tls("ops").unwrap();
-    let spec = PairSpec::new(
-        prod.target(),
-        "production",
-        staging.target(),
-        "stage",
-        "stage",
-    );
+    let f = Fleet::builder().build().await;
+    let (tls, staging, dst) = (f.tls(), f.staging(), f.dst());
+    let spec = f.pair();
     // A refresh leaves a previous copy to roll back to.
     refresh(tls.clone(), &spec, |_| {}).await.unwrap();
 
@@ -58,19 +27,23 @@ async fn rollbacks_and_refreshes_of_one_database_take_turns() {
         tokio::spawn(async move { rollback(tls, &target, "stage").await })
     };
     let watcher = dst.client("postgres").await.unwrap();
-    until(
+    eventually(
         "the first rollback to wait for the catalog row",
         async || {
-            watcher
+            let waiting: i64 = watcher
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity \
                  WHERE query LIKE '%ALLOW_CONNECTIONS false%' AND wait_event_type = 'Lock'",
                     &[],
                 )
                 .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if waiting == 1 {
+                Ok(())
+            } else {
+                Err(format!("{waiting} waiting"))
+            }
         },
     )
     .await;

@@ -30,10 +30,9 @@ fn invalid(cfg: &AgentConfig, reason: String) -> AgentError {
 /// The direction guard for reading: `database` may be dumped (for a
 /// refresh or a backup).
 pub fn may_dump(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {
-    let listed = &cfg.policy.may_dump;
-    if ours(database) || !listed.matches(database) {
+    if ours(database) || !cfg.policy.may_dump.matches(database) {
         let refused = format!("direction guard: this agent may not dump database {database:?}");
-        return Err(not_listed(cfg, refused, "may_dump", listed));
+        return Err(not_listed(cfg, refused, "may_dump", &cfg.policy.may_dump));
     }
     Ok(())
 }
@@ -47,10 +46,10 @@ pub fn may_overwrite(cfg: &AgentConfig, database: &str) -> Result<(), AgentError
             format!("database {database:?} cannot be a refresh destination"),
         ));
     }
-    let listed = &cfg.policy.may_overwrite;
-    if !listed.matches(database) {
+    if !cfg.policy.may_overwrite.matches(database) {
         let refused =
             format!("direction guard: this agent may not overwrite database {database:?}");
+        let listed = &cfg.policy.may_overwrite;
         return Err(not_listed(cfg, refused, "may_overwrite", listed));
     }
     Ok(())

@@ -5,7 +5,8 @@
 
 use stagesync_proto::v1 as pb;
 
-use crate::config::{AgentConfig, Patterns};
+use crate::config::AgentConfig;
+use crate::config::places::{self, PlacePatterns};
 use crate::error::AgentError;
 
 /// The agent's own working databases (a job's new database, a swapped-out
@@ -32,7 +33,12 @@ fn invalid(cfg: &AgentConfig, reason: String) -> AgentError {
 pub fn may_dump(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {
     if ours(database) || !cfg.policy.may_dump.matches(database) {
         let refused = format!("direction guard: this agent may not dump database {database:?}");
-        return Err(not_listed(cfg, refused, "may_dump", &cfg.policy.may_dump));
+        return Err(not_listed(
+            cfg,
+            refused,
+            "may_dump",
+            &cfg.policy.may_dump.patterns,
+        ));
     }
     Ok(())
 }
@@ -49,7 +55,7 @@ pub fn may_overwrite(cfg: &AgentConfig, database: &str) -> Result<(), AgentError
     if !cfg.policy.may_overwrite.matches(database) {
         let refused =
             format!("direction guard: this agent may not overwrite database {database:?}");
-        let listed = &cfg.policy.may_overwrite;
+        let listed = &cfg.policy.may_overwrite.patterns;
         return Err(not_listed(cfg, refused, "may_overwrite", listed));
     }
     Ok(())
@@ -78,10 +84,25 @@ pub fn may_backup_to(cfg: &AgentConfig, place: &pb::S3Place) -> Result<(), Agent
     place_listed(cfg, place, "upload backups to", "may_backup_to", listed)
 }
 
-/// A backup may be restored from `place`.
-pub fn may_restore_from(cfg: &AgentConfig, place: &pb::S3Place) -> Result<(), AgentError> {
+/// The backup object `key` may be restored from `place`: the place is
+/// listed, and the key lies under its prefix.
+pub fn may_restore_from(
+    cfg: &AgentConfig,
+    place: &pb::S3Place,
+    key: &str,
+) -> Result<(), AgentError> {
     let listed = &cfg.policy.may_restore_from;
-    place_listed(cfg, place, "restore from", "may_restore_from", listed)
+    place_listed(cfg, place, "restore from", "may_restore_from", listed)?;
+    if !key.starts_with(&place.prefix) || key.len() == place.prefix.len() {
+        return Err(denied(
+            cfg,
+            format!(
+                "the backup {key:?} is not under {} (the place the request names)",
+                place_url(place)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `place` is well formed and matches `listed` (`policy.<key>`), which says
@@ -91,45 +112,27 @@ fn place_listed(
     place: &pb::S3Place,
     doing: &str,
     key: &str,
-    listed: &Patterns,
+    listed: &PlacePatterns,
 ) -> Result<(), AgentError> {
-    check_place(cfg, place)?;
-    let url = place_url(place);
-    if !listed.matches(&url) {
-        let refused = format!("this agent may not {doing} {url}");
-        return Err(not_listed(cfg, refused, key, listed));
+    let parts = places::place(&place.endpoint, &place.bucket, &place.prefix)
+        .map_err(|e| invalid(cfg, e))?;
+    if !listed.matches(&parts) {
+        let refused = format!("this agent may not {doing} {}", place_url(place));
+        return Err(not_listed(cfg, refused, key, &listed.patterns));
     }
     Ok(())
 }
 
 /// A refusal because `policy.<key>` does not list what was asked: names
 /// the list and the file to change.
-fn not_listed(cfg: &AgentConfig, refused: String, key: &str, listed: &Patterns) -> AgentError {
+fn not_listed(cfg: &AgentConfig, refused: String, key: &str, listed: &[String]) -> AgentError {
     denied(
         cfg,
         format!(
-            "{refused} (policy.{key} = {:?} in {})",
-            listed.patterns,
+            "{refused} (policy.{key} = {listed:?} in {})",
             cfg.source.display()
         ),
     )
-}
-
-/// A place's bucket and prefix are well formed.
-fn check_place(cfg: &AgentConfig, p: &pb::S3Place) -> Result<(), AgentError> {
-    if p.bucket.len() < 3 || p.bucket.contains('/') {
-        return Err(invalid(
-            cfg,
-            format!("bucket {:?} is not a bucket name", p.bucket),
-        ));
-    }
-    if !(p.prefix.is_empty() || p.prefix.ends_with('/')) {
-        return Err(invalid(
-            cfg,
-            format!("prefix {:?} must end with '/'", p.prefix),
-        ));
-    }
-    Ok(())
 }
 
 /// A job id: what the controller makes, 8 to 32 lowercase hex digits

@@ -199,8 +199,11 @@ impl FleetBuilder {
         }
         for spec in [&mut self.prod, &mut self.staging] {
             spec.s3_files = Some(files.clone());
-            if self.backups {
+            // The whole bucket, unless the suite chose the agent's places.
+            if self.backups && spec.may_backup_to.is_empty() {
                 spec.may_backup_to.push(BACKUP_PLACES.into());
+            }
+            if self.backups && spec.may_restore_from.is_empty() {
                 spec.may_restore_from.push(BACKUP_PLACES.into());
             }
         }

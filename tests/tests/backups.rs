@@ -504,3 +504,97 @@ async fn a_controller_that_goes_away_cancels_the_backup_and_its_upload() {
     .unwrap();
     assert!(done.size > 20 * 1024 * 1024, "{done:?}");
 }
+
+/// `policy.may_restore_from` names a folder: backups under it restore,
+/// a backup elsewhere in the same bucket is refused, and so is a request
+/// that names the permitted folder but a key outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restores_come_only_from_the_folders_the_policy_lists() {
+    use stagesync_controller::refresh::{BackupSource, PairSource, PairSpec, refresh};
+    let f = fleet()
+        .staging(|s| s.may_restore_from = vec!["http://127.0.0.1:*/backups/db1/*".into()])
+        .build()
+        .await;
+    let tls = f.tls();
+    let mut taken = Vec::new();
+    for prefix in ["db1/", "hr/"] {
+        let mut p = plan(&f.s3().endpoint(), false);
+        p.daily = S3Location::new(BACKUP_BUCKET, prefix);
+        let req = backup::request(&p, "production");
+        let done = backup::run(tls.clone(), &f.prod().target(), req, |_| {})
+            .await
+            .unwrap();
+        taken.push((p, done));
+    }
+    let from = |prefix: &str| {
+        let source = PairSource::Backup(BackupSource {
+            place: S3Location::new(BACKUP_BUCKET, prefix),
+            side: side(&f.s3().endpoint()),
+            files: aws_files(&f),
+            database: "production".into(),
+            taken: None,
+        });
+        PairSpec::with_source(source, f.staging().target(), "stage", "stage")
+    };
+    refresh(tls.clone(), &from("db1/"), |_| {}).await.unwrap();
+    assert_eq!(
+        content_hashes(f.dst(), "stage").await.unwrap(),
+        content_hashes(f.src(), "production").await.unwrap()
+    );
+    let before = content_hashes(f.dst(), "stage").await.unwrap();
+    let err = refresh(tls.clone(), &from("hr/"), |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("may not restore from"), "{err}");
+    assert!(err.contains("/backups/hr/production/"), "{err}");
+
+    // A request naming the permitted folder with a key from elsewhere.
+    let mut dest = stagesync_controller::client::connect(tls.clone(), &f.staging().target())
+        .await
+        .unwrap();
+    let ticket = "c".repeat(64);
+    dest.prepare_restore(pb::PrepareRestoreRequest {
+        job_id: "00000000000000c1".into(),
+        database: "stage".into(),
+        owner: "stage".into(),
+        shape: Some(pb::Shape::one_pass(pb::Mode::Stream)),
+        jobs: 1,
+        ticket: ticket.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hr = &taken[1].1;
+    let refused = dest
+        .restore_backup(pb::RestoreBackupRequest {
+            job_id: "00000000000000c1".into(),
+            ticket,
+            place: Some(pb::S3Place {
+                bucket: BACKUP_BUCKET.into(),
+                prefix: "db1/production/".into(),
+                profile: S3_PROFILE.into(),
+                endpoint: f.s3().endpoint(),
+                ..Default::default()
+            }),
+            dump_key: hr.dump_key.clone(),
+            size: hr.size,
+            sha256: hr.sha256.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(
+        refused.message().contains("is not under"),
+        "{}",
+        refused.message()
+    );
+    dest.abort(pb::AbortRequest {
+        job_id: "00000000000000c1".into(),
+        reason: "test over".into(),
+        side: pb::Side::Dest as i32,
+    })
+    .await
+    .unwrap();
+    assert_eq!(content_hashes(f.dst(), "stage").await.unwrap(), before);
+}

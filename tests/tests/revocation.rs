@@ -19,6 +19,13 @@ async fn info(files: &TlsFiles, agent: &FleetAgent) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether `err` is the agent refusing a revoked certificate. Under TLS
+/// 1.3 the client may finish its side of the handshake before the agent's
+/// alert arrives: it then sees the connection closed instead of the alert.
+fn refused_as_revoked(err: &str) -> bool {
+    err.contains("revoked") || err.contains("connection closed")
+}
+
 /// A copy of a controller's certificate and key under other file names,
 /// so it can still be presented after its files are replaced.
 fn keep_copy(files: &TlsFiles, stem: &str) -> TlsFiles {
@@ -48,7 +55,7 @@ async fn revoked_certificates_are_refused_without_a_restart() {
     let (_, count) = revoke::revoke_leaf(&pki.dir(), Kind::Controller, "ops").unwrap();
     assert_eq!(count, 1);
     let refused = info(&ops, agent).await.unwrap_err();
-    assert!(refused.contains("revoked"), "{refused}");
+    assert!(refused_as_revoked(&refused), "{refused}");
     // Its replacement (a new serial) works.
     let ops = pki.controller("ops").unwrap();
     assert_eq!(info(&ops, agent).await.unwrap(), "staging-db");
@@ -65,7 +72,7 @@ async fn revoked_certificates_are_refused_without_a_restart() {
     assert_eq!(info(&old, agent).await.unwrap(), "staging-db");
     pki::issue_into(&pki.dir(), &pki.ca, &req, true).unwrap();
     let refused = info(&old, agent).await.unwrap_err();
-    assert!(refused.contains("revoked"), "{refused}");
+    assert!(refused_as_revoked(&refused), "{refused}");
     assert_eq!(info(&files, agent).await.unwrap(), "staging-db");
     // The earlier revocation is still in the list.
     let list = revoke::revoked_serials(&revoke::crl_path(&pki.ca_path())).unwrap();

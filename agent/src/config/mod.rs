@@ -5,6 +5,7 @@
 //! port is bound. Every error names the file, the line and the key, and
 //! says what to do.
 
+pub mod places;
 mod raw;
 mod validate;
 
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+pub use places::PlacePatterns;
 use stagesync_certs::{Identity, TlsFiles};
 
 pub use stagesync_proto::tomlfile::ConfigError;
@@ -103,10 +105,10 @@ pub struct Policy {
     pub controllers: Vec<Identity>,
     pub peers: Vec<Identity>,
     /// Where backups may be uploaded: globs over `s3://bucket/prefix/`
-    /// (or `https://endpoint/bucket/prefix/`).
-    pub may_backup_to: Patterns,
+    /// (or `https://endpoint/bucket/prefix/`), matched part by part.
+    pub may_backup_to: PlacePatterns,
     /// Where backups may be restored from, in the same form.
-    pub may_restore_from: Patterns,
+    pub may_restore_from: PlacePatterns,
 }
 
 /// A list of database-name globs.

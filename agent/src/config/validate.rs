@@ -12,6 +12,7 @@ use stagesync_certs::{Identity, Kind, ReloadingServerConfig, TlsError, TlsFiles}
 use stagesync_proto::tomlfile::TomlFile;
 use toml::Spanned;
 
+use super::PlacePatterns;
 use super::raw::{RawConfig, RawJobs, RawPolicy, RawPostgres, RawS3, RawTls};
 use super::{
     AgentConfig, ConfigError, DEFAULT_RESTORE_SETTINGS, Faults, JobLimits, Patterns, Policy,
@@ -302,12 +303,28 @@ impl Ctx<'_> {
                 "policy.controllers",
             )?,
             peers: identities(&raw.peers, Kind::Agent, "policy.peers")?,
-            may_backup_to: self.patterns(&raw.may_backup_to, "policy.may_backup_to")?,
-            may_restore_from: self.patterns(&raw.may_restore_from, "policy.may_restore_from")?,
+            may_backup_to: self.places(&raw.may_backup_to, "policy.may_backup_to")?,
+            may_restore_from: self.places(&raw.may_restore_from, "policy.may_restore_from")?,
         })
     }
 
     /// A list of globs; an empty one would silently match nothing.
+    /// Place patterns, each checked where it is written.
+    fn places(&self, list: &[Spanned<String>], key: &str) -> Result<PlacePatterns, ConfigError> {
+        for p in list {
+            if let Err(e) = PlacePatterns::new(std::slice::from_ref(p.get_ref())) {
+                return self.err(p.span(), key, e);
+            }
+        }
+        let all: Vec<String> = list.iter().map(|p| p.get_ref().clone()).collect();
+        PlacePatterns::new(&all).map_err(|e| ConfigError {
+            file: self.path.to_path_buf(),
+            line: 1,
+            key: key.to_string(),
+            message: e,
+        })
+    }
+
     fn patterns(&self, list: &[Spanned<String>], key: &str) -> Result<Patterns, ConfigError> {
         for p in list {
             if let Err(e) = Glob::new(p.get_ref()) {

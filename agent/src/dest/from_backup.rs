@@ -89,7 +89,7 @@ impl Restorer {
             .ok()
             .filter(|d| d.len() == 32)
             .ok_or_else(|| invalid(format!("{:?} is not a SHA-256", req.sha256)))?;
-        policy::may_restore_from(cfg, &place)?;
+        policy::may_restore_from(cfg, &place, &req.dump_key)?;
         ticket::take(&job, setup, &req.ticket).map_err(denied)?;
         let wanted = Wanted {
             key: req.dump_key,

@@ -277,9 +277,11 @@ fn restore_backup_request(
     pb::RestoreBackupRequest {
         job_id: keys.id.clone(),
         ticket: keys.ticket.clone(),
+        // The database's folder: the narrowest place that holds the backup,
+        // which the destination's policy.may_restore_from must list.
         place: Some(pb::S3Place {
             bucket: source.place.bucket.clone(),
-            prefix: String::new(),
+            prefix: format!("{}{}/", source.place.prefix, source.database),
             profile: opt(&source.side.profile),
             region: opt(&source.side.region),
             endpoint: opt(&source.side.endpoint),

@@ -157,8 +157,17 @@ pub struct ServerInfo {
     pub version: String,
     pub version_num: u32,
     pub databases: Vec<DatabaseRow>,
-    pub roles: Vec<String>,
+    pub roles: Vec<RoleRow>,
     pub data_dir_free_bytes: u64,
+}
+
+/// A role, with the attributes that decide whether it may own a restored
+/// database (see [`crate::policy::owner`]).
+pub struct RoleRow {
+    pub name: String,
+    pub superuser: bool,
+    pub createrole: bool,
+    pub bypassrls: bool,
 }
 
 pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
@@ -213,16 +222,35 @@ async fn databases(client: &Client) -> Result<Vec<DatabaseRow>, tokio_postgres::
 }
 
 /// The roles, but PostgreSQL's own `pg_*` ones.
-async fn roles(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+async fn roles(client: &Client) -> Result<Vec<RoleRow>, tokio_postgres::Error> {
     client
-        .query(
-            "SELECT rolname::text FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1",
-            &[],
-        )
+        .query(ROLES, &[])
         .await?
         .iter()
-        .map(|r| r.try_get(0))
+        .map(role_row)
         .collect()
+}
+
+const ROLES: &str = "SELECT rolname::text, rolsuper, rolcreaterole, rolbypassrls \
+     FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1";
+
+fn role_row(r: &tokio_postgres::Row) -> Result<RoleRow, tokio_postgres::Error> {
+    Ok(RoleRow {
+        name: r.try_get(0)?,
+        superuser: r.try_get(1)?,
+        createrole: r.try_get(2)?,
+        bypassrls: r.try_get(3)?,
+    })
+}
+
+/// Role `name`'s attributes, if it exists.
+pub async fn role(client: &Client, name: &str) -> Result<Option<RoleRow>, tokio_postgres::Error> {
+    let sql = "SELECT rolname::text, rolsuper, rolcreaterole, rolbypassrls \
+               FROM pg_roles WHERE rolname = $1";
+    match client.query_opt(sql, &[&name]).await? {
+        Some(r) => Ok(Some(role_row(&r)?)),
+        None => Ok(None),
+    }
 }
 
 /// Free space where the data directory is. Readable by superusers and

@@ -151,6 +151,35 @@ pub fn job_id(cfg: &AgentConfig, id: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Why role `r` may not own a restored database, if it may not: the dump's
+/// code (functions, triggers, defaults, the post-restore SQL) runs as the
+/// owner, so the owner must hold no right beyond its own objects.
+pub fn unfit_owner(r: &crate::pg::RoleRow) -> Option<&'static str> {
+    if r.superuser {
+        Some("it is a superuser")
+    } else if r.createrole {
+        Some("it has CREATEROLE (it could make itself or others more powerful)")
+    } else if r.bypassrls {
+        Some("it has BYPASSRLS (row-level security would not hold for it)")
+    } else {
+        None
+    }
+}
+
+/// The owner of a restored database must be fit for it.
+pub fn owner(cfg: &AgentConfig, role: &crate::pg::RoleRow) -> Result<(), AgentError> {
+    match unfit_owner(role) {
+        None => Ok(()),
+        Some(why) => Err(denied(
+            cfg,
+            format!(
+                "the role {:?} may not own a restored database: {why}; use a plain login role that owns the application's objects",
+                role.name
+            ),
+        )),
+    }
+}
+
 /// The most workers (pg_dump/pg_restore jobs) one request may ask for.
 pub const MAX_JOBS: u32 = 64;
 

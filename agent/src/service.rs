@@ -129,7 +129,12 @@ impl AgentService {
             server_version_num: info.version_num,
             databases,
             data_dir_free_bytes: info.data_dir_free_bytes,
-            roles: info.roles,
+            unfit_owners: info
+                .roles
+                .iter()
+                .filter_map(|r| Some((r.name.clone(), policy::unfit_owner(r)?.to_string())))
+                .collect(),
+            roles: info.roles.into_iter().map(|r| r.name).collect(),
             ..located
         }
     }

@@ -75,13 +75,18 @@ fn file(dir: &Path) -> PathBuf {
     dir.join("history.jsonl")
 }
 
-/// Appends records (one line each).
+/// Appends records (one line each). The file is readable by its owner
+/// only: errors in it name databases, hosts and steps.
 pub fn append(dir: &Path, records: &[Record]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     std::fs::create_dir_all(dir)?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(file(dir))?;
+    // A file an older version made with the default umask is narrowed too.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     for r in records {
         let line = serde_json::to_string(r).map_err(std::io::Error::other)?;
         writeln!(f, "{line}")?;
@@ -136,5 +141,20 @@ mod tests {
         assert_eq!(read(dir.path(), None).unwrap(), vec![a, b.clone()]);
         assert_eq!(read(dir.path(), Some("b")).unwrap(), vec![b]);
         assert!(now().ends_with('Z'));
+    }
+
+    #[test]
+    fn the_history_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // One made before, with the default umask, is narrowed too.
+        std::fs::write(file(dir.path()), "").unwrap();
+        std::fs::set_permissions(file(dir.path()), std::fs::Permissions::from_mode(0o644)).unwrap();
+        append(dir.path(), &[Record::default()]).unwrap();
+        let mode = std::fs::metadata(file(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -471,3 +471,55 @@ async fn refused_outside_the_policies() {
 async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.unwrap().get(0)
 }
+
+/// An owner role with rights beyond its own objects would run the dump's
+/// code with them: refused at preflight and by the agent itself, naming
+/// the role and why, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owners_with_more_than_their_own_rights_are_refused() {
+    let f = Fleet::builder().build().await;
+    for (role, attribute, why) in [
+        ("boss", "SUPERUSER", "superuser"),
+        ("hr_admin", "CREATEROLE", "CREATEROLE"),
+        ("auditor", "BYPASSRLS", "BYPASSRLS"),
+    ] {
+        f.dst()
+            .exec("postgres", &format!("CREATE ROLE {role} LOGIN {attribute}"))
+            .await
+            .unwrap();
+        let mut spec = f.pair();
+        spec.owner = role.into();
+        let err = refresh(f.tls(), &spec, |_| {}).await.unwrap_err();
+        assert!(matches!(err, RefreshError::Preflight(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("{role:?}")) && text.contains(why),
+            "{text}"
+        );
+
+        // The agent refuses it on its own, whatever a controller checked.
+        let mut dest = stagesync_controller::client::connect(f.tls(), &f.staging().target())
+            .await
+            .unwrap();
+        let refused = dest
+            .prepare_restore(pb::PrepareRestoreRequest {
+                job_id: "00000000000000d1".into(),
+                database: "stage".into(),
+                owner: role.into(),
+                shape: Some(pb::Shape::one_pass(pb::Mode::Stream)),
+                jobs: 1,
+                ticket: "d".repeat(64),
+                source_identity: "spiffe://stagesync/agent/prod-db".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        let message = refused.message();
+        assert!(
+            message.contains(&format!("{role:?}")) && message.contains(why),
+            "{message}"
+        );
+    }
+    f.assert_untouched().await;
+}

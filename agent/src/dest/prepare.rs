@@ -10,7 +10,7 @@ use stagesync_proto::v1 as pb;
 use super::Restorer;
 use crate::error::AgentError;
 use crate::jobs::{DestSetup, Job, Side, StepError, supervisor};
-use crate::{args, db, policy, sql};
+use crate::{args, db, pg, policy, sql};
 
 impl Restorer {
     /// `PrepareRestore`: checks everything, creates the fresh database.
@@ -20,6 +20,7 @@ impl Restorer {
     ) -> Result<pb::PrepareRestoreResponse, AgentError> {
         let cfg = &self.config;
         let setup = self.check_prepare(&req)?;
+        self.check_owner(&setup.owner).await?;
         if let Some(busy) = self.jobs.busy(&req.database) {
             return Err(AgentError::precondition(&cfg.name, busy));
         }
@@ -93,6 +94,27 @@ impl Restorer {
             ticket_expires: Instant::now() + cfg.jobs.ticket_ttl,
             source: self.check_source(&req.source_identity)?,
         })
+    }
+
+    /// The owner role exists and holds no right beyond its own objects.
+    async fn check_owner(&self, owner: &str) -> Result<(), AgentError> {
+        let cfg = &self.config;
+        let internal = |e: tokio_postgres::Error| {
+            AgentError::internal(
+                &cfg.name,
+                format!("reading role {owner:?}: {}", pg::error_chain(&e)),
+            )
+        };
+        let client = pg::connect(&cfg.postgres, "postgres")
+            .await
+            .map_err(internal)?;
+        match pg::role(&client, owner).await.map_err(internal)? {
+            Some(role) => policy::owner(cfg, &role),
+            None => Err(AgentError::precondition(
+                &cfg.name,
+                format!("the owner role {owner:?} does not exist here: create it first"),
+            )),
+        }
     }
 
     /// The peer whose stream feeds the job: one listed in `policy.peers`.

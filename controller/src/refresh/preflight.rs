@@ -121,6 +121,12 @@ fn check_dest(dst: &pb::InfoResponse, spec: &PairSpec) -> Result<(), RefreshErro
             spec.owner, dst.name
         ));
     }
+    if let Some(why) = dpg.unfit_owners.get(&spec.owner) {
+        return fail(format!(
+            "the owner role {:?} on the destination agent {} may not own a restored database: {why}; use a plain login role that owns the application's objects",
+            spec.owner, dst.name
+        ));
+    }
     Ok(())
 }
 

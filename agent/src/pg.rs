@@ -144,6 +144,32 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// A database error without the parts that quote data: PostgreSQL's DETAIL
+/// (`Key (email)=(...)`, `Failing row contains (...)`), HINT and WHERE can
+/// carry production values and secrets, and errors reach terminals and run
+/// histories. What is kept names the failure: its message, and the table,
+/// column and constraint it concerns.
+pub fn error_without_values(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return error_chain(e);
+    };
+    let mut names = Vec::new();
+    for (what, value) in [
+        ("table", db.table()),
+        ("column", db.column()),
+        ("constraint", db.constraint()),
+    ] {
+        if let Some(v) = value {
+            names.push(format!("{what} {v:?}"));
+        }
+    }
+    let names = match names.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", names.join(", ")),
+    };
+    format!("{}: {}{names}", db.severity(), db.message())
+}
+
 /// A database on the local server.
 #[derive(Clone, Debug)]
 pub struct DatabaseRow {

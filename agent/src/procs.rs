@@ -33,6 +33,31 @@ impl StderrTail {
     }
 }
 
+/// A line of a tool's stderr without the data PostgreSQL may quote in it:
+/// a DETAIL (`Key (email)=(...)`, `Failing row contains (...)`) and the row
+/// a COPY failed on (`COPY t, line 3: "..."`). Such lines reach terminals
+/// and run histories; the rest of the error says what failed, where.
+fn without_values(line: String) -> String {
+    if let Some(at) = line.find("DETAIL:") {
+        return format!(
+            "{} (withheld: it may quote rows)",
+            &line[..at + "DETAIL:".len()]
+        );
+    }
+    if let Some(copy) = line.find("COPY ")
+        && let Some(rel) = line[copy..].find(", line ")
+    {
+        let digits = copy + rel + ", line ".len();
+        let end = line[digits..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(line.len(), |n| digits + n);
+        if end < line.len() {
+            return format!("{} (the row is withheld)", &line[..end]);
+        }
+    }
+    line
+}
+
 /// The PostgreSQL client programs the agent runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Program {
@@ -121,10 +146,11 @@ pub fn spawn(
 }
 
 /// Reads a tool's stderr to its end: every line logged, the last ones
-/// kept in `tail` (each cut to [`MAX_LINE`]).
+/// kept in `tail` (each cut to [`MAX_LINE`]), and never a row of data.
 async fn keep_stderr(err: tokio::process::ChildStderr, tail: StderrTail, name: &'static str) {
     let mut lines = BufReader::new(err).lines();
-    while let Ok(Some(mut line)) = lines.next_line().await {
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut line = without_values(line);
         tracing::debug!(tool = name, line = %line, "stderr");
         if line.len() > MAX_LINE {
             let mut cut = MAX_LINE;
@@ -311,6 +337,31 @@ impl Tool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stderr_lines_keep_no_rows() {
+        let cases = [
+            (
+                "DETAIL:  Key (email)=(zq7@leak.invalid) already exists.",
+                "DETAIL: (withheld: it may quote rows)",
+            ),
+            (
+                "CONTEXT:  COPY users, line 3: \"3\tzq7@leak.invalid\"",
+                "CONTEXT:  COPY users, line 3 (the row is withheld)",
+            ),
+            (
+                "CONTEXT:  COPY users, line 3, column email: \"zq7\"",
+                "CONTEXT:  COPY users, line 3 (the row is withheld)",
+            ),
+            (
+                "pg_restore: error: COPY failed for table \"users\": ERROR:  new row violates check constraint \"c\"",
+                "pg_restore: error: COPY failed for table \"users\": ERROR:  new row violates check constraint \"c\"",
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(without_values(line.to_string()), want);
+        }
+    }
 
     /// Starts `dir/name` with no arguments and no session settings.
     fn start(dir: &str, name: &'static str, stdin: Stdio, stdout: Stdio) -> Tool {

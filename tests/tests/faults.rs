@@ -937,3 +937,50 @@ async fn malformed_lane_streams_are_refused() {
     }
     s.assert_untouched().await;
 }
+
+/// Values that cannot occur by chance, to search errors for.
+const SENTINEL: &str = "zq7-sentinel";
+
+/// A post-restore statement whose failure quotes a value in its DETAIL:
+/// the error names the step and the constraint, never the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_post_restore_statement_quotes_no_value() {
+    let s = setup(Fleet::builder()).await;
+    s.proxy.throttle(0);
+    let mut spec = s.spec();
+    spec.post_restore_sql = format!(
+        "CREATE TABLE kept (k text PRIMARY KEY); \
+         INSERT INTO kept VALUES ('{SENTINEL}-1'), ('{SENTINEL}-1')"
+    );
+    let err = s.start(spec).await.unwrap().unwrap_err();
+    assert!(err.contains("post-restore SQL failed"), "{err}");
+    assert!(err.contains("kept_pkey"), "the constraint is named: {err}");
+    assert!(!err.contains(SENTINEL), "a value leaked: {err}");
+    s.assert_untouched().await;
+}
+
+/// A row pg_restore fails to load (a CHECK that holds only in the source
+/// database): the error names the table and the constraint, and neither it
+/// nor the tool's output it carries quotes the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_that_fails_to_load_is_not_quoted() {
+    let s = setup(Fleet::builder().source_sql(&format!(
+        "CREATE TABLE guarded (id int PRIMARY KEY, secret text, \
+           CONSTRAINT only_at_home CHECK (current_database() = 'production' OR secret NOT LIKE 'zq7%')); \
+         INSERT INTO guarded VALUES (1, '{SENTINEL}-2')"
+    )))
+    .await;
+    s.proxy.throttle(0);
+    let mut spec = s.spec();
+    // One pass, so the COPY runs inside the one pg_restore.
+    spec.jobs = 1;
+    let err = s.start(spec).await.unwrap().unwrap_err();
+    assert!(err.contains("pg_restore"), "{err}");
+    assert!(
+        err.contains("only_at_home"),
+        "the constraint is named: {err}"
+    );
+    assert!(err.contains("guarded"), "the table is named: {err}");
+    assert!(!err.contains(SENTINEL), "a row leaked: {err}");
+    s.assert_untouched().await;
+}

@@ -32,10 +32,13 @@ pub async fn post_restore(
     .map_err(|e| err(format!("preparing to run as {owner:?}"), e))?;
     // The SQL (which may hold secrets) travels as a parameter and is never
     // logged or echoed; the error says what PostgreSQL objected to.
+    let withheld = |what: &str, e: tokio_postgres::Error| {
+        DbError(format!("{what}: {}", pg::error_without_values(&e)))
+    };
     tx.execute("SELECT pg_temp.stagesync_post_restore($1)", &[&sql])
         .await
-        .map_err(|e| err("the post-restore SQL failed", e))?;
+        .map_err(|e| withheld("the post-restore SQL failed", e))?;
     tx.commit()
         .await
-        .map_err(|e| err("committing the post-restore SQL", e))
+        .map_err(|e| withheld("committing the post-restore SQL", e))
 }

@@ -384,3 +384,39 @@ fn copy_listing_is_parsed_and_checked() {
         stagesync_s3::ListingMode::Flat
     );
 }
+
+/// Bucket names are global on AWS: one bucket reached through two profiles
+/// is still one bucket, and a mirror into an overlapping prefix of it would
+/// copy into its own source and delete from it.
+#[test]
+fn one_bucket_through_two_profiles_with_overlapping_prefixes_is_refused() {
+    let copy = r#"
+[[pairs.prod-to-stage1.copies]]
+name = "media"
+source = "s3://media/uploads/"
+dest = "s3://media/"
+source_profile = "prod"
+dest_profile = "staging"
+"#;
+    let text = format!("{VALID}{copy}");
+    let line = text
+        .lines()
+        .position(|l| l == "dest = \"s3://media/\"")
+        .unwrap()
+        + 1;
+    let err = parse(&text).unwrap_err();
+    let prefix =
+        format!("/etc/stagesync/stagesync.toml:{line}: pairs.prod-to-stage1.copies[0].dest: ");
+    assert!(err.starts_with(&prefix), "{err}");
+    for part in [
+        "s3://media/uploads/",
+        "profile prod",
+        "profile staging",
+        "same bucket",
+    ] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    // Side by side in that bucket, the two prefixes are fine.
+    let apart = copy.replace("dest = \"s3://media/\"", "dest = \"s3://media/staging/\"");
+    parse(&format!("{VALID}{apart}")).unwrap();
+}

@@ -227,14 +227,8 @@ impl CopySpec {
         if self.concurrency == 0 {
             return Err(invalid("concurrency must be at least 1".into()));
         }
-        if self.same_side()
-            && self.source.bucket == self.dest.bucket
-            && overlaps(&self.source.prefix, &self.dest.prefix)
-        {
-            return Err(invalid(format!(
-                "{} and {} overlap: a mirror would copy into its own source",
-                self.source, self.dest
-            )));
+        if let Some(why) = self.overlap() {
+            return Err(invalid(why));
         }
         for bucket in [&self.source.bucket, &self.dest.bucket] {
             if bucket.len() < 3 {
@@ -244,6 +238,41 @@ impl CopySpec {
             }
         }
         Filter::new(&self.include, &self.exclude).map_err(invalid)
+    }
+}
+
+impl CopySpec {
+    /// Why the copy would write into its own source, if it would: the same
+    /// bucket on the same server (bucket names are global on AWS, whatever
+    /// the profiles and regions; with endpoints, the same endpoint) and
+    /// prefixes one inside the other.
+    pub fn overlap(&self) -> Option<String> {
+        let server = |s: &SideConfig| {
+            s.endpoint
+                .as_deref()
+                .map(|e| e.trim_end_matches('/').to_ascii_lowercase())
+        };
+        let same_bucket = self.source.bucket == self.dest.bucket
+            && server(&self.source_side) == server(&self.dest_side);
+        if !same_bucket || !overlaps(&self.source.prefix, &self.dest.prefix) {
+            return None;
+        }
+        let side = |s: &SideConfig| match (&s.profile, &s.endpoint) {
+            (Some(p), _) => format!(" (profile {p})"),
+            (None, Some(e)) => format!(" (endpoint {e})"),
+            (None, None) => String::new(),
+        };
+        Some(format!(
+            "{}{} and {}{} are the same bucket{} and their prefixes overlap: a mirror would copy into its own source and delete from it",
+            self.source,
+            side(&self.source_side),
+            self.dest,
+            side(&self.dest_side),
+            match self.source_side.endpoint {
+                None => " on AWS (bucket names are global, whatever the profiles)",
+                Some(_) => " on one endpoint",
+            }
+        ))
     }
 }
 
@@ -335,6 +364,31 @@ mod tests {
         assert!(!f.accepts("a.png"));
         let all = Filter::new(&[], &[]).unwrap();
         assert!(all.accepts("anything at all"));
+    }
+
+    #[test]
+    fn the_same_bucket_through_two_profiles_is_still_one_bucket() {
+        let mut spec = CopySpec::new(
+            "media",
+            S3Location::new("media", "uploads/"),
+            S3Location::new("media", ""),
+        );
+        spec.source_side.profile = Some("prod".into());
+        spec.dest_side.profile = Some("staging".into());
+        spec.dest_side.region = Some("eu-west-1".into());
+        let why = spec.overlap().expect("one bucket on AWS");
+        assert!(
+            why.contains("profile prod") && why.contains("profile staging"),
+            "{why}"
+        );
+        // On two different servers the names are two buckets.
+        spec.source_side.endpoint = Some("http://127.0.0.1:9000".into());
+        assert!(spec.overlap().is_none());
+        spec.dest_side.endpoint = Some("http://127.0.0.1:9000/".into());
+        assert!(spec.overlap().is_some(), "the same endpoint");
+        // Prefixes side by side do not overlap.
+        spec.dest.prefix = "copies/".into();
+        assert!(spec.overlap().is_none());
     }
 
     #[test]

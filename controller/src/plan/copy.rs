@@ -41,6 +41,9 @@ impl CopyCheck<'_> {
         let mut spec = CopySpec::new(r.name.get_ref().clone(), source, dest);
         spec.source_side = side(r, &r.source_profile, &r.source_region, &r.source_endpoint);
         spec.dest_side = side(r, &r.dest_profile, &r.dest_region, &r.dest_endpoint);
+        if let Some(why) = spec.overlap() {
+            return self.at.err(r.dest.span(), "dest", why);
+        }
         spec.include = r.include.clone();
         spec.exclude = r.exclude.clone();
         spec.delete = r.delete.unwrap_or(true);

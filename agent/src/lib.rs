@@ -77,7 +77,7 @@ pub async fn recover(config: &AgentConfig) {
             tracing::warn!(error = %e, "could not check for databases an interrupted swap closed")
         }
     }
-    match db::drop_orphans(&config.postgres, &[]).await {
+    match db::drop_orphans(&config.postgres, &db::Ledger::new(&config.work_dir), &[]).await {
         Ok(dropped) if !dropped.is_empty() => {
             tracing::info!(?dropped, "dropped databases left by interrupted jobs")
         }

@@ -78,6 +78,11 @@ impl FaultProxy {
         self.ctl.stalled.store(true, Ordering::SeqCst);
     }
 
+    /// Forwards again after a [`stall`](Self::stall).
+    pub fn resume(&self) {
+        self.ctl.stalled.store(false, Ordering::SeqCst);
+    }
+
     /// Closes every proxied connection.
     pub fn cut(&self) {
         self.cut_token().cancel();

@@ -1,7 +1,7 @@
 //! Creating the database a job restores into, and dropping databases:
 //! one job's, or every leftover a crashed job left behind.
 
-use super::{DbError, admin, err, role_exists};
+use super::{DbError, Ledger, admin, err, role_exists};
 use crate::config::PostgresConfig;
 use crate::sql::{self, DROP_PREFIX, NEW_PREFIX, ident, literal};
 
@@ -9,6 +9,7 @@ use crate::sql::{self, DROP_PREFIX, NEW_PREFIX, ident, literal};
 /// database's encoding and locale when it exists.
 pub async fn create_new(
     pg: &PostgresConfig,
+    ledger: &Ledger,
     new_db: &str,
     live: &str,
     owner: &str,
@@ -45,43 +46,50 @@ pub async fn create_new(
             literal(&ctype)
         ));
     }
+    ledger.record(new_db)?;
     c.batch_execute(&sql)
         .await
         .map_err(|e| err(format!("creating database {new_db:?}"), e))?;
     Ok(())
 }
 
-/// Drops a database, ending its sessions first.
-pub async fn drop_database(pg: &PostgresConfig, name: &str) -> Result<(), DbError> {
+/// Drops a database this agent made, ending its sessions first.
+pub async fn drop_database(
+    pg: &PostgresConfig,
+    ledger: &Ledger,
+    name: &str,
+) -> Result<(), DbError> {
     let c = admin(pg).await?;
     c.batch_execute(&sql::drop_database(name))
         .await
-        .map_err(|e| err(format!("dropping database {name:?}"), e))
+        .map_err(|e| err(format!("dropping database {name:?}"), e))?;
+    ledger.forget(name);
+    Ok(())
 }
 
-/// Drops every `stagesync_new_*` database not in `keep`: what a crashed job
-/// left behind. Returns the names dropped.
-pub async fn drop_orphans(pg: &PostgresConfig, keep: &[String]) -> Result<Vec<String>, DbError> {
+/// Drops every database this agent recorded and no job here still uses
+/// (`keep`): what a crashed job left behind. Databases it did not make are
+/// never touched, however they are named. Returns the names dropped.
+pub async fn drop_orphans(
+    pg: &PostgresConfig,
+    ledger: &Ledger,
+    keep: &[String],
+) -> Result<Vec<String>, DbError> {
     let c = admin(pg).await?;
-    let rows = c
-        .query(
-            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) OR starts_with(datname, $2)",
-            &[&NEW_PREFIX, &DROP_PREFIX],
-        )
-        .await
-        .map_err(|e| err("listing leftover databases", e))?;
     let mut dropped = Vec::new();
-    for r in rows {
-        let name: String = r
-            .try_get(0)
-            .map_err(|e| err("listing leftover databases", e))?;
-        if keep.contains(&name) {
+    for name in ledger.names() {
+        // Only stagesync's own names, should a record ever say otherwise.
+        let ours = name.starts_with(NEW_PREFIX) || name.starts_with(DROP_PREFIX);
+        if keep.contains(&name) || !ours {
             continue;
         }
-        c.batch_execute(&sql::drop_database(&name))
-            .await
-            .map_err(|e| err(format!("dropping leftover database {name:?}"), e))?;
-        dropped.push(name);
+        if super::database_exists(&c, &name).await? {
+            c.batch_execute(&sql::drop_database(&name))
+                .await
+                .map_err(|e| err(format!("dropping leftover database {name:?}"), e))?;
+            dropped.push(name.clone());
+        }
+        ledger.forget(&name);
     }
     Ok(dropped)
 }

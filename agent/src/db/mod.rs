@@ -13,6 +13,7 @@
 mod carried;
 mod closed;
 mod create;
+mod ledger;
 mod post_restore;
 mod rollback;
 mod swap;
@@ -24,6 +25,7 @@ use crate::pg::{self, error_chain};
 
 pub use closed::reopen_closed;
 pub use create::{create_new, drop_database, drop_orphans};
+pub use ledger::Ledger;
 pub use post_restore::post_restore;
 pub use rollback::rollback;
 pub use swap::swap_in;

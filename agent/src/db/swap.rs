@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use super::carried::{Carried, apply, carried};
 use super::closed::{close_all, end_sessions, reopen_all, unmark};
-use super::{DbError, admin, database_exists, err, in_transaction, script};
+use super::{DbError, Ledger, admin, database_exists, err, in_transaction, script};
 use crate::config::PostgresConfig;
 use crate::pg::error_chain;
 use crate::sql::{
@@ -36,6 +36,7 @@ struct Found {
 /// `closed` is where closings are recorded. Returns the previous copy's name.
 pub async fn swap_in(
     pg: &PostgresConfig,
+    ledger: &Ledger,
     closed: &Path,
     new_db: &str,
     live: &str,
@@ -60,6 +61,10 @@ pub async fn swap_in(
     } else {
         Vec::new()
     };
+    if found.previous {
+        // The older copy takes the retired name until it is dropped.
+        ledger.record(&names.retired)?;
+    }
     close_all(&c, closed, &live_closed).await?;
     let script = names.script(&found, allowed, carried.as_ref());
     if let Err(e) = in_transaction(&mut c, &script).await {
@@ -68,8 +73,10 @@ pub async fn swap_in(
         return Err(err(format!("swapping {new_db:?} in as {live:?}"), e));
     }
     unmark(closed, live);
-    if found.previous {
-        drop_retired(&c, &names.retired).await;
+    // The restored database is the live one now, no longer the agent's.
+    ledger.forget(new_db);
+    if found.previous && drop_retired(&c, &names.retired).await {
+        ledger.forget(&names.retired);
     }
     Ok(names.previous)
 }
@@ -126,9 +133,14 @@ async fn close_new(c: &Client, new_db: &str) -> Result<(), DbError> {
 
 /// Drops the older previous copy once the swap committed; what fails here
 /// is dropped with the leftovers at the next start.
-async fn drop_retired(c: &Client, retired: &str) {
-    if let Err(e) = c.batch_execute(&sql::drop_database(retired)).await {
-        tracing::warn!(database = %retired, error = %error_chain(&e), "could not drop the older previous copy; it is dropped when the agent next starts");
+/// Drops the older previous copy; whether it is gone.
+async fn drop_retired(c: &Client, retired: &str) -> bool {
+    match c.batch_execute(&sql::drop_database(retired)).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(database = %retired, error = %error_chain(&e), "could not drop the older previous copy; it is dropped when the agent next starts");
+            false
+        }
     }
 }
 

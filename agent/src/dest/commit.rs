@@ -41,6 +41,7 @@ impl Restorer {
         let closed = self.config.work_dir.join("closed");
         match db::swap_in(
             &self.config.postgres,
+            &db::Ledger::new(&self.config.work_dir),
             &closed,
             &job.new_database,
             &job.database,

@@ -146,7 +146,8 @@ impl Restorer {
     async fn make_database(&self, job: &Job) -> Result<(), String> {
         let _pipeline = job.pipeline.lock().await;
         let keep = self.jobs.live_new_databases();
-        match db::drop_orphans(&self.config.postgres, &keep).await {
+        let ledger = db::Ledger::new(&self.config.work_dir);
+        match db::drop_orphans(&self.config.postgres, &ledger, &keep).await {
             Ok(dropped) if !dropped.is_empty() => {
                 tracing::info!(?dropped, "dropped leftover databases")
             }
@@ -160,6 +161,7 @@ impl Restorer {
             .unwrap_or_default();
         db::create_new(
             &self.config.postgres,
+            &ledger,
             &job.new_database,
             &job.database,
             owner,

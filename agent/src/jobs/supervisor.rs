@@ -64,7 +64,8 @@ async fn watch_lease(config: &AgentConfig, job: &Job) {
 /// Drops the job's unfinished database and removes its work directory.
 async fn clean_up(config: &AgentConfig, job: &Job) {
     if job.side == Side::Dest {
-        match db::drop_database(&config.postgres, &job.new_database).await {
+        let ledger = db::Ledger::new(&config.work_dir);
+        match db::drop_database(&config.postgres, &ledger, &job.new_database).await {
             Ok(()) => {
                 tracing::info!(job = %job.id, database = %job.new_database, "dropped the unfinished database")
             }

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         println!("{}: ok ({})", args.config.display(), cfg.identity);
         return ExitCode::SUCCESS;
     }
+    raise_open_files();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -48,6 +49,22 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cfg))
+}
+
+/// Lets the agent use every file descriptor its hard limit allows: a flood
+/// of connections must not leave none for the database, the tools and the
+/// controllers (each connection is bounded in time, not in number of fds).
+fn raise_open_files() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
 }
 
 async fn run(cfg: config::AgentConfig) -> ExitCode {

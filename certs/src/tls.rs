@@ -235,8 +235,28 @@ fn key_reason(e: rustls::Error) -> String {
 /// A loaded configuration plus what it was built from.
 struct Current<C> {
     snapshot: Snapshot,
+    /// The files' metadata when last read: while it stays the same, a new
+    /// connection costs a `stat` per file, not a read.
+    stamp: Stamp,
     identity: Identity,
     config: Arc<C>,
+}
+
+/// Size, modification time and inode of each file (None: missing).
+type Stamp = Vec<Option<(u64, std::time::SystemTime, u64)>>;
+
+impl TlsFiles {
+    fn stamp(&self) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        let crl = crate::revoke::crl_path(&self.ca);
+        [&self.ca, &self.cert, &self.key, &crl]
+            .iter()
+            .map(|p| {
+                let m = fs::metadata(p).ok()?;
+                Some((m.len(), m.modified().ok()?, m.ino()))
+            })
+            .collect()
+    }
 }
 
 /// Shared reload logic for server and client configurations.
@@ -251,6 +271,8 @@ impl<C> Reloading<C> {
         files: TlsFiles,
         build: fn(&TlsFiles, Material) -> Result<C, TlsError>,
     ) -> Result<Self, TlsError> {
+        // Stamped before reading: a change in between is seen next time.
+        let stamp = files.stamp();
         let snapshot = files.snapshot()?;
         let material = files.parse(&snapshot)?;
         warn_if_expired(&files, &material);
@@ -260,6 +282,7 @@ impl<C> Reloading<C> {
             files,
             build,
             current: Mutex::new(Current {
+                stamp,
                 snapshot,
                 identity,
                 config,
@@ -269,6 +292,11 @@ impl<C> Reloading<C> {
 
     fn refresh(&self) -> (Arc<C>, Identity) {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let stamp = self.files.stamp();
+        if stamp == cur.stamp {
+            return (cur.config.clone(), cur.identity.clone());
+        }
+        cur.stamp = stamp;
         match self.try_reload(&cur.snapshot) {
             Ok(None) => {}
             Ok(Some((snapshot, identity, config))) => {
@@ -281,11 +309,9 @@ impl<C> Reloading<C> {
                     );
                 } else {
                     tracing::info!(cert = %self.files.cert.display(), identity = %identity, "certificate files changed; reloaded");
-                    *cur = Current {
-                        snapshot,
-                        identity,
-                        config,
-                    };
+                    cur.snapshot = snapshot;
+                    cur.identity = identity;
+                    cur.config = config;
                 }
             }
             Err(e) => {

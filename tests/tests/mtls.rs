@@ -11,7 +11,7 @@ use stagesync_controller::client::{StaticClientTls, connect};
 use stagesync_controller::status::info;
 use stagesync_controller::{AgentTarget, ClientError};
 use stagesync_harness::{
-    AgentSpec, Fleet, FleetAgent, PgCluster, TestAgent, TestPki, wait::PATIENCE,
+    AgentRun, AgentSpec, Fleet, FleetAgent, PgCluster, TestAgent, TestPki, wait::PATIENCE,
 };
 use stagesync_proto::AgentClient;
 use stagesync_proto::v1 as pb;
@@ -474,4 +474,40 @@ async fn abort(client: &mut AgentClient<Channel>, job_id: &str, side: pb::Side) 
         })
         .await
         .unwrap();
+}
+
+/// Connections that never start a handshake (anyone who can reach the
+/// port can open them) hold no more than a socket for a few seconds: a
+/// refresh runs while 2,000 are open, and the agent closes every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_do_not_stop_a_refresh() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const IDLE: usize = 2000;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    assert!(
+        hard >= IDLE as u64 + 512,
+        "the open files limit ({hard}) leaves no room for the test"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let f = Fleet::builder()
+        .staging_runs(AgentRun::Process)
+        .build()
+        .await;
+    let addr = f.staging().addr();
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let report = stagesync_controller::refresh::refresh(f.tls(), &f.pair(), |_| {})
+        .await
+        .expect("the refresh completes beside the idle connections");
+    assert_eq!(report.database, "stage");
+    // Every idle connection is closed by the agent (the client reads the end).
+    for mut c in idle {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(PATIENCE, tokio::io::AsyncReadExt::read(&mut c, &mut buf))
+            .await
+            .expect("the agent closes a silent connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
 }

@@ -127,6 +127,18 @@ async fn a_backup_restores_to_an_identical_database_and_verify_catches_tampering
         .unwrap()
         .expect("tampering went unnoticed");
     assert!(why.contains("SHA-256"), "{why}");
+
+    // A 10 MiB manifest beside a dump is refused by its size, not read.
+    let folder = f.s3().root.join(BACKUP_BUCKET).join("daily/production");
+    let base = "20990101T000000Z.prod-db";
+    std::fs::write(folder.join(format!("{base}.dump")), b"dump").unwrap();
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(10 << 20));
+    std::fs::write(folder.join(format!("{base}.manifest.json")), big).unwrap();
+    let found = daily.list("production").await.unwrap();
+    assert_eq!(found.complete.len(), 1, "{found:?}");
+    let (key, why) = &found.unreadable[0];
+    assert!(key.ends_with(&format!("{base}.manifest.json")), "{key}");
+    assert!(why.contains("larger than 1048576 bytes"), "{why}");
 }
 
 fn chown_to_postgres(path: &Path) {

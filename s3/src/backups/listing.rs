@@ -29,6 +29,9 @@ pub struct Found {
     pub unreadable: Vec<(String, String)>,
 }
 
+/// The most a manifest may weigh: a few hundred bytes in practice.
+const MAX_SMALL_OBJECT: usize = 1 << 20;
+
 impl Store {
     /// Every object key under `prefix`, in key order.
     async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, BackupError> {
@@ -66,13 +69,38 @@ impl Store {
 
     /// A whole object, read into memory (a manifest).
     pub(super) async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, BackupError> {
-        let data = self
-            .open_dump(key)
-            .await?
-            .collect()
+        use tokio::io::AsyncReadExt;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("reading {key}"), &e))?;
+        let too_big = || {
+            BackupError(format!(
+                "{key} is larger than {MAX_SMALL_OBJECT} bytes, far more than a manifest holds: not read (remove it, or check who writes into this place)"
+            ))
+        };
+        if out
+            .content_length()
+            .is_some_and(|n| n > MAX_SMALL_OBJECT as i64)
+        {
+            return Err(too_big());
+        }
+        // A server that sent no length, or the wrong one, is read only so far.
+        let mut data = Vec::new();
+        out.body
+            .into_async_read()
+            .take(MAX_SMALL_OBJECT as u64 + 1)
+            .read_to_end(&mut data)
             .await
             .map_err(|e| self.err(&format!("reading {key}"), e))?;
-        Ok(data.into_bytes().to_vec())
+        if data.len() > MAX_SMALL_OBJECT {
+            return Err(too_big());
+        }
+        Ok(data)
     }
 
     /// One database's backups.

@@ -61,6 +61,16 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Whether this server lets a job's restore log in as its own role (see
+/// `db::JobLogin`): `None` for an agent that restores nothing, else the
+/// probe's result, whose error says what to add to `pg_hba.conf`.
+pub async fn check_job_logins(config: &AgentConfig) -> Option<Result<(), db::LoginProblem>> {
+    if config.policy.may_overwrite.patterns.is_empty() {
+        return None;
+    }
+    Some(db::probe_job_login(&config.postgres).await)
+}
+
 /// Removes what jobs interrupted by a crash left behind: unfinished
 /// databases and work directories. Runs before the agent serves.
 pub async fn recover(config: &AgentConfig) {
@@ -85,6 +95,10 @@ pub async fn recover(config: &AgentConfig) {
         Err(e) => {
             tracing::warn!(error = %e, "could not look for databases left by interrupted jobs")
         }
+    }
+    // Restores would be refused: say so now, not at the first refresh.
+    if let Some(Err(e)) = check_job_logins(config).await {
+        tracing::error!(error = %e, "restores will be refused until this is fixed");
     }
 }
 

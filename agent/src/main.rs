@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use stagesync_agent::{EXIT_CONFIG, EXIT_UNAVAILABLE, config};
+use stagesync_agent::{EXIT_CONFIG, EXIT_UNAVAILABLE, config, db};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The stagesync agent: dumps and restores the local PostgreSQL databases
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     };
     if args.check {
         println!("{}: ok ({})", args.config.display(), cfg.identity);
-        return ExitCode::SUCCESS;
+        return check_server(&cfg);
     }
     raise_open_files();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -49,6 +49,38 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cfg))
+}
+
+/// `--check` on a restoring agent: can a job's restore log in as its own
+/// role? A server that cannot be reached is reported but does not fail the
+/// check (the configuration itself is fine); a refused login does, with the
+/// line to add.
+fn check_server(cfg: &config::AgentConfig) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stagesync-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(stagesync_agent::check_job_logins(cfg)) {
+        None => ExitCode::SUCCESS,
+        Some(Ok(())) => {
+            println!("job logins: ok (restores run as a role of group stagesync_jobs)");
+            ExitCode::SUCCESS
+        }
+        Some(Err(db::LoginProblem::Refused(e))) => {
+            eprintln!("stagesync-agent: {e}");
+            ExitCode::from(EXIT_CONFIG as u8)
+        }
+        Some(Err(db::LoginProblem::Failed(e))) => {
+            println!("job logins: not checked: {e}");
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 /// Lets the agent use every file descriptor its hard limit allows: a flood

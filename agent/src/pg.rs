@@ -100,15 +100,30 @@ pub fn parse_major(line: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// Connects to a database of the local server over its unix socket.
+/// Connects to a database of the local server over its unix socket, as the
+/// agent's own role.
 pub async fn connect(
     pg: &PostgresConfig,
     database: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_as(pg, database, &pg.user, None).await
+}
+
+/// Connects to a database of the local server over its unix socket, as
+/// `user` with `password` when the server asks for one.
+pub async fn connect_as(
+    pg: &PostgresConfig,
+    database: &str,
+    user: &str,
+    password: Option<&str>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut cfg = tokio_postgres::Config::new();
+    if let Some(p) = password {
+        cfg.password(p);
+    }
     cfg.host_path(&pg.socket_dir)
         .port(pg.port)
-        .user(&pg.user)
+        .user(user)
         .dbname(database)
         .application_name("stagesync-agent")
         .connect_timeout(Duration::from_secs(10));

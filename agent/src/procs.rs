@@ -100,12 +100,18 @@ pub fn spawn(
     program: Program,
     args: &[String],
     settings: &[String],
+    password: Option<&str>,
     stdin: Stdio,
     stdout: Stdio,
 ) -> std::io::Result<Tool> {
     let name = program.name();
     let mut cmd = Command::new(bin_dir.join(name));
     let options: Vec<String> = settings.iter().map(|s| format!("-c {s}")).collect();
+    // A password travels in the environment (readable only by this user),
+    // never on the command line.
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
     cmd.args(args)
         .env("PGOPTIONS", options.join(" "))
         .stdin(stdin)
@@ -167,7 +173,15 @@ async fn keep_stderr(err: tokio::process::ChildStderr, tail: StderrTail, name: &
 /// Starts `pg_dump`: it reads nothing and takes no session settings; its
 /// archive goes to `stdout` (or to the file its arguments name).
 pub fn spawn_pg_dump(bin_dir: &Path, args: &[String], stdout: Stdio) -> std::io::Result<Tool> {
-    spawn(bin_dir, Program::PgDump, args, &[], Stdio::null(), stdout)
+    spawn(
+        bin_dir,
+        Program::PgDump,
+        args,
+        &[],
+        None,
+        Stdio::null(),
+        stdout,
+    )
 }
 
 /// Pipe buffer for a tool's data pipe. At the default 64 KiB the tool and
@@ -370,6 +384,7 @@ mod tests {
             Program::Other(name),
             &[],
             &[],
+            None,
             stdin,
             stdout,
         )

@@ -40,12 +40,23 @@ pub const NEW_PREFIX: &str = "stagesync_new_";
 pub const PREVIOUS_PREFIX: &str = "stagesync_prev_";
 /// Prefix of an older previous copy between a swap and its drop.
 pub const DROP_PREFIX: &str = "stagesync_drop_";
+/// Prefix of the login role a job's restore sessions authenticate as.
+pub const JOB_ROLE_PREFIX: &str = "stagesync_job_";
+/// The group every job login is a member of: what `pg_hba.conf` names.
+pub const JOB_GROUP: &str = "stagesync_jobs";
 /// PostgreSQL truncates identifiers to 63 bytes; we never rely on that.
 const MAX_IDENT: usize = 63;
 
 /// The database a job restores into.
 pub fn new_database(job_id: &str) -> String {
     format!("{NEW_PREFIX}{job_id}")
+}
+
+/// The login role of the job whose new database is `new_db`, if it is one.
+pub fn job_role_of(new_db: &str) -> Option<String> {
+    new_db
+        .strip_prefix(NEW_PREFIX)
+        .map(|id| format!("{JOB_ROLE_PREFIX}{id}"))
 }
 
 /// The name a live database keeps for rollback after a swap.

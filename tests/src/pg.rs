@@ -93,6 +93,14 @@ fn run(mut cmd: Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Client authentication as on a destination set up for stagesync: the
+/// agents' own role trusted on the socket (peer on a real host), the roles
+/// a job's restore logs in as by password, everyone else trusted so tests
+/// can log in as any role.
+pub const HBA: &str = "local all postgres trust\n\
+                       local all +stagesync_jobs scram-sha-256\n\
+                       local all all trust\n";
+
 impl PgCluster {
     /// `initdb` and start a new cluster.
     pub fn start() -> anyhow::Result<Self> {
@@ -126,6 +134,8 @@ impl PgCluster {
             "--no-sync",
         ]);
         run(initdb, "initdb")?;
+        // Overwritten in place: the file keeps its owner and mode.
+        std::fs::write(data_dir.join("pg_hba.conf"), HBA)?;
         let cluster = PgCluster {
             dir,
             data_dir,
@@ -190,6 +200,28 @@ impl PgCluster {
             .await
             .with_context(|| format!("in {database}: {sql}"))?;
         Ok(())
+    }
+
+    /// Replaces `pg_hba.conf` with `text` and makes the server read it.
+    pub async fn set_hba(&self, text: &str) -> anyhow::Result<()> {
+        const RELOADED: &str = "received SIGHUP, reloading configuration files";
+        let before = self.server_log().matches(RELOADED).count();
+        std::fs::write(self.data_dir.join("pg_hba.conf"), text)?;
+        self.exec("postgres", "SELECT pg_reload_conf()").await?;
+        // The postmaster reloads after the call returns: wait for its word.
+        crate::eventually("the server to reload pg_hba.conf", async || {
+            match self.server_log().matches(RELOADED).count() > before {
+                true => Ok(()),
+                false => Err("not reloaded yet"),
+            }
+        })
+        .await;
+        Ok(())
+    }
+
+    /// What the server wrote to its log so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Stops the server immediately (as after a crash).

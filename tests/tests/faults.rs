@@ -404,6 +404,23 @@ async fn schema_over_the_cap(with_lanes: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_mode_stops_landing_files_before_the_disk_fills() {
+    // The destination must keep more free than any disk has: the first
+    // file's first bytes are refused.
+    let s = setup(Fleet::builder().staging(|s| s.faults.keep_free = Some(u64::MAX / 2))).await;
+    s.proxy.throttle(0);
+    let mut spec = s.spec();
+    spec.mode = pb::Mode::Parallel;
+    spec.jobs = 2;
+    let err = s.start(spec).await.unwrap().unwrap_err();
+    assert!(
+        err.contains("would leave less than") && err.contains("free on the file system of"),
+        "{err}"
+    );
+    s.assert_untouched().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn corrupted_frame_is_caught_by_its_checksum() {
     let s = setup(Fleet::builder().prod(|p| p.faults.corrupt_frame = Some(2))).await;
     s.proxy.throttle(0);

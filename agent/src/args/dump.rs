@@ -168,7 +168,7 @@ fn filter_args(opts: &pb::DumpOptions) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::super::test_postgres as pg;
-    use super::super::{RestoreFrom, pg_restore};
+    use super::super::{RestoreAs, RestoreFrom, pg_restore};
     use super::*;
 
     #[test]
@@ -268,11 +268,17 @@ mod tests {
         let restore = pg_restore(
             &pg(),
             "new",
-            "owner",
+            RestoreAs {
+                login: "stagesync_job_1",
+                owner: "owner",
+            },
             &pb::RestoreOptions::default(),
             RestoreFrom::PostDataOf(Path::new("/w/schema.dump"), 3),
         )
         .unwrap();
+        // Logged in as the job's own role, creating as the owner.
+        assert!(restore.contains(&"--username=stagesync_job_1".to_string()));
+        assert!(restore.contains(&"--role=owner".to_string()));
         assert_eq!(
             &restore[restore.len() - 4..],
             [
@@ -361,7 +367,10 @@ mod tests {
         let pre = pg_restore(
             &pg(),
             "new",
-            "owner",
+            RestoreAs {
+                login: "stagesync_job_1",
+                owner: "owner",
+            },
             &pb::RestoreOptions::default(),
             RestoreFrom::PreDataOf(Path::new("/w/schema.dump")),
         )

@@ -14,7 +14,7 @@ use crate::config::PostgresConfig;
 
 pub use dump::{DumpTo, Lane, pg_dump};
 pub use pattern::{TableName, TablePattern};
-pub use restore::{RestoreFrom, pg_restore, restore_settings};
+pub use restore::{RestoreAs, RestoreFrom, pg_restore, restore_settings};
 
 /// Extra `pg_dump` flags a plan may add.
 pub const SAFE_DUMP_ARGS: &[&str] = &[
@@ -68,10 +68,16 @@ fn check_extra(args: &[String], safe: &[&str], tool: &str) -> Result<(), String>
 }
 
 fn connection_args(pg: &PostgresConfig) -> Vec<String> {
+    connection_args_as(pg, &pg.user)
+}
+
+/// Connection arguments for logging in as `user` (its password, if the
+/// server asks for one, comes from the tool's environment).
+fn connection_args_as(pg: &PostgresConfig, user: &str) -> Vec<String> {
     vec![
         format!("--host={}", pg.socket_dir.display()),
         format!("--port={}", pg.port),
-        format!("--username={}", pg.user),
+        format!("--username={user}"),
         "--no-password".to_string(),
     ]
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use stagesync_proto::v1 as pb;
 
-use super::{SAFE_RESTORE_ARGS, check_extra, connection_args, conninfo_dbname};
+use super::{SAFE_RESTORE_ARGS, check_extra, connection_args_as, conninfo_dbname};
 use crate::config::PostgresConfig;
 
 /// Where a `pg_restore` reads its archive.
@@ -22,16 +22,27 @@ pub enum RestoreFrom<'a> {
     PreDataOf(&'a Path),
 }
 
-/// `pg_restore` into `new_database` as `owner`, from where `from` says.
+/// Who a `pg_restore` logs in as, and the role it creates objects as.
+#[derive(Clone, Copy, Debug)]
+pub struct RestoreAs<'a> {
+    /// The job's login role (see `db::JobLogin`).
+    pub login: &'a str,
+    /// The owner of everything restored.
+    pub owner: &'a str,
+}
+
+/// `pg_restore` into `new_database`, logged in as `who.login` and creating
+/// everything as `who.owner`, from where `from` says.
 pub fn pg_restore(
     pg: &PostgresConfig,
     new_database: &str,
-    owner: &str,
+    who: RestoreAs<'_>,
     opts: &pb::RestoreOptions,
     from: RestoreFrom<'_>,
 ) -> Result<Vec<String>, String> {
     check_extra(&opts.extra_args, SAFE_RESTORE_ARGS, "pg_restore")?;
-    let mut args = connection_args(pg);
+    let owner = who.owner;
+    let mut args = connection_args_as(pg, who.login);
     args.extend([
         format!("--dbname={}", conninfo_dbname(new_database)),
         "--no-owner".to_string(),

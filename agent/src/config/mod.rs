@@ -77,6 +77,9 @@ pub struct Faults {
     pub bad_schema_snapshot: bool,
     /// Destination side: the largest schema file it lands, instead of 2 GiB.
     pub max_schema_file: Option<u64>,
+    /// Destination side: the free space landed files must leave, instead
+    /// of 256 MiB.
+    pub keep_free: Option<u64>,
 }
 
 #[derive(Clone, Debug)]

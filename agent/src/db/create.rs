@@ -53,7 +53,8 @@ pub async fn create_new(
     Ok(())
 }
 
-/// Drops a database this agent made, ending its sessions first.
+/// Drops a database this agent made, ending its sessions first, and the
+/// login role of the job that made it.
 pub async fn drop_database(
     pg: &PostgresConfig,
     ledger: &Ledger,
@@ -63,6 +64,7 @@ pub async fn drop_database(
     c.batch_execute(&sql::drop_database(name))
         .await
         .map_err(|e| err(format!("dropping database {name:?}"), e))?;
+    super::login::drop_job_role(&c, name).await?;
     ledger.forget(name);
     Ok(())
 }
@@ -89,6 +91,8 @@ pub async fn drop_orphans(
                 .map_err(|e| err(format!("dropping leftover database {name:?}"), e))?;
             dropped.push(name.clone());
         }
+        // Its job's login, made after the record and gone with the job.
+        super::login::drop_job_role(&c, &name).await?;
         ledger.forget(&name);
     }
     Ok(dropped)

@@ -7,13 +7,15 @@
 //!
 //! `create.rs` makes and drops databases, `swap.rs` and `rollback.rs` move
 //! the live name, `closed.rs` closes databases around them and records it,
-//! `carried.rs` reads what the live database carries over, and
+//! `carried.rs` reads what the live database carries over, `login.rs`
+//! makes the role a job's restore sessions log in as, and
 //! `post_restore.rs` runs the plan's SQL as the owner.
 
 mod carried;
 mod closed;
 mod create;
 mod ledger;
+mod login;
 mod post_restore;
 mod rollback;
 mod swap;
@@ -26,6 +28,9 @@ use crate::pg::{self, error_chain};
 pub use closed::reopen_closed;
 pub use create::{create_new, drop_database, drop_orphans};
 pub use ledger::Ledger;
+pub use login::{
+    JobLogin, LoginProblem, create as create_job_login, hand_over, probe as probe_job_login,
+};
 pub use post_restore::post_restore;
 pub use rollback::rollback;
 pub use swap::swap_in;

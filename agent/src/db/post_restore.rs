@@ -1,23 +1,28 @@
 //! The post-restore SQL, run with the owner's rights only.
 
-use super::{DbError, err};
+use super::{DbError, JobLogin, err};
 use crate::config::PostgresConfig;
 use crate::pg;
 use crate::sql::ident;
 
 /// Runs the post-restore SQL in `db`, in one transaction, with the owner's
-/// rights only: it runs inside a SECURITY DEFINER function owned by the
-/// owner, where `RESET ROLE` and `SET SESSION AUTHORIZATION` are refused, so
-/// it cannot climb back to the agent's superuser login.
+/// rights only: the session is logged in as the job's own role (a member
+/// of the owner, nothing more), so nothing in it, not even a deferred
+/// trigger firing at commit, runs with more. The SQL itself runs inside a
+/// SECURITY DEFINER function owned by the owner, where `RESET ROLE` and
+/// `SET SESSION AUTHORIZATION` are refused, so what it creates is the
+/// owner's.
 pub async fn post_restore(
     pg: &PostgresConfig,
     db: &str,
+    login: &JobLogin,
     owner: &str,
     sql: &str,
 ) -> Result<(), DbError> {
-    let mut c = pg::connect(pg, db)
+    let mut c = login
+        .connect(pg, db)
         .await
-        .map_err(|e| err(format!("connecting to {db:?}"), e))?;
+        .map_err(|e| err(format!("connecting to {db:?} as {:?}", login.role), e))?;
     let tx = c
         .transaction()
         .await

@@ -283,23 +283,29 @@ where
     }
 }
 
-/// The most bytes a landed file may have, and what to tell the operator
-/// when a file is larger.
+/// The most bytes a landed file may have, the free space it must leave on
+/// its file system, and what to tell the operator when a file is larger.
 #[derive(Clone, Copy, Debug)]
 pub struct FileCap {
     pub max: u64,
+    /// Bytes that must stay free on the work directory's file system: a
+    /// peer cannot fill the disk the database lives on.
+    pub keep_free: u64,
     /// The file, as a message names it ("schema file").
     pub what: &'static str,
     /// What to do about a larger file (appended to the error).
     pub advice: &'static str,
 }
 
-impl FileCap {
-    pub const NONE: FileCap = FileCap {
-        max: u64::MAX,
-        what: "file",
-        advice: "",
-    };
+/// How often (in bytes written) a landing file checks the free space.
+const FREE_SPACE_EVERY: u64 = 64 << 20;
+
+fn size_text(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
 }
 
 /// A file from the peer being written into a work directory.
@@ -333,22 +339,41 @@ impl Landing {
     /// Writes the next bytes of the file, refusing them past the cap.
     async fn write(&mut self, raw: &[u8]) -> Result<(), StepError> {
         if self.written + raw.len() as u64 > self.cap.max {
-            let max = self.cap.max;
-            let size = if max >= 1 << 20 {
-                format!("{} MiB", max >> 20)
-            } else {
-                format!("{max} bytes")
-            };
             return Err(stream_error(format!(
-                "the {} from the source exceeds {size}{}",
-                self.cap.what, self.cap.advice
+                "the {} from the source exceeds {}{}",
+                self.cap.what,
+                size_text(self.cap.max),
+                self.cap.advice
             )));
+        }
+        // At the file's first bytes, then every FREE_SPACE_EVERY.
+        if self.written / FREE_SPACE_EVERY != (self.written + raw.len() as u64) / FREE_SPACE_EVERY
+            || self.written == 0
+        {
+            self.check_free_space(raw.len() as u64)?;
         }
         self.file
             .write_all(raw)
             .await
             .map_err(|e| stream_error(format!("writing {}: {e}", self.path.display())))?;
         self.written += raw.len() as u64;
+        Ok(())
+    }
+
+    /// Refuses to go on when the file system would keep less than
+    /// `cap.keep_free` bytes free.
+    fn check_free_space(&self, next: u64) -> Result<(), StepError> {
+        let dir = self.path.parent().unwrap_or(&self.path);
+        let free = crate::pg::free_bytes(dir);
+        if free.saturating_sub(next) < self.cap.keep_free {
+            return Err(stream_error(format!(
+                "landing {} would leave less than {} free on the file system of {} ({} free): free space there, or refresh with --jobs 1 to restore without landing files",
+                self.name,
+                size_text(self.cap.keep_free),
+                dir.display(),
+                size_text(free)
+            )));
+        }
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use stagesync_proto::v1 as pb;
 use tonic::Status;
 
 use super::RestoreRun;
-use super::inbound::{Event, FileCap, Inbound};
+use super::inbound::{Event, Inbound};
 use crate::args;
 use crate::jobs::StepError;
 
@@ -25,7 +25,7 @@ impl RestoreRun<'_> {
             })?;
         loop {
             match inbound.next().await? {
-                Event::FileStart(f) => inbound.land(&dir, &f, FileCap::NONE).await?,
+                Event::FileStart(f) => inbound.land(&dir, &f, self.dump_file_cap()).await?,
                 Event::FileLanded(_) => {}
                 Event::End => break,
                 Event::Data { .. } => {

@@ -74,18 +74,18 @@ impl Restorer {
         let shape = policy::shape(cfg, req.shape.as_ref())?;
         policy::jobs(cfg, req.jobs)?;
         let restore = req.restore.clone().unwrap_or_default();
-        args::pg_restore(
-            &cfg.postgres,
-            "x",
-            &req.owner,
-            &restore,
-            args::RestoreFrom::Stdin,
-        )
-        .map_err(&invalid)?;
+        let login = db::JobLogin::for_job(&req.job_id);
+        let who = args::RestoreAs {
+            login: &login.role,
+            owner: &req.owner,
+        };
+        args::pg_restore(&cfg.postgres, "x", who, &restore, args::RestoreFrom::Stdin)
+            .map_err(&invalid)?;
         let post_sql = sql::substitute(&req.post_restore_sql, &req.params).map_err(&invalid)?;
         policy::ticket(cfg, &req.ticket)?;
         Ok(DestSetup {
             owner: req.owner.clone(),
+            login,
             shape,
             jobs: req.jobs,
             restore,
@@ -142,7 +142,8 @@ impl Restorer {
     }
 
     /// Drops what crashed jobs left (it holds disk we may need), creates
-    /// the job's database and its work directory.
+    /// the job's database, the role its restore logs in as (checked by
+    /// logging in) and its work directory.
     async fn make_database(&self, job: &Job) -> Result<(), String> {
         let _pipeline = job.pipeline.lock().await;
         let keep = self.jobs.live_new_databases();
@@ -154,20 +155,16 @@ impl Restorer {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not clean leftover databases"),
         }
-        let owner = job
-            .dest
-            .as_ref()
-            .map(|d| d.owner.as_str())
-            .unwrap_or_default();
-        db::create_new(
-            &self.config.postgres,
-            &ledger,
-            &job.new_database,
-            &job.database,
-            owner,
-        )
-        .await
-        .map_err(|e| e.0)?;
+        let Some(setup) = &job.dest else {
+            return Err("internal: a restore job without its setup".into());
+        };
+        let pg = &self.config.postgres;
+        db::create_new(pg, &ledger, &job.new_database, &job.database, &setup.owner)
+            .await
+            .map_err(|e| e.0)?;
+        db::create_job_login(pg, &setup.login, &setup.owner, &job.new_database)
+            .await
+            .map_err(|e| e.0)?;
         if let Some(dir) = &job.work_dir {
             tokio::fs::create_dir_all(dir.join("dump"))
                 .await

@@ -22,6 +22,10 @@ use crate::procs::{self, Program};
 /// is a broken or hostile peer filling the disk.
 const MAX_SCHEMA_FILE: u64 = 2 << 30;
 
+/// Landed files stop before the work directory's file system has less than
+/// this free.
+const KEEP_FREE: u64 = 256 << 20;
+
 impl RestoreRun<'_> {
     /// Restores what `inbound` brings, the way `shape` says, then runs the
     /// post-restore SQL.
@@ -38,7 +42,20 @@ impl RestoreRun<'_> {
             _ if shape.lanes() > 1 => self.lanes(inbound, shape.lanes()).await?,
             _ => self.stream(inbound, shape.post_data_file).await?,
         }
-        self.post_restore().await
+        self.post_restore().await?;
+        self.hand_over().await
+    }
+
+    /// What the job's login made goes to the owner; the login is dropped.
+    async fn hand_over(&self) -> Result<(), StepError> {
+        db::hand_over(
+            &self.config.postgres,
+            &self.setup.login,
+            &self.setup.owner,
+            &self.job.new_database,
+        )
+        .await
+        .map_err(|e| StepError::new(pb::Step::PgRestore, e.0))
     }
 
     /// Ends a restore: the job is ready to commit, or failed. A failure's
@@ -70,9 +87,33 @@ impl RestoreRun<'_> {
                 .faults
                 .max_schema_file
                 .unwrap_or(MAX_SCHEMA_FILE),
+            keep_free: self.keep_free(),
             what: "schema file",
             advice: "; refresh with --jobs 1 to restore in one pass",
         }
+    }
+
+    /// The job's login and owner, for its `pg_restore` runs.
+    fn restore_as(&self) -> args::RestoreAs<'_> {
+        args::RestoreAs {
+            login: &self.setup.login.role,
+            owner: &self.setup.owner,
+        }
+    }
+
+    /// The cap on the files of a parallel-mode dump: only the free space.
+    pub(super) fn dump_file_cap(&self) -> FileCap {
+        FileCap {
+            max: u64::MAX,
+            keep_free: self.keep_free(),
+            what: "dump file",
+            advice: "",
+        }
+    }
+
+    /// What landed files leave free (raised only by a test fault).
+    fn keep_free(&self) -> u64 {
+        self.config.faults.keep_free.unwrap_or(KEEP_FREE)
     }
 
     /// Starts a `pg_restore` into the job's new database that reads a
@@ -82,7 +123,7 @@ impl RestoreRun<'_> {
         let argv = args::pg_restore(
             pg,
             &self.job.new_database,
-            &self.setup.owner,
+            self.restore_as(),
             &self.setup.restore,
             args::RestoreFrom::Stdin,
         )
@@ -92,6 +133,7 @@ impl RestoreRun<'_> {
             Program::PgRestore,
             &argv,
             &pg.restore_settings,
+            Some(self.setup.login.password()),
             Stdio::piped(),
             Stdio::null(),
         )
@@ -106,7 +148,7 @@ impl RestoreRun<'_> {
         let argv = args::pg_restore(
             pg,
             &self.job.new_database,
-            &self.setup.owner,
+            self.restore_as(),
             &self.setup.restore,
             from,
         )
@@ -116,6 +158,7 @@ impl RestoreRun<'_> {
             Program::PgRestore,
             &argv,
             &settings,
+            Some(self.setup.login.password()),
             Stdio::null(),
             Stdio::null(),
         )
@@ -155,6 +198,7 @@ impl RestoreRun<'_> {
         db::post_restore(
             &self.config.postgres,
             &self.job.new_database,
+            &self.setup.login,
             &self.setup.owner,
             &self.setup.post_sql,
         )

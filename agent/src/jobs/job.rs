@@ -22,6 +22,8 @@ pub enum Side {
 /// What the destination needs to know about its job.
 pub struct DestSetup {
     pub owner: String,
+    /// The role the restore's sessions log in as (a member of the owner).
+    pub login: crate::db::JobLogin,
     /// The stream's shape, as the controller agreed it.
     pub shape: pb::Shape,
     pub jobs: u32,

@@ -122,6 +122,11 @@ pub enum SyncError {
         failed: u64,
         first: String,
     },
+
+    #[error(
+        "copy `{copy}`: cannot keep the list of objects to delete in a temporary file ({detail}); nothing was deleted. Check the space and permissions of TMPDIR"
+    )]
+    ExtrasFile { copy: String, detail: String },
 }
 
 /// What kind of failure an SDK error is, as far as the engine cares.

@@ -19,6 +19,7 @@
 pub mod backups;
 pub mod client;
 pub mod error;
+mod extras;
 mod head;
 mod listing;
 mod mirror;

@@ -6,6 +6,7 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use backon::Retryable;
 
 use crate::error::{SyncError, Target, classify};
+use crate::extras::Extras;
 use crate::listing::Listed;
 use crate::progress::{Event, Progress, SyncReport};
 use crate::spec::CopySpec;
@@ -59,22 +60,31 @@ pub(crate) struct Deletes<'a> {
 /// reports them.
 pub(crate) async fn delete_extras(
     job: &Deletes<'_>,
-    extras: Vec<Listed>,
+    extras: Extras,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    if job.options.dry_run {
-        for object in &extras {
-            job.deleted(object, report);
-            (job.progress)(Event::WouldDelete {
-                key: object.key.clone(),
-            });
-        }
-        return Ok(());
-    }
+    let spill_error = |e: std::io::Error| SyncError::ExtrasFile {
+        copy: job.spec.name.clone(),
+        detail: e.to_string(),
+    };
+    let mut batches = extras.into_batches(DELETE_BATCH).map_err(spill_error)?;
     let (mut failed, mut first) = (0u64, None);
-    for batch in extras.chunks(DELETE_BATCH) {
-        let errors = delete_batch(job, batch).await?;
-        for object in batch {
+    loop {
+        let batch = batches.next_batch().map_err(spill_error)?;
+        if batch.is_empty() {
+            break;
+        }
+        if job.options.dry_run {
+            for object in &batch {
+                job.deleted(object, report);
+                (job.progress)(Event::WouldDelete {
+                    key: object.key.clone(),
+                });
+            }
+            continue;
+        }
+        let errors = delete_batch(job, &batch).await?;
+        for object in &batch {
             match errors.iter().find(|(key, _)| *key == object.key) {
                 Some((key, detail)) => {
                     failed += 1;

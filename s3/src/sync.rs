@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::{Built, ClientPool};
 use crate::error::{Classified, Kind, Side, SyncError, Target, classify, side_error};
+use crate::extras::Extras;
 use crate::listing::{self, Listed, Listing};
 use crate::mirror::{self, Deletes};
 use crate::plan::{Verdict, compare, next_step};
@@ -235,9 +236,9 @@ impl Run {
     }
 
     /// Deletes the destination's extras, if the guard allows that many.
-    async fn delete(&self, extras: Vec<Listed>, report: &mut SyncReport) -> Result<(), SyncError> {
+    async fn delete(&self, extras: Extras, report: &mut SyncReport) -> Result<(), SyncError> {
         let spec = &self.transfer.spec;
-        mirror::guard(spec, extras.len() as u64, report.listed_dest.objects)?;
+        mirror::guard(spec, extras.len(), report.listed_dest.objects)?;
         let job = Deletes {
             spec,
             dest: &self.transfer.dest,
@@ -257,14 +258,15 @@ impl Run {
     }
 
     /// Walks both sorted listings in step. Returns the destination objects
-    /// the source does not have; only those are held in memory.
+    /// the source does not have (a few thousand in memory, the rest in a
+    /// temporary file).
     async fn merge(
         &self,
         mut source: Listing,
         mut dest: Listing,
         work: mpsc::Sender<Work>,
-    ) -> Result<Vec<Listed>, SyncError> {
-        let mut extras = Vec::new();
+    ) -> Result<Extras, SyncError> {
+        let mut extras = Extras::default();
         let mut s = next(&mut source, None, &self.transfer.spec, Side::Source).await?;
         let mut d = next(&mut dest, None, &self.transfer.spec, Side::Dest).await?;
         while let Some(order) = next_step(s.as_ref(), d.as_ref()) {
@@ -281,7 +283,7 @@ impl Run {
             if let Some(item) = &dest_item {
                 self.with_report(|r| r.listed_dest.add(item.size));
             }
-            let job = self.decide(source_item.as_ref(), dest_item.clone(), &mut extras);
+            let job = self.decide(source_item.as_ref(), dest_item.clone(), &mut extras)?;
             if let Some(job) = job
                 && work.send(job).await.is_err()
             {
@@ -315,9 +317,9 @@ impl Run {
         &self,
         source: Option<&Listed>,
         dest: Option<Listed>,
-        extras: &mut Vec<Listed>,
-    ) -> Option<Work> {
-        match (source, dest) {
+        extras: &mut Extras,
+    ) -> Result<Option<Work>, SyncError> {
+        Ok(match (source, dest) {
             (Some(src), None) => Some(Work::Copy(src.clone(), CopyReason::Missing)),
             (Some(src), Some(dst)) => match compare(src, &dst) {
                 Verdict::Same => {
@@ -329,12 +331,15 @@ impl Run {
             },
             (None, Some(dst)) => {
                 if self.transfer.spec.delete {
-                    extras.push(dst);
+                    extras.push(dst).map_err(|e| SyncError::ExtrasFile {
+                        copy: self.transfer.spec.name.clone(),
+                        detail: e.to_string(),
+                    })?;
                 }
                 None
             }
             (None, None) => None,
-        }
+        })
     }
 
     fn skipped(&self, object: &Listed) {

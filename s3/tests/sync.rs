@@ -904,6 +904,71 @@ on_both_servers!(
     tree_listing_sees_what_flat_listing_sees,
 );
 
+/// 200,000 destination-only objects: the mirror keeps 4,096 of them in
+/// memory and the rest in a temporary file, refuses at the delete limit
+/// having deleted nothing, and (forced, in a dry run) reads every one back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_with_200000_extras_refuses_at_the_delete_limit() {
+    const EXTRAS: u64 = 200_000;
+    let server = servers::start(Backend::S3sFs).await;
+    let profiles = Profiles::new();
+    let c = client(&server.endpoint, server.keys);
+    let (src, dst) = ("extras-src", "extras-dst");
+    create_bucket(&c, src).await;
+    create_bucket(&c, dst).await;
+    put_bytes(&c, src, "keep.txt", b"keep").await;
+    // Written as files, as s3s-fs stores them: far faster than 200,000 PUTs.
+    let old = server.root().expect("s3s-fs root").join(dst).join("old");
+    for d in 0..EXTRAS / 1000 {
+        let dir = old.join(format!("{d:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..1000 {
+            std::fs::write(dir.join(format!("{i:03}")), b"").unwrap();
+        }
+    }
+    let mut spec = spec(
+        "media",
+        S3Location::new(src, ""),
+        S3Location::new(dst, ""),
+        &server.endpoint,
+        &profiles,
+    );
+    spec.listing = ListingMode::Tree;
+    spec.delete_limit = DeleteLimit {
+        max_count: Some(1000),
+        max_percent: None,
+    };
+    let err = sync(&spec, SyncOptions::default(), |_| {})
+        .await
+        .expect_err("the guard trips");
+    assert!(
+        matches!(
+            err,
+            SyncError::DeleteGuard {
+                would_delete: EXTRAS,
+                dest_objects: EXTRAS,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let left: usize = std::fs::read_dir(&old)
+        .unwrap()
+        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(left as u64, EXTRAS, "nothing deleted");
+
+    spec.force_delete = true;
+    let options = SyncOptions {
+        dry_run: true,
+        record_keys: false,
+    };
+    let report = sync(&spec, options, |_| {})
+        .await
+        .expect("a forced dry run");
+    assert_eq!(report.deleted.objects, EXTRAS);
+}
+
 #[tokio::test]
 async fn unreachable_endpoint_is_reported_as_such() {
     let profiles = Profiles::new();

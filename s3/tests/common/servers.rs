@@ -33,6 +33,13 @@ pub struct Server {
     _dir: Option<TempDir>,
 }
 
+impl Server {
+    /// Where an in-process server keeps its buckets (one folder each).
+    pub fn root(&self) -> Option<&std::path::Path> {
+        self._dir.as_ref().map(|d| d.path())
+    }
+}
+
 /// An `s3s-fs` server over a fresh temp dir, accepting only `keys`.
 pub async fn s3s_fs(keys: (&'static str, &'static str)) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -222,14 +222,30 @@ fn lone_stagesync(dir: &Path) -> std::path::PathBuf {
     copy
 }
 
+/// Runs a program this test process just wrote. Another test's child,
+/// forked while the file was open for writing, holds it open until that
+/// child runs its own program, and until then Linux refuses to run the file
+/// ("Text file busy"): try again once that has passed.
+fn output_of_fresh(cmd: &mut Command) -> std::process::Output {
+    for _ in 0..200 {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {}
+            Ok(o) if String::from_utf8_lossy(&o.stderr).contains("Text file busy") => {}
+            other => return other.unwrap(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{cmd:?} stayed busy");
+}
+
 #[test]
 fn demo_without_stagesync_demo_says_how_to_get_it() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(lone_stagesync(dir.path()))
-        .arg("demo")
-        .env("PATH", dir.path())
-        .output()
-        .unwrap();
+    let o = output_of_fresh(
+        Command::new(lone_stagesync(dir.path()))
+            .arg("demo")
+            .env("PATH", dir.path()),
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -250,11 +266,7 @@ fn demo_runs_the_stagesync_demo_beside_it_with_its_arguments_and_exit_code() {
     let fake = dir.path().join("stagesync-demo");
     std::fs::write(&fake, "#!/bin/sh\necho \"demo args: $*\"\nexit 7\n").unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let o = Command::new(exe)
-        .args(["demo", "--keep"])
-        .env("PATH", "")
-        .output()
-        .unwrap();
+    let o = output_of_fresh(Command::new(exe).args(["demo", "--keep"]).env("PATH", ""));
     assert_eq!(o.status.code(), Some(7), "{}", text(&o));
     assert!(text(&o).contains("demo args: --keep"), "{}", text(&o));
 }

@@ -198,9 +198,11 @@ async fn the_controller_refuses_an_agent_with_another_identity() {
 #[tokio::test]
 async fn a_down_agent_is_reported_as_such() {
     let pki = TestPki::new().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    // A port held (bound, not listening) for the whole test, so no other
+    // test's server can take it: connections to it are refused.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = held.local_addr().unwrap();
     let target = AgentTarget {
         address: addr.to_string(),
         expected: None,
@@ -383,6 +385,7 @@ async fn info_offers_to_overwrite_exactly_what_prepare_restore_accepts() {
                 params: Default::default(),
                 ticket: "d".repeat(64),
                 source_identity: "spiffe://stagesync/agent/prod-db".into(),
+                staging: None,
             })
             .await;
         if answer.is_ok() {

@@ -194,6 +194,39 @@ pub fn jobs(cfg: &AgentConfig, jobs: u32) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// What staging keeps, as a request asks it: named tables (PostgreSQL's
+/// identifiers: 1 to 63 bytes, no NUL), a bounded number of them.
+pub fn staging(cfg: &AgentConfig, rules: &pb::StagingRules) -> Result<(), AgentError> {
+    const MAX_TABLES: usize = 1000;
+    if rules.keep.len() + rules.truncate.len() > MAX_TABLES {
+        return Err(invalid(
+            cfg,
+            format!("at most {MAX_TABLES} kept and truncated tables"),
+        ));
+    }
+    let name_ok = |n: &str| (1..=63).contains(&n.len()) && !n.contains('\0');
+    let kept = rules.keep.iter().map(|k| k.table.as_ref());
+    for t in kept.chain(rules.truncate.iter().map(Some)) {
+        match t {
+            Some(t) if name_ok(&t.schema) && name_ok(&t.table) => {}
+            Some(t) => {
+                return Err(invalid(
+                    cfg,
+                    format!("{:?}.{:?} is not a table name", t.schema, t.table),
+                ));
+            }
+            None => return Err(invalid(cfg, "a kept table has no name".into())),
+        }
+    }
+    if rules.keep.iter().any(|k| k.r#where.contains('\0')) {
+        return Err(invalid(
+            cfg,
+            "a kept table's `where` holds a NUL byte".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A stream shape asked for by a job request.
 pub fn shape(cfg: &AgentConfig, shape: Option<&pb::Shape>) -> Result<pb::Shape, AgentError> {
     let shape = shape

@@ -123,10 +123,37 @@ fn the_systemd_unit_verifies() {
 
 #[test]
 fn the_backup_timer_and_service_verify() {
+    timer_and_service_verify(
+        "stagesync-backup@",
+        "prod-db",
+        &["Type=oneshot", "backup %i --all", "ProtectSystem=strict"],
+    );
+}
+
+#[test]
+fn the_nightly_sync_timer_and_service_verify() {
+    timer_and_service_verify(
+        "stagesync-sync@",
+        "nightly",
+        &[
+            "Type=oneshot",
+            "sync --all --plan /etc/stagesync/plans/%i.toml",
+            "EnvironmentFile=-/etc/stagesync/plans/%i.env",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+            "CapabilityBoundingSet=",
+        ],
+    );
+}
+
+/// `deploy/systemd/<template>.service` and `.timer`, as instance
+/// `instance`, pass `systemd-analyze verify` (and a misspelt timer setting
+/// does not).
+fn timer_and_service_verify(template: &str, instance: &str, service_needles: &[&str]) {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
-    let service = std::fs::read_to_string(deploy.join("stagesync-backup@.service")).unwrap();
-    let timer = std::fs::read_to_string(deploy.join("stagesync-backup@.timer")).unwrap();
-    for needle in ["Type=oneshot", "backup %i --all", "ProtectSystem=strict"] {
+    let service = std::fs::read_to_string(deploy.join(format!("{template}.service"))).unwrap();
+    let timer = std::fs::read_to_string(deploy.join(format!("{template}.timer"))).unwrap();
+    for needle in service_needles {
         assert!(
             service.contains(needle),
             "the service must contain {needle}"
@@ -142,23 +169,23 @@ fn the_backup_timer_and_service_verify() {
     let mut perm = std::fs::metadata(&exe).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
     std::fs::set_permissions(&exe, perm).unwrap();
-    let unit = dir.path().join("stagesync-backup@prod-db.service");
+    let unit = dir.path().join(format!("{template}{instance}.service"));
     std::fs::write(
         &unit,
         service.replace("/usr/local/bin/stagesync", &exe.display().to_string()),
     )
     .unwrap();
-    let timer_unit = dir.path().join("stagesync-backup@prod-db.timer");
+    let timer_unit = dir.path().join(format!("{template}{instance}.timer"));
     std::fs::write(&timer_unit, &timer).unwrap();
     for u in [&unit, &timer_unit] {
         let (ok, text) = verify_unit(u);
         assert!(ok, "systemd-analyze verify {}: {text}", u.display());
     }
     // The check can fail: a misspelt timer setting is reported.
-    let typo = dir.path().join("typo@prod-db.timer");
+    let typo = dir.path().join(format!("typo@{instance}.timer"));
     std::fs::write(&typo, timer.replace("OnCalendar=", "OnCalender=")).unwrap();
     std::fs::write(
-        dir.path().join("typo@prod-db.service"),
+        dir.path().join(format!("typo@{instance}.service")),
         std::fs::read_to_string(&unit).unwrap(),
     )
     .unwrap();

@@ -19,6 +19,8 @@ pub enum Exit {
     /// The plan file (or a file to import) is wrong; the message names
     /// file, line and key.
     BadPlan = 5,
+    /// Another run of the same plan is going on: this one did nothing.
+    Busy = 6,
     /// Stopped by Ctrl-C (128 + SIGINT).
     Interrupted = 130,
 }

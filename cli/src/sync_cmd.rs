@@ -11,6 +11,7 @@ use serde_json::json;
 use stagesync_certs::ReloadingClientConfig;
 use stagesync_controller::history::{self, PairOutcome, Record};
 use stagesync_controller::plan::{self, Plan};
+use stagesync_controller::run::lock::{LockError, RunLock};
 use stagesync_controller::run::{self, RunOptions, RunSummary};
 
 use crate::Exit;
@@ -102,12 +103,34 @@ pub fn run(args: SyncArgs) -> anyhow::Result<Exit> {
         skip_preflight: args.skip_preflight.clone(),
         state_dir: state_dir(args.state_dir.clone(), &plan),
     };
+    // Held until the run ends: a second run of this plan exits at once.
+    let _lock = match RunLock::acquire(&options.state_dir, &args.plan.plan) {
+        Ok(lock) => lock,
+        Err(e @ LockError::Held { .. }) => {
+            eprintln!("stagesync: {e}");
+            return Ok(Exit::Busy);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let out = Arc::new(Output::new(args.json));
     out.event(json!({"event": "run_started", "pairs": selected, "parallel": options.parallel}));
     let observer = run_view::observer(out.clone());
-    let summary = runtime()?.block_on(run::sync(Arc::new(plan), &selected, tls, options, observer));
+    let (notify, plan_file) = (plan.notify.clone(), plan.source.clone());
+    let state = options.state_dir.clone();
+    let started = std::time::Instant::now();
+    let rt = runtime()?;
+    let summary = rt.block_on(run::sync(Arc::new(plan), &selected, tls, options, observer));
     if let Some(e) = &summary.history_error {
         eprintln!("stagesync: warning: {e}");
+    }
+    if let Some(n) = notify {
+        let elapsed = started.elapsed();
+        let warnings = rt.block_on(stagesync_controller::notify::after_run(
+            &n, &plan_file, &summary, &state, elapsed,
+        ));
+        for w in warnings {
+            eprintln!("stagesync: warning: {w}");
+        }
     }
     let exit = Exit::of(summary.records.iter().map(|r| r.outcome));
     print_summary(&out, &summary, exit);

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use stagesync_controller::run::lock::RunLock;
 use stagesync_harness::Fleet;
 use stagesync_harness::fixtures::content_hashes;
 use stagesync_harness::fleet::S3_PROFILE;
@@ -490,4 +491,34 @@ endpoint = "{endpoint}"
     assert_eq!(finished["objects_unchanged"], 1);
     assert_eq!(finished["objects_deleted"], 0);
     assert_eq!(events.last().unwrap()["event"], "summary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_sync_of_a_plan_that_is_running_exits_with_its_own_code() {
+    let f = Fleet::builder().build().await;
+    let plan = f.write_plan(PROD_TO_STAGE);
+    let state = f.dir().join("state");
+    let args = [
+        "sync",
+        "--all",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    // The lock a running sync of this plan holds, held here.
+    let running = RunLock::acquire(&state, &plan).unwrap();
+    let o = run(&f, &args).await;
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(text(&o).contains("another run of"), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("process {}", std::process::id())),
+        "{}",
+        text(&o)
+    );
+    f.assert_untouched().await;
+    // Once it ended, the plan runs.
+    drop(running);
+    let o = run(&f, &args).await;
+    assert!(o.status.success(), "{}", text(&o));
 }

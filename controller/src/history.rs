@@ -57,6 +57,17 @@ pub struct Record {
     /// Milliseconds per step, e.g. ("database", 12000), ("s3:media", 3000).
     pub steps: Vec<(String, u64)>,
     pub error: Option<String>,
+    /// The step that failed, and on which agent, when an agent's job did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_host: Option<String>,
+    /// Rows of staging's own kept across the refresh (pairs with `keep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_kept: Option<u64>,
+    /// What an operator should know of a run that went well.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The default state directory: `$XDG_STATE_HOME/stagesync`, else

@@ -420,3 +420,91 @@ dest_profile = "staging"
     let apart = copy.replace("dest = \"s3://media/\"", "dest = \"s3://media/staging/\"");
     parse(&format!("{VALID}{apart}")).unwrap();
 }
+
+#[test]
+fn keep_truncate_and_notify_parse() {
+    let text = format!(
+        "{VALID}\n[notify]\nwebhook_env = \"STAGESYNC_WEBHOOK\"\non = \"failure\"\ntextfile = \"metrics/stagesync.prom\"\n"
+    )
+    .replacen(
+        "params = [\"SOCIAL_SECRET\"]",
+        "params = [\"SOCIAL_SECRET\"]\nkeep = [{ table = \"public.django_site\" }, { table = \"Public.\\\"Auth User\\\"\", where = \"is_staff\" }]\ntruncate_after = [\"public.outbox\"]\ntruncate_cascade = true",
+        1,
+    );
+    let p = parse(&text).unwrap();
+    let s = &p.pairs["prod-to-stage1"].staging;
+    assert_eq!(s.keep.len(), 2);
+    let user = s.keep[1].table.as_ref().unwrap();
+    assert_eq!(
+        (user.schema.as_str(), user.table.as_str()),
+        ("public", "Auth User")
+    );
+    assert_eq!(s.keep[1].r#where, "is_staff");
+    assert_eq!(s.truncate[0].table, "outbox");
+    assert!(s.truncate_cascade);
+    let n = p.notify.as_ref().unwrap();
+    let hook = n.webhook.as_ref().unwrap();
+    assert_eq!(hook.env, "STAGESYNC_WEBHOOK");
+    assert_eq!(hook.when, stagesync_controller::notify::When::Failure);
+    assert_eq!(
+        n.textfile.as_deref(),
+        Some(Path::new("/etc/stagesync/metrics/stagesync.prom"))
+    );
+    let spec = p
+        .pair_spec("prod-to-stage1", "stagesync", |_| Some("s".into()))
+        .unwrap();
+    assert_eq!(&spec.staging, s);
+}
+
+#[test]
+fn keep_and_notify_mistakes_are_located() {
+    let pair_line = "params = [\"SOCIAL_SECRET\"]";
+    for (added, key, needle) in [
+        (
+            "keep = [{ table = \"django_site\" }]",
+            "keep.table",
+            "is not schema.table",
+        ),
+        (
+            "keep = [{ table = \"public.t\", where = \" \" }]",
+            "keep.where",
+            "leave it out to keep every row",
+        ),
+        (
+            "keep = [{ table = \"public.t\" }]\ntruncate_after = [\"public.t\"]",
+            "truncate_after",
+            "also kept",
+        ),
+        (
+            "keep = [{ table = \"public.t\", filter = \"x\" }]",
+            "keep",
+            "unknown field",
+        ),
+    ] {
+        let text = VALID.replacen(pair_line, &format!("{pair_line}\n{added}"), 1);
+        let err = parse(&text).expect_err(added);
+        assert!(err.contains(key) && err.contains(needle), "{added}: {err}");
+    }
+    for (table, key, needle) in [
+        (
+            "webhook_env = \"https://hooks.example.com/x\"",
+            "notify.webhook_env",
+            "not an environment variable name",
+        ),
+        (
+            "webhook_env = \"H\"\non = \"sometimes\"",
+            "notify.on",
+            "\"always\" or \"failure\"",
+        ),
+        ("retries = 3", "notify", "nothing to report to"),
+        (
+            "webhook_env = \"H\"\ntimeout_secs = 0",
+            "notify.timeout_secs",
+            "1 to 300",
+        ),
+    ] {
+        let text = format!("{VALID}\n[notify]\n{table}\n");
+        let err = parse(&text).expect_err(table);
+        assert!(err.contains(key) && err.contains(needle), "{table}: {err}");
+    }
+}

@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -32,7 +31,7 @@ use aws_sigv4::http_request::{
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -353,34 +352,7 @@ fn found(headers: &http::HeaderMap) -> LeanAnswer {
 /// cipher suites); plain HTTP for plain endpoints. Each path has its own,
 /// so no pooled connection outlives the runtime that opened it.
 fn http_client() -> Option<HttpClient<HttpsConnector<HttpConnector>, Empty<Bytes>>> {
-    static TLS: OnceLock<Option<rustls::ClientConfig>> = OnceLock::new();
-    let tls = TLS
-        .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _) =
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            if added == 0 {
-                tracing::debug!("no system root certificates; lean HEADs only over http");
-            }
-            Some(
-                rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .ok()?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            )
-        })
-        .clone()?;
-    let mut tcp = HttpConnector::new();
-    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    tcp.set_nodelay(true);
-    tcp.enforce_http(false);
-    let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(tcp);
+    let connector = crate::https::connector(crate::https::system_tls()?, CONNECT_TIMEOUT);
     Some(
         HttpClient::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())

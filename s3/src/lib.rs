@@ -21,6 +21,7 @@ pub mod client;
 pub mod error;
 mod extras;
 mod head;
+pub mod https;
 mod listing;
 mod mirror;
 mod plan;

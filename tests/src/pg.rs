@@ -202,6 +202,17 @@ impl PgCluster {
         Ok(())
     }
 
+    /// The first column of every row `sql` returns in `database`, as text.
+    pub async fn strings(&self, database: &str, sql: &str) -> anyhow::Result<Vec<String>> {
+        let rows = self
+            .client(database)
+            .await?
+            .query(sql, &[])
+            .await
+            .with_context(|| format!("in {database}: {sql}"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Replaces `pg_hba.conf` with `text` and makes the server read it.
     pub async fn set_hba(&self, text: &str) -> anyhow::Result<()> {
         const RELOADED: &str = "received SIGHUP, reloading configuration files";

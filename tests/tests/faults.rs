@@ -630,6 +630,7 @@ async fn prepare_job(s: &Setup, job_id: &str, ticket: &str) {
         params: Default::default(),
         ticket: ticket.into(),
         source_identity: "spiffe://stagesync/agent/prod-db".into(),
+        staging: None,
     })
     .await
     .unwrap();
@@ -673,6 +674,7 @@ async fn streams_with_bad_tickets_or_from_strangers_are_refused() {
         params: Default::default(),
         ticket: ticket.clone(),
         source_identity: "spiffe://stagesync/agent/prod-db".into(),
+        staging: None,
     })
     .await
     .unwrap();

@@ -98,30 +98,12 @@ async fn superuser_objects(c: &PgCluster, db: &str) -> Vec<String> {
        ) o JOIN pg_roles r ON r.oid = o.owner JOIN pg_namespace s ON s.oid = o.ns \
        WHERE r.rolsuper AND s.nspname NOT LIKE 'pg\\_%' AND s.nspname <> 'information_schema' \
        ORDER BY 1";
-    c.client(db)
-        .await
-        .unwrap()
-        .query(sql, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    c.strings(db, sql).await.unwrap()
 }
 
 async fn job_roles(c: &PgCluster) -> Vec<String> {
-    c.client("postgres")
-        .await
-        .unwrap()
-        .query(
-            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'stagesync\\_job\\_%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    let sql = "SELECT rolname::text FROM pg_roles WHERE rolname LIKE 'stagesync\\_job\\_%'";
+    c.strings("postgres", sql).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,8 +8,9 @@
 //! `create.rs` makes and drops databases, `swap.rs` and `rollback.rs` move
 //! the live name, `closed.rs` closes databases around them and records it,
 //! `carried.rs` reads what the live database carries over, `login.rs`
-//! makes the role a job's restore sessions log in as, and
-//! `post_restore.rs` runs the plan's SQL as the owner.
+//! makes the role a job's restore sessions log in as, `staging.rs` keeps
+//! staging's own rows and empties its queues, and `post_restore.rs` runs
+//! those and the plan's SQL as the owner.
 
 mod carried;
 mod closed;
@@ -18,6 +19,7 @@ mod ledger;
 mod login;
 mod post_restore;
 mod rollback;
+mod staging;
 mod swap;
 
 use tokio_postgres::Client;
@@ -31,8 +33,9 @@ pub use ledger::Ledger;
 pub use login::{
     JobLogin, LoginProblem, create as create_job_login, hand_over, probe as probe_job_login,
 };
-pub use post_restore::post_restore;
+pub use post_restore::{Finish, post_restore};
 pub use rollback::rollback;
+pub use staging::Kept;
 pub use swap::swap_in;
 
 /// A database operation failed; the message says which and why.

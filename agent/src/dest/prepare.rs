@@ -82,10 +82,13 @@ impl Restorer {
         args::pg_restore(&cfg.postgres, "x", who, &restore, args::RestoreFrom::Stdin)
             .map_err(&invalid)?;
         let post_sql = sql::substitute(&req.post_restore_sql, &req.params).map_err(&invalid)?;
+        let staging = req.staging.clone().unwrap_or_default();
+        policy::staging(cfg, &staging)?;
         policy::ticket(cfg, &req.ticket)?;
         Ok(DestSetup {
             owner: req.owner.clone(),
             login,
+            staging,
             shape,
             jobs: req.jobs,
             restore,

@@ -189,20 +189,32 @@ impl RestoreRun<'_> {
         Ok(())
     }
 
-    /// The post-restore SQL, in one transaction as the owner.
+    /// Staging's kept rows and emptied tables, then the post-restore SQL,
+    /// in one transaction as the owner.
     async fn post_restore(&self) -> Result<(), StepError> {
-        if self.setup.post_sql.trim().is_empty() {
+        let finish = db::Finish {
+            login: &self.setup.login,
+            owner: &self.setup.owner,
+            live: &self.job.database,
+            staging: &self.setup.staging,
+            sql: &self.setup.post_sql,
+        };
+        if finish.is_empty() {
             return Ok(());
         }
         self.job.advance(pb::Phase::PostRestore);
-        db::post_restore(
-            &self.config.postgres,
-            &self.job.new_database,
-            &self.setup.login,
-            &self.setup.owner,
-            &self.setup.post_sql,
-        )
-        .await
-        .map_err(|e| StepError::new(pb::Step::PostRestoreSql, e.0))
+        let kept = db::post_restore(&self.config.postgres, &self.job.new_database, finish)
+            .await
+            .map_err(|e| StepError::new(pb::Step::PostRestoreSql, e.0))?;
+        self.job.rows_kept.store(kept.rows, Ordering::Relaxed);
+        self.job
+            .nothing_to_keep
+            .store(kept.no_live_database, Ordering::Relaxed);
+        if kept.no_live_database {
+            tracing::info!(job = %self.job.id, "no live database yet: no rows of staging's own to keep");
+        } else if !self.setup.staging.keep.is_empty() {
+            tracing::info!(job = %self.job.id, rows = kept.rows, "kept staging's own rows");
+        }
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! destination side restoring): its phase, byte counters, error and lease.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ pub struct DestSetup {
     pub owner: String,
     /// The role the restore's sessions log in as (a member of the owner).
     pub login: crate::db::JobLogin,
+    /// What staging keeps of its own (checked against the protocol).
+    pub staging: pb::StagingRules,
     /// The stream's shape, as the controller agreed it.
     pub shape: pb::Shape,
     pub jobs: u32,
@@ -62,6 +64,10 @@ pub struct Job {
     pub post_data_jobs: AtomicU32,
     /// Destination: concurrent data lanes the data arrived in (0: one stream).
     pub data_lanes: AtomicU32,
+    /// Destination: rows of staging's own kept.
+    pub rows_kept: AtomicU64,
+    /// Destination: rows were to be kept, and there was no live database.
+    pub nothing_to_keep: AtomicBool,
     /// Held by whatever runs the job's processes; cleanup waits for it.
     pub pipeline: tokio::sync::Mutex<()>,
     pub(super) started: Instant,
@@ -104,6 +110,8 @@ impl Job {
             restored: AtomicU64::new(0),
             post_data_jobs: AtomicU32::new(0),
             data_lanes: AtomicU32::new(0),
+            rows_kept: AtomicU64::new(0),
+            nothing_to_keep: AtomicBool::new(false),
             pipeline: tokio::sync::Mutex::new(()),
             started: now,
             state: Mutex::new(State {
@@ -275,6 +283,8 @@ impl Job {
             },
             post_data_jobs: self.post_data_jobs.load(Ordering::Relaxed),
             data_lanes: self.data_lanes.load(Ordering::Relaxed),
+            rows_kept: self.rows_kept.load(Ordering::Relaxed),
+            nothing_to_keep: self.nothing_to_keep.load(Ordering::Relaxed),
         }
     }
 

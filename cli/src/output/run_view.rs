@@ -93,14 +93,18 @@ pub fn refresh_event(out: &Output, pair: &str, e: &Event) {
 }
 
 fn pair_finished(out: &Output, r: &Record) {
-    out.event(json!({"event": "pair_finished", "pair": r.pair, "outcome": r.outcome, "error": r.error, "bytes_dumped": r.bytes_dumped, "bytes_sent": r.bytes_sent, "bytes_restored": r.bytes_restored}));
+    out.event(json!({"event": "pair_finished", "pair": r.pair, "outcome": r.outcome, "error": r.error, "bytes_dumped": r.bytes_dumped, "bytes_sent": r.bytes_sent, "bytes_restored": r.bytes_restored, "rows_kept": r.rows_kept, "notes": r.notes}));
     let error = r.error.clone().unwrap_or_default();
     let text = match r.outcome {
         PairOutcome::Ok => format!(
-            "ok in {:.1} s, {} restored, {} objects copied",
+            "ok in {:.1} s, {} restored, {} objects copied{}{}",
             r.steps.first().map_or(0, |(_, ms)| *ms) as f64 / 1000.0,
             mib(r.bytes_restored),
-            r.objects_copied
+            r.objects_copied,
+            r.rows_kept.map_or(String::new(), |n| format!(
+                ", {n} rows of staging's own kept"
+            )),
+            r.notes.iter().map(|n| format!("; {n}")).collect::<String>()
         ),
         PairOutcome::Skipped => return,
         other => format!("{other}: {error}"),

@@ -20,6 +20,7 @@ use stagesync_proto::v1 as pb;
 
 mod backups;
 mod copy;
+mod notify;
 mod options;
 mod order;
 mod pair;
@@ -27,6 +28,7 @@ mod raw;
 mod scope;
 mod spec;
 mod sql;
+mod staging;
 mod validate;
 
 pub use sql::referenced_params;
@@ -45,6 +47,8 @@ pub struct Plan {
     pub agents: BTreeMap<String, PlanAgent>,
     pub pairs: BTreeMap<String, PlanPair>,
     pub backups: Option<BackupPlan>,
+    /// How runs are reported (`[notify]`).
+    pub notify: Option<crate::notify::NotifyPlan>,
 }
 
 /// Where and how long backups are kept (`[backups]`). The profile, region
@@ -91,6 +95,9 @@ pub struct PlanPair {
     pub post_restore_sql: String,
     /// Environment variables the post-restore SQL uses.
     pub params: Vec<String>,
+    /// Rows staging keeps of its own (`keep`), tables it empties
+    /// (`truncate_after`).
+    pub staging: stagesync_proto::v1::StagingRules,
     pub after: Vec<String>,
     /// S3 copies that run alongside the database refresh.
     pub copies: Vec<stagesync_s3::CopySpec>,

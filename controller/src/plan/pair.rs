@@ -38,6 +38,7 @@ pub(super) fn validate_pair(
     c.not_into_its_own_source()?;
     let run = c.options(defaults, source_backup.is_some())?;
     let (post_restore_sql, params) = c.post_restore()?;
+    let staging = c.staging()?;
     let after = c.after()?;
     let copies = c.copies()?;
     let preflight = c.preflight()?;
@@ -58,6 +59,7 @@ pub(super) fn validate_pair(
         restore: run.restore,
         post_restore_sql,
         params,
+        staging,
         after,
         copies,
         preflight,

@@ -18,6 +18,20 @@ pub(super) struct RawPlan {
     #[serde(default)]
     pub(super) pairs: BTreeMap<String, S<RawPair>>,
     pub(super) backups: Option<S<RawBackups>>,
+    pub(super) notify: Option<S<RawNotify>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    /// The environment variable holding the webhook's URL.
+    pub(super) webhook_env: Option<S<String>>,
+    /// "always" (the default) or "failure".
+    pub(super) on: Option<S<String>>,
+    pub(super) timeout_secs: Option<S<u64>>,
+    pub(super) retries: Option<S<u32>>,
+    /// A Prometheus textfile to write after every run.
+    pub(super) textfile: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +106,11 @@ macro_rules! option_keys {
             pub(super) copies: Vec<S<RawCopy>>,
             #[serde(default)]
             pub(super) preflight: RawPreflight,
+            #[serde(default)]
+            pub(super) keep: Vec<S<RawKeep>>,
+            #[serde(default)]
+            pub(super) truncate_after: Vec<S<String>>,
+            pub(super) truncate_cascade: Option<bool>,
         }
 
         impl RawPair {
@@ -157,6 +176,15 @@ pub(super) struct RawCopy {
     pub(super) concurrency: Option<S<usize>>,
     pub(super) multipart_threshold: Option<u64>,
     pub(super) listing: Option<S<String>>,
+}
+
+/// A table whose rows of staging's own survive the refresh.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeep {
+    pub(super) table: S<String>,
+    #[serde(rename = "where")]
+    pub(super) filter: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

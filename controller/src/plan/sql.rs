@@ -80,7 +80,7 @@ impl PairCheck<'_> {
     }
 }
 
-fn valid_env(n: &str) -> bool {
+pub(super) fn valid_env(n: &str) -> bool {
     !n.is_empty()
         && n.bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')

@@ -10,7 +10,7 @@ use stagesync_certs::{Kind, TlsFiles};
 use stagesync_proto::tomlfile::{ConfigError, TomlFile};
 
 use super::raw::{RawAgent, RawController, RawPlan, S};
-use super::{Plan, PlanAgent, PlanPair, backups, order, pair};
+use super::{Plan, PlanAgent, PlanPair, backups, notify, order, pair};
 
 pub(super) fn validate(f: &TomlFile<'_>, raw: RawPlan) -> Result<Plan, ConfigError> {
     let c = &raw.controller;
@@ -29,6 +29,10 @@ pub(super) fn validate(f: &TomlFile<'_>, raw: RawPlan) -> Result<Plan, ConfigErr
         Some(b) => Some(backups::validate_backups(f, b.get_ref())?),
         None => None,
     };
+    let notify = match &raw.notify {
+        Some(n) => Some(notify::validate_notify(f, n)?),
+        None => None,
+    };
     Ok(Plan {
         source: f.path.to_path_buf(),
         controller: c.name.get_ref().clone(),
@@ -38,6 +42,7 @@ pub(super) fn validate(f: &TomlFile<'_>, raw: RawPlan) -> Result<Plan, ConfigErr
         agents,
         pairs,
         backups,
+        notify,
     })
 }
 

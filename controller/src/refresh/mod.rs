@@ -69,6 +69,11 @@ pub struct Report {
     pub post_data_jobs: u32,
     /// Concurrent streams the data moved in; 0 when it was one.
     pub data_lanes: u32,
+    /// Rows of staging's own kept across the refresh.
+    pub rows_kept: u64,
+    /// Rows were to be kept, and there was no live database (a first
+    /// refresh): nothing was kept.
+    pub nothing_to_keep: bool,
     pub elapsed: Duration,
 }
 
@@ -198,6 +203,7 @@ fn prepare_request(
         restore: Some(spec.restore.clone()),
         post_restore_sql: spec.post_restore_sql.clone(),
         params: spec.params.clone(),
+        staging: Some(spec.staging.clone()),
         ticket: keys.ticket.clone(),
         // No peer for a backup: the job is fed from it (RestoreBackup).
         source_identity: match &ready.source {
@@ -315,6 +321,8 @@ fn report(
         bytes_restored: d.bytes_restored,
         post_data_jobs: d.post_data_jobs,
         data_lanes: d.data_lanes,
+        rows_kept: d.rows_kept,
+        nothing_to_keep: d.nothing_to_keep,
         elapsed,
     }
 }

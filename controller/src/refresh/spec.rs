@@ -30,6 +30,8 @@ pub struct PairSpec {
     pub post_restore_sql: String,
     /// Values for `${NAME}` in the post-restore SQL (secrets: never logged).
     pub params: HashMap<String, String>,
+    /// Rows staging keeps of its own, tables it empties.
+    pub staging: pb::StagingRules,
     /// zstd on the wire: by default on, except between agents on one host.
     pub compress: Compress,
 }
@@ -93,6 +95,7 @@ impl PairSpec {
             restore: pb::RestoreOptions::default(),
             post_restore_sql: String::new(),
             params: HashMap::new(),
+            staging: pb::StagingRules::default(),
             compress: Compress::Auto,
         }
     }

@@ -7,8 +7,10 @@
 //!
 //! - [`pair`]: one pair: its checks, its refresh, its copies, its record.
 //! - [`copies`]: a pair's S3 copies.
+//! - [`lock`]: one run of a plan at a time.
 
 pub mod copies;
+pub mod lock;
 pub mod pair;
 pub mod preview;
 

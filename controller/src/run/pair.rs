@@ -43,7 +43,11 @@ impl PairRun {
             }
             Err((outcome, error)) => {
                 record.outcome = outcome;
-                record.error = Some(error);
+                record.error = Some(error.to_string());
+                if let Some(RefreshError::Job { step, host, .. }) = error.refresh() {
+                    record.failed_step = Some(step.to_string());
+                    record.failed_host = Some(host.clone());
+                }
                 record.steps = vec![("database".to_string(), ms)];
                 Err(record)
             }
@@ -59,15 +63,18 @@ impl PairRun {
     async fn refresh_and_copy(
         &self,
         pair: &str,
-    ) -> Result<(refresh::Report, CopiesDone), (PairOutcome, String)> {
+    ) -> Result<(refresh::Report, CopiesDone), (PairOutcome, PairError)> {
         let p = &self.plan.pairs[pair];
         if let Err(e) = crate::checks::run(&p.preflight, &self.skip).await {
-            return Err((PairOutcome::Refused, format!("preflight: {e}")));
+            return Err((
+                PairOutcome::Refused,
+                PairError::Text(format!("preflight: {e}")),
+            ));
         }
         let spec = self
             .plan
             .pair_spec(pair, &self.trust_domain, |k| std::env::var(k).ok())
-            .map_err(|e| (PairOutcome::Refused, e))?;
+            .map_err(|e| (PairOutcome::Refused, PairError::Text(e)))?;
         let observer = self.observer.clone();
         let on_event = move |event: refresh::Event| {
             observer(RunEvent::Refresh {
@@ -81,13 +88,39 @@ impl PairRun {
             (Ok(report), copied) if copied.errors.is_empty() => Ok((report, copied)),
             (Ok(_), copied) => Err((
                 PairOutcome::Failed,
-                format!(
+                PairError::Text(format!(
                     "the database was refreshed, but S3: {}",
                     copied.errors.join("; ")
-                ),
+                )),
             )),
-            (Err(e @ RefreshError::Preflight(_)), _) => Err((PairOutcome::Refused, e.to_string())),
-            (Err(e), _) => Err((PairOutcome::Failed, e.to_string())),
+            (Err(e @ RefreshError::Preflight(_)), _) => {
+                Err((PairOutcome::Refused, PairError::Refresh(e)))
+            }
+            (Err(e), _) => Err((PairOutcome::Failed, PairError::Refresh(e))),
+        }
+    }
+}
+
+/// Why a pair did not succeed: its refresh's own error, or a message.
+enum PairError {
+    Refresh(RefreshError),
+    Text(String),
+}
+
+impl PairError {
+    fn refresh(&self) -> Option<&RefreshError> {
+        match self {
+            PairError::Refresh(e) => Some(e),
+            PairError::Text(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PairError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PairError::Refresh(e) => e.fmt(f),
+            PairError::Text(t) => f.write_str(t),
         }
     }
 }
@@ -97,6 +130,13 @@ fn fill_ok(record: &mut Record, r: &refresh::Report, copied: &CopiesDone, ms: u6
     record.bytes_dumped = r.bytes_dumped;
     record.bytes_sent = r.bytes_sent;
     record.bytes_restored = r.bytes_restored;
+    if r.nothing_to_keep {
+        record.notes.push(
+            "no live database yet (a first refresh): no rows of staging's own to keep".into(),
+        );
+    } else if r.rows_kept > 0 {
+        record.rows_kept = Some(r.rows_kept);
+    }
     record.objects_copied = copied.done.iter().map(|c| c.report.copied.objects).sum();
     record.bytes_copied = copied.done.iter().map(|c| c.report.copied.bytes).sum();
     record.objects_deleted = copied.done.iter().map(|c| c.report.deleted.objects).sum();

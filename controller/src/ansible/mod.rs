@@ -19,6 +19,7 @@ use std::path::PathBuf;
 
 use stagesync_proto::tomlfile::ConfigError;
 
+mod backups;
 mod copies;
 mod load;
 mod names;
@@ -59,10 +60,17 @@ pub fn import(
     options: &Options,
 ) -> Result<Imported, ConfigError> {
     let mut warnings = Vec::new();
-    let pairs = import_pairs(group_vars, pair_files, options, &mut warnings)?;
+    let group = match group_vars {
+        Some(g) => load(g)?,
+        None => BTreeMap::new(),
+    };
+    let pairs = import_pairs(&group, pair_files, options, &mut warnings)?;
     let mut out = header(group_vars, pair_files, options);
     for pair in &pairs {
         write_pair(&mut out, pair, &pairs, options);
+    }
+    if let Some(b) = backups::import_backups(&group, &mut |w| warnings.push(w))? {
+        out.push_str(&b);
     }
     warnings.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     Ok(Imported {
@@ -73,15 +81,11 @@ pub fn import(
 
 /// Each pair file over the group vars, as Ansible layers them.
 fn import_pairs(
-    group_vars: Option<&VarsFile>,
+    group: &BTreeMap<String, value::Var>,
     pair_files: &[VarsFile],
     options: &Options,
     warnings: &mut Vec<ConfigError>,
 ) -> Result<Vec<Pair>, ConfigError> {
-    let group = match group_vars {
-        Some(g) => load(g)?,
-        None => BTreeMap::new(),
-    };
     let mut pairs: Vec<Pair> = Vec::new();
     let mut reported: BTreeSet<(PathBuf, String)> = BTreeSet::new();
     for file in pair_files {
@@ -133,12 +137,21 @@ fn write_pair(out: &mut String, pair: &Pair, pairs: &[Pair], options: &Options) 
     let feeder = pairs
         .iter()
         .find(|p| p.name != pair.name && p.dest_db == pair.source_db);
-    let source_agent = if feeder.is_some() {
-        &options.dest_agent
-    } else {
-        &options.source_agent
+    let (source_agent, why) = match feeder {
+        Some(f) => (
+            &options.dest_agent,
+            format!("it reads {}'s destination", f.name),
+        ),
+        None => (&options.source_agent, "--source-agent".to_string()),
     };
-    let _ = writeln!(out, "\n[pairs.{}]", pair.name);
+    // The role's vars files name no hosts: say which agents were assumed.
+    let _ = writeln!(
+        out,
+        "\n# Source on agent {} ({why}), destination on agent {} (--dest-agent);\n# change them if this pair runs on other hosts.",
+        q(source_agent),
+        q(&options.dest_agent)
+    );
+    let _ = writeln!(out, "[pairs.{}]", pair.name);
     let _ = writeln!(
         out,
         "source = {{ agent = {}, database = {} }}",
@@ -250,17 +263,92 @@ stagesync_exclude_table_data: [public.cache_table]
             has("group_vars/stagesync/main.yml:3: stagesync_local_repo: no equivalent"),
             "{w:#?}"
         );
+        // Uploads off: no [backups], and nothing to say about it.
+        assert!(!has("stagesync_backups_upload_to_bucket"), "{w:#?}");
+        assert!(plan.backups.is_none());
         assert!(
-            has(
-                "group_vars/stagesync/main.yml:5: stagesync_backups_upload_to_bucket: no equivalent"
-            ),
-            "{w:#?}"
+            t.contains("# Source on agent \"prod-db\" (--source-agent), destination on agent \"staging-db\" (--dest-agent)"),
+            "{t}"
         );
         assert!(
             has("vars/prod-to-stage1.yml:14: stagesync_social_client_id: the value is not copied"),
             "{w:#?}"
         );
         assert!(has("export PROD_TO_STAGE1_SOCIAL_SECRET"), "{w:#?}");
+    }
+
+    /// The backup settings of the role's defaults/main.yml, as its README
+    /// and tasks describe them, with uploads switched on.
+    const ROLE_DEFAULTS: &str = r#"---
+stagesync_sourcedb: "production"
+stagesync_destdb: "stage"
+stagesync_destdb_role: "stage"
+stagesync_compare_git_commits: false
+stagesync_aws_region: "us-east-1"
+stagesync_backup_script: /var/lib/postgresql/scripts/postgresbackup.sh
+stagesync_source_backups_dir: /opt/backups/postgres
+stagesync_execute_backup: true
+stagesync_backups_create_backups_scripts: true
+stagesync_backups_upload_to_bucket: "yes"
+stagesync_backups_s3_bucket: "example-backups/daily"
+stagesync_backups_s3_weekly_bucket: "s3://example-backups/weekly/"
+stagesync_backups_s3_cmd: /usr/local/bin/aws
+stagesync_backups_pgdump: /usr/bin/pg_dump
+stagesync_backups_psql: /usr/bin/psql
+"#;
+
+    #[test]
+    fn the_roles_backup_uploads_import_as_backups() {
+        let group = vars("group_vars/stagesync/main.yml", ROLE_DEFAULTS);
+        let pair = vars(
+            "vars/prod-to-stage.yml",
+            "stagesync_destdb: stage
+",
+        );
+        let imported = import(Some(&group), &[pair], &opts()).unwrap();
+        let plan = parses(&imported.toml);
+        let b = plan.backups.as_ref().expect("a [backups] table");
+        assert_eq!(b.daily.to_string(), "s3://example-backups/daily/");
+        assert_eq!(
+            b.weekly.as_ref().map(|w| w.to_string()).as_deref(),
+            Some("s3://example-backups/weekly/")
+        );
+        assert_eq!(b.weekly_days, vec![1, 7, 14, 21, 28]);
+        assert_eq!(b.side.region.as_deref(), Some("us-east-1"));
+        let w: Vec<String> = imported.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(
+            !w.iter().any(|l| l.contains("not part of the plan")),
+            "{w:#?}"
+        );
+        assert!(
+            w.iter().any(|l| l.contains(
+                "main.yml:11: stagesync_backups_upload_to_bucket: imported as [backups]"
+            )),
+            "{w:#?}"
+        );
+
+        // Uploads on but nowhere to put them: located.
+        let broken = vars(
+            "g.yml",
+            "stagesync_backups_upload_to_bucket: yes
+stagesync_compare_git_commits: no
+",
+        );
+        let e = import(
+            Some(&broken),
+            &[vars(
+                "v/p.yml", "---
+",
+            )],
+            &opts(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.starts_with("g.yml:1: stagesync_backups_upload_to_bucket: is yes, but"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -280,6 +368,13 @@ stagesync_exclude_table_data: [public.cache_table]
         assert_eq!(dev.source_agent, "staging-db");
         assert_eq!(plan.order(), vec!["prod-to-stage1", "stage1-to-dev"]);
         assert!(plan.pairs["prod-to-stage1"].after.is_empty());
+        assert!(
+            imported.toml.contains(
+                "# Source on agent \"staging-db\" (it reads prod-to-stage1's destination)"
+            ),
+            "{}",
+            imported.toml
+        );
         assert!(
             !imported.toml.contains("preflight.git"),
             "{}",

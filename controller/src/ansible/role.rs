@@ -9,8 +9,7 @@ use super::value::Var;
 
 const NO_TMP_DIR: &str = "no dump file is copied between hosts, so no temporary directory is used";
 const AGENT_USER: &str = "agents run as the OS user of their systemd unit (User=postgres)";
-const BACKUPS_LATER: &str =
-    "backups to S3 are not part of the plan yet; keep the role's backup job meanwhile";
+const BACKUP_SCRIPTS: &str = "agents take backups themselves (`stagesync backup`, deploy/systemd/stagesync-backup@.timer); no script is generated";
 const PG_TOOLS: &str =
     "agents find the PostgreSQL tools themselves (or postgres.bin_dir in agent.toml)";
 
@@ -36,12 +35,12 @@ const NO_EQUIVALENT: &[(&str, &str)] = &[
         "stagesync_execute_backup",
         "every refresh dumps the live source database; an old dump file is never reused",
     ),
-    ("stagesync_backups_create_backups_scripts", BACKUPS_LATER),
-    ("stagesync_backups_script_template", BACKUPS_LATER),
-    ("stagesync_backups_cleanup_script_template", BACKUPS_LATER),
-    ("stagesync_backups_upload_to_bucket", BACKUPS_LATER),
-    ("stagesync_backups_s3_bucket", BACKUPS_LATER),
-    ("stagesync_backups_s3_weekly_bucket", BACKUPS_LATER),
+    ("stagesync_backups_create_backups_scripts", BACKUP_SCRIPTS),
+    ("stagesync_backups_script_template", BACKUP_SCRIPTS),
+    (
+        "stagesync_backups_cleanup_script_template",
+        "retention is the plan's (backups.keep_daily, keep_weekly) and applied after each backup",
+    ),
     (
         "stagesync_backups_s3_cmd",
         "stagesync talks to S3 itself; no S3 command-line tool is needed",
@@ -72,7 +71,10 @@ pub(super) fn report_left_out(vars: &BTreeMap<String, Var>, warn: &mut dyn FnMut
     for (key, var) in vars {
         if let Some((_, why)) = NO_EQUIVALENT.iter().find(|(k, _)| k == key) {
             warn(var.err(key, format!("no equivalent in stagesync: {why}")));
-        } else if key.starts_with("stagesync_") && !HANDLED.contains(&key.as_str()) {
+        } else if key.starts_with("stagesync_")
+            && !HANDLED.contains(&key.as_str())
+            && !super::backups::HANDLED.contains(&key.as_str())
+        {
             warn(var.err(
                 key,
                 "not a variable of the role this importer knows; left out",

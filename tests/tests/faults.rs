@@ -90,23 +90,38 @@ impl Setup {
     }
 
     /// Waits until the destination restores data in `n` lanes at once:
-    /// that many pg_restore processes run.
+    /// lane 0's pg_restore runs, and the other lanes' COPY sessions.
     async fn wait_lanes(&self, n: usize) {
         eventually(format!("the refresh to restore in {n} lanes"), async || {
-            // Restoring in n lanes, not yet indexing: the processes are the
-            // lanes'.
+            // Restoring in n lanes, not yet indexing: the process is lane 0's.
             let jobs = self.info(self.staging()).await.map(|i| i.jobs);
             let lanes = jobs.as_ref().is_ok_and(|jobs| {
                 jobs.iter()
                     .any(|j| j.phase == pb::Phase::Restoring as i32 && j.data_lanes as usize == n)
             });
             let procs = tool_processes(&self.dst().socket_dir);
-            match lanes && procs.len() == n {
+            let copies = self.copy_sessions().await.len();
+            match lanes && procs.len() == 1 && copies == n - 1 {
                 true => Ok(()),
-                false => Err((jobs, procs)),
+                false => Err((jobs, procs, copies)),
             }
         })
         .await
+    }
+
+    /// The destination's backends running a lane's `COPY … FROM STDIN`.
+    async fn copy_sessions(&self) -> Vec<i32> {
+        let sql = "SELECT pid FROM pg_stat_activity \
+                   WHERE query LIKE 'COPY % FROM STDIN WITH (FREEZE)' AND state = 'active' \
+                     AND usename LIKE 'stagesync\\_job\\_%'";
+        match self.dst().client("postgres").await {
+            Ok(c) => c
+                .query(sql, &[])
+                .await
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
     }
 }
 
@@ -248,6 +263,32 @@ async fn a_lanes_pg_restore_killed() {
     let err = run.await.unwrap().unwrap_err();
     assert!(err.contains("data lane"), "{err}");
     assert!(err.contains("signal: 9"), "the error shows the kill: {err}");
+    s.assert_untouched().await;
+}
+
+/// One lane's COPY fails on the destination (its session is ended there):
+/// the refresh fails naming the lane and its table, the live database as
+/// it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lanes_copy_failing_on_the_destination() {
+    let s = setup(Fleet::builder().prod(lanes(true))).await;
+    let run = s.start(s.spec());
+    s.wait_lanes(2).await;
+    let victims = s.copy_sessions().await;
+    assert_eq!(victims.len(), 1, "{victims:?}");
+    s.dst()
+        .exec(
+            "postgres",
+            &format!("SELECT pg_terminate_backend({})", victims[0]),
+        )
+        .await
+        .unwrap();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(err.contains("data lane 1: copying into app."), "{err}");
+    assert!(
+        err.contains("connection closed") || err.contains("terminat"),
+        "the error shows the session's end: {err}"
+    );
     s.assert_untouched().await;
 }
 
@@ -649,6 +690,7 @@ async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> t
             shape: Some(pb::Shape::one_pass(pb::Mode::Stream)),
             compression: pb::Compression::None as i32,
             source_database: "production".into(),
+            lane_tables: Vec::new(),
         })),
     };
     c.push_dump(futures::stream::iter(vec![header]))
@@ -946,6 +988,15 @@ async fn malformed_lane_streams_are_refused() {
                 post_data_file,
                 data_lanes: lanes,
             }),
+            // Lane 1 carries a table of the fixture.
+            lane_tables: (1..lanes)
+                .map(|lane| pb::LaneTable {
+                    lane,
+                    schema: "app".into(),
+                    table: "images".into(),
+                    columns: vec!["id".into()],
+                })
+                .collect(),
             ..Default::default()
         };
         let refused = push_prepared(&s, 0xb0 + i, header, frames).await;
@@ -954,6 +1005,20 @@ async fn malformed_lane_streams_are_refused() {
             "case {i}: want {want:?}, got {refused:?}"
         );
     }
+    // Lanes whose tables the header does not name.
+    let header = pb::DumpHeader {
+        shape: Some(pb::Shape {
+            mode: pb::Mode::Stream as i32,
+            post_data_file: true,
+            data_lanes: 2,
+        }),
+        ..Default::default()
+    };
+    let refused = push_prepared(&s, 0xbf, header, Vec::new()).await;
+    assert!(
+        refused.contains("the stream has 2 data lanes but names the tables of 0"),
+        "{refused}"
+    );
     s.assert_untouched().await;
 }
 

@@ -131,7 +131,7 @@ impl Restorer {
             setup,
         };
         let restored = run
-            .restore(inbound, &pb::Shape::one_pass(pb::Mode::Stream))
+            .restore(inbound, &pb::Shape::one_pass(pb::Mode::Stream), &[])
             .await;
         reader.abort();
         // A failure is recorded on the job, where the controller reads it.

@@ -1,8 +1,9 @@
 //! Data lanes on the destination: the schema file first, whose pre-data
-//! section creates the tables; then one `pg_restore` per lane, fed through
-//! a small queue by a writer task of its own; then the post-data section by
-//! several workers. A lane whose `pg_restore` stops early is reported, and
-//! the others are stopped.
+//! section creates the tables; then the lanes at once, each fed through a
+//! small queue to a task of its own: lane 0 to a `pg_restore` of the rest
+//! of the data, lanes 1 and up each to one table's `COPY … FROM STDIN`
+//! (`copy.rs`); then the post-data section by several workers. A lane that
+//! stops early is reported, and the others are stopped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,24 +12,24 @@ use std::sync::atomic::Ordering;
 use futures::{Stream, StreamExt};
 use stagesync_proto::SCHEMA_FILE;
 use stagesync_proto::v1 as pb;
+use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::RestoreRun;
+use super::copy::CopyIn;
 use super::inbound::{Event, Inbound};
 use crate::args;
 use crate::jobs::{Job, StepError, finish_tool};
-use crate::procs;
 
-/// Chunks queued for one lane's `pg_restore`.
+/// Chunks queued for one lane.
 const LANE_QUEUE: usize = 4;
 
 /// One data lane on the destination.
 struct LaneFeed {
-    /// Dropped at the lane's end, which closes pg_restore's input.
-    tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-    /// True when everything sent was written and the input then closed.
-    writer: tokio::task::JoinHandle<bool>,
-    tool: procs::Tool,
+    /// Dropped at the lane's end, which ends its input.
+    tx: Option<mpsc::Sender<bytes::Bytes>>,
+    /// Writes the lane's input and says how it ended.
+    task: tokio::task::JoinHandle<Result<(), StepError>>,
 }
 
 fn lane_error(lane: usize, e: StepError) -> StepError {
@@ -40,6 +41,7 @@ impl RestoreRun<'_> {
         &self,
         mut inbound: Inbound<S>,
         lanes: u32,
+        tables: &[pb::LaneTable],
     ) -> Result<(), StepError>
     where
         S: Stream<Item = Result<pb::DumpFrame, Status>> + Unpin,
@@ -51,33 +53,26 @@ impl RestoreRun<'_> {
         self.job.data_lanes.store(lanes, Ordering::Relaxed);
         tracing::info!(job = %self.job.id, lanes, "tables created; restoring the data in lanes");
         let mut feeds = Vec::with_capacity(lanes as usize);
-        for _ in 0..lanes {
-            match self.start_lane() {
-                Ok(f) => feeds.push(f),
-                Err(e) => {
-                    stop_lanes(feeds).await;
-                    return Err(e);
-                }
-            }
+        feeds.push(self.start_restore_lane()?);
+        for table in tables {
+            feeds.push(self.start_copy_lane(table.clone()));
         }
         match self.route(&mut inbound, &mut feeds).await {
             Err(e) => {
                 stop_lanes(feeds).await;
                 return Err(e);
             }
-            // A lane whose pg_restore stopped early says why; then the
-            // others are of no use.
+            // A lane that stopped taking its input early says why; then
+            // the others are of no use.
             Ok(Some(broken)) => {
                 let mut feed = feeds.swap_remove(broken);
                 stop_lanes(feeds).await;
                 feed.tx = None;
-                let complete = feed.writer.await.unwrap_or(false);
-                let e = finish_tool(self.job, &mut feed.tool, complete, &self.job.new_database)
-                    .await
-                    .err()
-                    .unwrap_or_else(|| {
-                        StepError::new(pb::Step::PgRestore, "it stopped reading early")
-                    });
+                let e = match (&mut feed.task).await {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => StepError::new(pb::Step::PgRestore, "it stopped reading early"),
+                    Err(e) => StepError::new(pb::Step::PgRestore, format!("its task failed: {e}")),
+                };
                 return Err(lane_error(broken, e));
             }
             Ok(None) => finish_lanes(self.job, feeds).await?,
@@ -157,53 +152,56 @@ impl RestoreRun<'_> {
         }
     }
 
-    /// Starts one lane's `pg_restore` and the task that writes into it.
-    fn start_lane(&self) -> Result<LaneFeed, StepError> {
+    /// Lane 0: a `pg_restore` of the data the other lanes do not carry,
+    /// and the task that writes into it and waits for it.
+    fn start_restore_lane(&self) -> Result<LaneFeed, StepError> {
         let mut tool = self.restore_from_stdin()?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(LANE_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(LANE_QUEUE);
         let stdin = tool.take_stdin();
         let job = self.job.clone();
-        let writer = tokio::spawn(async move {
-            let Some(mut stdin) = stdin else {
-                return false;
-            };
-            while let Some(raw) = rx.recv().await {
-                if stdin.write(&raw).await.is_err() {
-                    return false;
+        let task = tokio::spawn(async move {
+            let mut complete = stdin.is_some();
+            if let Some(mut stdin) = stdin {
+                while let Some(raw) = rx.recv().await {
+                    if stdin.write(&raw).await.is_err() {
+                        complete = false;
+                        break;
+                    }
+                    job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
                 }
-                job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
             }
-            true
+            finish_tool(&job, &mut tool, complete, &job.new_database).await
         });
-        Ok(LaneFeed {
+        Ok(LaneFeed { tx: Some(tx), task })
+    }
+
+    /// A lane of one table's rows, copied in by a task of its own.
+    fn start_copy_lane(&self, table: pb::LaneTable) -> LaneFeed {
+        let (tx, rx) = mpsc::channel::<bytes::Bytes>(LANE_QUEUE);
+        let copy = CopyIn {
+            job: self.job.clone(),
+            pg: self.config.postgres.clone(),
+            login: self.setup.login.clone(),
+            table,
+        };
+        LaneFeed {
             tx: Some(tx),
-            writer,
-            tool,
-        })
+            task: tokio::spawn(copy.run(rx)),
+        }
     }
 }
 
-/// Waits for every lane's writer and pg_restore at once; the first to fail
-/// stops the others, and is the one reported.
+/// Waits for every lane at once; the first to fail stops the others, and
+/// is the one reported.
 async fn finish_lanes(job: &Arc<Job>, feeds: Vec<LaneFeed>) -> Result<(), StepError> {
     let stop = job.cancel.child_token();
     let mut running: futures::stream::FuturesUnordered<_> = feeds
         .into_iter()
         .enumerate()
-        .map(|(lane, feed)| tokio::spawn(finish_lane(job.clone(), stop.clone(), lane, feed)))
+        .map(|(lane, feed)| finish_lane(stop.clone(), lane, feed))
         .collect();
     let mut failure: Option<StepError> = None;
-    while let Some(done) = running.next().await {
-        let (lane, result) = done.unwrap_or_else(|e| {
-            stop.cancel();
-            (
-                0,
-                Err(StepError::new(
-                    pb::Step::PgRestore,
-                    format!("a lane's task failed: {e}"),
-                )),
-            )
-        });
+    while let Some((lane, result)) = running.next().await {
         if let Err(e) = result {
             failure = Some(StepError::first_cause(failure, lane_error(lane, e)));
         }
@@ -214,37 +212,34 @@ async fn finish_lanes(job: &Arc<Job>, feeds: Vec<LaneFeed>) -> Result<(), StepEr
     }
 }
 
-/// Closes one lane's input (its digest was checked) and waits for its
-/// writer and pg_restore, unless another lane fails first.
+/// Ends one lane's input (its digest was checked) and waits for its task,
+/// unless another lane fails first.
 async fn finish_lane(
-    job: Arc<Job>,
     stop: tokio_util::sync::CancellationToken,
     lane: usize,
     mut feed: LaneFeed,
 ) -> (usize, Result<(), StepError>) {
     drop(feed.tx.take());
-    let done = async {
-        let complete = (&mut feed.writer).await.unwrap_or(false);
-        finish_tool(&job, &mut feed.tool, complete, &job.new_database).await
-    };
     let result = tokio::select! {
-        r = done => r,
+        r = &mut feed.task => r.unwrap_or_else(|e| {
+            Err(StepError::new(pb::Step::PgRestore, format!("a lane's task failed: {e}")))
+        }),
         _ = stop.cancelled() => Err(StepError::stopped(pb::Step::PgRestore, "another data lane failed")),
     };
     if result.is_err() {
-        // Its input closes with the kill, so the writer ends too.
-        feed.tool.kill().await;
-        feed.writer.abort();
+        // Its pg_restore is killed, or its session closed, with the task.
+        feed.task.abort();
+        let _ = feed.task.await;
         stop.cancel();
     }
     (lane, result)
 }
 
-/// Stops every lane's pg_restore and its writer.
+/// Stops every lane.
 async fn stop_lanes(feeds: Vec<LaneFeed>) {
     for mut f in feeds {
         f.tx = None;
-        f.tool.kill().await;
-        let _ = f.writer.await;
+        f.task.abort();
+        let _ = f.task.await;
     }
 }

@@ -12,6 +12,7 @@
 //! - [`commit`]: `Commit` (the swap) and `Rollback`.
 
 mod commit;
+mod copy;
 mod from_backup;
 mod inbound;
 mod lanes;

@@ -25,6 +25,10 @@ impl Restorer {
         let header = self.read_header(&mut stream).await?;
         let job = self.job_for(&header, &caller)?;
         let shape = self.check_shape(&job, &header)?;
+        if let Err(e) = super::copy::check_lane_tables(shape.lanes(), &header.lane_tables) {
+            job.fail(StepError::new(pb::Step::Stream, e.clone()));
+            return Err(self.denied(e));
+        }
         let Some(setup) = job.dest.as_ref() else {
             return Err(self.denied("not a destination job".into()));
         };
@@ -48,7 +52,7 @@ impl Restorer {
             compression,
             shape.lanes(),
         );
-        let restored = run.restore(inbound, &shape).await;
+        let restored = run.restore(inbound, &shape, &header.lane_tables).await;
         run.conclude(restored)
             .map_err(|reason| AgentError::precondition(&self.config.name, reason))?;
         Ok(pb::PushDumpResponse {

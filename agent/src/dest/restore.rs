@@ -33,13 +33,14 @@ impl RestoreRun<'_> {
         &self,
         inbound: Inbound<S>,
         shape: &pb::Shape,
+        lane_tables: &[pb::LaneTable],
     ) -> Result<(), StepError>
     where
         S: Stream<Item = Result<pb::DumpFrame, Status>> + Unpin,
     {
         match shape.stream_mode() {
             pb::Mode::Parallel => self.parallel(inbound).await?,
-            _ if shape.lanes() > 1 => self.lanes(inbound, shape.lanes()).await?,
+            _ if shape.lanes() > 1 => self.lanes(inbound, shape.lanes(), lane_tables).await?,
             _ => self.stream(inbound, shape.post_data_file).await?,
         }
         self.post_restore().await?;

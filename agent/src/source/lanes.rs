@@ -1,7 +1,9 @@
 //! Data lanes on the source: the schema file first (so the destination can
-//! create the tables), then the data in several data-only dumps of one
-//! snapshot at once, each framed by an encoder of its own on a task of its
-//! own. Lane 0 carries every table the other lanes do not.
+//! create the tables), then the data of one snapshot in several lanes at
+//! once, each framed by an encoder of its own on a task of its own. Lane 0
+//! is a data-only pg_dump of everything the other lanes do not carry
+//! (small tables, sequence values, large objects); lanes 1 and up are each
+//! one big table's `COPY … TO STDOUT`.
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use stagesync_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
 use super::DumpRun;
+use super::copy::CopyChunks;
 use super::outbound::{Chunked, Outbound};
 use super::stream::schema_error;
 use crate::args::{self, TableName};
@@ -25,6 +28,7 @@ impl DumpRun {
         enc: &mut Encoder,
         snapshot: &str,
         tables: &[TableName],
+        columns: &[Vec<String>],
     ) -> Result<(), StepError> {
         let (mut schema, dir) = self
             .start_schema_dump(self.schema_snapshot(snapshot))
@@ -36,12 +40,12 @@ impl DumpRun {
         finish_tool(&self.job, &mut schema, true, &self.database)
             .await
             .map_err(schema_error)?;
-        let mut dumps = self.start_lane_dumps(snapshot, tables).await?;
+        let mut dumps = self.start_lanes(snapshot, tables, columns).await?;
         // Meanwhile the lanes read the catalogs; none holds a lock anything
         // here waits for.
         if let Err(e) = self.out.send_file(&dir, SCHEMA_FILE, enc).await {
-            for (t, _) in &mut dumps {
-                t.kill().await;
+            for d in &mut dumps {
+                d.stop().await;
             }
             return Err(e);
         }
@@ -50,12 +54,11 @@ impl DumpRun {
             .into_iter()
             .zip(self.lane_encoders(enc, tables.len()))
             .enumerate()
-            .map(|(lane, ((tool, chunks), encoder))| {
+            .map(|(lane, (source, encoder))| {
                 let lane = LaneRun {
                     job: self.job.clone(),
                     lane: lane as u32,
-                    tool,
-                    chunks,
+                    source,
                     encoder,
                     out: self.out.clone(),
                     stop: stop.clone(),
@@ -67,33 +70,32 @@ impl DumpRun {
         collect_lanes(running, enc).await
     }
 
-    /// One data-only dump per lane: lane 0 all but `tables`, then each table.
-    async fn start_lane_dumps(
+    /// Lane 0's data-only dump of all but `tables`, then each table's COPY.
+    async fn start_lanes(
         &self,
         snapshot: &str,
         tables: &[TableName],
-    ) -> Result<Vec<(procs::Tool, procs::Chunks)>, StepError> {
-        let mut dumps = Vec::with_capacity(tables.len() + 1);
-        for lane in 0..=tables.len() {
-            let which = match lane {
-                0 => args::Lane::AllBut(tables),
-                n => args::Lane::Table(&tables[n - 1]),
-            };
-            let to = args::DumpTo::LaneData {
-                snapshot,
-                lane: which,
-            };
-            match self.dump_to_stdout(to) {
-                Ok(d) => dumps.push(d),
+        columns: &[Vec<String>],
+    ) -> Result<Vec<LaneSource>, StepError> {
+        let to = args::DumpTo::LaneData {
+            snapshot,
+            lane: args::Lane::AllBut(tables),
+        };
+        let (tool, chunks) = self.dump_to_stdout(to)?;
+        let mut lanes = vec![LaneSource::Dump(tool, chunks)];
+        for (table, columns) in tables.iter().zip(columns) {
+            let pg = &self.config.postgres;
+            match CopyChunks::open(pg, &self.database, snapshot, table, columns).await {
+                Ok(c) => lanes.push(LaneSource::Copy(c)),
                 Err(e) => {
-                    for (mut t, _) in dumps {
-                        t.kill().await;
+                    for l in &mut lanes {
+                        l.stop().await;
                     }
-                    return Err(e);
+                    return Err(StepError::new(pb::Step::PgDump, e));
                 }
             }
         }
-        Ok(dumps)
+        Ok(lanes)
     }
 
     /// Lane 0 goes on with the encoder that framed the schema file; lanes
@@ -140,13 +142,28 @@ async fn collect_lanes(
     }
 }
 
-/// One data lane on the source: its pg_dump's output, framed by its own
-/// encoder; lanes 1 and up end with a LaneEnd frame.
+/// What a lane sends: lane 0's pg_dump, or a table's COPY.
+enum LaneSource {
+    Dump(procs::Tool, procs::Chunks),
+    Copy(CopyChunks),
+}
+
+impl LaneSource {
+    /// Ends it early: the tool is killed, the COPY's session closed.
+    async fn stop(&mut self) {
+        match self {
+            LaneSource::Dump(tool, _) => tool.kill().await,
+            LaneSource::Copy(_) => {}
+        }
+    }
+}
+
+/// One data lane on the source, framed by its own encoder; lanes 1 and up
+/// end with a LaneEnd frame.
 struct LaneRun {
     job: Arc<Job>,
     lane: u32,
-    tool: procs::Tool,
-    chunks: procs::Chunks,
+    source: LaneSource,
     encoder: Encoder,
     out: Outbound,
     /// Cancelled when any lane fails, so the others stop.
@@ -157,14 +174,21 @@ struct LaneRun {
 impl LaneRun {
     /// The lane's result, and its encoder for the trailer (lane 0).
     async fn run(mut self) -> (Result<(), StepError>, Encoder) {
+        let chunked = match &mut self.source {
+            LaneSource::Dump(_, chunks) => Chunked::Tool(chunks),
+            LaneSource::Copy(copy) => Chunked::Copy(copy),
+        };
         let sent = tokio::select! {
-            r = self.out.send_reader(Chunked::Tool(&mut self.chunks), &mut self.encoder) => r,
+            r = self.out.send_reader(chunked, &mut self.encoder) => r,
             _ = self.stop.cancelled() => Err(StepError::stopped(pb::Step::PgDump, "another data lane failed")),
         };
-        let mut result = match sent {
-            Ok(_) => finish_tool(&self.job, &mut self.tool, true, &self.database).await,
-            Err(e) => {
-                self.tool.kill().await;
+        let mut result = match (sent, &mut self.source) {
+            (Ok(_), LaneSource::Dump(tool, _)) => {
+                finish_tool(&self.job, tool, true, &self.database).await
+            }
+            (Ok(_), LaneSource::Copy(_)) => Ok(()),
+            (Err(e), source) => {
+                source.stop().await;
                 Err(e)
             }
         };

@@ -24,6 +24,8 @@ pub struct Layout {
     pub snapshot: Option<Snapshot>,
     /// The tables with lanes of their own (lanes 1 and up).
     pub tables: Vec<TableName>,
+    /// Their stored columns, in order, for the COPY each lane runs.
+    pub columns: Vec<Vec<String>>,
 }
 
 impl Layout {
@@ -46,18 +48,19 @@ impl Layout {
                 }
             },
         };
-        let tables = match &snapshot {
+        let (tables, columns) = match &snapshot {
             Some(s) if agreed.lanes() > 1 => {
                 let max = agreed.lanes() as usize - 1;
                 let min = cfg.jobs.lane_min_table_bytes;
-                lane_tables(&s.session, dump, max, min)
-                    .await
-                    .unwrap_or_else(|e| {
+                match lane_tables(&s.session, dump, max, min).await {
+                    Ok(tables) => tables.into_iter().unzip(),
+                    Err(e) => {
                         tracing::warn!(job = %job.id, error = %e, "cannot pick tables for data lanes; the data travels in one stream");
-                        Vec::new()
-                    })
+                        (Vec::new(), Vec::new())
+                    }
+                }
             }
-            _ => Vec::new(),
+            _ => (Vec::new(), Vec::new()),
         };
         let lanes = match tables.len() {
             0 => 0,
@@ -67,7 +70,23 @@ impl Layout {
             shape: agreed.lowered(snapshot.is_some(), lanes),
             snapshot,
             tables,
+            columns,
         }
+    }
+
+    /// What the header says each lane carries.
+    pub fn lane_tables(&self) -> Vec<pb::LaneTable> {
+        self.tables
+            .iter()
+            .zip(&self.columns)
+            .enumerate()
+            .map(|(i, (t, columns))| pb::LaneTable {
+                lane: i as u32 + 1,
+                schema: t.schema.clone(),
+                table: t.table.clone(),
+                columns: columns.clone(),
+            })
+            .collect()
     }
 }
 
@@ -119,17 +138,25 @@ const LARGEST_TABLES: &str = "SELECT n.nspname::text, c.relname::text \
      ORDER BY pg_catalog.pg_table_size(c.oid) DESC, c.oid \
      LIMIT $2";
 
-/// The tables that get data lanes of their own: the largest, at most
-/// `max`, none below `min_bytes` and none whose data the plan leaves out.
-/// Not when the plan filters schemas (pg_dump applies those to no table
-/// named on its own). Read on the snapshot's own session, so they are the
-/// tables the dumps will see.
+/// A table's stored columns (not dropped, not generated), in order.
+const STORED_COLUMNS: &str = "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+     WHERE a.attrelid = (SELECT c.oid FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2) \
+       AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+     ORDER BY a.attnum";
+
+/// The tables that get data lanes of their own, with their stored columns:
+/// the largest, at most `max`, none below `min_bytes` and none whose data
+/// the plan leaves out. Not when the plan filters schemas (pg_dump applies
+/// those to no table named on its own). Read on the snapshot's own
+/// session, so they are the tables the lanes will see.
 async fn lane_tables(
     session: &tokio_postgres::Client,
     dump: &pb::DumpOptions,
     max: usize,
     min_bytes: u64,
-) -> Result<Vec<TableName>, String> {
+) -> Result<Vec<(TableName, Vec<String>)>, String> {
     if max == 0 || !dump.schemas.is_empty() || !dump.exclude_schemas.is_empty() {
         return Ok(Vec::new());
     }
@@ -172,5 +199,26 @@ async fn lane_tables(
         }
     }
     tables.truncate(max);
-    Ok(tables)
+    let mut with_columns = Vec::with_capacity(tables.len());
+    for t in tables {
+        let columns: Vec<String> = session
+            .query(STORED_COLUMNS, &[&t.schema, &t.table])
+            .await
+            .map_err(|e| {
+                format!(
+                    "reading the columns of {}.{}: {}",
+                    t.schema,
+                    t.table,
+                    pg::error_chain(&e)
+                )
+            })?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // A table of generated columns only has no rows to copy by name.
+        if !columns.is_empty() {
+            with_columns.push((t, columns));
+        }
+    }
+    Ok(with_columns)
 }

@@ -10,6 +10,7 @@
 //! - [`parallel`]: pg_dump's directory format, files shipped as they close.
 //! - [`outbound`]: frames into the stream, with backpressure.
 
+mod copy;
 mod lanes;
 mod layout;
 mod outbound;
@@ -215,6 +216,7 @@ fn header(req: &DumpRequest, layout: &Layout) -> pb::DumpHeader {
         compression: req.compression as i32,
         source_database: req.database.clone(),
         shape: Some(layout.shape),
+        lane_tables: layout.lane_tables(),
     }
 }
 
@@ -258,7 +260,7 @@ impl DumpRun {
         let produced = match (layout.shape.stream_mode(), &layout.snapshot) {
             (pb::Mode::Parallel, _) => self.produce_parallel(&mut enc).await,
             (_, Some(snapshot)) if layout.shape.lanes() > 1 => {
-                self.produce_lanes(&mut enc, &snapshot.id, &layout.tables)
+                self.produce_lanes(&mut enc, &snapshot.id, &layout.tables, &layout.columns)
                     .await
             }
             (_, snapshot) => {

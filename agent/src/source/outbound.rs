@@ -33,6 +33,8 @@ pub enum Chunked<'a> {
     Tool(&'a mut procs::Chunks),
     /// A file of a dump landed in the work directory.
     File(&'a mut tokio::fs::File),
+    /// A table's COPY output (a data lane).
+    Copy(&'a mut super::copy::CopyChunks),
 }
 
 impl Chunked<'_> {
@@ -40,6 +42,7 @@ impl Chunked<'_> {
         match self {
             Chunked::Tool(c) => c.next().await,
             Chunked::File(f) => read_chunk(f).await,
+            Chunked::Copy(c) => c.next().await,
         }
     }
 }

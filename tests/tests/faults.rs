@@ -925,7 +925,7 @@ async fn malformed_lane_streams_are_refused() {
         2,
         true,
         with_schema(&mut lane0, vec![lane_end(0, empty())]),
-        "an end of data lane 0 arrived",
+        "data lane 0: the stream carried",
     ));
     let mut lane0 = Encoder::new(none, None);
     cases.push((
@@ -995,6 +995,7 @@ async fn malformed_lane_streams_are_refused() {
                     schema: "app".into(),
                     table: "images".into(),
                     columns: vec!["id".into()],
+                    indexes: Vec::new(),
                 })
                 .collect(),
             ..Default::default()

@@ -20,6 +20,16 @@ pub enum RestoreFrom<'a> {
     /// The pre-data section of a custom-format file (the tables a lane
     /// stream's data goes into).
     PreDataOf(&'a Path),
+    /// The post-data items a list file names (`pg_restore -l` lines), of a
+    /// custom-format file, by `jobs` workers.
+    PostDataListed {
+        file: &'a Path,
+        list: &'a Path,
+        jobs: u32,
+        /// Builds running at once, this one included: they share the
+        /// cores.
+        alongside: u32,
+    },
 }
 
 /// Who a `pg_restore` logs in as, and the role it creates objects as.
@@ -67,6 +77,13 @@ pub fn pg_restore(
             args.push("--section=pre-data".to_string());
             ("custom", Some((file, 1)))
         }
+        RestoreFrom::PostDataListed {
+            file, list, jobs, ..
+        } => {
+            args.push("--section=post-data".to_string());
+            args.push(format!("--use-list={}", list.display()));
+            ("custom", Some((file, jobs)))
+        }
     };
     args.push(format!("--format={format}"));
     if let Some((path, jobs)) = input {
@@ -81,6 +98,9 @@ impl RestoreFrom<'_> {
     pub fn workers(&self) -> u32 {
         match self {
             RestoreFrom::Directory(_, jobs) | RestoreFrom::PostDataOf(_, jobs) => (*jobs).max(1),
+            RestoreFrom::PostDataListed {
+                jobs, alongside, ..
+            } => (*jobs).max(*alongside).max(1),
             RestoreFrom::Stdin | RestoreFrom::PreDataOf(_) => 1,
         }
     }

@@ -131,6 +131,7 @@ mod tests {
             schema: "My App".into(),
             table: "t\"x".into(),
             columns: vec!["id".into(), "Body".into()],
+            indexes: Vec::new(),
         }
     }
 

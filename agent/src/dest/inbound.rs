@@ -90,6 +90,9 @@ pub struct Inbound<S> {
     decoders: Vec<Decoder>,
     /// Lanes 1 and up that have not ended.
     open: Vec<bool>,
+    /// With data lanes: lane 0's data ended (its LaneEnd came, checked), so
+    /// its consumer can finish before the trailer.
+    lane0_ended: bool,
     /// The file being landed, if one is open.
     landing: Option<Landing>,
 }
@@ -116,6 +119,7 @@ where
                 .map(|n| Decoder::for_lane(compression, n))
                 .collect(),
             open: (0..lanes).map(|n| n > 0).collect(),
+            lane0_ended: false,
             landing: None,
         }
     }
@@ -181,7 +185,7 @@ where
                 "a frame for data lane {lane} arrived; the stream has {lanes}"
             ))
         })?;
-        if lane > 0 && !self.open[lane] {
+        if (lane > 0 && !self.open[lane]) || (lane == 0 && self.lane0_ended) {
             return Err(stream_error(format!(
                 "data arrived on lane {lane} after its end"
             )));
@@ -204,11 +208,14 @@ where
 
     fn lane_end(&mut self, end: &pb::LaneEnd) -> Result<Event, StepError> {
         let lane = end.lane as usize;
-        if lane == 0 || lane >= self.lanes() {
+        if lane >= self.lanes() || self.lanes() < 2 {
             return Err(stream_error(format!(
-                "an end of data lane {lane} arrived; the stream has lanes 1 to {}",
+                "an end of data lane {lane} arrived; the stream has lanes 0 to {}",
                 self.lanes().saturating_sub(1)
             )));
+        }
+        if lane == 0 {
+            return self.lane0_end(end);
         }
         if !self.open[lane] {
             return Err(stream_error(format!("data lane {lane} ended twice")));
@@ -218,6 +225,22 @@ where
             .map_err(|e| self.lane_error(lane, e))?;
         self.open[lane] = false;
         Ok(Event::LaneEnded(lane))
+    }
+
+    /// Lane 0's data is over (the trailer, which also covers it, comes
+    /// once every lane is): checked now, so its consumer can finish.
+    fn lane0_end(&mut self, end: &pb::LaneEnd) -> Result<Event, StepError> {
+        if self.landing.is_some() {
+            return Err(stream_error("data lane 0 ended inside a file"));
+        }
+        if self.lane0_ended {
+            return Err(stream_error("data lane 0 ended twice"));
+        }
+        self.decoders[0]
+            .finish(&end.trailer.clone().unwrap_or_default())
+            .map_err(|e| self.lane_error(0, e))?;
+        self.lane0_ended = true;
+        Ok(Event::LaneEnded(0))
     }
 
     fn trailer(&mut self, t: &pb::DumpTrailer) -> Result<Event, StepError> {

@@ -17,6 +17,7 @@ mod from_backup;
 mod inbound;
 mod lanes;
 mod parallel;
+mod post_data;
 mod prepare;
 mod push;
 mod restore;

@@ -172,6 +172,15 @@ impl RestoreRun<'_> {
     /// Indexes, constraints and triggers: the post-data section of a landed
     /// schema archive, built by `setup.jobs` workers.
     pub(super) async fn post_data(&self, file: &Path) -> Result<(), StepError> {
+        self.post_data_pass(file, None).await
+    }
+
+    /// The post-data items `list` names (the others were built already).
+    pub(super) async fn post_data_listed(&self, file: &Path, list: &Path) -> Result<(), StepError> {
+        self.post_data_pass(file, Some(list)).await
+    }
+
+    async fn post_data_pass(&self, file: &Path, list: Option<&Path>) -> Result<(), StepError> {
         let job = self.job;
         let workers = self.setup.jobs.max(1);
         job.post_data_jobs.store(workers, Ordering::Relaxed);
@@ -179,13 +188,20 @@ impl RestoreRun<'_> {
             return Err(StepError::cancelled(pb::Step::PgRestore));
         }
         tracing::info!(job = %job.id, workers, "data restored; building indexes, constraints and triggers");
-        self.restore_from(args::RestoreFrom::PostDataOf(file, workers))
-            .await
-            .map_err(|e| {
-                e.context(format_args!(
-                    "building indexes, constraints and triggers ({workers} workers)"
-                ))
-            })?;
+        let from = match list {
+            None => args::RestoreFrom::PostDataOf(file, workers),
+            Some(list) => args::RestoreFrom::PostDataListed {
+                file,
+                list,
+                jobs: workers,
+                alongside: workers,
+            },
+        };
+        self.restore_from(from).await.map_err(|e| {
+            e.context(format_args!(
+                "building indexes, constraints and triggers ({workers} workers)"
+            ))
+        })?;
         let _ = tokio::fs::remove_file(file).await;
         Ok(())
     }

@@ -64,6 +64,8 @@ pub struct Job {
     pub post_data_jobs: AtomicU32,
     /// Destination: concurrent data lanes the data arrived in (0: one stream).
     pub data_lanes: AtomicU32,
+    /// Destination: indexes and keys built as their tables landed.
+    pub indexes_built: AtomicU32,
     /// Destination: rows of staging's own kept.
     pub rows_kept: AtomicU64,
     /// Destination: rows were to be kept, and there was no live database.
@@ -110,6 +112,7 @@ impl Job {
             restored: AtomicU64::new(0),
             post_data_jobs: AtomicU32::new(0),
             data_lanes: AtomicU32::new(0),
+            indexes_built: AtomicU32::new(0),
             rows_kept: AtomicU64::new(0),
             nothing_to_keep: AtomicBool::new(false),
             pipeline: tokio::sync::Mutex::new(()),
@@ -284,6 +287,7 @@ impl Job {
             post_data_jobs: self.post_data_jobs.load(Ordering::Relaxed),
             data_lanes: self.data_lanes.load(Ordering::Relaxed),
             rows_kept: self.rows_kept.load(Ordering::Relaxed),
+            indexes_built: self.indexes_built.load(Ordering::Relaxed),
             nothing_to_keep: self.nothing_to_keep.load(Ordering::Relaxed),
         }
     }

@@ -192,7 +192,9 @@ impl LaneRun {
                 Err(e)
             }
         };
-        if result.is_ok() && self.lane > 0 {
+        // Lane 0 ends too (its trailer comes once every lane did), so the
+        // destination can finish its tables before the others.
+        if result.is_ok() {
             let end = pb::LaneEnd {
                 lane: self.lane,
                 trailer: Some(self.encoder.trailer()),

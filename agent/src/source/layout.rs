@@ -26,6 +26,8 @@ pub struct Layout {
     pub tables: Vec<TableName>,
     /// Their stored columns, in order, for the COPY each lane runs.
     pub columns: Vec<Vec<String>>,
+    /// Their indexes' names, which the destination builds as each lands.
+    pub indexes: Vec<Vec<String>>,
 }
 
 impl Layout {
@@ -48,20 +50,25 @@ impl Layout {
                 }
             },
         };
-        let (tables, columns) = match &snapshot {
+        let picked = match &snapshot {
             Some(s) if agreed.lanes() > 1 => {
                 let max = agreed.lanes() as usize - 1;
                 let min = cfg.jobs.lane_min_table_bytes;
-                match lane_tables(&s.session, dump, max, min).await {
-                    Ok(tables) => tables.into_iter().unzip(),
-                    Err(e) => {
+                lane_tables(&s.session, dump, max, min)
+                    .await
+                    .unwrap_or_else(|e| {
                         tracing::warn!(job = %job.id, error = %e, "cannot pick tables for data lanes; the data travels in one stream");
-                        (Vec::new(), Vec::new())
-                    }
-                }
+                        Vec::new()
+                    })
             }
-            _ => (Vec::new(), Vec::new()),
+            _ => Vec::new(),
         };
+        let (mut tables, mut columns, mut indexes) = (Vec::new(), Vec::new(), Vec::new());
+        for p in picked {
+            tables.push(p.name);
+            columns.push(p.columns);
+            indexes.push(p.indexes);
+        }
         let lanes = match tables.len() {
             0 => 0,
             n => n as u32 + 1,
@@ -71,6 +78,7 @@ impl Layout {
             snapshot,
             tables,
             columns,
+            indexes,
         }
     }
 
@@ -78,13 +86,14 @@ impl Layout {
     pub fn lane_tables(&self) -> Vec<pb::LaneTable> {
         self.tables
             .iter()
-            .zip(&self.columns)
+            .zip(self.columns.iter().zip(&self.indexes))
             .enumerate()
-            .map(|(i, (t, columns))| pb::LaneTable {
+            .map(|(i, (t, (columns, indexes)))| pb::LaneTable {
                 lane: i as u32 + 1,
                 schema: t.schema.clone(),
                 table: t.table.clone(),
                 columns: columns.clone(),
+                indexes: indexes.clone(),
             })
             .collect()
     }
@@ -146,6 +155,21 @@ const STORED_COLUMNS: &str = "SELECT a.attname::text FROM pg_catalog.pg_attribut
        AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
      ORDER BY a.attnum";
 
+/// A table's indexes.
+const INDEXES: &str = "SELECT ic.relname::text FROM pg_catalog.pg_index i \
+     JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+     WHERE i.indrelid = (SELECT c.oid FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2) \
+     ORDER BY 1";
+
+/// A table picked for a lane of its own.
+struct Picked {
+    name: TableName,
+    columns: Vec<String>,
+    indexes: Vec<String>,
+}
+
 /// The tables that get data lanes of their own, with their stored columns:
 /// the largest, at most `max`, none below `min_bytes` and none whose data
 /// the plan leaves out. Not when the plan filters schemas (pg_dump applies
@@ -156,7 +180,7 @@ async fn lane_tables(
     dump: &pb::DumpOptions,
     max: usize,
     min_bytes: u64,
-) -> Result<Vec<(TableName, Vec<String>)>, String> {
+) -> Result<Vec<Picked>, String> {
     if max == 0 || !dump.schemas.is_empty() || !dump.exclude_schemas.is_empty() {
         return Ok(Vec::new());
     }
@@ -215,9 +239,27 @@ async fn lane_tables(
             .iter()
             .map(|r| r.get(0))
             .collect();
+        let indexes: Vec<String> = session
+            .query(INDEXES, &[&t.schema, &t.table])
+            .await
+            .map_err(|e| {
+                format!(
+                    "reading the indexes of {}.{}: {}",
+                    t.schema,
+                    t.table,
+                    pg::error_chain(&e)
+                )
+            })?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         // A table of generated columns only has no rows to copy by name.
         if !columns.is_empty() {
-            with_columns.push((t, columns));
+            with_columns.push(Picked {
+                name: t,
+                columns,
+                indexes,
+            });
         }
     }
     Ok(with_columns)

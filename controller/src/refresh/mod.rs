@@ -69,6 +69,9 @@ pub struct Report {
     pub post_data_jobs: u32,
     /// Concurrent streams the data moved in; 0 when it was one.
     pub data_lanes: u32,
+    /// Indexes and keys built as their tables landed, before the final
+    /// post-data pass.
+    pub indexes_built: u32,
     /// Rows of staging's own kept across the refresh.
     pub rows_kept: u64,
     /// Rows were to be kept, and there was no live database (a first
@@ -321,6 +324,7 @@ fn report(
         bytes_restored: d.bytes_restored,
         post_data_jobs: d.post_data_jobs,
         data_lanes: d.data_lanes,
+        indexes_built: d.indexes_built,
         rows_kept: d.rows_kept,
         nothing_to_keep: d.nothing_to_keep,
         elapsed,

@@ -223,44 +223,41 @@ async fn lane_tables(
         }
     }
     tables.truncate(max);
-    let mut with_columns = Vec::with_capacity(tables.len());
+    let mut picked = Vec::with_capacity(tables.len());
     for t in tables {
-        let columns: Vec<String> = session
-            .query(STORED_COLUMNS, &[&t.schema, &t.table])
-            .await
-            .map_err(|e| {
-                format!(
-                    "reading the columns of {}.{}: {}",
-                    t.schema,
-                    t.table,
-                    pg::error_chain(&e)
-                )
-            })?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let indexes: Vec<String> = session
-            .query(INDEXES, &[&t.schema, &t.table])
-            .await
-            .map_err(|e| {
-                format!(
-                    "reading the indexes of {}.{}: {}",
-                    t.schema,
-                    t.table,
-                    pg::error_chain(&e)
-                )
-            })?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let p = describe(session, t).await?;
         // A table of generated columns only has no rows to copy by name.
-        if !columns.is_empty() {
-            with_columns.push(Picked {
-                name: t,
-                columns,
-                indexes,
-            });
+        if !p.columns.is_empty() {
+            picked.push(p);
         }
     }
-    Ok(with_columns)
+    Ok(picked)
+}
+
+/// A lane table's stored columns and its indexes, read on the snapshot.
+async fn describe(session: &tokio_postgres::Client, t: TableName) -> Result<Picked, String> {
+    let names = |sql: &'static str, what: &'static str| {
+        let t = &t;
+        async move {
+            let rows = session
+                .query(sql, &[&t.schema, &t.table])
+                .await
+                .map_err(|e| {
+                    format!(
+                        "reading the {what} of {}.{}: {}",
+                        t.schema,
+                        t.table,
+                        pg::error_chain(&e)
+                    )
+                })?;
+            Ok::<Vec<String>, String>(rows.iter().map(|r| r.get(0)).collect())
+        }
+    };
+    let columns = names(STORED_COLUMNS, "columns").await?;
+    let indexes = names(INDEXES, "indexes").await?;
+    Ok(Picked {
+        name: t,
+        columns,
+        indexes,
+    })
 }

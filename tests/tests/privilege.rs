@@ -181,12 +181,7 @@ async fn a_server_that_refuses_job_logins_is_refused_before_anything_changes() {
     assert_eq!(job_roles(f.dst()).await, Vec::<String>::new());
 
     // `--check` says the same, and exits with the configuration code.
-    let out = std::process::Command::new(agent_binary().unwrap())
-        .arg("--check")
-        .arg("--config")
-        .arg(f.staging().config_path())
-        .output()
-        .unwrap();
+    let out = check(&f);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(
@@ -196,14 +191,19 @@ async fn a_server_that_refuses_job_logins_is_refused_before_anything_changes() {
 
     // With the line, both work.
     f.dst().set_hba(HBA).await.unwrap();
-    let out = std::process::Command::new(agent_binary().unwrap())
-        .arg("--check")
-        .arg("--config")
-        .arg(f.staging().config_path())
-        .output()
-        .unwrap();
+    let out = check(&f);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("job logins: ok"), "{stdout}");
     refresh(f.tls(), &f.pair(), |_| {}).await.unwrap();
+}
+
+/// `stagesync-agent --check` on the staging agent's configuration.
+fn check(f: &Fleet) -> std::process::Output {
+    std::process::Command::new(agent_binary().unwrap())
+        .arg("--check")
+        .arg("--config")
+        .arg(f.staging().config_path())
+        .output()
+        .unwrap()
 }

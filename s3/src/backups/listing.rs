@@ -70,14 +70,7 @@ impl Store {
     /// A whole object, read into memory (a manifest).
     pub(super) async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, BackupError> {
         use tokio::io::AsyncReadExt;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.location.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.sdk_err(&format!("reading {key}"), &e))?;
+        let out = self.get_object(key).await?;
         let too_big = || {
             BackupError(format!(
                 "{key} is larger than {MAX_SMALL_OBJECT} bytes, far more than a manifest holds: not read (remove it, or check who writes into this place)"
@@ -156,17 +149,23 @@ impl Store {
         Ok(found)
     }
 
-    /// Streams an object: a dump, or a manifest for [`Store::get_bytes`].
+    /// Streams a dump object.
     pub async fn open_dump(&self, key: &str) -> Result<ByteStream, BackupError> {
-        let out = self
-            .client
+        Ok(self.get_object(key).await?.body)
+    }
+
+    /// Starts reading an object: its length, if the server says, and body.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, BackupError> {
+        self.client
             .get_object()
             .bucket(&self.location.bucket)
             .key(key)
             .send()
             .await
-            .map_err(|e| self.sdk_err(&format!("reading {key}"), &e))?;
-        Ok(out.body)
+            .map_err(|e| self.sdk_err(&format!("reading {key}"), &e))
     }
 
     /// Re-reads a backup's dump and checks its size and SHA-256 against the

@@ -223,6 +223,8 @@ pub fn frame_kind(k: &pb::dump_frame::Kind) -> &'static str {
         pb::dump_frame::Kind::Trailer(_) => "trailer",
         pb::dump_frame::Kind::Heartbeat(_) => "heartbeat",
         pb::dump_frame::Kind::LaneEnd(_) => "lane end",
+        pb::dump_frame::Kind::TableStart(_) => "table start",
+        pb::dump_frame::Kind::TableEnd(_) => "table end",
     }
 }
 

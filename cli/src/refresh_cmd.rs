@@ -48,10 +48,10 @@ pub struct RefreshArgs {
     /// indexes, constraints and triggers after the data (1: one pass).
     #[arg(long, default_value_t = 2)]
     jobs: u32,
-    /// Stream mode: move the data in at most this many concurrent lanes,
-    /// each a pg_dump and a pg_restore of its own (default: --jobs; 1: one
-    /// data stream). The source gives lanes only to large tables.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=stagesync_proto::MAX_DATA_LANES as i64))]
+    /// Stream mode: copy table data in at most this many concurrent COPY
+    /// lanes, largest tables first (default: --jobs; 0: all data in
+    /// pg_dump's one stream).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=stagesync_proto::MAX_COPY_LANES as i64))]
     lanes: Option<u32>,
     /// Send the dump uncompressed (for fast links where CPU is scarcer).
     /// Default: zstd, except between agents on one host (loopback).

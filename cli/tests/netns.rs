@@ -168,25 +168,29 @@ async fn link_cut_mid_stream_leaves_the_destination_untouched() {
         .spawn()
         .unwrap();
 
-    // Wait until pg_restore copies table data on the destination (the
-    // stream is past the schema and data is flowing), then cut.
+    // Wait until table data is copied in on the destination (by a copy
+    // lane or pg_restore: the stream is past the schema and data is
+    // flowing), then cut.
     let c = f.dst().client("postgres").await.unwrap();
-    eventually("pg_restore to copy data on the destination", async || {
-        assert!(
-            controller.try_wait().unwrap().is_none(),
-            "the refresh ended before the cut"
-        );
-        let copying: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'stagesync-pg_restore' \
-                 AND query LIKE 'COPY %'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if copying > 0 { Ok(()) } else { Err(copying) }
-    })
+    eventually(
+        "table data to be copied in on the destination",
+        async || {
+            assert!(
+                controller.try_wait().unwrap().is_none(),
+                "the refresh ended before the cut"
+            );
+            let copying: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'COPY % FROM STDIN%' \
+                 AND state = 'active' AND datname LIKE 'stagesync\\_new\\_%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if copying > 0 { Ok(()) } else { Err(copying) }
+        },
+    )
     .await;
     link.cut();
     assert!(link.is_down(), "the link is down");

@@ -210,7 +210,7 @@ fn malformed_plans_are_refused_with_file_line_and_key() {
         ("jobs = 2", "jobs = 0", "jobs", "pairs.prod-to-stage.jobs"),
         (
             "jobs = 2\n",
-            "jobs = 2\nlanes = 9\n",
+            "jobs = 2\nlanes = 17\n",
             "lanes",
             "pairs.prod-to-stage.lanes",
         ),

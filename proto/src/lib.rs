@@ -17,13 +17,17 @@ pub use v1::agent_server::{Agent, AgentServer};
 /// file and restored by several workers (`StartDumpRequest.split_post_data`).
 pub const FEATURE_SPLIT_POST_DATA: &str = "split-post-data";
 
-/// Info lists this feature when the agent can move a split stream's data in
-/// several concurrent lanes (`StartDumpRequest.data_lanes`).
-pub const FEATURE_DATA_LANES: &str = "data-lanes";
+/// Info lists this feature when the agent can move a split stream's table
+/// data by COPY in several concurrent lanes (`Shape.data_lanes`).
+pub const FEATURE_DATA_LANES: &str = "copy-lanes";
 
-/// The most data lanes one refresh may use (each a pg_dump on the source
-/// and a pg_restore on the destination).
-pub const MAX_DATA_LANES: u32 = 8;
+/// The most copy lanes one refresh may use (each a COPY session on either
+/// side).
+pub const MAX_COPY_LANES: u32 = 16;
+
+/// The most data lanes a stream may have: lane 0 (pg_dump's data of what
+/// the copy lanes do not carry) and the copy lanes.
+pub const MAX_DATA_LANES: u32 = MAX_COPY_LANES + 1;
 
 /// gRPC metadata key an agent sets on every error status it makes itself
 /// (its value names the kind: "permission-denied", "internal", ...), so a

@@ -33,18 +33,26 @@ impl DerefMut for Setup {
     }
 }
 
-/// The source gives every table a data lane of its own, so a stream with
-/// several workers moves its data in several lanes.
+/// The source copies the fixture's one large table (app.posts) on a copy
+/// lane and sends the others in lane 0's pg_dump, so a stream with several
+/// workers has a lane of each kind running at once.
 fn lanes(on: bool) -> impl FnOnce(&mut AgentSpec) {
     move |p| {
         if on {
-            p.jobs.insert("lane_min_table_mb".into(), 0);
+            p.jobs.insert("lane_min_table_mb".into(), 2);
         }
     }
 }
 
 async fn setup(fleet: FleetBuilder) -> Setup {
-    let fleet = fleet.build().await;
+    // Without `lanes(true)` no table is large enough for a copy lane: the
+    // data travels in pg_dump's one stream.
+    let fleet = fleet
+        .prod(|p| {
+            p.jobs.entry("lane_min_table_mb".into()).or_insert(1024);
+        })
+        .build()
+        .await;
     let proxy = FaultProxy::start(fleet.staging().addr()).await.unwrap();
     // Slow the dump down so there is time to break things mid-stream.
     proxy.throttle(400 * 1024);
@@ -89,19 +97,19 @@ impl Setup {
         .await
     }
 
-    /// Waits until the destination restores data in `n` lanes at once:
-    /// lane 0's pg_restore runs, and the other lanes' COPY sessions.
-    async fn wait_lanes(&self, n: usize) {
-        eventually(format!("the refresh to restore in {n} lanes"), async || {
-            // Restoring in n lanes, not yet indexing: the process is lane 0's.
+    /// Waits until the destination restores data in lanes: lane 0's
+    /// pg_restore runs, and a copy lane's COPY.
+    async fn wait_lanes(&self) {
+        eventually("the refresh to restore in lanes", async || {
+            // Restoring in lanes, not yet indexing: the process is lane 0's.
             let jobs = self.info(self.staging()).await.map(|i| i.jobs);
             let lanes = jobs.as_ref().is_ok_and(|jobs| {
                 jobs.iter()
-                    .any(|j| j.phase == pb::Phase::Restoring as i32 && j.data_lanes as usize == n)
+                    .any(|j| j.phase == pb::Phase::Restoring as i32 && j.data_lanes > 1)
             });
             let procs = tool_processes(&self.dst().socket_dir);
             let copies = self.copy_sessions().await.len();
-            match lanes && procs.len() == 1 && copies == n - 1 {
+            match lanes && procs.len() == 1 && copies > 0 {
                 true => Ok(()),
                 false => Err((jobs, procs, copies)),
             }
@@ -144,7 +152,7 @@ async fn source_agent_killed(with_lanes: bool) {
     .await;
     let run = s.start(s.spec());
     if with_lanes {
-        s.wait_lanes(2).await;
+        s.wait_lanes().await;
     } else {
         s.wait_restoring().await;
     }
@@ -193,7 +201,7 @@ async fn destination_agent_killed(with_lanes: bool) {
     .await;
     let run = s.start(s.spec());
     if with_lanes {
-        s.wait_lanes(2).await;
+        s.wait_lanes().await;
     } else {
         s.wait_restoring().await;
     }
@@ -252,7 +260,7 @@ async fn pg_restore_killed() {
 async fn a_lanes_pg_restore_killed() {
     let s = setup(Fleet::builder().prod(lanes(true))).await;
     let run = s.start(s.spec());
-    s.wait_lanes(2).await;
+    s.wait_lanes().await;
     let pids = tool_processes(&s.dst().socket_dir);
     let victim = *pids.iter().max().unwrap();
     nix::sys::signal::kill(
@@ -273,9 +281,9 @@ async fn a_lanes_pg_restore_killed() {
 async fn a_lanes_copy_failing_on_the_destination() {
     let s = setup(Fleet::builder().prod(lanes(true))).await;
     let run = s.start(s.spec());
-    s.wait_lanes(2).await;
+    s.wait_lanes().await;
     let victims = s.copy_sessions().await;
-    assert_eq!(victims.len(), 1, "{victims:?}");
+    assert!(!victims.is_empty(), "{victims:?}");
     s.dst()
         .exec(
             "postgres",
@@ -284,7 +292,10 @@ async fn a_lanes_copy_failing_on_the_destination() {
         .await
         .unwrap();
     let err = run.await.unwrap().unwrap_err();
-    assert!(err.contains("data lane 1: copying into app."), "{err}");
+    assert!(
+        err.contains("data lane ") && err.contains(": copying into "),
+        "{err}"
+    );
     assert!(
         err.contains("connection closed") || err.contains("terminat"),
         "the error shows the session's end: {err}"
@@ -896,9 +907,23 @@ async fn malformed_lane_streams_are_refused() {
         })
     };
     let empty = || Encoder::for_lane(none, 1, None).trailer();
+    let start = |lane: u32, table: u32| {
+        Kind::TableStart(pb::TableStart {
+            lane,
+            table,
+            slice: 0,
+        })
+    };
+    let table_end = |so_far: pb::DumpTrailer| {
+        Kind::TableEnd(pb::TableEnd {
+            lane: 1,
+            so_far: Some(so_far),
+            rows: 0,
+        })
+    };
     let mut cases: Vec<(u32, bool, Vec<Kind>, &str)> = vec![
         (2, false, vec![], "announced 2 data lanes"),
-        (9, true, vec![], "announced 9 data lanes"),
+        (18, true, vec![], "announced 18 data lanes"),
         (
             2,
             true,
@@ -959,8 +984,79 @@ async fn malformed_lane_streams_are_refused() {
     cases.push((
         2,
         true,
-        with_schema(&mut lane0, vec![Kind::Data(second)]),
+        with_schema(&mut lane0, vec![start(1, 0), Kind::Data(second.clone())]),
         "data lane 1: frame 1 arrived where frame 0 was expected",
+    ));
+    // The copy lanes' tables: data only inside one, each slice once, each
+    // checked at its end, all of them before the trailer.
+    let mut lane0 = Encoder::new(none, None);
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![Kind::Data(second)]),
+        "data arrived on copy lane 1 outside a table",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![start(0, 0)]),
+        "a table started on lane 0, which is not an open copy lane",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![start(1, 7)]),
+        "started slice 0 of lane table 7, which the header does not name",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![start(1, 0), start(1, 0)]),
+        "a table started on copy lane 1 before the previous one ended",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    cases.push((
+        2,
+        true,
+        with_schema(
+            &mut lane0,
+            vec![start(1, 0), table_end(empty()), start(1, 0)],
+        ),
+        "slice 0 of app.images arrived twice",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![start(1, 0), lane_end(1, empty())]),
+        "copy lane 1 ended inside a table",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    let mut short = empty();
+    short.total_len = 3;
+    cases.push((
+        2,
+        true,
+        with_schema(&mut lane0, vec![start(1, 0), table_end(short)]),
+        "data lane 1: the stream carried 0 bytes but its trailer says 3",
+    ));
+    let mut lane0 = Encoder::new(none, None);
+    let rest = vec![lane_end(1, empty()), lane_end(0, lane0.trailer())];
+    let mut frames = with_schema(&mut lane0, rest);
+    // lane 0's digest after the schema file: rebuilt for its end and the
+    // trailer.
+    let lane0_end = lane0.trailer();
+    frames.pop();
+    frames.push(lane_end(0, lane0_end.clone()));
+    frames.push(Kind::Trailer(lane0_end));
+    cases.push((
+        2,
+        true,
+        frames,
+        "the stream ended without all the rows of app.images",
     ));
     let mut lane0 = Encoder::new(none, None);
     let mut short = empty();
@@ -988,14 +1084,14 @@ async fn malformed_lane_streams_are_refused() {
                 post_data_file,
                 data_lanes: lanes,
             }),
-            // Lane 1 carries a table of the fixture.
-            lane_tables: (1..lanes)
-                .map(|lane| pb::LaneTable {
-                    lane,
+            // The copy lane carries a table of the fixture.
+            lane_tables: (1..lanes.min(2))
+                .map(|_| pb::LaneTable {
                     schema: "app".into(),
                     table: "images".into(),
                     columns: vec!["id".into()],
                     indexes: Vec::new(),
+                    slices: 1,
                 })
                 .collect(),
             ..Default::default()
@@ -1015,9 +1111,9 @@ async fn malformed_lane_streams_are_refused() {
         }),
         ..Default::default()
     };
-    let refused = push_prepared(&s, 0xbf, header, Vec::new()).await;
+    let refused = push_prepared(&s, 0xef, header, Vec::new()).await;
     assert!(
-        refused.contains("the stream has 2 data lanes but names the tables of 0"),
+        refused.contains("the stream has 2 data lanes and names 0 tables for them"),
         "{refused}"
     );
     s.assert_untouched().await;

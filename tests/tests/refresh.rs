@@ -2,8 +2,8 @@
 //! PostgreSQL clusters.
 
 use stagesync_controller::refresh::{Compress, PairSpec, RefreshError, refresh, rollback};
-use stagesync_harness::fixtures::{content_hashes, objects_not_owned_by, schema_dump, seed_rich};
-use stagesync_harness::{Fleet, PgCluster};
+use stagesync_harness::Fleet;
+use stagesync_harness::fixtures::{content_hashes, objects_not_owned_by, schema_dump};
 use stagesync_proto::v1 as pb;
 
 /// Production with the rich database, staging with an older `stage`; both
@@ -86,16 +86,25 @@ async fn refresh_and_compare(mode: pb::Mode, compress: Compress, jobs: u32) {
         if split { jobs } else { 0 },
         "{report:?}"
     );
-    // ... and moves the data in one lane per worker (the fleet's source
-    // gives every table one).
+    // ... and copies the tables' rows in one copy lane per worker, beside
+    // lane 0 (sequence values, the large object).
     assert_eq!(
         report.data_lanes,
-        if split { jobs } else { 0 },
+        if split { jobs + 1 } else { 0 },
         "{report:?}"
     );
     // With lanes, tables' own indexes and keys are built as each lands
     // (the fixture has more than lanes can hold back).
     assert_eq!(report.indexes_built > 0, split, "{report:?}");
+    // Every table's rows came on the copy lanes (app.posts alone has
+    // 100000), each table whole.
+    if split {
+        assert!(report.tables_copied >= 8, "{report:?}");
+        assert_eq!(report.slices_copied, report.tables_copied, "{report:?}");
+        assert!(report.rows_copied > 120_000, "{report:?}");
+    } else {
+        assert_eq!(report.rows_copied, 0, "{report:?}");
+    }
     if compress == Compress::Always {
         assert!(
             report.bytes_sent < report.bytes_dumped,
@@ -127,36 +136,42 @@ async fn stream_mode_arrives_identical() {
     refresh_and_compare(pb::Mode::Stream, Compress::Always, 2).await;
 }
 
-/// Four lanes: the three largest tables (one of them named with quotes,
-/// a space-free but dot-, star- and quote-laden name) get one each.
+/// Four copy lanes for the fixture's tables (among them one named with
+/// dots, a star and quotes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stream_mode_in_four_lanes_arrives_identical() {
-    // The source gives lanes to the largest tables by heap and TOAST size;
-    // the fixture's quoted table must be among the three, or this test
-    // would not exercise its pattern.
-    let src = PgCluster::start().unwrap();
-    seed_rich(&src, "production").await.unwrap();
-    let c = src.client("production").await.unwrap();
-    let top: Vec<String> = c
-        .query(
-            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND n.nspname IN ('app', 'audit', 'public') \
-             ORDER BY pg_table_size(c.oid) DESC, c.oid LIMIT 3",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(top.contains(&"Big \"*.t".to_string()), "{top:?}");
-    drop(c);
-    drop(src);
     refresh_and_compare(pb::Mode::Stream, Compress::Auto, 4).await;
 }
 
+/// A table above `jobs.split_table_mb` travels in slices of block ranges,
+/// several lanes copying it at once; it arrives identical, its keys built
+/// once its last slice is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_table_in_slices_arrives_identical() {
+    let f = Fleet::builder()
+        .prod(|p| {
+            p.jobs.insert("lane_min_table_mb".into(), 0);
+            // app.posts (about 15 MiB) in 4 MiB slices.
+            p.jobs.insert("split_table_mb".into(), 4);
+        })
+        .build()
+        .await;
+    let mut spec = f.pair();
+    spec.jobs = 3;
+    let report = refresh(f.tls(), &spec, |_| {})
+        .await
+        .expect("refresh succeeds");
+    assert_eq!(report.data_lanes, 4, "{report:?}");
+    assert!(
+        report.slices_copied >= report.tables_copied + 3,
+        "app.posts went in slices: {report:?}"
+    );
+    assert!(report.indexes_built > 0, "{report:?}");
+    assert_identical(&f).await;
+}
+
 /// A schema filter turns the lanes off (pg_dump would not apply it to
-/// tables named on their own), as does `lanes = 1`; the split stays.
+/// tables named on their own), as does `lanes = 0`; the split stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn schema_filters_keep_the_data_in_one_lane() {
     let f = fleet().await;
@@ -170,9 +185,9 @@ async fn schema_filters_keep_the_data_in_one_lane() {
     assert_eq!(report.post_data_jobs, 2, "{report:?}");
     assert_eq!(report.data_lanes, 0, "{report:?}");
     assert_identical(&f).await;
-    // The plan may ask for one lane: the same.
+    // The plan may ask for no copy lanes: the same.
     let mut spec = f.pair();
-    spec.lanes = Some(1);
+    spec.lanes = Some(0);
     let report = refresh(f.tls(), &spec, |_| {})
         .await
         .expect("refresh succeeds");
@@ -194,7 +209,7 @@ async fn plan_filters_apply_inside_lanes() {
     let report = refresh(f.tls(), &spec, |_| {})
         .await
         .expect("refresh succeeds");
-    assert_eq!(report.data_lanes, 4, "{report:?}");
+    assert_eq!(report.data_lanes, 5, "{report:?}");
     let c = f.dst().client("stage").await.unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM app.posts").await, 0);
     assert_eq!(

@@ -12,7 +12,7 @@ mod restore;
 
 use crate::config::PostgresConfig;
 
-pub use dump::{DumpTo, Lane, pg_dump};
+pub use dump::{DumpTo, pg_dump};
 pub use pattern::{TableName, TablePattern};
 pub use restore::{RestoreAs, RestoreFrom, pg_restore, restore_settings};
 

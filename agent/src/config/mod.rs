@@ -55,10 +55,12 @@ pub struct JobLimits {
     pub stall_timeout: std::time::Duration,
     /// A prepared job whose stream has not started within this long is aborted.
     pub ticket_ttl: std::time::Duration,
-    /// Source side: a table gets a data lane of its own from this size
-    /// (heap and TOAST, in bytes); below it, one more pg_dump and pg_restore
-    /// cost more than they win.
+    /// Source side: tables from this size (heap and TOAST, in bytes) move
+    /// on the copy lanes; smaller ones travel in lane 0's pg_dump.
     pub lane_min_table_bytes: u64,
+    /// Source side: a table above this size (bytes) is copied in slices of
+    /// about this size, on several lanes at once (None: never split).
+    pub split_table_bytes: Option<u64>,
     /// How often a controller watching a job gets its status when nothing
     /// else changed (phase changes are sent at once).
     pub status_interval: std::time::Duration,

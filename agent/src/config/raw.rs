@@ -37,6 +37,7 @@ pub(super) struct RawJobs {
     pub stall_timeout_secs: Option<Spanned<u64>>,
     pub ticket_ttl_secs: Option<Spanned<u64>>,
     pub lane_min_table_mb: Option<Spanned<u64>>,
+    pub split_table_mb: Option<Spanned<u64>>,
     pub status_interval_ms: Option<Spanned<u64>>,
 }
 

@@ -116,7 +116,16 @@ impl Ctx<'_> {
                     return self.err(mb.span(), "jobs.lane_min_table_mb", why);
                 }
                 Some(mb) => *mb.get_ref() << 20,
-                None => 16 << 20,
+                None => 0,
+            },
+            split_table_bytes: match &raw.split_table_mb {
+                Some(mb) if *mb.get_ref() > 1 << 30 => {
+                    let why = "must be at most 1073741824 (1 PiB); 0 never splits";
+                    return self.err(mb.span(), "jobs.split_table_mb", why);
+                }
+                Some(mb) if *mb.get_ref() == 0 => None,
+                Some(mb) => Some(*mb.get_ref() << 20),
+                None => Some(4096 << 20),
             },
             status_interval: match &raw.status_interval_ms {
                 Some(ms) if !(50..=3_600_000).contains(ms.get_ref()) => {

@@ -1,46 +1,135 @@
-//! A data lane on the destination: one table's rows, as COPY text, into
-//! the new database, in a session logged in as the job's own role. One
-//! transaction first empties the table (the pre-data pass created it
-//! moments ago, so nothing is lost) and then copies into it, which lets
-//! PostgreSQL write the rows frozen: no later pass rewrites them.
+//! A copy lane on the destination: the tables (or slices of tables) one
+//! lane carries, one after the other, as COPY text into the new database,
+//! in one session logged in as the job's own role. Each slice is a
+//! transaction of its own, which holds one of the job's slots while it
+//! runs. A table that arrives whole is emptied and copied in the same
+//! transaction (the pre-data pass created it moments ago, so nothing is
+//! lost), which lets PostgreSQL write the rows frozen: no later pass
+//! rewrites them. When a table's last slice commits, the lane says it
+//! landed, so its indexes can be built.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
 use futures::{SinkExt, pin_mut};
 use stagesync_proto::v1 as pb;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::PostgresConfig;
 use crate::db::JobLogin;
 use crate::jobs::{Job, StepError};
 use crate::pg;
+use crate::source::{COPY_SETTINGS, MAX_SLICES};
 use crate::sql::ident;
 
-/// Everything one lane's COPY needs, owned by its task.
-pub struct CopyIn {
-    pub job: Arc<Job>,
-    pub pg: PostgresConfig,
-    pub login: JobLogin,
-    pub table: pb::LaneTable,
+/// What the router hands a copy lane.
+pub enum LaneInput {
+    /// The next bytes are slice `slice` of lane table `table`.
+    Start { table: usize, slice: u32 },
+    /// COPY text of the current slice.
+    Data(Bytes),
+    /// The current slice is whole (its digest checked).
+    End { rows: u64 },
 }
 
-impl CopyIn {
-    /// Copies what arrives on `rx` until it closes, then commits.
-    pub async fn run(self, mut rx: mpsc::Receiver<Bytes>) -> Result<(), StepError> {
-        let name = format!("{}.{}", self.table.schema, self.table.table);
+/// The lane tables of one stream, and how many slices of each are still
+/// to land.
+pub struct LaneTables {
+    pub tables: Vec<pb::LaneTable>,
+    remaining: Vec<AtomicU32>,
+}
+
+impl LaneTables {
+    pub fn new(tables: Vec<pb::LaneTable>) -> Self {
+        let remaining = tables
+            .iter()
+            .map(|t| AtomicU32::new(t.slices.max(1)))
+            .collect();
+        LaneTables { tables, remaining }
+    }
+
+    /// One slice of `table` landed; true when it was the last.
+    fn landed(&self, table: usize) -> bool {
+        self.remaining[table].fetch_sub(1, Ordering::AcqRel) == 1
+    }
+}
+
+/// Everything one copy lane needs, owned by its task.
+pub struct CopyLane {
+    pub job: Arc<Job>,
+    /// Its number (1 and up).
+    pub lane: u32,
+    pub pg: PostgresConfig,
+    pub login: JobLogin,
+    pub tables: Arc<LaneTables>,
+    /// Held by each slice while it copies (shared with the index builds).
+    pub slots: Arc<Semaphore>,
+    /// Told `table + 1` when a table's last slice committed.
+    pub landed: mpsc::UnboundedSender<usize>,
+}
+
+impl CopyLane {
+    /// Copies each slice that arrives on `rx` until it closes.
+    pub async fn run(self, mut rx: mpsc::Receiver<LaneInput>) -> Result<(), StepError> {
+        let mut session: Option<tokio_postgres::Client> = None;
+        while let Some(input) = rx.recv().await {
+            let LaneInput::Start { table, slice } = input else {
+                return Err(StepError::new(
+                    pb::Step::PgRestore,
+                    "rows arrived outside a table",
+                ));
+            };
+            let t = &self.tables.tables[table];
+            let name = format!("{}.{}", t.schema, t.table);
+            let _slot = self
+                .slots
+                .acquire()
+                .await
+                .map_err(|_| StepError::cancelled(pb::Step::PgRestore))?;
+            let c = match &mut session {
+                Some(c) => c,
+                None => session.insert(self.connect().await?),
+            };
+            let what = match t.slices {
+                0 | 1 => format!("copying into {name}"),
+                n => format!("copying into {name} (slice {} of {n})", slice + 1),
+            };
+            self.job.lane_progress(self.lane, |p| {
+                p.table = name.clone();
+                (p.slice, p.slices, p.bytes) = (slice + 1, t.slices, 0);
+            });
+            let rows = copy_slice(&self.job, self.lane, c, t, &mut rx)
+                .await
+                .map_err(|e| e.context(what))?;
+            self.job.slices_copied.fetch_add(1, Ordering::Relaxed);
+            self.job.lane_progress(self.lane, |p| p.table.clear());
+            tracing::debug!(job = %self.job.id, lane = self.lane, table = %name, slice, rows, "slice copied");
+            if self.tables.landed(table) {
+                self.job.tables_copied.fetch_add(1, Ordering::Relaxed);
+                let _ = self.landed.send(table + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// A session in the new database as the job's login, set up to read
+    /// COPY text as the source wrote it.
+    async fn connect(&self) -> Result<tokio_postgres::Client, StepError> {
         let fail = |what: &str, e: tokio_postgres::Error| {
             StepError::new(
                 pb::Step::PgRestore,
-                format!("{what} {name}: {}", pg::error_without_values(&e)),
+                format!("{what} for a copy lane: {}", pg::error_without_values(&e)),
             )
         };
-        let mut c = self
+        let c = self
             .login
             .connect(&self.pg, &self.job.new_database)
             .await
-            .map_err(|e| fail("connecting to copy into", e))?;
+            .map_err(|e| fail("connecting", e))?;
+        c.batch_execute(COPY_SETTINGS)
+            .await
+            .map_err(|e| fail("setting the session up", e))?;
         for s in &self.pg.restore_settings {
             let (key, value) = s.split_once('=').unwrap_or((s, ""));
             c.execute(
@@ -48,73 +137,112 @@ impl CopyIn {
                 &[&key.trim(), &value.trim()],
             )
             .await
-            .map_err(|e| fail("setting the session up to copy into", e))?;
+            .map_err(|e| fail("setting the session up", e))?;
         }
-        let tx = c
-            .transaction()
-            .await
-            .map_err(|e| fail("starting the copy into", e))?;
-        let (truncate, copy) = copy_in_sql(&self.table);
-        tx.batch_execute(&truncate)
-            .await
-            .map_err(|e| fail("emptying", e))?;
-        let sink = tx
-            .copy_in::<_, Bytes>(&copy)
-            .await
-            .map_err(|e| fail("starting the COPY into", e))?;
-        pin_mut!(sink);
-        while let Some(raw) = rx.recv().await {
-            let n = raw.len() as u64;
-            sink.send(raw).await.map_err(|e| fail("copying into", e))?;
-            self.job.restored.fetch_add(n, Ordering::Relaxed);
-        }
-        // The lane ended, its digest checked: the rows are complete.
-        sink.as_mut()
-            .finish()
-            .await
-            .map_err(|e| fail("copying into", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| fail("committing the rows of", e))
+        Ok(c)
     }
 }
 
-/// `TRUNCATE ONLY` the lane's table, then `COPY … FROM STDIN (FREEZE)`.
-pub fn copy_in_sql(t: &pb::LaneTable) -> (String, String) {
-    let table = format!("{}.{}", ident(&t.schema), ident(&t.table));
-    let columns: Vec<String> = t.columns.iter().map(|c| ident(c)).collect();
-    (
-        format!("TRUNCATE ONLY {table}"),
-        format!(
-            "COPY {table} ({}) FROM STDIN WITH (FREEZE)",
-            columns.join(", ")
-        ),
-    )
+/// One slice, in a transaction of its own: its rows until its end, then
+/// the commit. Returns the rows the source counted.
+async fn copy_slice(
+    job: &Job,
+    lane: u32,
+    c: &mut tokio_postgres::Client,
+    t: &pb::LaneTable,
+    rx: &mut mpsc::Receiver<LaneInput>,
+) -> Result<u64, StepError> {
+    let fail = |what: &str, e: tokio_postgres::Error| {
+        StepError::new(
+            pb::Step::PgRestore,
+            format!("{what}: {}", pg::error_without_values(&e)),
+        )
+    };
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| fail("starting the transaction", e))?;
+    let (truncate, copy) = copy_in_sql(t);
+    if let Some(truncate) = truncate {
+        tx.batch_execute(&truncate)
+            .await
+            .map_err(|e| fail("emptying the table", e))?;
+    }
+    let sink = tx
+        .copy_in::<_, Bytes>(&copy)
+        .await
+        .map_err(|e| fail("starting the COPY", e))?;
+    pin_mut!(sink);
+    let rows = loop {
+        match rx.recv().await {
+            Some(LaneInput::Data(raw)) => {
+                let n = raw.len() as u64;
+                sink.send(raw).await.map_err(|e| fail("sending rows", e))?;
+                job.restored.fetch_add(n, Ordering::Relaxed);
+                job.lane_progress(lane, |p| p.bytes += n);
+            }
+            Some(LaneInput::End { rows }) => break rows,
+            Some(LaneInput::Start { .. }) | None => {
+                return Err(StepError::new(
+                    pb::Step::PgRestore,
+                    "the lane's input ended inside a table",
+                ));
+            }
+        }
+    };
+    // The slice ended, its digest checked: the rows are complete.
+    let copied = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(|e| fail("ending the COPY", e))?;
+    if copied != rows {
+        return Err(StepError::new(
+            pb::Step::PgRestore,
+            format!("{copied} rows were copied in, the source sent {rows}"),
+        ));
+    }
+    job.rows_copied.fetch_add(rows, Ordering::Relaxed);
+    tx.commit().await.map_err(|e| fail("committing", e))?;
+    Ok(rows)
 }
 
-/// The header's lane tables, checked: one for each lane from 1 to
-/// `lanes - 1`, in order, each with a table name and stored columns.
+/// For a table that arrives whole: `TRUNCATE ONLY` it, then `COPY … FROM
+/// STDIN (FREEZE)`; for a slice, only `COPY … FROM STDIN`.
+pub fn copy_in_sql(t: &pb::LaneTable) -> (Option<String>, String) {
+    let table = format!("{}.{}", ident(&t.schema), ident(&t.table));
+    let columns: Vec<String> = t.columns.iter().map(|c| ident(c)).collect();
+    let copy = format!("COPY {table} ({}) FROM STDIN", columns.join(", "));
+    match t.slices {
+        0 | 1 => (
+            Some(format!("TRUNCATE ONLY {table}")),
+            format!("{copy} WITH (FREEZE)"),
+        ),
+        _ => (None, copy),
+    }
+}
+
+/// The header's lane tables, checked: with copy lanes, at least one, each
+/// with a table name, stored columns and a sane number of slices; none
+/// without.
 pub fn check_lane_tables(lanes: u32, tables: &[pb::LaneTable]) -> Result<(), String> {
-    let wanted = lanes.saturating_sub(1) as usize;
-    if tables.len() != wanted {
+    if (lanes > 1) == tables.is_empty() {
         return Err(format!(
-            "the stream has {lanes} data lanes but names the tables of {}: a source agent of another version? Upgrade both agents",
+            "the stream has {lanes} data lanes and names {} tables for them: a source agent of another version? Upgrade both agents",
             tables.len()
         ));
     }
     let ok = |n: &str| (1..=63).contains(&n.len()) && !n.contains('\0');
     for (i, t) in tables.iter().enumerate() {
-        if t.lane as usize != i + 1 {
-            return Err(format!("lane table {i} is for lane {}", t.lane));
-        }
         if !ok(&t.schema)
             || !ok(&t.table)
             || t.columns.is_empty()
             || !t.columns.iter().all(|c| ok(c))
+            || !(1..=MAX_SLICES).contains(&t.slices)
         {
             return Err(format!(
-                "lane {} names no valid table and columns ({:?}.{:?})",
-                t.lane, t.schema, t.table
+                "lane table {i} names no valid table, columns and slices ({:?}.{:?}, {} slices)",
+                t.schema, t.table, t.slices
             ));
         }
     }
@@ -125,28 +253,34 @@ pub fn check_lane_tables(lanes: u32, tables: &[pb::LaneTable]) -> Result<(), Str
 mod tests {
     use super::*;
 
-    fn table(lane: u32) -> pb::LaneTable {
+    fn table(slices: u32) -> pb::LaneTable {
         pb::LaneTable {
-            lane,
             schema: "My App".into(),
             table: "t\"x".into(),
             columns: vec!["id".into(), "Body".into()],
             indexes: Vec::new(),
+            slices,
         }
     }
 
     #[test]
     fn lane_tables_are_quoted_and_checked() {
         let (truncate, copy) = copy_in_sql(&table(1));
-        assert_eq!(truncate, "TRUNCATE ONLY \"My App\".\"t\"\"x\"");
+        assert_eq!(truncate.unwrap(), "TRUNCATE ONLY \"My App\".\"t\"\"x\"");
         assert_eq!(
             copy,
             "COPY \"My App\".\"t\"\"x\" (\"id\", \"Body\") FROM STDIN WITH (FREEZE)"
         );
+        // A slice neither empties the table nor freezes.
+        let (truncate, copy) = copy_in_sql(&table(3));
+        assert!(truncate.is_none());
+        assert!(copy.ends_with("FROM STDIN"), "{copy}");
         assert!(check_lane_tables(3, &[table(1), table(2)]).is_ok());
         assert!(check_lane_tables(0, &[]).is_ok());
-        assert!(check_lane_tables(3, &[table(1)]).is_err());
-        assert!(check_lane_tables(3, &[table(2), table(1)]).is_err());
+        assert!(check_lane_tables(3, &[]).is_err());
+        assert!(check_lane_tables(0, &[table(1)]).is_err());
+        assert!(check_lane_tables(2, &[table(0)]).is_err());
+        assert!(check_lane_tables(2, &[table(MAX_SLICES + 1)]).is_err());
         let mut no_columns = table(1);
         no_columns.columns.clear();
         assert!(check_lane_tables(2, &[no_columns]).is_err());

@@ -32,8 +32,18 @@ pub enum Event {
     FileStart(pb::FileStart),
     /// An accepted file arrived whole, at this path.
     FileLanded(PathBuf),
-    /// Lane `lane` (1 and up) ended, its digest checked.
+    /// Lane `lane` ended, its digest checked.
     LaneEnded(usize),
+    /// Copy lane `lane`'s next bytes are slice `slice` of lane table
+    /// `table`.
+    TableStart {
+        lane: usize,
+        table: usize,
+        slice: u32,
+    },
+    /// The slice copy lane `lane` carried is whole, its digest so far
+    /// checked.
+    TableEnded { lane: usize, rows: u64 },
     /// The trailer: the stream is complete and every lane checked.
     End,
 }
@@ -46,6 +56,8 @@ impl Event {
             Event::FileStart(_) => "file start",
             Event::FileLanded(_) => "file end",
             Event::LaneEnded(_) => "lane end",
+            Event::TableStart { .. } => "table start",
+            Event::TableEnded { .. } => "table end",
             Event::End => "trailer",
         }
     }
@@ -95,6 +107,10 @@ pub struct Inbound<S> {
     lane0_ended: bool,
     /// The file being landed, if one is open.
     landing: Option<Landing>,
+    /// Per lane: the slice `(table, slice)` it is carrying, if any.
+    carrying: Vec<Option<(usize, u32)>>,
+    /// Per lane table: its name, and which of its slices arrived.
+    arrived: Vec<(String, Vec<bool>)>,
 }
 
 impl<S> Inbound<S>
@@ -121,7 +137,21 @@ where
             open: (0..lanes).map(|n| n > 0).collect(),
             lane0_ended: false,
             landing: None,
+            carrying: vec![None; lanes as usize],
+            arrived: Vec::new(),
         }
+    }
+
+    /// The tables the copy lanes carry (the header's `lane_tables`): each
+    /// slice of each must arrive once before the trailer.
+    pub fn expect_tables(&mut self, tables: &[pb::LaneTable]) {
+        self.arrived = tables
+            .iter()
+            .map(|t| {
+                let name = format!("{}.{}", t.schema, t.table);
+                (name, vec![false; t.slices.max(1) as usize])
+            })
+            .collect();
     }
 
     /// Lanes the stream has.
@@ -148,6 +178,8 @@ where
                     Some(Event::FileLanded(landing.end(&end).await?))
                 }
                 pb::dump_frame::Kind::LaneEnd(end) => Some(self.lane_end(&end)?),
+                pb::dump_frame::Kind::TableStart(t) => Some(self.table_start(&t)?),
+                pb::dump_frame::Kind::TableEnd(t) => Some(self.table_end(&t)?),
                 pb::dump_frame::Kind::Trailer(t) => Some(self.trailer(&t)?),
                 other @ (pb::dump_frame::Kind::Header(_) | pb::dump_frame::Kind::Heartbeat(_)) => {
                     return Err(stream_error(format!(
@@ -190,6 +222,11 @@ where
                 "data arrived on lane {lane} after its end"
             )));
         }
+        if lane > 0 && self.carrying[lane].is_none() {
+            return Err(stream_error(format!(
+                "data arrived on copy lane {lane} outside a table"
+            )));
+        }
         let raw = decoder.data(d).map_err(|e| self.lane_error(lane, e))?;
         match self.landing.as_mut() {
             Some(_) if lane > 0 => Err(stream_error(format!(
@@ -220,6 +257,11 @@ where
         if !self.open[lane] {
             return Err(stream_error(format!("data lane {lane} ended twice")));
         }
+        if self.carrying[lane].is_some() {
+            return Err(stream_error(format!(
+                "copy lane {lane} ended inside a table"
+            )));
+        }
         self.decoders[lane]
             .finish(&end.trailer.clone().unwrap_or_default())
             .map_err(|e| self.lane_error(lane, e))?;
@@ -243,6 +285,54 @@ where
         Ok(Event::LaneEnded(0))
     }
 
+    /// A copy lane starts a slice of a table the header names, once.
+    fn table_start(&mut self, t: &pb::TableStart) -> Result<Event, StepError> {
+        let lane = t.lane as usize;
+        if lane == 0 || lane >= self.lanes() || !self.open[lane] {
+            return Err(stream_error(format!(
+                "a table started on lane {lane}, which is not an open copy lane"
+            )));
+        }
+        if self.carrying[lane].is_some() {
+            return Err(stream_error(format!(
+                "a table started on copy lane {lane} before the previous one ended"
+            )));
+        }
+        let (table, slice) = (t.table as usize, t.slice);
+        let (name, seen) = self
+            .arrived
+            .get_mut(table)
+            .and_then(|(name, slices)| Some((name, slices.get_mut(slice as usize)?)))
+            .ok_or_else(|| {
+                stream_error(format!(
+                    "copy lane {lane} started slice {slice} of lane table {table}, which the header does not name"
+                ))
+            })?;
+        if *seen {
+            return Err(stream_error(format!(
+                "slice {slice} of {name} arrived twice"
+            )));
+        }
+        *seen = true;
+        self.carrying[lane] = Some((table, slice));
+        Ok(Event::TableStart { lane, table, slice })
+    }
+
+    /// A copy lane's slice is whole: its digest so far must match.
+    fn table_end(&mut self, t: &pb::TableEnd) -> Result<Event, StepError> {
+        let lane = t.lane as usize;
+        if self.carrying.get(lane).copied().flatten().is_none() {
+            return Err(stream_error(format!(
+                "a table ended on lane {lane}, which carries none"
+            )));
+        }
+        self.decoders[lane]
+            .finish(&t.so_far.clone().unwrap_or_default())
+            .map_err(|e| self.lane_error(lane, e))?;
+        self.carrying[lane] = None;
+        Ok(Event::TableEnded { lane, rows: t.rows })
+    }
+
     fn trailer(&mut self, t: &pb::DumpTrailer) -> Result<Event, StepError> {
         if self.landing.is_some() {
             return Err(stream_error("the stream ended inside a file"));
@@ -250,6 +340,11 @@ where
         if let Some(open) = self.open.iter().position(|o| *o) {
             return Err(stream_error(format!(
                 "the stream ended with data lane {open} still open"
+            )));
+        }
+        if let Some((name, _)) = self.arrived.iter().find(|(_, s)| s.contains(&false)) {
+            return Err(stream_error(format!(
+                "the stream ended without all the rows of {name}"
             )));
         }
         self.decoders[0]

@@ -1,9 +1,10 @@
 //! Data lanes on the destination: the schema file first, whose pre-data
 //! section creates the tables; then the lanes at once, each fed through a
 //! small queue to a task of its own: lane 0 to a `pg_restore` of the rest
-//! of the data, lanes 1 and up each to one table's `COPY … FROM STDIN`
-//! (`copy.rs`); then the post-data section by several workers. A lane that
-//! stops early is reported, and the others are stopped.
+//! of the data, lanes 1 and up to copy lanes (`copy.rs`), each table's
+//! indexes and keys built as soon as it landed; then the rest of the
+//! post-data section by several workers. A lane that stops early is
+//! reported, and the others are stopped.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,64 +13,25 @@ use std::sync::atomic::Ordering;
 use futures::{Stream, StreamExt};
 use stagesync_proto::SCHEMA_FILE;
 use stagesync_proto::v1 as pb;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tonic::Status;
 
 use super::RestoreRun;
-use super::copy::CopyIn;
+use super::copy::{CopyLane, LaneInput, LaneTables};
 use super::inbound::{Event, Inbound};
 use super::post_data::{self, Plan};
 use crate::args;
 use crate::jobs::{Job, StepError, finish_tool};
 
-/// Chunks queued for one lane.
+/// Inputs queued for one lane.
 const LANE_QUEUE: usize = 4;
 
 /// One data lane on the destination.
 struct LaneFeed {
     /// Dropped at the lane's end, which ends its input.
-    tx: Option<mpsc::Sender<bytes::Bytes>>,
+    tx: Option<mpsc::Sender<LaneInput>>,
     /// Writes the lane's input and says how it ended.
     task: tokio::task::JoinHandle<Result<(), StepError>>,
-}
-
-/// Where lanes say they are in, and the slots they hold until then.
-struct Landed {
-    tx: mpsc::UnboundedSender<usize>,
-    slots: Arc<Semaphore>,
-}
-
-impl Landed {
-    fn for_lane(&self, lane: usize) -> LaneLanded {
-        LaneLanded {
-            lane,
-            tx: self.tx.clone(),
-            // There are never more lanes than slots.
-            slot: self.slots.clone().try_acquire_owned().ok(),
-        }
-    }
-}
-
-/// One lane's part of [`Landed`].
-struct LaneLanded {
-    lane: usize,
-    tx: mpsc::UnboundedSender<usize>,
-    slot: Option<OwnedSemaphorePermit>,
-}
-
-impl LaneLanded {
-    /// Runs the lane's work; when it succeeded, frees its slot and says so.
-    async fn after(
-        self,
-        work: impl std::future::Future<Output = Result<(), StepError>>,
-    ) -> Result<(), StepError> {
-        let r = work.await;
-        drop(self.slot);
-        if r.is_ok() {
-            let _ = self.tx.send(self.lane);
-        }
-        r
-    }
 }
 
 fn lane_error(lane: usize, e: StepError) -> StepError {
@@ -86,27 +48,32 @@ impl RestoreRun<'_> {
     where
         S: Stream<Item = Result<pb::DumpFrame, Status>> + Unpin,
     {
+        inbound.expect_tables(tables);
         let schema = self.land_schema(&mut inbound).await?;
         self.restore_from(args::RestoreFrom::PreDataOf(&schema))
             .await
             .map_err(|e| e.context("creating the tables"))?;
         self.job.data_lanes.store(lanes, Ordering::Relaxed);
-        let plan = self.post_data_plan(&schema, lanes as usize, tables).await;
-        tracing::info!(job = %self.job.id, lanes, early = plan.early_items(), later = plan.rest.len(), "tables created; restoring the data in lanes");
-        // Copying lanes and index builds share `jobs` slots: each lane holds
-        // one until it is in, each build one while it runs.
-        let slots = Arc::new(Semaphore::new(self.setup.jobs.max(lanes) as usize));
+        let plan = self.post_data_plan(&schema, tables).await;
+        tracing::info!(job = %self.job.id, lanes, tables = tables.len(), early = plan.early_items(), later = plan.rest.len(), "tables created; copying the data in lanes");
+        // Copied slices and index builds share `jobs` slots (never fewer
+        // than copy lanes, so a lane waiting for one never waits on a lane
+        // that waits for its data): each slice holds one while it copies,
+        // each build one while it runs.
+        let slots = Arc::new(Semaphore::new(self.setup.jobs.max(lanes - 1) as usize));
         let (landed_tx, landed) = mpsc::unbounded_channel();
-        let landing = Landed {
-            tx: landed_tx,
-            slots: slots.clone(),
-        };
+        let shared = Arc::new(LaneTables::new(tables.to_vec()));
         let mut feeds = Vec::with_capacity(lanes as usize);
-        feeds.push(self.start_restore_lane(landing.for_lane(0))?);
-        for table in tables {
-            feeds.push(self.start_copy_lane(table.clone(), landing.for_lane(table.lane as usize)));
+        feeds.push(self.start_restore_lane(landed_tx.clone())?);
+        for lane in 1..lanes {
+            feeds.push(self.start_copy_lane(
+                lane,
+                shared.clone(),
+                slots.clone(),
+                landed_tx.clone(),
+            ));
         }
-        drop(landing);
+        drop(landed_tx);
         let stop = self.job.cancel.child_token();
         let (data, built) = tokio::join!(
             async {
@@ -156,7 +123,7 @@ impl RestoreRun<'_> {
 
     /// The schema file's post-data items by when they can be built; all
     /// of them for the final pass when they cannot be listed.
-    async fn post_data_plan(&self, schema: &Path, lanes: usize, tables: &[pb::LaneTable]) -> Plan {
+    async fn post_data_plan(&self, schema: &Path, tables: &[pb::LaneTable]) -> Plan {
         let tool = self.config.postgres.bin_dir.join("pg_restore");
         let listed = tokio::process::Command::new(&tool)
             .args(["--list", "--section=post-data"])
@@ -167,7 +134,7 @@ impl RestoreRun<'_> {
             .await;
         match listed {
             Ok(out) if out.status.success() => {
-                post_data::plan(&String::from_utf8_lossy(&out.stdout), lanes, tables)
+                post_data::plan(&String::from_utf8_lossy(&out.stdout), tables)
             }
             other => {
                 tracing::warn!(job = %self.job.id, result = ?other.map(|o| o.status), "cannot list the post-data items; all are built after the data");
@@ -176,9 +143,9 @@ impl RestoreRun<'_> {
         }
     }
 
-    /// Builds each lane's tables' indexes and keys as soon as the lane is
-    /// in, one item per build, each in a free slot; returns once every
-    /// lane said it is in (or failed) and every build ended.
+    /// Builds each table's indexes and keys as soon as it landed (lane 0's
+    /// tables once lane 0 is in), one item per build, each in a free slot;
+    /// returns once every lane ended and every build ended.
     async fn build_as_lanes_land(
         &self,
         schema: &Path,
@@ -191,10 +158,10 @@ impl RestoreRun<'_> {
         let mut open = true;
         while open || !builds.is_empty() {
             tokio::select! {
-                lane = landed.recv(), if open => match lane {
-                    Some(lane) => {
-                        for (i, item) in plan.early.get(lane).into_iter().flatten().enumerate() {
-                            builds.push(self.build_one(schema, item, lane, i, slots.clone()));
+                unit = landed.recv(), if open => match unit {
+                    Some(unit) => {
+                        for (i, item) in plan.early.get(unit).into_iter().flatten().enumerate() {
+                            builds.push(self.build_one(schema, item, unit, i, slots.clone()));
                         }
                     }
                     None => open = false,
@@ -208,12 +175,13 @@ impl RestoreRun<'_> {
         Ok(())
     }
 
-    /// One post-data item, built in a slot of its own.
+    /// One post-data item, built in a slot of its own (`unit`: the plan's
+    /// index of what landed).
     async fn build_one(
         &self,
         schema: &Path,
         item: &str,
-        lane: usize,
+        unit: usize,
         i: usize,
         slots: Arc<Semaphore>,
     ) -> Result<(), StepError> {
@@ -222,7 +190,7 @@ impl RestoreRun<'_> {
             .await
             .map_err(|_| StepError::cancelled(pb::Step::PgRestore))?;
         let dir = self.job.work_dir.clone().unwrap_or_default();
-        let list = dir.join(format!("post-data-{lane}-{i}.list"));
+        let list = dir.join(format!("post-data-{unit}-{i}.list"));
         tokio::fs::write(&list, format!("{item}\n"))
             .await
             .map_err(|e| {
@@ -294,8 +262,8 @@ impl RestoreRun<'_> {
         }
     }
 
-    /// Routes each lane's bytes to its `pg_restore` until the trailer;
-    /// `Some(lane)` when that lane's pg_restore stopped reading early.
+    /// Routes each lane's input to it until the trailer; `Some(lane)` when
+    /// that lane stopped taking it early.
     async fn route<S>(
         &self,
         inbound: &mut Inbound<S>,
@@ -305,49 +273,66 @@ impl RestoreRun<'_> {
         S: Stream<Item = Result<pb::DumpFrame, Status>> + Unpin,
     {
         loop {
-            match inbound.next().await? {
-                Event::Data { lane, raw } => {
-                    let Some(tx) = feeds[lane].tx.as_ref() else {
-                        return Err(StepError::new(
-                            pb::Step::Stream,
-                            format!("data arrived on lane {lane} after its end"),
-                        ));
-                    };
-                    let taken = tokio::select! {
-                        _ = self.job.cancel.cancelled() => {
-                            return Err(StepError::cancelled(pb::Step::Stream));
-                        }
-                        r = tx.send(raw) => r,
-                    };
-                    if taken.is_err() {
-                        return Ok(Some(lane));
-                    }
+            let (lane, input) = match inbound.next().await? {
+                Event::Data { lane, raw } => (lane, LaneInput::Data(raw)),
+                Event::TableStart { lane, table, slice } => {
+                    (lane, LaneInput::Start { table, slice })
                 }
-                // Verified (by the reader) before pg_restore sees the end
-                // of its input.
-                // Lane 0's end comes before the trailer, so its tables
-                // are in (and their indexes built) while others still copy.
-                Event::LaneEnded(lane) => feeds[lane].tx = None,
+                // Checked (by the reader) before the lane commits the rows.
+                Event::TableEnded { lane, rows } => (lane, LaneInput::End { rows }),
+                // Verified (by the reader) before the lane sees the end of
+                // its input. Lane 0's end comes before the trailer, so its
+                // tables are in (and their indexes built) while others
+                // still copy.
+                Event::LaneEnded(lane) => {
+                    feeds[lane].tx = None;
+                    continue;
+                }
                 Event::End => {
                     feeds[0].tx = None;
                     return Ok(None);
                 }
                 other => return Err(other.unexpected("among the data lanes")),
+            };
+            let Some(tx) = feeds[lane].tx.as_ref() else {
+                return Err(StepError::new(
+                    pb::Step::Stream,
+                    format!("data arrived on lane {lane} after its end"),
+                ));
+            };
+            let taken = tokio::select! {
+                _ = self.job.cancel.cancelled() => {
+                    return Err(StepError::cancelled(pb::Step::Stream));
+                }
+                r = tx.send(input) => r,
+            };
+            if taken.is_err() {
+                return Ok(Some(lane));
             }
         }
     }
 
     /// Lane 0: a `pg_restore` of the data the other lanes do not carry,
     /// and the task that writes into it and waits for it.
-    fn start_restore_lane(&self, landed: LaneLanded) -> Result<LaneFeed, StepError> {
+    /// Lane 0: a `pg_restore` of the data the copy lanes do not carry,
+    /// and the task that writes into it and waits for it; once it is in,
+    /// `landed` hears 0.
+    fn start_restore_lane(
+        &self,
+        landed: mpsc::UnboundedSender<usize>,
+    ) -> Result<LaneFeed, StepError> {
         let mut tool = self.restore_from_stdin()?;
-        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(LANE_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<LaneInput>(LANE_QUEUE);
         let stdin = tool.take_stdin();
         let job = self.job.clone();
-        let task = tokio::spawn(landed.after(async move {
+        let task = tokio::spawn(async move {
             let mut complete = stdin.is_some();
             if let Some(mut stdin) = stdin {
-                while let Some(raw) = rx.recv().await {
+                while let Some(input) = rx.recv().await {
+                    let LaneInput::Data(raw) = input else {
+                        complete = false;
+                        break;
+                    };
                     if stdin.write(&raw).await.is_err() {
                         complete = false;
                         break;
@@ -355,23 +340,34 @@ impl RestoreRun<'_> {
                     job.restored.fetch_add(raw.len() as u64, Ordering::Relaxed);
                 }
             }
-            finish_tool(&job, &mut tool, complete, &job.new_database).await
-        }));
+            finish_tool(&job, &mut tool, complete, &job.new_database).await?;
+            let _ = landed.send(0);
+            Ok(())
+        });
         Ok(LaneFeed { tx: Some(tx), task })
     }
 
-    /// A lane of one table's rows, copied in by a task of its own.
-    fn start_copy_lane(&self, table: pb::LaneTable, landed: LaneLanded) -> LaneFeed {
-        let (tx, rx) = mpsc::channel::<bytes::Bytes>(LANE_QUEUE);
-        let copy = CopyIn {
+    /// A copy lane, run by a task of its own.
+    fn start_copy_lane(
+        &self,
+        lane: u32,
+        tables: Arc<LaneTables>,
+        slots: Arc<Semaphore>,
+        landed: mpsc::UnboundedSender<usize>,
+    ) -> LaneFeed {
+        let (tx, rx) = mpsc::channel::<LaneInput>(LANE_QUEUE);
+        let lane = CopyLane {
             job: self.job.clone(),
+            lane,
             pg: self.config.postgres.clone(),
             login: self.setup.login.clone(),
-            table,
+            tables,
+            slots,
+            landed,
         };
         LaneFeed {
             tx: Some(tx),
-            task: tokio::spawn(landed.after(copy.run(rx))),
+            task: tokio::spawn(lane.run(rx)),
         }
     }
 }

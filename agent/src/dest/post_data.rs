@@ -1,8 +1,8 @@
 //! Indexes as tables land. The post-data items of a lane stream's schema
 //! file (`pg_restore -l`) are split by when they can be built: a table's
 //! own indexes and its primary-key, unique and check constraints as soon
-//! as its lane is in (lane 0's tables once lane 0 is), while the other
-//! lanes still copy; everything else (foreign keys, triggers, rules, index
+//! as it landed (lane 0's tables once lane 0 is in), while other tables
+//! still copy; everything else (foreign keys, triggers, rules, index
 //! attachments, and any line that cannot be read without doubt) waits for
 //! the final pass, where pg_restore orders it by its dependencies.
 
@@ -11,8 +11,8 @@ use stagesync_proto::v1 as pb;
 /// The post-data items, by when they run.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Per lane: the listing lines of the items that can be built once
-    /// that lane is in.
+    /// The listing lines of the items that can be built once what landed:
+    /// at 0, lane 0's tables; at `i + 1`, lane table `i`.
     pub early: Vec<Vec<String>>,
     /// The listing lines of everything else, for the final pass.
     pub rest: Vec<String>,
@@ -25,11 +25,11 @@ impl Plan {
     }
 }
 
-/// Splits `pg_restore -l --section=post-data` output for `lanes` lanes, of
-/// which lanes 1 and up carry `tables`.
-pub fn plan(listing: &str, lanes: usize, tables: &[pb::LaneTable]) -> Plan {
+/// Splits `pg_restore -l --section=post-data` output for a stream whose
+/// copy lanes carry `tables`.
+pub fn plan(listing: &str, tables: &[pb::LaneTable]) -> Plan {
     let mut plan = Plan {
-        early: vec![Vec::new(); lanes.max(1)],
+        early: vec![Vec::new(); tables.len() + 1],
         rest: Vec::new(),
     };
     for line in listing.lines() {
@@ -37,17 +37,18 @@ pub fn plan(listing: &str, lanes: usize, tables: &[pb::LaneTable]) -> Plan {
         if item.is_empty() || item.starts_with(';') {
             continue;
         }
-        match lane_of(item, tables) {
-            Some(lane) if lane < plan.early.len() => plan.early[lane].push(item.to_string()),
+        match landing_of(item, tables) {
+            Some(unit) => plan.early[unit].push(item.to_string()),
             _ => plan.rest.push(item.to_string()),
         }
     }
     plan
 }
 
-/// The lane after which `item` can be built, if it is a table's own index
-/// or constraint and its line reads one way only.
-fn lane_of(item: &str, tables: &[pb::LaneTable]) -> Option<usize> {
+/// What must land before `item` can be built (0: lane 0; `i + 1`: lane
+/// table `i`), if it is a table's own index or constraint and its line
+/// reads one way only.
+fn landing_of(item: &str, tables: &[pb::LaneTable]) -> Option<usize> {
     // `ID; CATALOG OID TYPE SCHEMA TAG OWNER`.
     let (_, rest) = item.split_once("; ")?;
     let mut words = rest.splitn(3, ' ');
@@ -57,12 +58,12 @@ fn lane_of(item: &str, tables: &[pb::LaneTable]) -> Option<usize> {
             return None;
         }
         // SCHEMA NAME OWNER
-        for t in tables {
+        for (i, t) in tables.iter().enumerate() {
             for index in &t.indexes {
                 if let Some(owner) = body.strip_prefix(&format!("{} {index} ", t.schema))
                     && single_word(owner)
                 {
-                    return Some(t.lane as usize);
+                    return Some(i + 1);
                 }
             }
         }
@@ -70,11 +71,11 @@ fn lane_of(item: &str, tables: &[pb::LaneTable]) -> Option<usize> {
     }
     if let Some(body) = desc.strip_prefix("CONSTRAINT ") {
         // SCHEMA TABLE NAME OWNER
-        for t in tables {
+        for (i, t) in tables.iter().enumerate() {
             if let Some(after) = body.strip_prefix(&format!("{} {} ", t.schema, t.table))
                 && after.split(' ').count() == 2
             {
-                return Some(t.lane as usize);
+                return Some(i + 1);
             }
         }
         return (body.split(' ').count() == 4).then_some(0);
@@ -107,15 +108,15 @@ mod tests {
 ";
 
     #[test]
-    fn a_tables_indexes_and_keys_follow_its_lane() {
+    fn a_tables_indexes_and_keys_follow_its_landing() {
         let big = pb::LaneTable {
-            lane: 1,
             schema: "public".into(),
             table: "big".into(),
             columns: vec!["id".into()],
             indexes: vec!["big_pkey".into(), "big_u_key".into(), "big_v".into()],
+            slices: 1,
         };
-        let p = plan(LISTING, 2, &[big]);
+        let p = plan(LISTING, &[big]);
         let ids = |lines: &[String]| -> Vec<String> {
             lines
                 .iter()
@@ -128,8 +129,8 @@ mod tests {
         assert_eq!(ids(&p.early[0]), ["3221", "3222"]);
         assert_eq!(ids(&p.rest), ["3219", "3220", "3223", "3224", "3225"]);
         assert_eq!(p.early_items(), 5);
-        // Without lanes, everything is early for lane 0 or waits.
-        let p = plan(LISTING, 0, &[]);
+        // Without copy lanes, everything is early for lane 0 or waits.
+        let p = plan(LISTING, &[]);
         assert_eq!(p.early.len(), 1);
         assert_eq!(ids(&p.early[0]), ["3214", "3216", "3221", "3222", "3217"]);
     }

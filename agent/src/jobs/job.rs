@@ -66,6 +66,14 @@ pub struct Job {
     pub data_lanes: AtomicU32,
     /// Destination: indexes and keys built as their tables landed.
     pub indexes_built: AtomicU32,
+    /// Destination: tables the copy lanes brought in whole.
+    pub tables_copied: AtomicU32,
+    /// Destination: rows the copy lanes committed.
+    pub rows_copied: AtomicU64,
+    /// Destination: slices the copy lanes committed.
+    pub slices_copied: AtomicU32,
+    /// Destination: what each copy lane copies now (index: lane - 1).
+    pub lanes: Mutex<Vec<pb::LaneProgress>>,
     /// Destination: rows of staging's own kept.
     pub rows_kept: AtomicU64,
     /// Destination: rows were to be kept, and there was no live database.
@@ -113,6 +121,10 @@ impl Job {
             post_data_jobs: AtomicU32::new(0),
             data_lanes: AtomicU32::new(0),
             indexes_built: AtomicU32::new(0),
+            tables_copied: AtomicU32::new(0),
+            rows_copied: AtomicU64::new(0),
+            slices_copied: AtomicU32::new(0),
+            lanes: Mutex::new(Vec::new()),
             rows_kept: AtomicU64::new(0),
             nothing_to_keep: AtomicBool::new(false),
             pipeline: tokio::sync::Mutex::new(()),
@@ -288,7 +300,23 @@ impl Job {
             data_lanes: self.data_lanes.load(Ordering::Relaxed),
             rows_kept: self.rows_kept.load(Ordering::Relaxed),
             indexes_built: self.indexes_built.load(Ordering::Relaxed),
+            tables_copied: self.tables_copied.load(Ordering::Relaxed),
+            slices_copied: self.slices_copied.load(Ordering::Relaxed),
+            rows_copied: self.rows_copied.load(Ordering::Relaxed),
+            lanes: self.lanes.lock().map(|l| l.clone()).unwrap_or_default(),
             nothing_to_keep: self.nothing_to_keep.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Updates copy lane `lane`'s entry in the status.
+    pub fn lane_progress(&self, lane: u32, update: impl FnOnce(&mut pb::LaneProgress)) {
+        if let Ok(mut lanes) = self.lanes.lock() {
+            let i = lane.saturating_sub(1) as usize;
+            if lanes.len() <= i {
+                lanes.resize_with(i + 1, Default::default);
+            }
+            lanes[i].lane = lane;
+            update(&mut lanes[i]);
         }
     }
 

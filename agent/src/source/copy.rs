@@ -1,7 +1,8 @@
-//! A data lane's rows on the source: `COPY schema.table (columns) TO
-//! STDOUT` in a session that imported the dump's snapshot, so the lane sees
-//! exactly what the schema and the other lanes see. PostgreSQL sends a row
-//! a message; they are gathered into chunks of the frame size.
+//! A copy lane's rows on the source: `COPY … TO STDOUT` in a session that
+//! imported the dump's snapshot, so every lane sees exactly what the schema
+//! and the other lanes see. One session serves a lane's tables one after
+//! the other. PostgreSQL sends a row a message; they are gathered into
+//! chunks of the frame size.
 
 use std::pin::Pin;
 
@@ -9,64 +10,89 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
 
+use super::layout::CopyTable;
 use crate::args::TableName;
 use crate::config::PostgresConfig;
 use crate::frames::CHUNK;
 use crate::pg;
 use crate::sql::{ident, literal};
 
-/// One table's COPY output, in chunks.
-pub struct CopyChunks {
-    stream: Pin<Box<CopyOutStream>>,
-    buf: BytesMut,
-    done: bool,
-    /// The session the COPY runs in; it ends with the lane.
-    _session: Client,
+/// Session settings both ends of a copy lane share, so values print and
+/// parse the same way whatever the servers' defaults: pg_dump's own.
+pub const COPY_SETTINGS: &str = "SET datestyle = ISO; SET intervalstyle = postgres; \
+     SET extra_float_digits = 3; SET row_security = off";
+
+/// One copy lane's session on the snapshot.
+pub struct CopySession {
+    client: Client,
 }
 
-impl CopyChunks {
-    /// Starts the COPY of `table`'s `columns` on `snapshot`.
+impl CopySession {
+    /// Connects to `database` and imports `snapshot`.
     pub async fn open(
         pg: &PostgresConfig,
         database: &str,
         snapshot: &str,
-        table: &TableName,
-        columns: &[String],
-    ) -> Result<CopyChunks, String> {
-        let name = format!("{}.{}", table.schema, table.table);
+    ) -> Result<CopySession, String> {
         let fail = |what: &str, e: tokio_postgres::Error| {
-            format!("{what} for the lane of {name}: {}", pg::error_chain(&e))
+            format!("{what} for a copy lane: {}", pg::error_chain(&e))
         };
-        let session = pg::connect(pg, database)
+        let client = pg::connect(pg, database)
             .await
             .map_err(|e| fail("connecting", e))?;
-        session
+        // The transaction stays open between tables: a server-wide
+        // idle-in-transaction timeout must not end it (and the snapshot).
+        client
             .batch_execute(&format!(
-                "SET idle_in_transaction_session_timeout = 0; \
+                "SET idle_in_transaction_session_timeout = 0; {COPY_SETTINGS}; \
                  BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
                  SET TRANSACTION SNAPSHOT {}",
                 literal(snapshot)
             ))
             .await
             .map_err(|e| fail("importing the snapshot", e))?;
-        let stream = session
-            .copy_out(&copy_out_sql(table, columns))
-            .await
-            .map_err(|e| fail("starting the COPY", e))?;
+        Ok(CopySession { client })
+    }
+
+    /// Starts the COPY of slice `slice` of `table`.
+    pub async fn copy(&self, table: &CopyTable, slice: u32) -> Result<CopyChunks, String> {
+        let sql = copy_out_sql(&table.name, &table.columns, slice_range(table, slice));
+        let stream = self.client.copy_out(&sql).await.map_err(|e| {
+            format!(
+                "starting the COPY of {}.{}: {}",
+                table.name.schema,
+                table.name.table,
+                pg::error_chain(&e)
+            )
+        })?;
         Ok(CopyChunks {
             stream: Box::pin(stream),
             buf: BytesMut::with_capacity(CHUNK * 2),
             done: false,
-            _session: session,
+            rows: 0,
         })
     }
+}
 
+/// One table's (or slice's) COPY output, in chunks.
+pub struct CopyChunks {
+    stream: Pin<Box<CopyOutStream>>,
+    buf: BytesMut,
+    done: bool,
+    /// Rows read so far (one message each).
+    pub rows: u64,
+}
+
+impl CopyChunks {
     /// The next chunk: `CHUNK` bytes, fewer only at the end, and empty once
     /// the COPY is over.
     pub async fn next(&mut self) -> std::io::Result<Bytes> {
         while self.buf.len() < CHUNK && !self.done {
             match self.stream.next().await {
-                Some(Ok(row)) => self.buf.extend_from_slice(&row),
+                Some(Ok(row)) => {
+                    self.rows += 1;
+                    self.buf.extend_from_slice(&row);
+                }
                 Some(Err(e)) => {
                     return Err(std::io::Error::other(pg::error_without_values(&e)));
                 }
@@ -78,14 +104,36 @@ impl CopyChunks {
     }
 }
 
-/// `COPY "schema"."table" ("a", "b") TO STDOUT`.
-pub fn copy_out_sql(table: &TableName, columns: &[String]) -> String {
-    format!(
-        "COPY {}.{} ({}) TO STDOUT",
-        ident(&table.schema),
-        ident(&table.table),
-        column_list(columns)
-    )
+/// The blocks `[from, to)` of a table's slice (`to` None: to the end, so
+/// rows past the size read at the start are not missed).
+pub fn slice_range(table: &CopyTable, slice: u32) -> Option<(u64, Option<u64>)> {
+    if table.slices <= 1 {
+        return None;
+    }
+    let per = table.blocks.div_ceil(table.slices as u64).max(1);
+    let from = per * slice as u64;
+    let to = (slice + 1 < table.slices).then(|| per * (slice as u64 + 1));
+    Some((from, to))
+}
+
+/// `COPY "schema"."table" ("a", "b") TO STDOUT`, or for a block range
+/// `COPY (SELECT … WHERE ctid >= '(from,0)' AND ctid < '(to,0)') TO STDOUT`.
+pub fn copy_out_sql(
+    table: &TableName,
+    columns: &[String],
+    range: Option<(u64, Option<u64>)>,
+) -> String {
+    let name = format!("{}.{}", ident(&table.schema), ident(&table.table));
+    let columns = column_list(columns);
+    match range {
+        None => format!("COPY {name} ({columns}) TO STDOUT"),
+        Some((from, to)) => {
+            let upper = to.map_or(String::new(), |to| format!(" AND ctid < '({to},0)'::tid"));
+            format!(
+                "COPY (SELECT {columns} FROM ONLY {name} WHERE ctid >= '({from},0)'::tid{upper}) TO STDOUT"
+            )
+        }
+    }
 }
 
 /// Columns, each quoted.
@@ -101,15 +149,44 @@ pub fn column_list(columns: &[String]) -> String {
 mod tests {
     use super::*;
 
+    fn table(slices: u32, blocks: u64) -> CopyTable {
+        CopyTable {
+            name: TableName {
+                schema: "My App".into(),
+                table: "odd\"name".into(),
+            },
+            columns: vec!["id".into(), "Body Text".into()],
+            indexes: Vec::new(),
+            bytes: blocks * 8192,
+            blocks,
+            slices,
+        }
+    }
+
     #[test]
     fn the_copy_names_every_part_quoted() {
-        let t = TableName {
-            schema: "My App".into(),
-            table: "odd\"name".into(),
-        };
+        let t = table(1, 10);
         assert_eq!(
-            copy_out_sql(&t, &["id".into(), "Body Text".into()]),
+            copy_out_sql(&t.name, &t.columns, slice_range(&t, 0)),
             "COPY \"My App\".\"odd\"\"name\" (\"id\", \"Body Text\") TO STDOUT"
+        );
+    }
+
+    #[test]
+    fn slices_cover_every_block_once() {
+        let t = table(3, 10);
+        assert_eq!(slice_range(&t, 0), Some((0, Some(4))));
+        assert_eq!(slice_range(&t, 1), Some((4, Some(8))));
+        // The last is open-ended.
+        assert_eq!(slice_range(&t, 2), Some((8, None)));
+        assert_eq!(
+            copy_out_sql(&t.name, &t.columns, slice_range(&t, 1)),
+            "COPY (SELECT \"id\", \"Body Text\" FROM ONLY \"My App\".\"odd\"\"name\" \
+             WHERE ctid >= '(4,0)'::tid AND ctid < '(8,0)'::tid) TO STDOUT"
+        );
+        assert!(
+            copy_out_sql(&t.name, &t.columns, slice_range(&t, 2))
+                .ends_with("WHERE ctid >= '(8,0)'::tid) TO STDOUT")
         );
     }
 }

@@ -6,7 +6,7 @@
 use stagesync_proto::v1 as pb;
 
 use crate::args::{self, TableName};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, JobLimits};
 use crate::jobs::Job;
 use crate::pg;
 
@@ -22,17 +22,29 @@ pub struct Layout {
     pub shape: pb::Shape,
     /// Shared by the data and schema dumps when the schema travels apart.
     pub snapshot: Option<Snapshot>,
-    /// The tables with lanes of their own (lanes 1 and up).
-    pub tables: Vec<TableName>,
-    /// Their stored columns, in order, for the COPY each lane runs.
-    pub columns: Vec<Vec<String>>,
-    /// Their indexes' names, which the destination builds as each lands.
-    pub indexes: Vec<Vec<String>>,
+    /// The tables the copy lanes carry, largest first.
+    pub tables: Vec<CopyTable>,
+}
+
+/// A table whose rows the copy lanes carry.
+#[derive(Clone, Debug)]
+pub struct CopyTable {
+    pub name: TableName,
+    /// Stored columns, in order, for the COPY.
+    pub columns: Vec<String>,
+    /// Its indexes' names, which the destination builds as it lands.
+    pub indexes: Vec<String>,
+    /// Heap and TOAST bytes, to schedule the largest first.
+    pub bytes: u64,
+    /// Its heap's blocks when the snapshot was taken.
+    pub blocks: u64,
+    /// Block ranges it travels in (1: whole).
+    pub slices: u32,
 }
 
 impl Layout {
     /// Chooses the layout: a snapshot when the agreed shape has a schema
-    /// file, and lanes for the largest tables when it has lanes.
+    /// file, and copy lanes for the tables when it has lanes.
     pub async fn choose(
         cfg: &AgentConfig,
         job: &Job,
@@ -50,53 +62,73 @@ impl Layout {
                 }
             },
         };
-        let picked = match &snapshot {
-            Some(s) if agreed.lanes() > 1 => {
-                let max = agreed.lanes() as usize - 1;
-                let min = cfg.jobs.lane_min_table_bytes;
-                lane_tables(&s.session, dump, max, min)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(job = %job.id, error = %e, "cannot pick tables for data lanes; the data travels in one stream");
-                        Vec::new()
-                    })
-            }
+        let tables = match &snapshot {
+            Some(s) if agreed.lanes() > 1 => copy_tables(&s.session, dump, &cfg.jobs)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(job = %job.id, error = %e, "cannot list the tables for copy lanes; the data travels in one stream");
+                    Vec::new()
+                }),
             _ => Vec::new(),
         };
-        let (mut tables, mut columns, mut indexes) = (Vec::new(), Vec::new(), Vec::new());
-        for p in picked {
-            tables.push(p.name);
-            columns.push(p.columns);
-            indexes.push(p.indexes);
-        }
-        let lanes = match tables.len() {
+        // Lane 0 and as many copy lanes as were agreed, or as there are
+        // slices to copy.
+        let slices: u64 = tables.iter().map(|t| t.slices as u64).sum();
+        let lanes = match slices {
             0 => 0,
-            n => n as u32 + 1,
+            n => n.min(agreed.lanes() as u64 - 1) as u32 + 1,
         };
         Layout {
             shape: agreed.lowered(snapshot.is_some(), lanes),
             snapshot,
             tables,
-            columns,
-            indexes,
         }
     }
 
-    /// What the header says each lane carries.
+    /// The copy lanes' tables as the header names them.
     pub fn lane_tables(&self) -> Vec<pb::LaneTable> {
         self.tables
             .iter()
-            .zip(self.columns.iter().zip(&self.indexes))
-            .enumerate()
-            .map(|(i, (t, (columns, indexes)))| pb::LaneTable {
-                lane: i as u32 + 1,
-                schema: t.schema.clone(),
-                table: t.table.clone(),
-                columns: columns.clone(),
-                indexes: indexes.clone(),
+            .map(|t| pb::LaneTable {
+                schema: t.name.schema.clone(),
+                table: t.name.table.clone(),
+                columns: t.columns.clone(),
+                indexes: t.indexes.clone(),
+                slices: t.slices,
             })
             .collect()
     }
+
+    /// The tables whose data lane 0's pg_dump leaves out.
+    pub fn copied(&self) -> Vec<TableName> {
+        self.tables.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// The copy lanes' work, largest first: `(table, slice)`.
+    pub fn work(&self) -> Vec<Slice> {
+        let mut work: Vec<Slice> = self
+            .tables
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                (0..t.slices).map(move |s| Slice {
+                    table: i as u32,
+                    slice: s,
+                    bytes: t.bytes / t.slices as u64,
+                })
+            })
+            .collect();
+        work.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.table.cmp(&b.table)));
+        work
+    }
+}
+
+/// One unit of a copy lane's work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slice {
+    pub table: u32,
+    pub slice: u32,
+    pub bytes: u64,
 }
 
 /// Opens a read-only repeatable-read transaction on `database` and exports
@@ -129,13 +161,24 @@ async fn export_snapshot(cfg: &AgentConfig, database: &str) -> Result<Snapshot, 
     Ok(Snapshot { session, id })
 }
 
-/// Tables listed beyond the lanes wanted, to make up for those the plan
-/// leaves out.
-const EXCLUDED_ROOM: usize = 64;
+/// The most tables the copy lanes carry; lane 0 carries any others.
+pub const MAX_COPY_TABLES: i64 = 4000;
 
-/// The largest ordinary tables (heap and TOAST, not indexes), at most
-/// `max + EXCLUDED_ROOM`, none below `min_bytes`, biggest first.
-const LARGEST_TABLES: &str = "SELECT n.nspname::text, c.relname::text \
+/// Every ordinary table (partitions too, each leaf on its own; not
+/// temporary, not an extension's) of at least `$1` bytes, biggest first,
+/// at most `$2`, with its size in bytes and blocks, whether it is unlogged,
+/// its stored columns (not dropped, not generated) and its indexes.
+const COPY_TABLES: &str = "SELECT n.nspname::text, c.relname::text, \
+       pg_catalog.pg_table_size(c.oid)::int8, \
+       (pg_catalog.pg_relation_size(c.oid) \
+           / pg_catalog.current_setting('block_size')::int8)::int8, \
+       c.relpersistence = 'u', \
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             AND a.attgenerated = '' ORDER BY a.attnum), \
+       ARRAY(SELECT ic.relname::text FROM pg_catalog.pg_index i \
+           JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+           WHERE i.indrelid = c.oid ORDER BY 1) \
      FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
@@ -144,47 +187,24 @@ const LARGEST_TABLES: &str = "SELECT n.nspname::text, c.relname::text \
            WHERE d.classid = 'pg_catalog.pg_class'::regclass \
              AND d.objid = c.oid AND d.deptype = 'e') \
        AND pg_catalog.pg_table_size(c.oid) >= $1 \
-     ORDER BY pg_catalog.pg_table_size(c.oid) DESC, c.oid \
+     ORDER BY 3 DESC, c.oid \
      LIMIT $2";
 
-/// A table's stored columns (not dropped, not generated), in order.
-const STORED_COLUMNS: &str = "SELECT a.attname::text FROM pg_catalog.pg_attribute a \
-     WHERE a.attrelid = (SELECT c.oid FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relname = $2) \
-       AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
-     ORDER BY a.attnum";
-
-/// A table's indexes.
-const INDEXES: &str = "SELECT ic.relname::text FROM pg_catalog.pg_index i \
-     JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
-     WHERE i.indrelid = (SELECT c.oid FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relname = $2) \
-     ORDER BY 1";
-
-/// A table picked for a lane of its own.
-struct Picked {
-    name: TableName,
-    columns: Vec<String>,
-    indexes: Vec<String>,
-}
-
-/// The tables that get data lanes of their own, with their stored columns:
-/// the largest, at most `max`, none below `min_bytes` and none whose data
-/// the plan leaves out. Not when the plan filters schemas (pg_dump applies
-/// those to no table named on its own). Read on the snapshot's own
-/// session, so they are the tables the lanes will see.
-async fn lane_tables(
+/// The tables the copy lanes carry, read on the snapshot's own session
+/// (so they are the tables the lanes will see): every table of at least
+/// `jobs.lane_min_table_bytes` whose data the plan does not leave out and
+/// whose name pg_dump can be given exactly, largest first; those above
+/// `jobs.split_table_bytes` in slices. None when the plan filters schemas
+/// (pg_dump applies those to no table named on its own).
+async fn copy_tables(
     session: &tokio_postgres::Client,
     dump: &pb::DumpOptions,
-    max: usize,
-    min_bytes: u64,
-) -> Result<Vec<Picked>, String> {
-    if max == 0 || !dump.schemas.is_empty() || !dump.exclude_schemas.is_empty() {
+    limits: &JobLimits,
+) -> Result<Vec<CopyTable>, String> {
+    if !dump.schemas.is_empty() || !dump.exclude_schemas.is_empty() {
         return Ok(Vec::new());
     }
-    // A table whose data the plan leaves out would make an empty lane.
+    // A table whose data the plan leaves out stays out.
     let mut excluded = Vec::new();
     for p in dump.exclude_tables.iter().chain(&dump.exclude_table_data) {
         match args::TablePattern::parse(p) {
@@ -194,70 +214,72 @@ async fn lane_tables(
             Err(_) => return Ok(Vec::new()),
         }
     }
+    let no_unlogged = dump
+        .extra_args
+        .iter()
+        .any(|a| a == "--no-unlogged-table-data");
+    let read = |what: &'static str| {
+        move |e: tokio_postgres::Error| format!("reading {what}: {}", pg::error_chain(&e))
+    };
     // pg_dump matches patterns in the database's encoding; names that are
     // not plain ASCII get lanes only where that is UTF-8, as ours.
-    let utf8 = session
-        .query_one("SELECT current_setting('server_encoding') = 'UTF8'", &[])
-        .await
-        .and_then(|r| r.try_get::<_, bool>(0))
-        .map_err(|e| format!("reading the server encoding: {}", pg::error_chain(&e)))?;
-    let limit = (max + EXCLUDED_ROOM) as i64;
-    let rows = session
-        .query(
-            LARGEST_TABLES,
-            &[&(min_bytes.min(i64::MAX as u64) as i64), &limit],
+    let row = session
+        .query_one(
+            "SELECT current_setting('server_encoding') = 'UTF8', \
+                    current_setting('server_version_num')::int4",
+            &[],
         )
         .await
-        .map_err(|e| format!("listing the largest tables: {}", pg::error_chain(&e)))?;
+        .map_err(read("the server encoding and version"))?;
+    let utf8: bool = row.try_get(0).map_err(read("the server encoding"))?;
+    // Block ranges are scanned alone from PostgreSQL 14 (TID range scans).
+    let can_split = row.try_get::<_, i32>(1).map_err(read("the version"))? >= 140000;
+    let min = limits.lane_min_table_bytes.min(i64::MAX as u64) as i64;
+    let rows = session
+        .query(COPY_TABLES, &[&min, &MAX_COPY_TABLES])
+        .await
+        .map_err(read("the tables to copy"))?;
     let mut tables = Vec::with_capacity(rows.len());
     for row in rows {
         let name = TableName {
-            schema: row.try_get(0).map_err(|e| e.to_string())?,
-            table: row.try_get(1).map_err(|e| e.to_string())?,
+            schema: row.try_get(0).map_err(read("the tables to copy"))?,
+            table: row.try_get(1).map_err(read("the tables to copy"))?,
         };
-        // A name pg_dump cannot be given exactly stays in lane 0.
+        let bytes = row
+            .try_get::<_, i64>(2)
+            .map_err(read("a table's size"))?
+            .max(0) as u64;
+        let blocks = row
+            .try_get::<_, i64>(3)
+            .map_err(read("a table's size"))?
+            .max(0) as u64;
+        let unlogged: bool = row.try_get(4).map_err(read("a table's persistence"))?;
+        let columns: Vec<String> = row.try_get(5).map_err(read("a table's columns"))?;
+        let indexes: Vec<String> = row.try_get(6).map_err(read("a table's indexes"))?;
+        // A name pg_dump cannot be given exactly stays in lane 0, and so
+        // does a table of generated columns only (no rows to copy by name).
         let ascii = name.schema.is_ascii() && name.table.is_ascii();
-        let left_out = excluded.iter().any(|p| p.matches(&name));
-        if name.exact_pattern().is_ok() && (utf8 || ascii) && !left_out {
-            tables.push(name);
+        let left_out = excluded.iter().any(|p| p.matches(&name)) || (unlogged && no_unlogged);
+        if name.exact_pattern().is_err() || !(utf8 || ascii) || left_out || columns.is_empty() {
+            continue;
         }
+        let slices = match limits.split_table_bytes {
+            Some(split) if can_split && blocks > 1 && bytes > split => {
+                bytes.div_ceil(split).min(blocks).min(MAX_SLICES as u64) as u32
+            }
+            _ => 1,
+        };
+        tables.push(CopyTable {
+            name,
+            columns,
+            indexes,
+            bytes,
+            blocks,
+            slices,
+        });
     }
-    tables.truncate(max);
-    let mut picked = Vec::with_capacity(tables.len());
-    for t in tables {
-        let p = describe(session, t).await?;
-        // A table of generated columns only has no rows to copy by name.
-        if !p.columns.is_empty() {
-            picked.push(p);
-        }
-    }
-    Ok(picked)
+    Ok(tables)
 }
 
-/// A lane table's stored columns and its indexes, read on the snapshot.
-async fn describe(session: &tokio_postgres::Client, t: TableName) -> Result<Picked, String> {
-    let names = |sql: &'static str, what: &'static str| {
-        let t = &t;
-        async move {
-            let rows = session
-                .query(sql, &[&t.schema, &t.table])
-                .await
-                .map_err(|e| {
-                    format!(
-                        "reading the {what} of {}.{}: {}",
-                        t.schema,
-                        t.table,
-                        pg::error_chain(&e)
-                    )
-                })?;
-            Ok::<Vec<String>, String>(rows.iter().map(|r| r.get(0)).collect())
-        }
-    };
-    let columns = names(STORED_COLUMNS, "columns").await?;
-    let indexes = names(INDEXES, "indexes").await?;
-    Ok(Picked {
-        name: t,
-        columns,
-        indexes,
-    })
-}
+/// The most slices one table is split into.
+pub const MAX_SLICES: u32 = 64;

@@ -11,6 +11,8 @@
 //! - [`outbound`]: frames into the stream, with backpressure.
 
 mod copy;
+pub use copy::COPY_SETTINGS;
+pub use layout::MAX_SLICES;
 mod lanes;
 mod layout;
 mod outbound;
@@ -260,8 +262,7 @@ impl DumpRun {
         let produced = match (layout.shape.stream_mode(), &layout.snapshot) {
             (pb::Mode::Parallel, _) => self.produce_parallel(&mut enc).await,
             (_, Some(snapshot)) if layout.shape.lanes() > 1 => {
-                self.produce_lanes(&mut enc, &snapshot.id, &layout.tables, &layout.columns)
-                    .await
+                self.produce_lanes(&mut enc, &snapshot.id, layout).await
             }
             (_, snapshot) => {
                 self.produce_stream(&mut enc, snapshot.as_ref().map(|s| s.id.as_str()))

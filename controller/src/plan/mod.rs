@@ -87,7 +87,8 @@ pub struct PlanPair {
     pub owner: String,
     pub mode: pb::Mode,
     pub jobs: u32,
-    /// Stream mode: at most this many concurrent data lanes (None: `jobs`).
+    /// Stream mode: at most this many concurrent COPY lanes (None: `jobs`;
+    /// 0: none, all data in pg_dump's stream).
     pub lanes: Option<u32>,
     pub compress: crate::refresh::Compress,
     pub dump: pb::DumpOptions,

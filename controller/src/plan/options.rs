@@ -86,10 +86,10 @@ impl PairCheck<'_> {
     /// None: as many lanes as `jobs`.
     fn lanes(&self, o: &RawOptions) -> Result<Option<u32>, ConfigError> {
         match &o.lanes {
-            Some(l) if !(1..=stagesync_proto::MAX_DATA_LANES).contains(l.get_ref()) => self.at.err(
+            Some(l) if *l.get_ref() > stagesync_proto::MAX_COPY_LANES => self.at.err(
                 l.span(),
                 "lanes",
-                format!("must be 1 to {}", stagesync_proto::MAX_DATA_LANES),
+                format!("must be 0 to {}", stagesync_proto::MAX_COPY_LANES),
             ),
             l => Ok(l.as_ref().map(|l| *l.get_ref())),
         }

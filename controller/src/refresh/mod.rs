@@ -72,6 +72,11 @@ pub struct Report {
     /// Indexes and keys built as their tables landed, before the final
     /// post-data pass.
     pub indexes_built: u32,
+    /// Tables the copy lanes brought in, the slices and rows they
+    /// committed (0: the data came in pg_dump's stream).
+    pub tables_copied: u32,
+    pub slices_copied: u32,
+    pub rows_copied: u64,
     /// Rows of staging's own kept across the refresh.
     pub rows_kept: u64,
     /// Rows were to be kept, and there was no live database (a first
@@ -325,6 +330,9 @@ fn report(
         post_data_jobs: d.post_data_jobs,
         data_lanes: d.data_lanes,
         indexes_built: d.indexes_built,
+        tables_copied: d.tables_copied,
+        slices_copied: d.slices_copied,
+        rows_copied: d.rows_copied,
         rows_kept: d.rows_kept,
         nothing_to_keep: d.nothing_to_keep,
         elapsed,

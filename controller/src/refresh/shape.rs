@@ -38,10 +38,11 @@ fn split_post_data(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoRespon
         && can(dst, feature)
 }
 
-/// How many data lanes a split stream may use: up to `spec.jobs` (or the
-/// plan's `lanes`) when both agents can, except with schema filters
-/// (pg_dump does not apply them to tables named on their own). The source
-/// decides how many it really uses, by the size of the tables.
+/// How many data lanes a split stream may use: lane 0 and up to
+/// `spec.jobs` (or the plan's `lanes`) copy lanes when both agents can,
+/// except with schema filters (pg_dump does not apply them to tables named
+/// on their own). The source decides how many it really uses, by its
+/// tables.
 fn data_lanes(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -> u32 {
     let feature = stagesync_proto::FEATURE_DATA_LANES;
     if !can(src, feature)
@@ -52,8 +53,8 @@ fn data_lanes(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -
         return 0;
     }
     match spec.lanes.unwrap_or(spec.jobs).min(spec.jobs) {
-        0 | 1 => 0,
-        n => n.min(stagesync_proto::MAX_DATA_LANES),
+        0 => 0,
+        n => n.min(stagesync_proto::MAX_COPY_LANES) + 1,
     }
 }
 
@@ -109,12 +110,14 @@ mod tests {
         ]);
         let split_only = with(&[stagesync_proto::FEATURE_SPLIT_POST_DATA]);
         let agreed = |spec: &PairSpec, s, d| agree(spec, s, d).data_lanes;
-        assert_eq!(agreed(&spec, &lanes, &lanes), 3);
+        assert_eq!(agreed(&spec, &lanes, &lanes), 4, "lane 0 and 3 copy lanes");
         assert_eq!(agreed(&spec, &lanes, &split_only), 0, "old destination");
         assert_eq!(agreed(&spec, &split_only, &lanes), 0, "old source");
         spec.lanes = Some(2);
-        assert_eq!(agreed(&spec, &lanes, &lanes), 2, "capped by the plan");
+        assert_eq!(agreed(&spec, &lanes, &lanes), 3, "capped by the plan");
         spec.lanes = Some(1);
+        assert_eq!(agreed(&spec, &lanes, &lanes), 2, "one copy lane");
+        spec.lanes = Some(0);
         assert_eq!(agreed(&spec, &lanes, &lanes), 0, "one data stream");
         spec.lanes = None;
         spec.jobs = 100;

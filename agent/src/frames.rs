@@ -1,6 +1,7 @@
 //! The dump stream's framing: chunks of about 256 KiB, each compressed on
-//! its own (zstd) and checked with CRC32C, plus a running SHA-256 of the raw
-//! bytes that the trailer carries.
+//! its own (zstd) and checked with CRC32C, plus a running digest of the raw
+//! bytes (BLAKE3 between agents, SHA-256 for a backup read back) that lane
+//! ends and the trailer carry.
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -16,25 +17,66 @@ pub const MAX_MESSAGE: usize = 2 * 1024 * 1024;
 /// zstd level 1: several hundred MB/s per core, and dumps compress well.
 const ZSTD_LEVEL: i32 = 1;
 
+/// A running digest of a stream's raw bytes.
+#[derive(Clone)]
+enum Hasher {
+    Sha256(Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    fn new(digest: pb::Digest) -> Self {
+        match digest {
+            pb::Digest::Sha256 => Hasher::Sha256(Sha256::new()),
+            pb::Digest::Blake3 => Hasher::Blake3(Box::default()),
+        }
+    }
+
+    fn kind(&self) -> pb::Digest {
+        match self {
+            Hasher::Sha256(_) => pb::Digest::Sha256,
+            Hasher::Blake3(_) => pb::Digest::Blake3,
+        }
+    }
+
+    fn update(&mut self, raw: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(raw),
+            Hasher::Blake3(h) => {
+                h.update(raw);
+            }
+        }
+    }
+
+    /// The digest so far (the hasher goes on).
+    fn so_far(&self) -> Vec<u8> {
+        match self {
+            Hasher::Sha256(h) => h.clone().finalize().to_vec(),
+            Hasher::Blake3(h) => h.finalize().as_bytes().to_vec(),
+        }
+    }
+}
+
 /// Builds data frames and the trailer on the sending side.
 pub struct Encoder {
     compression: pb::Compression,
     lane: u32,
     seq: u64,
     total: u64,
-    sha: Sha256,
+    hash: Hasher,
     /// Test-only: flip a byte of this frame after its CRC is computed.
     corrupt: Option<u64>,
 }
 
 impl Encoder {
+    /// An encoder of lane 0 with a SHA-256 digest.
     pub fn new(compression: pb::Compression, corrupt: Option<u64>) -> Self {
         Encoder {
             compression,
             lane: 0,
             seq: 0,
             total: 0,
-            sha: Sha256::new(),
+            hash: Hasher::new(pb::Digest::Sha256),
             corrupt,
         }
     }
@@ -47,10 +89,20 @@ impl Encoder {
         }
     }
 
+    /// The same encoder, hashing with `digest` (before any data).
+    pub fn with_digest(mut self, digest: pb::Digest) -> Self {
+        self.hash = Hasher::new(digest);
+        self
+    }
+
+    pub fn digest(&self) -> pb::Digest {
+        self.hash.kind()
+    }
+
     /// One data frame for `raw`; without compression the frame shares
     /// `raw`'s memory instead of copying it.
     pub fn data(&mut self, raw: Bytes) -> std::io::Result<pb::DumpData> {
-        self.sha.update(&raw);
+        self.hash.update(&raw);
         self.total += raw.len() as u64;
         let raw_len = raw.len() as u32;
         let mut payload = match self.compression {
@@ -83,7 +135,7 @@ impl Encoder {
     pub fn trailer(&self) -> pb::DumpTrailer {
         pb::DumpTrailer {
             total_len: self.total,
-            sha256: self.sha.clone().finalize().to_vec(),
+            digest: self.hash.so_far(),
             frames: self.seq,
         }
     }
@@ -95,7 +147,7 @@ pub struct Decoder {
     lane: u32,
     next_seq: u64,
     total: u64,
-    sha: Sha256,
+    hash: Hasher,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,19 +166,26 @@ pub enum FrameError {
     Length { seq: u64, want: u32, got: usize },
     #[error("the stream carried {got} bytes but its trailer says {want}")]
     Total { want: u64, got: u64 },
-    #[error("the stream's SHA-256 does not match its trailer: the data was altered")]
-    Digest,
+    #[error("the stream's {0} digest does not match its trailer: the data was altered")]
+    Digest(&'static str),
 }
 
 impl Decoder {
+    /// A decoder of lane 0 with a SHA-256 digest.
     pub fn new(compression: pb::Compression) -> Self {
         Decoder {
             compression,
             lane: 0,
             next_seq: 0,
             total: 0,
-            sha: Sha256::new(),
+            hash: Hasher::new(pb::Digest::Sha256),
         }
+    }
+
+    /// The same decoder, checking a `digest` (before any data).
+    pub fn with_digest(mut self, digest: pb::Digest) -> Self {
+        self.hash = Hasher::new(digest);
+        self
     }
 
     /// The decoder of data lane `lane`.
@@ -186,7 +245,7 @@ impl Decoder {
         }
         self.next_seq += 1;
         self.total += raw.len() as u64;
-        self.sha.update(&raw);
+        self.hash.update(&raw);
         Ok(raw)
     }
 
@@ -197,8 +256,11 @@ impl Decoder {
                 got: self.total,
             });
         }
-        if self.sha.clone().finalize().as_slice() != trailer.sha256.as_slice() {
-            return Err(FrameError::Digest);
+        if self.hash.so_far() != trailer.digest {
+            return Err(FrameError::Digest(match self.hash.kind() {
+                pb::Digest::Sha256 => "SHA-256",
+                pb::Digest::Blake3 => "BLAKE3",
+            }));
         }
         Ok(())
     }
@@ -246,9 +308,12 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for c in [pb::Compression::Zstd, pb::Compression::None] {
-            let mut enc = Encoder::new(c, None);
-            let mut dec = Decoder::new(c);
+        let kinds = [pb::Compression::Zstd, pb::Compression::None]
+            .into_iter()
+            .flat_map(|c| [(c, pb::Digest::Sha256), (c, pb::Digest::Blake3)]);
+        for (c, d) in kinds {
+            let mut enc = Encoder::new(c, None).with_digest(d);
+            let mut dec = Decoder::new(c).with_digest(d);
             let chunks: Vec<Bytes> = (0..5u8)
                 .map(|i| Bytes::from(vec![i; 1000 + i as usize]))
                 .collect();
@@ -257,6 +322,20 @@ mod tests {
                 assert_eq!(&dec.data(&f).unwrap(), ch);
             }
             dec.finish(&enc.trailer()).unwrap();
+            // Another digest of the same bytes does not pass.
+            let other = match d {
+                pb::Digest::Sha256 => pb::Digest::Blake3,
+                pb::Digest::Blake3 => pb::Digest::Sha256,
+            };
+            let mut wrong = Decoder::new(c).with_digest(other);
+            let mut enc = Encoder::new(c, None).with_digest(d);
+            for ch in &chunks {
+                wrong.data(&enc.data(ch.clone()).unwrap()).unwrap();
+            }
+            assert!(matches!(
+                wrong.finish(&enc.trailer()),
+                Err(FrameError::Digest(_))
+            ));
         }
     }
 

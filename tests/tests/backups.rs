@@ -461,7 +461,7 @@ async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_on
     let err = refresh(tls.clone(), &spec, |_| {}).await.unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("SHA-256 does not match"),
+        text.contains("SHA-256 digest does not match"),
         "not caught by the checksum: {text}"
     );
     assert_eq!(content_hashes(dst, "stage").await.unwrap(), before);

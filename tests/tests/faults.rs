@@ -702,6 +702,7 @@ async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> t
             compression: pb::Compression::None as i32,
             source_database: "production".into(),
             lane_tables: Vec::new(),
+            digest: pb::Digest::Blake3 as i32,
         })),
     };
     c.push_dump(futures::stream::iter(vec![header]))

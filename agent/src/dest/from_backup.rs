@@ -123,6 +123,7 @@ impl Restorer {
             Origin::Backup,
             self.config.jobs.stall_timeout,
             pb::Compression::None,
+            pb::Digest::Sha256,
             1,
         );
         let run = RestoreRun {
@@ -189,7 +190,7 @@ async fn frame_object(
     }
     let mut trailer = enc.trailer();
     trailer.total_len = wanted.size;
-    trailer.sha256 = wanted.sha256;
+    trailer.digest = wanted.sha256;
     let _ = tx
         .send(Ok(frame(pb::dump_frame::Kind::Trailer(trailer))))
         .await;

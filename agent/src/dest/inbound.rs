@@ -123,6 +123,7 @@ where
         origin: Origin,
         stall: Duration,
         compression: pb::Compression,
+        digest: pb::Digest,
         lanes: u32,
     ) -> Self {
         let lanes = lanes.max(1);
@@ -132,7 +133,7 @@ where
             origin,
             stall,
             decoders: (0..lanes)
-                .map(|n| Decoder::for_lane(compression, n))
+                .map(|n| Decoder::for_lane(compression, n).with_digest(digest))
                 .collect(),
             open: (0..lanes).map(|n| n > 0).collect(),
             lane0_ended: false,

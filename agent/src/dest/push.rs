@@ -39,6 +39,14 @@ impl Restorer {
         tracing::info!(job = %job.id, source = %caller, ?shape, "stream started");
         let compression =
             pb::Compression::try_from(header.compression).unwrap_or(pb::Compression::None);
+        let Ok(digest) = pb::Digest::try_from(header.digest) else {
+            let e = format!(
+                "the stream announces digest {}, which this agent does not know: upgrade it to the source agent's version",
+                header.digest
+            );
+            job.fail(StepError::new(pb::Step::Stream, e.clone()));
+            return Err(self.denied(e));
+        };
         let run = RestoreRun {
             config: &self.config,
             job: &job,
@@ -50,6 +58,7 @@ impl Restorer {
             Origin::Peer,
             self.config.jobs.stall_timeout,
             compression,
+            digest,
             shape.lanes(),
         );
         let restored = run.restore(inbound, &shape, &header.lane_tables).await;

@@ -114,12 +114,12 @@ impl DumpRun {
     /// Lane 0 goes on with the encoder that framed the schema file; lanes
     /// 1 and up get their own.
     fn lane_encoders(&self, enc: &mut Encoder, copy_lanes: u32) -> Vec<Encoder> {
-        let compression = enc.compression();
+        let (compression, digest) = (enc.compression(), enc.digest());
         let faults = &self.config.faults;
         std::iter::once(std::mem::replace(enc, Encoder::new(compression, None)))
             .chain((1..=copy_lanes).map(|n| {
                 let corrupt = faults.corrupt_frame.filter(|_| faults.corrupt_lane == n);
-                Encoder::for_lane(compression, n, corrupt)
+                Encoder::for_lane(compression, n, corrupt).with_digest(digest)
             }))
             .collect()
     }

@@ -238,12 +238,13 @@ fn event_line(e: Event) -> (String, bool) {
                 .map(|p| format!("{p:?}"))
                 .unwrap_or_default();
             let line = format!(
-                "{}: dumped {}, sent {}, restored {} ({}/s)",
+                "{}: dumped {}, sent {}, restored {} ({}/s){}",
                 phase.to_lowercase(),
                 mib(s.bytes_dumped),
                 mib(s.bytes_sent),
                 mib(d.bytes_restored),
-                mib(d.rate as u64)
+                mib(d.rate as u64),
+                crate::output::lanes::text(&d)
             );
             (line, true)
         }
@@ -270,7 +271,11 @@ fn print_result(args: &RefreshArgs, result: Result<Report, RefreshError>) -> Exi
                     (0 | 1, 0) => String::new(),
                     (0 | 1, n) => format!(", indexes and constraints built by {n} workers"),
                     (l, n) => format!(
-                        ", data in {l} concurrent streams, indexes and constraints built by {n} workers"
+                        ", {} tables ({} rows) copied in {} lanes, {} indexes built as their tables landed, the rest by {n} workers",
+                        r.tables_copied,
+                        r.rows_copied,
+                        l - 1,
+                        r.indexes_built
                     ),
                 },
                 r.previous,

@@ -7,11 +7,14 @@ use anyhow::Context;
 
 use crate::PgCluster;
 
-/// A database with what a web app's database has: several schemas, an
-/// extension from contrib, sequences, foreign keys (two tables referencing
-/// each other among them), views, a materialized view, functions, triggers,
-/// a 100k-row table, a bytea table, a table whose name needs quoting (and
-/// holds pattern characters) and a large object.
+/// A database with what a web app's database has: several schemas (one
+/// named with a space and capitals), an extension from contrib, sequences,
+/// foreign keys (two tables referencing each other among them, and a
+/// deferrable one), views, a materialized view, functions, triggers, a
+/// 100k-row table, a bytea table, a table whose name needs quoting (and
+/// holds pattern characters), a large object, an enum, a domain with a
+/// CHECK, a generated column, a partitioned table, an unlogged table, a
+/// table with row-level security and a table without a primary key.
 pub const RICH_SCHEMA: &str = r#"
 CREATE EXTENSION pgcrypto;
 CREATE SCHEMA app;
@@ -64,6 +67,40 @@ REFRESH MATERIALIZED VIEW app.posts_per_user;
 CREATE TABLE app."Big ""*.t" (id serial PRIMARY KEY, note text);
 INSERT INTO app."Big ""*.t"(note) SELECT 'note ' || g FROM generate_series(1, 20000) g;
 SELECT lo_from_bytea(4242, convert_to('a large object', 'UTF8'));
+CREATE TYPE app.mood AS ENUM ('happy', 'sad', 'meh');
+CREATE DOMAIN app.cents AS bigint CHECK (VALUE > 0);
+CREATE SCHEMA "Billing Dept";
+CREATE TABLE "Billing Dept"."Invoices" (
+    id int PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES app.users(id) DEFERRABLE INITIALLY DEFERRED,
+    amount app.cents NOT NULL,
+    mood app.mood NOT NULL DEFAULT 'meh',
+    with_tax numeric GENERATED ALWAYS AS (amount * 1.2) STORED,
+    issued date NOT NULL,
+    "Note" text
+);
+INSERT INTO "Billing Dept"."Invoices"(id, user_id, amount, mood, issued, "Note")
+  SELECT g, 1 + g % 2000, 100 * g, (ARRAY['happy', 'sad', 'meh'])[1 + g % 3]::app.mood,
+         DATE '2024-01-01' + g, CASE WHEN g % 5 = 0 THEN NULL ELSE E'tab\there, line\nbreak \\ ' || g END
+  FROM generate_series(1, 3000) g;
+CREATE TABLE app.events (id bigint NOT NULL, at timestamptz NOT NULL, kind text) PARTITION BY RANGE (at);
+CREATE TABLE app.events_2024 PARTITION OF app.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE app.events_2025 PARTITION OF app.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE INDEX events_at_idx ON app.events (at);
+INSERT INTO app.events
+  SELECT g, TIMESTAMPTZ '2024-01-01 00:00:00+00' + g * interval '1 hour', 'kind ' || g % 7
+  FROM generate_series(1, 15000) g;
+CREATE UNLOGGED TABLE app.sessions (key text PRIMARY KEY, data jsonb NOT NULL, expires interval);
+INSERT INTO app.sessions SELECT 'k' || g, jsonb_build_object('n', g, 'tags', jsonb_build_array('a', g)), g * interval '90 seconds'
+  FROM generate_series(1, 1000) g;
+CREATE TABLE app.secrets (id int PRIMARY KEY, owner text NOT NULL, value text);
+ALTER TABLE app.secrets ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON app.secrets USING (owner = current_user);
+INSERT INTO app.secrets SELECT g, 'someone', 'v' || g FROM generate_series(1, 100) g;
+CREATE TABLE app.page_views (path text, viewed_at timestamptz, ms real, ratio double precision);
+INSERT INTO app.page_views
+  SELECT '/p/' || g % 37, TIMESTAMPTZ '2024-06-01 12:00:00+00' + g * interval '1 second', g / 7.0, 1.0 / g
+  FROM generate_series(1, 5000) g;
 "#;
 
 /// Creates `db` owned by a role of the same name (made if missing) and loads

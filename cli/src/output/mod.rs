@@ -6,8 +6,10 @@
 //! - [`size`]: sizes as an operator reads them.
 //! - [`copies`]: an S3 copy's running totals, bar and JSON events.
 //! - [`run_view`]: a sync run's events, drawn.
+//! - [`lanes`]: a destination's copy lanes in progress.
 
 pub mod copies;
+pub mod lanes;
 pub mod run_view;
 pub mod size;
 

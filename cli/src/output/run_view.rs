@@ -65,14 +65,15 @@ pub fn refresh_event(out: &Output, pair: &str, e: &Event) {
             let phase = pb::Phase::try_from(d.phase)
                 .map(|p| format!("{p:?}").to_lowercase())
                 .unwrap_or_default();
-            out.event(json!({"event": "progress", "pair": pair, "phase": phase, "bytes_dumped": s.bytes_dumped, "bytes_sent": s.bytes_sent, "bytes_restored": d.bytes_restored, "rate": d.rate}));
+            out.event(json!({"event": "progress", "pair": pair, "phase": phase, "bytes_dumped": s.bytes_dumped, "bytes_sent": s.bytes_sent, "bytes_restored": d.bytes_restored, "rate": d.rate, "copy": super::lanes::json(&d)}));
             out.line(
                 pair,
                 format!(
-                    "{phase}: dumped {}, restored {} ({}/s)",
+                    "{phase}: dumped {}, restored {} ({}/s){}",
                     mib(s.bytes_dumped),
                     mib(d.bytes_restored),
-                    mib(d.rate as u64)
+                    mib(d.rate as u64),
+                    super::lanes::text(&d)
                 ),
                 true,
             );

@@ -303,6 +303,37 @@ async fn a_lanes_copy_failing_on_the_destination() {
     s.assert_untouched().await;
 }
 
+/// A copy lane's session on the source ended mid-COPY (the session that
+/// reads the rows off the socket itself): the refresh fails naming the
+/// table and the server's reason, the live database as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lanes_copy_failing_on_the_source() {
+    let s = setup(Fleet::builder().prod(lanes(true))).await;
+    let run = s.start(s.spec());
+    s.wait_lanes().await;
+    let sql = "SELECT pid FROM pg_stat_activity \
+               WHERE query LIKE 'COPY % TO STDOUT' AND state = 'active'";
+    let src = s.src().client("postgres").await.unwrap();
+    let victims: Vec<i32> = src
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!victims.is_empty(), "a copy lane reads on the source");
+    src.execute("SELECT pg_terminate_backend($1)", &[&victims[0]])
+        .await
+        .unwrap();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(err.contains("copying app."), "{err}");
+    assert!(
+        err.contains("terminating connection") || err.contains("closed the connection"),
+        "the error shows the session's end: {err}"
+    );
+    s.assert_untouched().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn indexes_and_constraints_failing_after_the_data() {
     let s = setup(Fleet::builder()).await;

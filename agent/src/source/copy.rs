@@ -1,20 +1,16 @@
 //! A copy lane's rows on the source: `COPY … TO STDOUT` in a session that
 //! imported the dump's snapshot, so every lane sees exactly what the schema
 //! and the other lanes see. One session serves a lane's tables one after
-//! the other. PostgreSQL sends a row a message; they are gathered into
-//! chunks of the frame size.
-
-use std::pin::Pin;
+//! the other; its rows are gathered into chunks of the frame size as they
+//! are read off the socket (`wire.rs`).
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use tokio_postgres::{Client, CopyOutStream};
 
 use super::layout::CopyTable;
+use super::wire::{Taken, Wire};
 use crate::args::TableName;
 use crate::config::PostgresConfig;
 use crate::frames::CHUNK;
-use crate::pg;
 use crate::sql::{ident, literal};
 
 /// Session settings both ends of a copy lane share, so values print and
@@ -22,9 +18,15 @@ use crate::sql::{ident, literal};
 pub const COPY_SETTINGS: &str = "SET datestyle = ISO; SET intervalstyle = postgres; \
      SET extra_float_digits = 3; SET row_security = off";
 
-/// One copy lane's session on the snapshot.
+/// One copy lane's session on the snapshot, and the COPY it runs.
 pub struct CopySession {
-    client: Client,
+    wire: Wire,
+    /// Rows read and not yet sent.
+    buf: BytesMut,
+    /// The current COPY ended.
+    done: bool,
+    /// Rows of the current COPY read so far.
+    pub rows: u64,
 }
 
 impl CopySession {
@@ -34,70 +36,52 @@ impl CopySession {
         database: &str,
         snapshot: &str,
     ) -> Result<CopySession, String> {
-        let fail = |what: &str, e: tokio_postgres::Error| {
-            format!("{what} for a copy lane: {}", pg::error_chain(&e))
-        };
-        let client = pg::connect(pg, database)
+        let socket = pg.socket_dir.join(format!(".s.PGSQL.{}", pg.port));
+        let mut wire = Wire::connect(&socket, &pg.user, database)
             .await
-            .map_err(|e| fail("connecting", e))?;
+            .map_err(|e| format!("connecting for a copy lane: {e}"))?;
         // The transaction stays open between tables: a server-wide
         // idle-in-transaction timeout must not end it (and the snapshot).
-        client
-            .batch_execute(&format!(
-                "SET idle_in_transaction_session_timeout = 0; {COPY_SETTINGS}; \
-                 BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
-                 SET TRANSACTION SNAPSHOT {}",
-                literal(snapshot)
-            ))
-            .await
-            .map_err(|e| fail("importing the snapshot", e))?;
-        Ok(CopySession { client })
-    }
-
-    /// Starts the COPY of slice `slice` of `table`.
-    pub async fn copy(&self, table: &CopyTable, slice: u32) -> Result<CopyChunks, String> {
-        let sql = copy_out_sql(&table.name, &table.columns, slice_range(table, slice));
-        let stream = self.client.copy_out(&sql).await.map_err(|e| {
-            format!(
-                "starting the COPY of {}.{}: {}",
-                table.name.schema,
-                table.name.table,
-                pg::error_chain(&e)
-            )
-        })?;
-        Ok(CopyChunks {
-            stream: Box::pin(stream),
-            buf: BytesMut::with_capacity(CHUNK * 2),
-            done: false,
+        wire.execute(&format!(
+            "SET idle_in_transaction_session_timeout = 0; {COPY_SETTINGS}; \
+             BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+             SET TRANSACTION SNAPSHOT {}",
+            literal(snapshot)
+        ))
+        .await
+        .map_err(|e| format!("importing the snapshot for a copy lane: {e}"))?;
+        Ok(CopySession {
+            wire,
+            buf: BytesMut::with_capacity(CHUNK),
+            done: true,
             rows: 0,
         })
     }
-}
 
-/// One table's (or slice's) COPY output, in chunks.
-pub struct CopyChunks {
-    stream: Pin<Box<CopyOutStream>>,
-    buf: BytesMut,
-    done: bool,
-    /// Rows read so far (one message each).
-    pub rows: u64,
-}
+    /// Starts the COPY of slice `slice` of `table`; its rows come from
+    /// [`CopySession::next`].
+    pub async fn copy(&mut self, table: &CopyTable, slice: u32) -> Result<(), String> {
+        let sql = copy_out_sql(&table.name, &table.columns, slice_range(table, slice));
+        self.wire.copy_out(&sql).await.map_err(|e| {
+            format!(
+                "starting the COPY of {}.{}: {e}",
+                table.name.schema, table.name.table
+            )
+        })?;
+        (self.done, self.rows) = (false, 0);
+        Ok(())
+    }
 
-impl CopyChunks {
-    /// The next chunk: `CHUNK` bytes, fewer only at the end, and empty once
-    /// the COPY is over.
+    /// The next chunk of the current COPY: `CHUNK` bytes, fewer only at the
+    /// end, and empty once it is over.
     pub async fn next(&mut self) -> std::io::Result<Bytes> {
-        while self.buf.len() < CHUNK && !self.done {
-            match self.stream.next().await {
-                Some(Ok(row)) => {
-                    self.rows += 1;
-                    self.buf.extend_from_slice(&row);
-                }
-                Some(Err(e)) => {
-                    return Err(std::io::Error::other(pg::error_without_values(&e)));
-                }
-                None => self.done = true,
-            }
+        if !self.done && self.buf.len() < CHUNK {
+            let taken = self
+                .wire
+                .rows_into(&mut self.buf, CHUNK, &mut self.rows)
+                .await
+                .map_err(std::io::Error::other)?;
+            self.done = taken == Taken::Done;
         }
         let n = self.buf.len().min(CHUNK);
         Ok(self.buf.split_to(n).freeze())

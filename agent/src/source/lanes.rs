@@ -252,7 +252,7 @@ impl LaneRun {
 /// One table's slice on a copy lane: TableStart, its COPY text, TableEnd.
 async fn send_slice(
     out: &Outbound,
-    session: &CopySession,
+    session: &mut CopySession,
     enc: &mut Encoder,
     lane: u32,
     table: &CopyTable,
@@ -265,11 +265,11 @@ async fn send_slice(
     };
     out.send(frame(pb::dump_frame::Kind::TableStart(start)))
         .await?;
-    let mut copy = session
+    session
         .copy(table, work.slice)
         .await
         .map_err(|e| StepError::new(pb::Step::PgDump, e))?;
-    out.send_reader(Chunked::Copy(&mut copy), enc)
+    out.send_reader(Chunked::Copy(session), enc)
         .await
         .map_err(|e| {
             e.context(format_args!(
@@ -280,7 +280,7 @@ async fn send_slice(
     let end = pb::TableEnd {
         lane,
         so_far: Some(enc.trailer()),
-        rows: copy.rows,
+        rows: session.rows,
     };
     out.send(frame(pb::dump_frame::Kind::TableEnd(end))).await
 }

@@ -18,6 +18,7 @@ mod layout;
 mod outbound;
 mod parallel;
 mod stream;
+mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;

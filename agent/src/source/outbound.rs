@@ -34,7 +34,7 @@ pub enum Chunked<'a> {
     /// A file of a dump landed in the work directory.
     File(&'a mut tokio::fs::File),
     /// A table's COPY output (a data lane).
-    Copy(&'a mut super::copy::CopyChunks),
+    Copy(&'a mut super::copy::CopySession),
 }
 
 impl Chunked<'_> {

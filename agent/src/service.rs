@@ -22,6 +22,7 @@ use crate::{pg, policy};
 pub const FEATURES: &[&str] = &[
     stagesync_proto::FEATURE_SPLIT_POST_DATA,
     stagesync_proto::FEATURE_DATA_LANES,
+    stagesync_proto::FEATURE_BLAKE3,
 ];
 
 pub struct AgentService {

@@ -19,9 +19,10 @@ use crate::{Exit, TlsArgs};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum ModeArg {
-    /// pg_dump -Fc streamed into pg_restore; nothing lands on disk.
+    /// The schema by pg_dump, table data in COPY lanes, indexes as tables
+    /// land; nothing lands on disk but the schema.
     Stream,
-    /// pg_dump -Fd -j N, files shipped as they complete, pg_restore -j N.
+    /// Retired (stream mode's copy lanes are faster): refused with a note.
     Parallel,
 }
 
@@ -130,6 +131,12 @@ fn target(spec: &str, trust_domain: &str, flag: &str) -> anyhow::Result<AgentTar
 }
 
 pub fn run(args: RefreshArgs) -> anyhow::Result<Exit> {
+    if let ModeArg::Parallel = args.mode {
+        anyhow::bail!(
+            "--mode parallel: {}",
+            stagesync_controller::refresh::PARALLEL_RETIRED
+        );
+    }
     let tls = Arc::new(ReloadingClientConfig::load(tls_files(&args.tls)?)?);
     let spec = spec(&args, &tls.identity().trust_domain)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -179,7 +186,10 @@ fn spec(args: &RefreshArgs, td: &str) -> anyhow::Result<PairSpec> {
     );
     spec.mode = match args.mode {
         ModeArg::Stream => pb::Mode::Stream,
-        ModeArg::Parallel => pb::Mode::Parallel,
+        ModeArg::Parallel => anyhow::bail!(
+            "--mode parallel: {}",
+            stagesync_controller::refresh::PARALLEL_RETIRED
+        ),
     };
     spec.jobs = args.jobs;
     spec.lanes = args.lanes;
@@ -271,11 +281,13 @@ fn print_result(args: &RefreshArgs, result: Result<Report, RefreshError>) -> Exi
                     (0 | 1, 0) => String::new(),
                     (0 | 1, n) => format!(", indexes and constraints built by {n} workers"),
                     (l, n) => format!(
-                        ", {} tables ({} rows) copied in {} lanes, {} indexes built as their tables landed, the rest by {n} workers",
+                        ", {} tables ({} rows) copied in {} lanes with {} indexes built as their tables landed in {:.1} s, the rest of the post-data section by {n} workers in {:.1} s",
                         r.tables_copied,
                         r.rows_copied,
                         l - 1,
-                        r.indexes_built
+                        r.indexes_built,
+                        r.copy_time.as_secs_f64(),
+                        r.rest_time.as_secs_f64()
                     ),
                 },
                 r.previous,

@@ -270,3 +270,35 @@ fn demo_runs_the_stagesync_demo_beside_it_with_its_arguments_and_exit_code() {
     assert_eq!(o.status.code(), Some(7), "{}", text(&o));
     assert!(text(&o).contains("demo args: --keep"), "{}", text(&o));
 }
+
+/// Parallel mode was retired: asking for it says why and what to do, and
+/// nothing is contacted.
+#[test]
+fn parallel_mode_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = stagesync(
+        &[
+            "refresh",
+            "--source",
+            "prod-db=127.0.0.1:1",
+            "--source-db",
+            "production",
+            "--dest",
+            "staging-db=127.0.0.1:1",
+            "--dest-db",
+            "stage",
+            "--owner",
+            "stage",
+            "--mode",
+            "parallel",
+        ],
+        dir.path(),
+    );
+    let msg = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{msg}");
+    assert!(
+        msg.contains("parallel mode (pg_dump -Fd) was retired"),
+        "{msg}"
+    );
+    assert!(msg.contains("copy lanes"), "{msg}");
+}

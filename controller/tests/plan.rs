@@ -30,7 +30,7 @@ params = ["SOCIAL_SECRET"]
 [pairs.stage1-to-dev]
 source = { agent = "staging-db", database = "stage" }
 dest = { agent = "dev-db", database = "dev", owner = "dev" }
-mode = "parallel"
+mode = "stream"
 jobs = 4
 after = ["prod-to-stage1"]
 "#;
@@ -44,7 +44,7 @@ fn a_valid_plan_parses_in_dag_order() {
     let p = parse(VALID).unwrap();
     assert_eq!(p.order(), vec!["prod-to-stage1", "stage1-to-dev"]);
     let dev = &p.pairs["stage1-to-dev"];
-    assert_eq!(dev.mode, pb::Mode::Parallel);
+    assert_eq!(dev.mode, pb::Mode::Stream);
     assert_eq!(dev.jobs, 4);
     assert_eq!(dev.dump.exclude_table_data, vec!["public.django_session"]);
     assert_eq!(
@@ -207,11 +207,23 @@ fn missing_owner() {
 #[test]
 fn unknown_mode() {
     bad(
-        "mode = \"parallel\"",
-        "mode = \"turbo\"",
+        "mode = \"stream\"\njobs = 4",
+        "mode = \"turbo\"\njobs = 4",
         "turbo",
         "pairs.stage1-to-dev.mode",
         "unknown mode \"turbo\"",
+    );
+}
+
+/// Parallel mode was retired: a plan that asks for it is told what to do.
+#[test]
+fn parallel_mode_is_refused_with_what_to_do() {
+    bad(
+        "mode = \"stream\"\njobs = 4",
+        "mode = \"parallel\"\njobs = 4",
+        "\"parallel\"",
+        "pairs.stage1-to-dev.mode",
+        "parallel mode (pg_dump -Fd) was retired",
     );
 }
 
@@ -353,7 +365,7 @@ fn backup_mistakes_are_located() {
         "dest = { agent = \"staging-db\", database = \"qa\", owner = \"stage\" }",
         "mode = \"parallel\"\ndest = { agent = \"staging-db\", database = \"qa\", owner = \"stage\" }",
         "pairs.backup-to-qa.mode",
-        "stream mode",
+        "parallel mode (pg_dump -Fd) was retired",
     );
 }
 

@@ -21,6 +21,10 @@ pub const FEATURE_SPLIT_POST_DATA: &str = "split-post-data";
 /// data by COPY in several concurrent lanes (`Shape.data_lanes`).
 pub const FEATURE_DATA_LANES: &str = "copy-lanes";
 
+/// Info lists this feature when the agent hashes and checks a stream with
+/// BLAKE3 (`Shape.digest`).
+pub const FEATURE_BLAKE3: &str = "blake3-digest";
+
 /// The most copy lanes one refresh may use (each a COPY session on either
 /// side).
 pub const MAX_COPY_LANES: u32 = 16;

@@ -5,7 +5,7 @@
 //! is decided once (by the controller) and only checked afterwards.
 
 use crate::MAX_DATA_LANES;
-use crate::v1::{Mode, Shape};
+use crate::v1::{Digest, Mode, Shape};
 
 impl Shape {
     /// One pass: the whole dump in one stream, nothing apart.
@@ -14,7 +14,13 @@ impl Shape {
             mode: mode as i32,
             post_data_file: false,
             data_lanes: 0,
+            digest: Digest::Sha256 as i32,
         }
+    }
+
+    /// The digest, unless its value is unknown.
+    pub fn stream_digest(&self) -> Option<Digest> {
+        Digest::try_from(self.digest).ok()
     }
 
     /// The mode, unspecified when the value is unknown.
@@ -30,14 +36,14 @@ impl Shape {
     /// Checks that the shape makes sense on its own.
     pub fn check(&self) -> Result<(), String> {
         match self.stream_mode() {
-            Mode::Unspecified => return Err("mode must be stream or parallel".into()),
-            Mode::Parallel if self.post_data_file || self.lanes() > 1 => {
+            Mode::Unspecified => return Err("mode must be stream".into()),
+            Mode::Parallel => {
                 return Err(
-                    "parallel mode ships pg_dump's directory whole: no post-data file, no lanes"
+                    "parallel mode was retired (copy lanes are faster): upgrade the controller"
                         .into(),
                 );
             }
-            _ => {}
+            Mode::Stream => {}
         }
         if self.lanes() > 1 && !self.post_data_file {
             return Err("data lanes need the post-data file".into());
@@ -48,14 +54,27 @@ impl Shape {
                 self.data_lanes
             ));
         }
+        if self.stream_digest().is_none() {
+            return Err(format!(
+                "digest {} is unknown to this version: upgrade the agents together",
+                self.digest
+            ));
+        }
         Ok(())
     }
 
     /// Checks that a stream of this shape fits a job prepared for
-    /// `agreed`: the same mode, a post-data file only if agreed, no more
-    /// lanes than agreed.
+    /// `agreed`: the same mode and digest, a post-data file only if agreed,
+    /// no more lanes than agreed.
     pub fn fits_within(&self, agreed: &Shape) -> Result<(), String> {
         self.check()?;
+        if self.digest != agreed.digest {
+            return Err(format!(
+                "the stream is hashed with {:?}; the job was prepared for {:?}",
+                self.stream_digest(),
+                agreed.stream_digest()
+            ));
+        }
         if self.stream_mode() != agreed.stream_mode() {
             return Err(format!(
                 "the stream is in {:?} mode; the job was prepared for {:?}",
@@ -90,6 +109,7 @@ impl Shape {
             } else {
                 0
             },
+            digest: self.digest,
         }
     }
 }
@@ -103,22 +123,23 @@ mod tests {
             mode: Mode::Stream as i32,
             post_data_file: true,
             data_lanes: lanes,
+            digest: Digest::Sha256 as i32,
         }
     }
 
     #[test]
     fn incoherent_shapes_are_refused() {
         assert!(Shape::one_pass(Mode::Stream).check().is_ok());
-        assert!(Shape::one_pass(Mode::Parallel).check().is_ok());
+        assert!(Shape::one_pass(Mode::Parallel).check().is_err(), "retired");
         assert!(Shape::one_pass(Mode::Unspecified).check().is_err());
         assert!(split(4).check().is_ok());
         assert!(split(MAX_DATA_LANES + 1).check().is_err());
         let mut lanes_alone = split(3);
         lanes_alone.post_data_file = false;
         assert!(lanes_alone.check().is_err(), "lanes without the file");
-        let mut parallel = split(0);
-        parallel.mode = Mode::Parallel as i32;
-        assert!(parallel.check().is_err(), "parallel with a file");
+        let mut unknown = split(2);
+        unknown.digest = 9;
+        assert!(unknown.check().is_err(), "an unknown digest");
     }
 
     #[test]
@@ -135,6 +156,10 @@ mod tests {
             Shape::one_pass(Mode::Parallel).fits_within(&one).is_err(),
             "another mode"
         );
+        let mut blake3 = split(2);
+        blake3.digest = Digest::Blake3 as i32;
+        assert!(blake3.fits_within(&agreed).is_err(), "another digest");
+        assert_eq!(blake3.lowered(true, 1).digest, Digest::Blake3 as i32);
     }
 
     #[test]

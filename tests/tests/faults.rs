@@ -339,15 +339,19 @@ async fn indexes_and_constraints_failing_after_the_data() {
     let s = setup(Fleet::builder()).await;
     s.proxy.throttle(0);
     let mut spec = s.spec();
-    // Without app.users' rows, app.posts' rows restore, and then its foreign
-    // key cannot be built: the parallel post-data pass fails.
+    // Without app.users' rows, app.posts' (and the invoices') rows
+    // restore, and then their foreign keys cannot be built: the final
+    // post-data pass fails.
     spec.dump.exclude_table_data = vec!["app.users".into()];
     let err = s.start(spec).await.unwrap().unwrap_err();
     assert!(
         err.contains("building indexes, constraints and triggers (2 workers)"),
         "the failure is in the post-data pass: {err}"
     );
-    assert!(err.contains("posts_user_id_fkey"), "{err}");
+    assert!(
+        err.contains("posts_user_id_fkey") || err.contains("Invoices_user_id_fkey"),
+        "{err}"
+    );
     s.assert_untouched().await;
 }
 
@@ -487,15 +491,12 @@ async fn schema_over_the_cap(with_lanes: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn parallel_mode_stops_landing_files_before_the_disk_fills() {
-    // The destination must keep more free than any disk has: the first
+async fn the_schema_file_stops_landing_before_the_disk_fills() {
+    // The destination must keep more free than any disk has: the schema
     // file's first bytes are refused.
     let s = setup(Fleet::builder().staging(|s| s.faults.keep_free = Some(u64::MAX / 2))).await;
     s.proxy.throttle(0);
-    let mut spec = s.spec();
-    spec.mode = pb::Mode::Parallel;
-    spec.jobs = 2;
-    let err = s.start(spec).await.unwrap().unwrap_err();
+    let err = s.start(s.spec()).await.unwrap().unwrap_err();
     assert!(
         err.contains("would leave less than") && err.contains("free on the file system of"),
         "{err}"
@@ -546,30 +547,36 @@ async fn controller_vanishing_mid_job() {
     let limit = |a: &mut AgentSpec| {
         a.jobs.insert("controller_timeout_secs".into(), 2);
     };
-    let s = setup(Fleet::builder().prod(limit).staging(limit)).await;
-    // Parallel mode too: pg_dump's -j workers must stop with their job.
-    for mode in [pb::Mode::Stream, pb::Mode::Parallel] {
-        let mut spec = s.spec();
-        spec.mode = mode;
-        let run = s.start(spec);
-        s.wait_restoring().await;
-        run.abort();
-        assert!(
-            run.await.unwrap_err().is_cancelled(),
-            "the controller is gone"
-        );
-        // The destination aborts the job on its own once nobody watches.
-        let why = eventually("the unwatched job to be aborted", async || {
-            let job = s.dest_jobs().await.pop().unwrap();
-            match job.phase == pb::Phase::Aborted as i32 {
-                true => Ok(job.error.unwrap_or_default().message),
-                false => Err(job.phase()),
-            }
-        })
-        .await;
-        assert!(why.contains("no controller has watched"), "{why}");
-        s.assert_untouched().await;
-    }
+    // Copy lanes too: their sessions must end with the job.
+    let s = setup(
+        Fleet::builder()
+            .prod(limit)
+            .prod(lanes(true))
+            .staging(limit),
+    )
+    .await;
+    let run = s.start(s.spec());
+    s.wait_lanes().await;
+    run.abort();
+    assert!(
+        run.await.unwrap_err().is_cancelled(),
+        "the controller is gone"
+    );
+    // The destination aborts the job on its own once nobody watches.
+    let why = eventually("the unwatched job to be aborted", async || {
+        let job = s.dest_jobs().await.pop().unwrap();
+        match job.phase == pb::Phase::Aborted as i32 {
+            true => Ok(job.error.unwrap_or_default().message),
+            false => Err(job.phase()),
+        }
+    })
+    .await;
+    assert!(why.contains("no controller has watched"), "{why}");
+    s.assert_untouched().await;
+    assert!(
+        s.copy_sessions().await.is_empty(),
+        "no COPY is left running"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -701,6 +708,7 @@ async fn prepare_job(s: &Setup, job_id: &str, ticket: &str) {
         mode: pb::Mode::Stream as i32,
         post_data_file: true,
         data_lanes: stagesync_proto::MAX_DATA_LANES,
+        digest: pb::Digest::Sha256 as i32,
     };
     dest.prepare_restore(pb::PrepareRestoreRequest {
         job_id: job_id.into(),
@@ -733,7 +741,6 @@ async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> t
             compression: pb::Compression::None as i32,
             source_database: "production".into(),
             lane_tables: Vec::new(),
-            digest: pb::Digest::Blake3 as i32,
         })),
     };
     c.push_dump(futures::stream::iter(vec![header]))
@@ -878,6 +885,7 @@ async fn malformed_split_streams_are_refused() {
                 mode: pb::Mode::Stream as i32,
                 post_data_file: announced,
                 data_lanes: 0,
+                digest: pb::Digest::Sha256 as i32,
             }),
             ..Default::default()
         };
@@ -1115,6 +1123,7 @@ async fn malformed_lane_streams_are_refused() {
                 mode: pb::Mode::Stream as i32,
                 post_data_file,
                 data_lanes: lanes,
+                digest: pb::Digest::Sha256 as i32,
             }),
             // The copy lane carries a table of the fixture.
             lane_tables: (1..lanes.min(2))
@@ -1140,6 +1149,7 @@ async fn malformed_lane_streams_are_refused() {
             mode: pb::Mode::Stream as i32,
             post_data_file: true,
             data_lanes: 2,
+            digest: pb::Digest::Sha256 as i32,
         }),
         ..Default::default()
     };

@@ -324,11 +324,6 @@ async fn split_survives_an_idle_in_transaction_timeout_on_the_source() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn parallel_mode_arrives_identical() {
-    refresh_and_compare(pb::Mode::Parallel, Compress::Auto, 2).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn settings_grants_sessions_and_rollback() {
     let f = fleet().await;
     f.dst()
@@ -441,8 +436,9 @@ async fn names_that_need_quoting() {
     spec.owner = owner.into();
     spec.post_restore_sql = "INSERT INTO t VALUES (${V})".into();
     spec.params.insert("V".into(), "7".into());
-    for mode in [pb::Mode::Stream, pb::Mode::Parallel] {
-        spec.mode = mode;
+    // Copy lanes, then one pass.
+    for jobs in [2, 1] {
+        spec.jobs = jobs;
         refresh(f.tls(), &spec, |_| {})
             .await
             .expect("quoted names work");

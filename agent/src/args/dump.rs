@@ -23,8 +23,6 @@ fn check_pattern(p: &str, what: &str) -> Result<(), String> {
 pub enum DumpTo<'a> {
     /// The whole database, custom format, to stdout.
     Stdout,
-    /// The whole database as a directory, written by `jobs` workers.
-    Directory(&'a Path, u32),
     /// Everything but the post-data section (indexes, constraints,
     /// triggers), custom format, to stdout, as of an exported snapshot.
     StdoutWithoutPostData { snapshot: &'a str },
@@ -83,12 +81,6 @@ pub fn pg_dump(
 fn output_args(opts: &pb::DumpOptions, to: DumpTo<'_>) -> Result<Vec<String>, String> {
     let args = match to {
         DumpTo::Stdout => vec!["--format=custom".to_string(), "--compress=0".to_string()],
-        DumpTo::Directory(dir, jobs) => vec![
-            "--format=directory".to_string(),
-            "--compress=0".to_string(),
-            format!("--jobs={}", jobs.max(1)),
-            format!("--file={}", dir.display()),
-        ],
         DumpTo::StdoutWithoutPostData { snapshot } => {
             check_snapshot(snapshot)?;
             split_args(snapshot, "data").to_vec()

@@ -12,8 +12,6 @@ use crate::config::PostgresConfig;
 pub enum RestoreFrom<'a> {
     /// Custom format on stdin.
     Stdin,
-    /// A directory-format archive, restored by `jobs` workers.
-    Directory(&'a Path, u32),
     /// The post-data section of a custom-format file, restored by `jobs`
     /// workers.
     PostDataOf(&'a Path, u32),
@@ -68,7 +66,6 @@ pub fn pg_restore(
     args.extend(opts.extra_args.iter().cloned());
     let (format, input) = match from {
         RestoreFrom::Stdin => ("custom", None),
-        RestoreFrom::Directory(dir, jobs) => ("directory", Some((dir, jobs))),
         RestoreFrom::PostDataOf(file, jobs) => {
             args.push("--section=post-data".to_string());
             ("custom", Some((file, jobs)))
@@ -97,7 +94,7 @@ impl RestoreFrom<'_> {
     /// How many workers `pg_restore` runs.
     pub fn workers(&self) -> u32 {
         match self {
-            RestoreFrom::Directory(_, jobs) | RestoreFrom::PostDataOf(_, jobs) => (*jobs).max(1),
+            RestoreFrom::PostDataOf(_, jobs) => (*jobs).max(1),
             RestoreFrom::PostDataListed {
                 jobs, alongside, ..
             } => (*jobs).max(*alongside).max(1),
@@ -164,7 +161,7 @@ mod tests {
             assert_eq!(restore_settings(&own, 2, 2), own);
         }
         assert_eq!(RestoreFrom::PostDataOf(Path::new("s"), 3).workers(), 3);
-        assert_eq!(RestoreFrom::Directory(Path::new("d"), 0).workers(), 1);
+        assert_eq!(RestoreFrom::PostDataOf(Path::new("d"), 0).workers(), 1);
         assert_eq!(RestoreFrom::Stdin.workers(), 1);
     }
 }

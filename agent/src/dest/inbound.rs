@@ -1,6 +1,6 @@
 //! The one reader of a destination's incoming frames, whatever feeds them
 //! (a peer's stream, a backup in S3) and whatever restores them (one
-//! stream, data lanes, a parallel-mode directory).
+//! stream, data lanes).
 //!
 //! It owns the rules every path shares: a stall or a cancel ends the wait;
 //! each lane's frames are checked by its own decoder (sequence, CRC32C,

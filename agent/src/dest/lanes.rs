@@ -74,6 +74,7 @@ impl RestoreRun<'_> {
             ));
         }
         drop(landed_tx);
+        let copying = std::time::Instant::now();
         let stop = self.job.cancel.child_token();
         let (data, built) = tokio::join!(
             async {
@@ -87,7 +88,12 @@ impl RestoreRun<'_> {
         );
         data?;
         built?;
-        self.post_data_rest(&schema, &plan).await
+        let ms = |since: std::time::Instant| since.elapsed().as_millis() as u64;
+        self.job.copy_ms.store(ms(copying), Ordering::Relaxed);
+        let rest = std::time::Instant::now();
+        self.post_data_rest(&schema, &plan).await?;
+        self.job.rest_ms.store(ms(rest), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Routes the lanes' data to them and waits until every lane is in.

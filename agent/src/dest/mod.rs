@@ -6,7 +6,7 @@
 //!   shape the job was prepared for.
 //! - [`from_backup`]: `RestoreBackup`: a backup in S3, framed like a stream.
 //! - [`inbound`]: the one reader of incoming frames, for every path.
-//! - [`stream`], [`lanes`], [`parallel`]: what each shape does with them.
+//! - [`stream`], [`lanes`]: what each shape does with them.
 //! - [`restore`]: the `pg_restore` runs, the post-data pass, the
 //!   post-restore SQL, and the end of a restore (ready, or failed).
 //! - [`commit`]: `Commit` (the swap) and `Rollback`.
@@ -16,7 +16,6 @@ mod copy;
 mod from_backup;
 mod inbound;
 mod lanes;
-mod parallel;
 mod post_data;
 mod prepare;
 mod push;

@@ -25,10 +25,10 @@ impl Restorer {
             return Err(AgentError::precondition(&cfg.name, busy));
         }
         let new_db = sql::new_database(&req.job_id);
-        // Parallel mode lands the whole dump here; a split stream lands its
-        // schema file.
-        let work_dir = (setup.shape.stream_mode() == pb::Mode::Parallel
-            || setup.shape.post_data_file)
+        // A split stream lands its schema file here.
+        let work_dir = setup
+            .shape
+            .post_data_file
             .then(|| supervisor::jobs_dir(&cfg.work_dir).join(&req.job_id));
         let job = Job::new(
             &cfg.name,

@@ -39,14 +39,8 @@ impl Restorer {
         tracing::info!(job = %job.id, source = %caller, ?shape, "stream started");
         let compression =
             pb::Compression::try_from(header.compression).unwrap_or(pb::Compression::None);
-        let Ok(digest) = pb::Digest::try_from(header.digest) else {
-            let e = format!(
-                "the stream announces digest {}, which this agent does not know: upgrade it to the source agent's version",
-                header.digest
-            );
-            job.fail(StepError::new(pb::Step::Stream, e.clone()));
-            return Err(self.denied(e));
-        };
+        // Checked with the shape.
+        let digest = shape.stream_digest().unwrap_or(pb::Digest::Sha256);
         let run = RestoreRun {
             config: &self.config,
             job: &job,

@@ -38,10 +38,9 @@ impl RestoreRun<'_> {
     where
         S: Stream<Item = Result<pb::DumpFrame, Status>> + Unpin,
     {
-        match shape.stream_mode() {
-            pb::Mode::Parallel => self.parallel(inbound).await?,
-            _ if shape.lanes() > 1 => self.lanes(inbound, shape.lanes(), lane_tables).await?,
-            _ => self.stream(inbound, shape.post_data_file).await?,
+        match shape.lanes() {
+            1 => self.stream(inbound, shape.post_data_file).await?,
+            lanes => self.lanes(inbound, lanes, lane_tables).await?,
         }
         self.post_restore().await?;
         self.hand_over().await
@@ -99,16 +98,6 @@ impl RestoreRun<'_> {
         args::RestoreAs {
             login: &self.setup.login.role,
             owner: &self.setup.owner,
-        }
-    }
-
-    /// The cap on the files of a parallel-mode dump: only the free space.
-    pub(super) fn dump_file_cap(&self) -> FileCap {
-        FileCap {
-            max: u64::MAX,
-            keep_free: self.keep_free(),
-            what: "dump file",
-            advice: "",
         }
     }
 

@@ -72,6 +72,11 @@ pub struct Job {
     pub rows_copied: AtomicU64,
     /// Destination: slices the copy lanes committed.
     pub slices_copied: AtomicU32,
+    /// Destination: milliseconds from the lanes' start until every table
+    /// and the indexes built as they landed were in.
+    pub copy_ms: AtomicU64,
+    /// Destination: milliseconds of the final post-data pass.
+    pub rest_ms: AtomicU64,
     /// Destination: what each copy lane copies now (index: lane - 1).
     pub lanes: Mutex<Vec<pb::LaneProgress>>,
     /// Destination: rows of staging's own kept.
@@ -124,6 +129,8 @@ impl Job {
             tables_copied: AtomicU32::new(0),
             rows_copied: AtomicU64::new(0),
             slices_copied: AtomicU32::new(0),
+            copy_ms: AtomicU64::new(0),
+            rest_ms: AtomicU64::new(0),
             lanes: Mutex::new(Vec::new()),
             rows_kept: AtomicU64::new(0),
             nothing_to_keep: AtomicBool::new(false),
@@ -303,6 +310,8 @@ impl Job {
             tables_copied: self.tables_copied.load(Ordering::Relaxed),
             slices_copied: self.slices_copied.load(Ordering::Relaxed),
             rows_copied: self.rows_copied.load(Ordering::Relaxed),
+            copy_ms: self.copy_ms.load(Ordering::Relaxed),
+            rest_ms: self.rest_ms.load(Ordering::Relaxed),
             lanes: self.lanes.lock().map(|l| l.clone()).unwrap_or_default(),
             nothing_to_keep: self.nothing_to_keep.load(Ordering::Relaxed),
         }

@@ -7,7 +7,6 @@
 //!   for a separate schema file, the tables that get lanes of their own).
 //! - [`stream`]: one archive, and the schema file after it.
 //! - [`lanes`]: the schema file, then several data-only dumps at once.
-//! - [`parallel`]: pg_dump's directory format, files shipped as they close.
 //! - [`outbound`]: frames into the stream, with backpressure.
 
 mod copy;
@@ -16,7 +15,6 @@ pub use layout::MAX_SLICES;
 mod lanes;
 mod layout;
 mod outbound;
-mod parallel;
 mod stream;
 mod wire;
 
@@ -51,7 +49,6 @@ struct DumpRequest {
     job_id: String,
     database: String,
     agreed: pb::Shape,
-    jobs: u32,
     dump: pb::DumpOptions,
     compression: pb::Compression,
     ticket: String,
@@ -64,7 +61,6 @@ struct DumpRun {
     job: Arc<Job>,
     database: String,
     dump: pb::DumpOptions,
-    jobs: u32,
     out: Outbound,
 }
 
@@ -90,11 +86,11 @@ impl Dumper {
         let req = self.check(req)?;
         self.check_exists(&req.database).await?;
         let cfg = &self.config;
-        // Parallel mode lands the dump here; a split stream lands its
-        // schema file. Apart from the destination's, should one agent be
-        // both sides.
-        let work_dir = (req.agreed.stream_mode() == pb::Mode::Parallel
-            || req.agreed.post_data_file)
+        // A split stream lands its schema file here; apart from the
+        // destination's, should one agent be both sides.
+        let work_dir = req
+            .agreed
+            .post_data_file
             .then(|| supervisor::jobs_dir(&cfg.work_dir).join(format!("source-{}", req.job_id)));
         let job = Job::new(
             &cfg.name,
@@ -146,7 +142,6 @@ impl Dumper {
             job_id: req.job_id,
             database: req.database,
             agreed,
-            jobs: req.jobs,
             dump,
             compression,
             ticket: req.ticket,
@@ -191,7 +186,6 @@ impl Dumper {
             job: job.clone(),
             database: req.database.clone(),
             dump: req.dump.clone(),
-            jobs: req.jobs,
             out: Outbound::new(job.clone(), tx),
         };
         run.out
@@ -220,13 +214,8 @@ fn header(req: &DumpRequest, layout: &Layout) -> pb::DumpHeader {
         source_database: req.database.clone(),
         shape: Some(layout.shape),
         lane_tables: layout.lane_tables(),
-        digest: STREAM_DIGEST as i32,
     }
 }
-
-/// The digest a peer stream carries: BLAKE3 hashes several times faster
-/// than SHA-256 per byte, on both agents.
-const STREAM_DIGEST: pb::Digest = pb::Digest::Blake3;
 
 /// The push's result: the destination's verdict explains a refused or
 /// broken stream better than this side's view of it.
@@ -264,10 +253,9 @@ impl DumpRun {
             compression,
             faults.corrupt_frame.filter(|_| faults.corrupt_lane == 0),
         )
-        .with_digest(STREAM_DIGEST);
+        .with_digest(layout.shape.stream_digest().unwrap_or(pb::Digest::Sha256));
         let heartbeat = self.out.heartbeats();
         let produced = match (layout.shape.stream_mode(), &layout.snapshot) {
-            (pb::Mode::Parallel, _) => self.produce_parallel(&mut enc).await,
             (_, Some(snapshot)) if layout.shape.lanes() > 1 => {
                 self.produce_lanes(&mut enc, &snapshot.id, layout).await
             }

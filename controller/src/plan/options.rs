@@ -19,14 +19,9 @@ pub(super) struct RunOptions {
 }
 
 impl PairCheck<'_> {
-    /// `from_backup`: the source is a backup, which only stream mode restores.
-    pub(super) fn options(
-        &self,
-        defaults: &RawOptions,
-        from_backup: bool,
-    ) -> Result<RunOptions, ConfigError> {
+    pub(super) fn options(&self, defaults: &RawOptions) -> Result<RunOptions, ConfigError> {
         let o = self.raw.options().or(defaults);
-        let mode = self.mode(&o, from_backup)?;
+        let mode = self.mode(&o)?;
         let jobs = self.jobs(&o)?;
         let lanes = self.lanes(&o)?;
         Ok(RunOptions {
@@ -52,24 +47,21 @@ impl PairCheck<'_> {
         })
     }
 
-    fn mode(&self, o: &RawOptions, from_backup: bool) -> Result<pb::Mode, ConfigError> {
+    fn mode(&self, o: &RawOptions) -> Result<pb::Mode, ConfigError> {
         let span = o.mode.as_ref().map(|m| m.span()).unwrap_or(0..0);
         let mode = match o.mode.as_ref().map(|m| m.get_ref().as_str()) {
             None | Some("stream") => pb::Mode::Stream,
-            Some("parallel") => pb::Mode::Parallel,
+            Some("parallel") => {
+                return self.at.err(span, "mode", crate::refresh::PARALLEL_RETIRED);
+            }
             Some(other) => {
                 return self.at.err(
                     span,
                     "mode",
-                    format!("unknown mode {other:?}: use \"stream\" or \"parallel\""),
+                    format!("unknown mode {other:?}: the one mode is \"stream\""),
                 );
             }
         };
-        if from_backup && mode == pb::Mode::Parallel {
-            return self
-                .at
-                .err(span, "mode", "a backup is restored in stream mode");
-        }
         Ok(mode)
     }
 

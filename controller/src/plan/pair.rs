@@ -36,7 +36,7 @@ pub(super) fn validate_pair(
     let source_backup = c.ends()?;
     let owner = c.owner()?;
     c.not_into_its_own_source()?;
-    let run = c.options(defaults, source_backup.is_some())?;
+    let run = c.options(defaults)?;
     let (post_restore_sql, params) = c.post_restore()?;
     let staging = c.staging()?;
     let after = c.after()?;

@@ -56,6 +56,9 @@ pub enum Event {
 }
 
 /// A finished refresh.
+/// What a plan or command line asking for parallel mode is told.
+pub const PARALLEL_RETIRED: &str = "parallel mode (pg_dump -Fd) was retired: stream mode's copy lanes move the data faster (docs/benchmarks.md). Leave `mode` out (or set \"stream\"); `jobs` sets the copy lanes and index builders";
+
 #[derive(Clone, Debug)]
 pub struct Report {
     pub job_id: String,
@@ -77,6 +80,10 @@ pub struct Report {
     pub tables_copied: u32,
     pub slices_copied: u32,
     pub rows_copied: u64,
+    /// With copy lanes: until every table and its early indexes were in,
+    /// then the final post-data pass.
+    pub copy_time: Duration,
+    pub rest_time: Duration,
     /// Rows of staging's own kept across the refresh.
     pub rows_kept: u64,
     /// Rows were to be kept, and there was no live database (a first
@@ -333,6 +340,8 @@ fn report(
         tables_copied: d.tables_copied,
         slices_copied: d.slices_copied,
         rows_copied: d.rows_copied,
+        copy_time: Duration::from_millis(d.copy_ms),
+        rest_time: Duration::from_millis(d.rest_ms),
         rows_kept: d.rows_kept,
         nothing_to_keep: d.nothing_to_keep,
         elapsed,

@@ -67,7 +67,6 @@ pub async fn preflight<T: ClientTls>(
             check_dest(&dst, spec)?;
             let need = check_source(&src, &dst, spec)?;
             check_room(&dst, need, &format!("a copy of {:?}", spec.source_db()))?;
-            check_work_dirs(&src, &dst, spec, need)?;
             Ok(Preflighted {
                 shape: shape::agree(spec, &src, &dst),
                 dest: dst,
@@ -181,30 +180,6 @@ fn check_room(dst: &pb::InfoResponse, need: u64, what: &str) -> Result<(), Refre
             free >> 20,
             need >> 20
         ));
-    }
-    Ok(())
-}
-
-/// Parallel mode lands the dump in both agents' work directories.
-fn check_work_dirs(
-    src: &pb::InfoResponse,
-    dst: &pb::InfoResponse,
-    spec: &PairSpec,
-    need: u64,
-) -> Result<(), RefreshError> {
-    if spec.mode != pb::Mode::Parallel {
-        return Ok(());
-    }
-    for (info, side) in [(src, "source"), (dst, "destination")] {
-        let free = info.work_dir.as_ref().map(|w| w.free_bytes).unwrap_or(0);
-        if free > 0 && free < need {
-            return fail(format!(
-                "parallel mode lands the dump in the {side} agent {}'s work directory, which has {} MiB free; it needs about {} MiB",
-                info.name,
-                free >> 20,
-                need >> 20
-            ));
-        }
     }
     Ok(())
 }

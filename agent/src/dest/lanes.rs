@@ -60,7 +60,8 @@ impl RestoreRun<'_> {
         // than copy lanes, so a lane waiting for one never waits on a lane
         // that waits for its data): each slice holds one while it copies,
         // each build one while it runs.
-        let slots = Arc::new(Semaphore::new(self.setup.jobs.max(lanes - 1) as usize));
+        let total = self.setup.jobs.max(lanes - 1);
+        let slots = Arc::new(Semaphore::new(total as usize));
         let (landed_tx, landed) = mpsc::unbounded_channel();
         let shared = Arc::new(LaneTables::new(tables.to_vec()));
         let mut feeds = Vec::with_capacity(lanes as usize);
@@ -84,7 +85,7 @@ impl RestoreRun<'_> {
                 }
                 r
             },
-            self.build_as_lanes_land(&schema, &plan, landed, slots, stop.clone())
+            self.build_as_lanes_land(&schema, &plan, landed, (slots, total), stop.clone())
         );
         data?;
         built?;
@@ -157,7 +158,7 @@ impl RestoreRun<'_> {
         schema: &Path,
         plan: &Plan,
         mut landed: mpsc::UnboundedReceiver<usize>,
-        slots: Arc<Semaphore>,
+        slots: (Arc<Semaphore>, u32),
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<(), StepError> {
         let mut builds = futures::stream::FuturesUnordered::new();
@@ -167,7 +168,7 @@ impl RestoreRun<'_> {
                 unit = landed.recv(), if open => match unit {
                     Some(unit) => {
                         for (i, item) in plan.early.get(unit).into_iter().flatten().enumerate() {
-                            builds.push(self.build_one(schema, item, unit, i, slots.clone()));
+                            builds.push(self.build_one(schema, item, (unit, i), slots.clone()));
                         }
                     }
                     None => open = false,
@@ -181,20 +182,25 @@ impl RestoreRun<'_> {
         Ok(())
     }
 
-    /// One post-data item, built in a slot of its own (`unit`: the plan's
-    /// index of what landed).
+    /// One post-data item (the `i`th of the plan's `unit`, what landed),
+    /// built in a slot of its own. It shares the cores with whatever holds
+    /// the other slots now: alone (the last table's keys, typically), its
+    /// `CREATE INDEX` gets parallel workers.
     async fn build_one(
         &self,
         schema: &Path,
         item: &str,
-        unit: usize,
-        i: usize,
-        slots: Arc<Semaphore>,
+        (unit, i): (usize, usize),
+        (slots, total): (Arc<Semaphore>, u32),
     ) -> Result<(), StepError> {
         let _slot = slots
+            .clone()
             .acquire_owned()
             .await
             .map_err(|_| StepError::cancelled(pb::Step::PgRestore))?;
+        let busy = total
+            .saturating_sub(slots.available_permits() as u32)
+            .max(1);
         let dir = self.job.work_dir.clone().unwrap_or_default();
         let list = dir.join(format!("post-data-{unit}-{i}.list"));
         tokio::fs::write(&list, format!("{item}\n"))
@@ -210,7 +216,7 @@ impl RestoreRun<'_> {
             file: schema,
             list: &list,
             jobs: 1,
-            alongside: self.setup.jobs,
+            alongside: busy,
         })
         .await
         .map_err(|e| e.context(format_args!("building {what} as its table landed")))?;

@@ -565,3 +565,32 @@ async fn owners_with_more_than_their_own_rights_are_refused() {
     }
     f.assert_untouched().await;
 }
+
+/// A SQL_ASCII database's bytes are not converted to UTF-8 (nor checked),
+/// so its data stays in pg_dump's stream rather than the copy lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sql_ascii_database_keeps_its_data_in_one_stream() {
+    let f = fleet().await;
+    f.src()
+        .exec(
+            "postgres",
+            "CREATE DATABASE \"Prod legacy\" ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+        )
+        .await
+        .unwrap();
+    f.src()
+        .exec(
+            "Prod legacy",
+            "CREATE TABLE notes (id int PRIMARY KEY, body text); \
+             INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 1000) g",
+        )
+        .await
+        .unwrap();
+    let report = refresh(f.tls(), &f.pair_from("Prod legacy"), |_| {})
+        .await
+        .expect("refresh succeeds");
+    assert_eq!(report.data_lanes, 0, "{report:?}");
+    assert_eq!(report.tables_copied, 0, "{report:?}");
+    let c = f.dst().client("stage").await.unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM notes").await, 1000);
+}

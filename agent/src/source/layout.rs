@@ -225,13 +225,21 @@ async fn copy_tables(
     // not plain ASCII get lanes only where that is UTF-8, as ours.
     let row = session
         .query_one(
-            "SELECT current_setting('server_encoding') = 'UTF8', \
+            "SELECT current_setting('server_encoding'), \
                     current_setting('server_version_num')::int4",
             &[],
         )
         .await
         .map_err(read("the server encoding and version"))?;
-    let utf8: bool = row.try_get(0).map_err(read("the server encoding"))?;
+    let encoding: String = row.try_get(0).map_err(read("the server encoding"))?;
+    // Both ends of a lane speak UTF-8, which the server converts to and
+    // from the database's encoding; SQL_ASCII bytes are not converted (nor
+    // checked) and may not be UTF-8: such a database's data stays in
+    // pg_dump's stream.
+    if encoding == "SQL_ASCII" {
+        return Ok(Vec::new());
+    }
+    let utf8 = encoding == "UTF8";
     // Block ranges are scanned alone from PostgreSQL 14 (TID range scans).
     let can_split = row.try_get::<_, i32>(1).map_err(read("the version"))? >= 140000;
     let min = limits.lane_min_table_bytes.min(i64::MAX as u64) as i64;

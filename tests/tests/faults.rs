@@ -236,6 +236,63 @@ async fn destination_agent_killed(with_lanes: bool) {
     );
 }
 
+/// The destination agent killed while a landed table's keys are built
+/// early (lane 0's app.teams is in; its primary key waits on a lock this
+/// test holds) and the copy lane still copies: the build dies with the
+/// agent, and the restarted agent drops the half-made database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destination_agent_killed_while_building_a_landed_tables_keys() {
+    let mut s = setup(
+        Fleet::builder()
+            .staging_runs(AgentRun::Process)
+            .prod(lanes(true)),
+    )
+    .await;
+    let run = s.start(s.spec());
+    s.wait_lanes().await;
+    let job = s.dest_jobs().await.last().unwrap().clone();
+    let holder = s.dst().client(&job.new_database).await.unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE app.teams IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let watcher = s.dst().client("postgres").await.unwrap();
+    eventually("an early key build to wait on the lock", async || {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND application_name = 'stagesync-pg_restore' AND wait_event_type = 'Lock'",
+                &[&job.new_database],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 { Ok(()) } else { Err(waiting) }
+    })
+    .await;
+    // The copy lane still copies: this is one of the builds as tables land.
+    let now = s.dest_jobs().await;
+    let now = now.iter().find(|j| j.job_id == job.job_id).unwrap();
+    assert_eq!(now.phase, pb::Phase::Restoring as i32, "{now:?}");
+    assert!(!s.copy_sessions().await.is_empty(), "a copy lane runs");
+    let status = s.staging_mut().process().kill().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the destination agent was killed"
+    );
+    drop(holder);
+    let err = run.await.unwrap().unwrap_err();
+    assert!(!err.is_empty());
+    eventually("pg_restore to die with its agent", async || {
+        let left = tool_processes(&s.dst().socket_dir);
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await;
+    s.staging_mut().process().start().await.unwrap();
+    s.assert_untouched().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pg_restore_killed() {
     let s = setup(Fleet::builder()).await;

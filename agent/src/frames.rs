@@ -63,7 +63,9 @@ pub struct Encoder {
     lane: u32,
     seq: u64,
     total: u64,
-    hash: Hasher,
+    /// None: the trailer's digest comes from elsewhere (a backup's
+    /// manifest), so the bytes are not hashed here.
+    hash: Option<Hasher>,
     /// Test-only: flip a byte of this frame after its CRC is computed.
     corrupt: Option<u64>,
 }
@@ -76,7 +78,7 @@ impl Encoder {
             lane: 0,
             seq: 0,
             total: 0,
-            hash: Hasher::new(pb::Digest::Sha256),
+            hash: Some(Hasher::new(pb::Digest::Sha256)),
             corrupt,
         }
     }
@@ -91,18 +93,28 @@ impl Encoder {
 
     /// The same encoder, hashing with `digest` (before any data).
     pub fn with_digest(mut self, digest: pb::Digest) -> Self {
-        self.hash = Hasher::new(digest);
+        self.hash = Some(Hasher::new(digest));
         self
     }
 
+    /// The same encoder, hashing nothing: its trailer's digest is empty,
+    /// for the caller to fill in.
+    pub fn without_digest(mut self) -> Self {
+        self.hash = None;
+        self
+    }
+
+    /// The digest it computes (SHA-256 when none).
     pub fn digest(&self) -> pb::Digest {
-        self.hash.kind()
+        self.hash.as_ref().map_or(pb::Digest::Sha256, Hasher::kind)
     }
 
     /// One data frame for `raw`; without compression the frame shares
     /// `raw`'s memory instead of copying it.
     pub fn data(&mut self, raw: Bytes) -> std::io::Result<pb::DumpData> {
-        self.hash.update(&raw);
+        if let Some(h) = &mut self.hash {
+            h.update(&raw);
+        }
         self.total += raw.len() as u64;
         let raw_len = raw.len() as u32;
         let mut payload = match self.compression {
@@ -135,7 +147,7 @@ impl Encoder {
     pub fn trailer(&self) -> pb::DumpTrailer {
         pb::DumpTrailer {
             total_len: self.total,
-            digest: self.hash.so_far(),
+            digest: self.hash.as_ref().map(Hasher::so_far).unwrap_or_default(),
             frames: self.seq,
         }
     }

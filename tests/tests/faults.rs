@@ -117,6 +117,35 @@ impl Setup {
         .await
     }
 
+    /// Waits until a `pg_restore` in `database` (a post-data build) waits
+    /// on a lock.
+    async fn wait_build_on_a_lock(&self, database: &str) {
+        let watcher = self.dst().client("postgres").await.unwrap();
+        eventually("a post-data build to wait on a lock", async || {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND application_name = 'stagesync-pg_restore' AND wait_event_type = 'Lock'",
+                    &[&database],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 { Ok(()) } else { Err(waiting) }
+        })
+        .await;
+    }
+
+    /// Waits until no pg_dump or pg_restore runs on the destination (they
+    /// die with a killed agent).
+    async fn wait_tools_gone(&self) {
+        eventually("pg_restore to die with its agent", async || {
+            let left = tool_processes(&self.dst().socket_dir);
+            if left.is_empty() { Ok(()) } else { Err(left) }
+        })
+        .await;
+    }
+
     /// The destination's backends running a lane's `COPY … FROM STDIN`.
     async fn copy_sessions(&self) -> Vec<i32> {
         let sql = "SELECT pid FROM pg_stat_activity \
@@ -220,11 +249,7 @@ async fn destination_agent_killed(with_lanes: bool) {
         "{left:?}"
     );
     // ...and pg_restore died with its agent.
-    eventually("pg_restore to die with its agent", async || {
-        let left = tool_processes(&s.dst().socket_dir);
-        if left.is_empty() { Ok(()) } else { Err(left) }
-    })
-    .await;
+    s.wait_tools_gone().await;
     // A restarted agent cleans up before it serves.
     s.staging_mut().process().start().await.unwrap();
     s.assert_untouched().await;
@@ -256,20 +281,7 @@ async fn destination_agent_killed_while_building_a_landed_tables_keys() {
         .batch_execute("BEGIN; LOCK TABLE app.teams IN ACCESS SHARE MODE")
         .await
         .unwrap();
-    let watcher = s.dst().client("postgres").await.unwrap();
-    eventually("an early key build to wait on the lock", async || {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                 AND application_name = 'stagesync-pg_restore' AND wait_event_type = 'Lock'",
-                &[&job.new_database],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 { Ok(()) } else { Err(waiting) }
-    })
-    .await;
+    s.wait_build_on_a_lock(&job.new_database).await;
     // The copy lane still copies: this is one of the builds as tables land.
     let now = s.dest_jobs().await;
     let now = now.iter().find(|j| j.job_id == job.job_id).unwrap();
@@ -284,11 +296,7 @@ async fn destination_agent_killed_while_building_a_landed_tables_keys() {
     drop(holder);
     let err = run.await.unwrap().unwrap_err();
     assert!(!err.is_empty());
-    eventually("pg_restore to die with its agent", async || {
-        let left = tool_processes(&s.dst().socket_dir);
-        if left.is_empty() { Ok(()) } else { Err(left) }
-    })
-    .await;
+    s.wait_tools_gone().await;
     s.staging_mut().process().start().await.unwrap();
     s.assert_untouched().await;
 }
@@ -440,20 +448,7 @@ async fn aborted_while_indexing() {
     .await;
     assert_eq!(now.post_data_jobs, 2);
     // Held: a post-data worker waits on the lock.
-    let watcher = s.dst().client("postgres").await.unwrap();
-    eventually("a post-data worker to wait on the lock", async || {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                 AND application_name = 'stagesync-pg_restore' AND wait_event_type = 'Lock'",
-                &[&job.new_database],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 { Ok(()) } else { Err(waiting) }
-    })
-    .await;
+    s.wait_build_on_a_lock(&job.new_database).await;
     assert!(
         !tool_processes(&s.dst().socket_dir).is_empty(),
         "pg_restore is running its post-data pass"

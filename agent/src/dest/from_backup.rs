@@ -156,7 +156,9 @@ async fn frame_object(
         }
     };
     let mut body = body.into_async_read();
-    let mut enc = Encoder::new(pb::Compression::None, None);
+    // The digest is the manifest's: the reader checks it, nothing to
+    // compute here.
+    let mut enc = Encoder::new(pb::Compression::None, None).without_digest();
     loop {
         let chunk = match read_chunk(&mut body).await {
             Ok(c) => c,

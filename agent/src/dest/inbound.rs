@@ -263,9 +263,7 @@ where
                 "copy lane {lane} ended inside a table"
             )));
         }
-        self.decoders[lane]
-            .finish(&end.trailer.clone().unwrap_or_default())
-            .map_err(|e| self.lane_error(lane, e))?;
+        self.check_so_far(lane, end.trailer.as_ref())?;
         self.open[lane] = false;
         Ok(Event::LaneEnded(lane))
     }
@@ -279,9 +277,7 @@ where
         if self.lane0_ended {
             return Err(stream_error("data lane 0 ended twice"));
         }
-        self.decoders[0]
-            .finish(&end.trailer.clone().unwrap_or_default())
-            .map_err(|e| self.lane_error(0, e))?;
+        self.check_so_far(0, end.trailer.as_ref())?;
         self.lane0_ended = true;
         Ok(Event::LaneEnded(0))
     }
@@ -327,9 +323,7 @@ where
                 "a table ended on lane {lane}, which carries none"
             )));
         }
-        self.decoders[lane]
-            .finish(&t.so_far.clone().unwrap_or_default())
-            .map_err(|e| self.lane_error(lane, e))?;
+        self.check_so_far(lane, t.so_far.as_ref())?;
         self.carrying[lane] = None;
         Ok(Event::TableEnded { lane, rows: t.rows })
     }
@@ -352,6 +346,15 @@ where
             .finish(t)
             .map_err(|e| self.lane_error(0, e))?;
         Ok(Event::End)
+    }
+
+    /// Checks `lane`'s bytes so far against the source's account of them
+    /// (a lane end's or a table end's).
+    fn check_so_far(&self, lane: usize, so_far: Option<&pb::DumpTrailer>) -> Result<(), StepError> {
+        let empty = pb::DumpTrailer::default();
+        self.decoders[lane]
+            .finish(so_far.unwrap_or(&empty))
+            .map_err(|e| self.lane_error(lane, e))
     }
 
     /// A frame error, naming the lane when the stream has several.

@@ -61,10 +61,47 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// What `--check` reports of the server: how the agent reaches it, the
+/// server's version and the login's rights. `Err((refused, why))`: the
+/// server could not be queried; `refused` when it answered and turned the
+/// login away (a configuration problem), not when it could not be reached.
+pub async fn check_postgres(config: &AgentConfig) -> Result<Vec<String>, (bool, String)> {
+    let pg_cfg = &config.postgres;
+    let c = pg::connect(pg_cfg, "postgres")
+        .await
+        .map_err(|e| (e.code().is_some() || matches!(e, pg::ConnectError::Secret { .. }), e.to_string()))?;
+    let failed = |e: tokio_postgres::Error| (true, pg::error_chain(&e));
+    let version: String = c
+        .query_one("SELECT current_setting('server_version')", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(failed)?;
+    let rights = pg::rights::of_login(&c).await.map_err(failed)?;
+    let tls = match &pg_cfg.endpoint {
+        config::Endpoint::Tcp { tls, .. } => {
+            format!("TLS {} against {}", tls.mode.as_str(), tls.ca_file.display())
+        }
+        config::Endpoint::Socket { .. } => "unix socket (no TLS needed)".to_string(),
+    };
+    let names = rights.names();
+    Ok(vec![
+        format!("postgres: {} ({tls}), server {version}", pg_cfg.endpoint.describe()),
+        format!(
+            "login: role {:?} with {}; rights: {}",
+            rights.role,
+            pg_cfg.secret.describe(),
+            if names.is_empty() { "none beyond its own".to_string() } else { names.join(", ") }
+        ),
+        format!("room for restores: {}", pg::disk_check(pg_cfg)),
+    ])
+}
+
 /// Whether this server lets a job's restore log in as its own role (see
 /// `db::JobLogin`): `None` for an agent that restores nothing, else the
 /// probe's result, whose error says what to add to `pg_hba.conf`.
-pub async fn check_job_logins(config: &AgentConfig) -> Option<Result<(), db::LoginProblem>> {
+pub async fn check_job_logins(
+    config: &AgentConfig,
+) -> Option<Result<db::JobLogins, db::LoginProblem>> {
     if config.policy.may_overwrite.patterns.is_empty() {
         return None;
     }

@@ -66,10 +66,27 @@ fn check_server(cfg: &config::AgentConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match runtime.block_on(stagesync_agent::check_postgres(cfg)) {
+        Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+        Err((true, e)) => {
+            eprintln!("stagesync-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+        Err((false, e)) => {
+            println!("postgres: not reachable now: {e}");
+            return ExitCode::SUCCESS;
+        }
+    }
     match runtime.block_on(stagesync_agent::check_job_logins(cfg)) {
         None => ExitCode::SUCCESS,
-        Some(Ok(())) => {
+        Some(Ok(db::JobLogins::PerJobRole)) => {
             println!("job logins: ok (restores run as a role of group stagesync_jobs)");
+            ExitCode::SUCCESS
+        }
+        Some(Ok(db::JobLogins::AgentLogin)) => {
+            println!(
+                "job logins: restores run as the agent's own login, which is no superuser (with SET ROLE to the owner)"
+            );
             ExitCode::SUCCESS
         }
         Some(Err(db::LoginProblem::Refused(e))) => {

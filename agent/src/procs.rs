@@ -100,7 +100,7 @@ pub fn spawn(
     program: Program,
     args: &[String],
     settings: &[String],
-    password: Option<&str>,
+    env: &[(&'static str, String)],
     stdin: Stdio,
     stdout: Stdio,
 ) -> std::io::Result<Tool> {
@@ -109,9 +109,7 @@ pub fn spawn(
     let options: Vec<String> = settings.iter().map(|s| format!("-c {s}")).collect();
     // A password travels in the environment (readable only by this user),
     // never on the command line.
-    if let Some(p) = password {
-        cmd.env("PGPASSWORD", p);
-    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.args(args)
         .env("PGOPTIONS", options.join(" "))
         .stdin(stdin)
@@ -172,13 +170,18 @@ async fn keep_stderr(err: tokio::process::ChildStderr, tail: StderrTail, name: &
 
 /// Starts `pg_dump`: it reads nothing and takes no session settings; its
 /// archive goes to `stdout` (or to the file its arguments name).
-pub fn spawn_pg_dump(bin_dir: &Path, args: &[String], stdout: Stdio) -> std::io::Result<Tool> {
+pub fn spawn_pg_dump(
+    bin_dir: &Path,
+    args: &[String],
+    env: &[(&'static str, String)],
+    stdout: Stdio,
+) -> std::io::Result<Tool> {
     spawn(
         bin_dir,
         Program::PgDump,
         args,
         &[],
-        None,
+        env,
         Stdio::null(),
         stdout,
     )
@@ -384,7 +387,7 @@ mod tests {
             Program::Other(name),
             &[],
             &[],
-            None,
+            &[],
             stdin,
             stdout,
         )

@@ -99,8 +99,13 @@ impl AgentService {
         let cfg = &self.config;
         let pg_cfg = &cfg.postgres;
         let located = pb::PostgresInfo {
-            socket_dir: pg_cfg.socket_dir.display().to_string(),
-            port: pg_cfg.port.into(),
+            socket_dir: pg_cfg.endpoint.host(),
+            port: pg_cfg.endpoint.port().into(),
+            endpoint: pg_cfg.endpoint.describe(),
+            tls: pg_cfg.endpoint.is_tcp(),
+            login_role: pg_cfg.user.clone(),
+            secret: pg_cfg.secret.describe(),
+            disk_check: pg::disk_check(pg_cfg),
             ..Default::default()
         };
         let info = match pg::server_info(pg_cfg).await {
@@ -136,6 +141,8 @@ impl AgentService {
                 .filter_map(|r| Some((r.name.clone(), policy::unfit_owner(r)?.to_string())))
                 .collect(),
             roles: info.roles.into_iter().map(|r| r.name).collect(),
+            rights: info.rights.names(),
+            max_database_size_bytes: pg_cfg.max_database_size.unwrap_or(0),
             ..located
         }
     }

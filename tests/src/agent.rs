@@ -31,6 +31,9 @@ pub struct AgentSpec {
     pub s3_files: Option<(PathBuf, PathBuf)>,
     /// TOML appended to the generated file, after every table above.
     pub extra_toml: String,
+    /// The `[postgres]` keys instead of the cluster's socket as `postgres`
+    /// (`bin_dir` is added).
+    pub postgres: Option<String>,
     /// Faults to inject (in-process agents only).
     pub faults: stagesync_agent::config::Faults,
 }
@@ -49,6 +52,7 @@ impl AgentSpec {
             jobs: BTreeMap::new(),
             s3_files: None,
             extra_toml: String::new(),
+            postgres: None,
             faults: Default::default(),
         }
     }
@@ -76,6 +80,10 @@ pub fn write_config(
         ),
         None => (dir.to_path_buf(), 5432, String::new()),
     };
+    let postgres = match &spec.postgres {
+        Some(keys) => format!("{keys}\n"),
+        None => format!("socket_dir = {socket_dir:?}\nport = {port}\nuser = \"postgres\"\n"),
+    };
     let text = format!(
         r#"name = {name:?}
 listen = "127.0.0.1:0"
@@ -87,10 +95,7 @@ cert = {cert:?}
 key = {key:?}
 
 [postgres]
-socket_dir = {sock:?}
-port = {port}
-user = "postgres"
-{bin_dir}
+{postgres}{bin_dir}
 [policy]
 may_dump = {dump}
 may_overwrite = {overwrite}
@@ -102,7 +107,6 @@ peers = {peers}
         ca = tls.ca,
         cert = tls.cert,
         key = tls.key,
-        sock = socket_dir,
         dump = toml_list(&spec.may_dump),
         overwrite = toml_list(&spec.may_overwrite),
         controllers = toml_list(&spec.controllers),

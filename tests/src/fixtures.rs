@@ -211,3 +211,77 @@ pub async fn objects_not_owned_by(
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// After a refresh of the rich fixture into `stage`: the same content and
+/// schema, everything owned by `stage`, sequences, the large object, the
+/// generated column, the partitions and row-level security as on the
+/// source.
+pub async fn assert_identical(f: &crate::Fleet) {
+    assert_eq!(
+        content_hashes(f.src(), "production").await.unwrap(),
+        content_hashes(f.dst(), "stage").await.unwrap(),
+        "same content"
+    );
+    assert_eq!(
+        schema_dump(f.src(), "production").unwrap(),
+        schema_dump(f.dst(), "stage").unwrap(),
+        "same schema"
+    );
+    let foreign = objects_not_owned_by(f.dst(), "stage", "stage")
+        .await
+        .unwrap();
+    assert!(
+        foreign.is_empty(),
+        "objects not owned by stage: {foreign:?}"
+    );
+    // Sequences continue where production's stopped.
+    let c = f.dst().client("stage").await.unwrap();
+    let next: i64 = c
+        .query_one("SELECT nextval('app.invoice_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 1042);
+    let next_user: i64 = c
+        .query_one(
+            "INSERT INTO app.users(email) VALUES ('new@example.com') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next_user, 2001);
+    let lo: Vec<u8> = c
+        .query_one("SELECT lo_get(4242)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lo, b"a large object");
+    // The generated column is computed again from the copied amount, the
+    // partitions hold their rows, the unlogged table its own, and the
+    // table with row-level security keeps it.
+    let row = c
+        .query_one(
+            "SELECT with_tax::text, mood::text FROM \"Billing Dept\".\"Invoices\" WHERE id = 10",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("1200.0".to_string(), "sad".to_string())
+    );
+    for (sql, want) in [
+        ("SELECT least(count(*), 1) FROM app.events_2025", 1),
+        ("SELECT count(*) FROM app.events", 15000),
+        ("SELECT count(*) FROM app.sessions", 1000),
+        (
+            "SELECT count(*) FROM pg_class WHERE relname = 'secrets' AND relrowsecurity",
+            1,
+        ),
+    ] {
+        let n: i64 = c.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(n, want, "{sql}");
+    }
+}
+

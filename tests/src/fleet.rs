@@ -83,9 +83,28 @@ pub struct FleetBuilder {
     staging_run: AgentRun,
     s3: bool,
     backups: bool,
+    managed: bool,
 }
 
+/// The login roles of a managed fleet's agents, and their passwords.
+pub const MANAGED_SOURCE_ROLE: &str = "stagesync_src";
+pub const MANAGED_DEST_ROLE: &str = "stagesync_dst";
+pub const MANAGED_SOURCE_PASSWORD: &str = "src-Pa55-word";
+pub const MANAGED_DEST_PASSWORD: &str = "dst-Pa55-word";
+
 impl FleetBuilder {
+    /// Both clusters configured like a managed service
+    /// ([`PgCluster::start_managed`]), and both agents reaching theirs over
+    /// TCP with TLS (`verify-full`), as roles that are no superuser, with
+    /// their passwords in files only the agent may read. The source's role
+    /// has `pg_read_all_data` (and BYPASSRLS for the fixture's table with
+    /// row-level security, SELECT on its large objects); the destination's
+    /// CREATEDB, `pg_signal_backend` and membership in the owner `stage`.
+    pub fn managed(mut self) -> Self {
+        self.managed = true;
+        self
+    }
+
     /// `production` holds what `sql` makes instead of the rich fixture.
     pub fn source_sql(mut self, sql: &str) -> Self {
         self.source = Source::Sql(sql.to_string());
@@ -148,9 +167,13 @@ impl FleetBuilder {
             .prefix("stagesync-fleet-")
             .tempdir()
             .expect("a temporary directory");
-        let src = PgCluster::start().expect("the source cluster starts");
-        let dst = (self.dest != Dest::None)
-            .then(|| PgCluster::start().expect("the destination cluster starts"));
+        let pki = TestPki::new().expect("a PKI");
+        let start = || match self.managed {
+            true => PgCluster::start_managed(&pki),
+            false => PgCluster::start(),
+        };
+        let src = start().expect("the source cluster starts");
+        let dst = (self.dest != Dest::None).then(|| start().expect("the destination cluster starts"));
         match &self.source {
             Source::Rich => seed_rich(&src, "production").await,
             Source::Sql(sql) => seed_sql(&src, sql).await,
@@ -161,7 +184,15 @@ impl FleetBuilder {
             seed_stage(dst).await.expect("seeding the destination");
             before = content_hashes(dst, "stage").await.expect("hashing stage");
         }
-        let pki = TestPki::new().expect("a PKI");
+        if self.managed {
+            managed_roles(&src, dst.as_ref())
+                .await
+                .expect("the agents' roles");
+            self.prod.postgres = Some(managed_keys(&src, dir.path(), "prod-db", MANAGED_SOURCE_ROLE, MANAGED_SOURCE_PASSWORD));
+            if let Some(dst) = &dst {
+                self.staging.postgres = Some(managed_keys(dst, dir.path(), "staging-db", MANAGED_DEST_ROLE, MANAGED_DEST_PASSWORD));
+            }
+        }
         let tls = pki
             .controller_tls("ops")
             .expect("the controller's certificate");
@@ -209,6 +240,54 @@ impl FleetBuilder {
         }
         server
     }
+}
+
+/// The agents' login roles on managed clusters (see [`FleetBuilder::managed`]).
+async fn managed_roles(src: &PgCluster, dst: Option<&PgCluster>) -> anyhow::Result<()> {
+    src.exec(
+        "postgres",
+        &format!(
+            "CREATE ROLE {MANAGED_SOURCE_ROLE} LOGIN BYPASSRLS PASSWORD '{MANAGED_SOURCE_PASSWORD}'; \
+             GRANT pg_read_all_data TO {MANAGED_SOURCE_ROLE}"
+        ),
+    )
+    .await?;
+    // Large objects are not covered by pg_read_all_data.
+    src.exec(
+        "production",
+        &format!(
+            "DO $$ DECLARE o oid; BEGIN FOR o IN SELECT oid FROM pg_largeobject_metadata LOOP \
+             EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO {MANAGED_SOURCE_ROLE}', o); END LOOP; END $$"
+        ),
+    )
+    .await?;
+    if let Some(dst) = dst {
+        dst.exec(
+            "postgres",
+            &format!(
+                "CREATE ROLE {MANAGED_DEST_ROLE} LOGIN CREATEDB PASSWORD '{MANAGED_DEST_PASSWORD}'; \
+                 GRANT pg_signal_backend TO {MANAGED_DEST_ROLE}; \
+                 DO $$ BEGIN CREATE ROLE stage LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+                 GRANT stage TO {MANAGED_DEST_ROLE}"
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The `[postgres]` keys of an agent on a managed cluster; its password
+/// goes in a file of its own, mode 0600.
+pub fn managed_keys(cluster: &PgCluster, dir: &Path, agent: &str, role: &str, password: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let tcp = cluster.tcp.as_ref().expect("a managed cluster");
+    let file = dir.join(format!("{agent}.pgpass"));
+    std::fs::write(&file, format!("{password}\n")).expect("the password file");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    format!(
+        "host = \"localhost\"\nport = {}\nsslrootcert = {:?}\nuser = {role:?}\npassword_file = {file:?}",
+        tcp.port, tcp.ca
+    )
 }
 
 async fn seed_sql(cluster: &PgCluster, sql: &str) -> anyhow::Result<()> {
@@ -325,6 +404,7 @@ impl Fleet {
         FleetBuilder {
             source: Source::Rich,
             dest: Dest::Stage,
+            managed: false,
             prod,
             staging,
             prod_run: AgentRun::default(),

@@ -22,7 +22,26 @@ pub struct PgCluster {
     pub port: u16,
     pub bin_dir: PathBuf,
     log: PathBuf,
+    /// Set for a cluster reached over TCP with TLS ([`PgCluster::start_managed`]).
+    pub tcp: Option<TcpAccess>,
 }
+
+/// How a managed-like cluster is reached: `localhost:port`, TLS with a
+/// certificate for `localhost` only, from the CA in `ca`.
+#[derive(Clone, Debug)]
+pub struct TcpAccess {
+    pub port: u16,
+    pub ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Client authentication as a managed service has it: TLS and SCRAM
+/// passwords over TCP for every role; on the socket only the tests' own
+/// `postgres` (no agent logs in that way).
+pub const MANAGED_HBA: &str = "local all postgres trust\n\
+                               hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                               hostssl all all ::1/128 scram-sha-256\n";
 
 /// What to do when the PostgreSQL server binaries are missing.
 pub const INSTALL_HINT: &str = "install the PostgreSQL server: `sudo apt-get install postgresql` (Debian, Ubuntu), `sudo dnf install postgresql-server` (Fedora, RHEL), `brew install postgresql` (macOS); or set STAGESYNC_PG_BINDIR to the directory holding initdb, pg_ctl, pg_dump and pg_restore";
@@ -104,6 +123,31 @@ pub const HBA: &str = "local all postgres trust\n\
 impl PgCluster {
     /// `initdb` and start a new cluster.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// A cluster configured like a managed service: it listens on
+    /// `localhost` with `ssl = on` and a server certificate that `pki`'s CA
+    /// signed for `localhost`, and takes only `hostssl … scram-sha-256`
+    /// logins but the tests' own `postgres` on the socket.
+    pub fn start_managed(pki: &crate::TestPki) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut req = stagesync_certs::pki::LeafRequest::new(
+            stagesync_certs::Kind::Agent,
+            &format!("pg-{port}"),
+            30,
+        );
+        req.dns.push("localhost".into());
+        let files = pki.issue(&req, &format!("pg-{port}"))?;
+        Self::start_with(Some(TcpAccess {
+            port,
+            ca: files.ca,
+            cert: files.cert,
+            key: files.key,
+        }))
+    }
+
+    fn start_with(tcp: Option<TcpAccess>) -> anyhow::Result<Self> {
         let bin_dir = bin_dir()?;
         let dir = tempfile::Builder::new().prefix("stagesync-pg-").tempdir()?;
         let data_dir = dir.path().join("data");
@@ -119,9 +163,14 @@ impl PgCluster {
         }
         // Ports only name the socket file; spread them so two clusters in
         // one socket directory could never clash either.
-        let port = 20000
-            + ((std::process::id() as u16).wrapping_mul(31) % 20000)
-            + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 5000;
+        let port = match &tcp {
+            Some(t) => t.port,
+            None => {
+                20000
+                    + ((std::process::id() as u16).wrapping_mul(31) % 20000)
+                    + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 5000
+            }
+        };
         let mut initdb = server_command(&bin_dir.join("initdb"));
         initdb.arg("-D").arg(&data_dir).args([
             "-U",
@@ -135,7 +184,15 @@ impl PgCluster {
         ]);
         run(initdb, "initdb")?;
         // Overwritten in place: the file keeps its owner and mode.
-        std::fs::write(data_dir.join("pg_hba.conf"), HBA)?;
+        let hba = match tcp {
+            Some(_) => MANAGED_HBA,
+            None => HBA,
+        };
+        std::fs::write(data_dir.join("pg_hba.conf"), hba)?;
+        let tcp = match tcp {
+            Some(t) => Some(server_key_copy(t, &data_dir)?),
+            None => None,
+        };
         let cluster = PgCluster {
             dir,
             data_dir,
@@ -143,14 +200,23 @@ impl PgCluster {
             port,
             bin_dir,
             log,
+            tcp,
         };
         cluster.pg_ctl_start()?;
         Ok(cluster)
     }
 
     fn pg_ctl_start(&self) -> anyhow::Result<()> {
+        let listen = match &self.tcp {
+            Some(t) => format!(
+                "localhost' -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}",
+                t.cert.display(),
+                t.key.display()
+            ),
+            None => String::new(),
+        };
         let opts = format!(
-            "-c listen_addresses='' -k {} -p {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50",
+            "-c listen_addresses='{listen}' -k {} -p {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50",
             self.socket_dir.display(),
             self.port
         );
@@ -243,6 +309,25 @@ impl PgCluster {
             .args(["-m", "immediate", "-w", "stop"]);
         let _ = stop.output();
     }
+}
+
+/// The server's certificate and key copied into its data directory, owned
+/// by the user the server runs as and readable by it alone (PostgreSQL
+/// refuses a key others may read).
+fn server_key_copy(t: TcpAccess, data_dir: &Path) -> anyhow::Result<TcpAccess> {
+    use std::os::unix::fs::PermissionsExt;
+    let cert = data_dir.join("server.crt");
+    let key = data_dir.join("server.key");
+    std::fs::copy(&t.cert, &cert)?;
+    std::fs::copy(&t.key, &key)?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    if running_as_root() {
+        let pg = nix::unistd::User::from_name("postgres")?.context("no postgres user")?;
+        for p in [&cert, &key] {
+            nix::unistd::chown(p, Some(pg.uid), Some(pg.gid))?;
+        }
+    }
+    Ok(TcpAccess { cert, key, ..t })
 }
 
 impl Drop for PgCluster {

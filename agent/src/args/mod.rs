@@ -75,8 +75,8 @@ fn connection_args(pg: &PostgresConfig) -> Vec<String> {
 /// server asks for one, comes from the tool's environment).
 fn connection_args_as(pg: &PostgresConfig, user: &str) -> Vec<String> {
     vec![
-        format!("--host={}", pg.socket_dir.display()),
-        format!("--port={}", pg.port),
+        format!("--host={}", pg.endpoint.host()),
+        format!("--port={}", pg.endpoint.port()),
         format!("--username={user}"),
         "--no-password".to_string(),
     ]
@@ -95,10 +95,14 @@ fn conninfo_dbname(name: &str) -> String {
 #[cfg(test)]
 fn test_postgres() -> PostgresConfig {
     PostgresConfig {
-        socket_dir: "/run/pg".into(),
-        port: 5432,
+        endpoint: crate::config::Endpoint::Socket {
+            dir: "/run/pg".into(),
+            port: 5432,
+        },
         user: "postgres".into(),
+        secret: crate::pg::secret::Secret::None,
         bin_dir: "/usr/bin".into(),
         restore_settings: Vec::new(),
+        max_database_size: None,
     }
 }

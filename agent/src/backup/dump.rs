@@ -40,7 +40,7 @@ impl Backups {
         tx: &Sender,
         cancel: &CancellationToken,
     ) -> Result<Uploaded, BackupFailure> {
-        let (mut tool, mut out) = self.start_pg_dump(req)?;
+        let (mut tool, mut out) = self.start_pg_dump(req).await?;
         let counts = Arc::new(Counts::default());
         let ticker = tokio::spawn(send_progress(counts.clone(), tx.clone()));
         let progress = |p: UploadProgress| counts.set(p);
@@ -69,14 +69,17 @@ impl Backups {
     }
 
     /// Starts `pg_dump` with its stdout piped to us.
-    fn start_pg_dump(
+    async fn start_pg_dump(
         &self,
         req: &pb::BackupRequest,
     ) -> Result<(procs::Tool, tokio::process::ChildStdout), BackupFailure> {
         let cfg = &self.config;
         let argv = backup_args(cfg, req).map_err(BackupFailure::at(BackupStep::Dump))?;
-        let mut tool =
-            procs::spawn_pg_dump(&cfg.postgres.bin_dir, &argv, Stdio::piped()).map_err(|e| {
+        let env = crate::pg::own_tool_env(&cfg.postgres)
+            .await
+            .map_err(|e| BackupFailure::new(BackupStep::Dump, e.to_string()))?;
+        let mut tool = procs::spawn_pg_dump(&cfg.postgres.bin_dir, &argv, &env, Stdio::piped())
+            .map_err(|e| {
                 BackupFailure::new(BackupStep::Dump, format!("cannot start pg_dump: {e}"))
             })?;
         let out = tool

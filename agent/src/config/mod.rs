@@ -6,6 +6,7 @@
 //! says what to do.
 
 pub mod places;
+mod postgres;
 mod raw;
 mod validate;
 
@@ -14,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 pub use places::PlacePatterns;
+pub use postgres::{
+    DEFAULT_RESTORE_SETTINGS, Endpoint, PostgresConfig, ServerTls, SslMode,
+};
 use stagesync_certs::{Identity, TlsFiles};
 
 pub use stagesync_proto::tomlfile::ConfigError;
@@ -83,24 +87,6 @@ pub struct Faults {
     /// of 256 MiB.
     pub keep_free: Option<u64>,
 }
-
-#[derive(Clone, Debug)]
-pub struct PostgresConfig {
-    pub socket_dir: PathBuf,
-    pub port: u16,
-    /// The database role the agent connects as (peer auth: its OS user).
-    pub user: String,
-    /// Where `pg_dump` and `pg_restore` live.
-    pub bin_dir: PathBuf,
-    /// Session settings for `pg_restore` and the post-restore SQL, as
-    /// `name=value`: the database being restored is private to the job, so
-    /// it can trade durability for speed until the swap.
-    pub restore_settings: Vec<String>,
-}
-
-/// Used when `postgres.restore_settings` is not given.
-pub const DEFAULT_RESTORE_SETTINGS: &[&str] =
-    &["synchronous_commit=off", "maintenance_work_mem=256MB"];
 
 /// What this agent may do, and for whom.
 #[derive(Clone, Debug)]

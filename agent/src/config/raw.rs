@@ -53,8 +53,16 @@ pub(super) struct RawTls {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPostgres {
     pub socket_dir: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
     pub port: Option<Spanned<u16>>,
+    pub sslmode: Option<Spanned<String>>,
+    pub sslrootcert: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub rds_iam: Option<Spanned<bool>>,
+    pub aws_region: Option<Spanned<String>>,
+    pub max_database_size_mb: Option<Spanned<u64>>,
     pub bin_dir: Option<Spanned<String>>,
     pub restore_settings: Option<Spanned<Vec<Spanned<String>>>>,
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use globset::Glob;
@@ -13,10 +13,9 @@ use stagesync_proto::tomlfile::TomlFile;
 use toml::Spanned;
 
 use super::PlacePatterns;
-use super::raw::{RawConfig, RawJobs, RawPolicy, RawPostgres, RawS3, RawTls};
+use super::raw::{RawConfig, RawJobs, RawPolicy, RawS3, RawTls};
 use super::{
-    AgentConfig, ConfigError, DEFAULT_RESTORE_SETTINGS, Faults, JobLimits, Patterns, Policy,
-    PostgresConfig, os_user_name,
+    AgentConfig, ConfigError, Faults, JobLimits, Patterns, Policy,
 };
 
 /// The file being validated, for locating errors.
@@ -204,92 +203,6 @@ impl Ctx<'_> {
         Ok(files)
     }
 
-    fn validate_postgres(&self, raw: &RawPostgres) -> Result<PostgresConfig, ConfigError> {
-        let socket_dir = self.socket_dir(&raw.socket_dir)?;
-        let port = raw.port.as_ref().map(|p| *p.get_ref()).unwrap_or(5432);
-        if port == 0 {
-            let span = span_of(&raw.port);
-            return self.err(span, "postgres.port", "port 0 is not a PostgreSQL port");
-        }
-        let user = match &raw.user {
-            Some(u) if u.get_ref().is_empty() => {
-                return self.err(u.span(), "postgres.user", "must not be empty");
-            }
-            Some(u) => u.get_ref().clone(),
-            None => os_user_name(),
-        };
-        Ok(PostgresConfig {
-            socket_dir,
-            port,
-            user,
-            bin_dir: self.bin_dir(&raw.bin_dir)?,
-            restore_settings: self.restore_settings(&raw.restore_settings)?,
-        })
-    }
-
-    /// `postgres.socket_dir`, by default where Debian and Red Hat put it.
-    fn socket_dir(&self, raw: &Option<Spanned<String>>) -> Result<PathBuf, ConfigError> {
-        let dir = raw
-            .as_ref()
-            .map(|s| self.resolve(s.get_ref()))
-            .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
-        if !dir.is_dir() {
-            return self.err(
-                span_of(raw),
-                "postgres.socket_dir",
-                format!(
-                    "{} is not a directory: set it to the server's unix_socket_directories",
-                    dir.display()
-                ),
-            );
-        }
-        Ok(dir)
-    }
-
-    /// `postgres.bin_dir`, or where the client tools are found.
-    fn bin_dir(&self, raw: &Option<Spanned<String>>) -> Result<PathBuf, ConfigError> {
-        let Some(b) = raw else {
-            return crate::pg::find_bin_dir().ok_or_else(|| {
-                self.error(
-                    0..0,
-                    "postgres.bin_dir",
-                    "pg_dump and pg_restore were not found (pg_config --bindir, /usr/lib/postgresql/*/bin, PATH): install the PostgreSQL client tools or set postgres.bin_dir",
-                )
-            });
-        };
-        let dir = self.resolve(b.get_ref());
-        if let Err(m) = crate::pg::check_bin_dir(&dir) {
-            return self.err(b.span(), "postgres.bin_dir", m);
-        }
-        Ok(dir)
-    }
-
-    /// `postgres.restore_settings`: `name=value` items, or the defaults.
-    fn restore_settings(
-        &self,
-        raw: &Option<Spanned<Vec<Spanned<String>>>>,
-    ) -> Result<Vec<String>, ConfigError> {
-        let Some(list) = raw else {
-            return Ok(DEFAULT_RESTORE_SETTINGS
-                .iter()
-                .map(|s| s.to_string())
-                .collect());
-        };
-        let mut out = Vec::new();
-        for item in list.get_ref() {
-            let v = item.get_ref();
-            if !is_setting(v) {
-                return self.err(
-                    item.span(),
-                    "postgres.restore_settings",
-                    format!("{v:?} is not name=value (e.g. \"maintenance_work_mem=512MB\")"),
-                );
-            }
-            out.push(v.clone());
-        }
-        Ok(out)
-    }
-
     fn validate_policy(&self, raw: &RawPolicy, trust_domain: &str) -> Result<Policy, ConfigError> {
         if raw.controllers.get_ref().is_empty() {
             return self.err(
@@ -384,23 +297,8 @@ impl Ctx<'_> {
 }
 
 /// Where an optional key stands; nowhere (line 1) when it was left out.
-fn span_of<T>(v: &Option<Spanned<T>>) -> Range<usize> {
+pub(super) fn span_of<T>(v: &Option<Spanned<T>>) -> Range<usize> {
     v.as_ref().map(|s| s.span()).unwrap_or(0..0)
-}
-
-/// A session setting as `pg_restore` may be given it: a lower-case name
-/// and a plain value, which passes through PGOPTIONS as one option.
-fn is_setting(v: &str) -> bool {
-    v.split_once('=').is_some_and(|(name, value)| {
-        !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
-            && !value.is_empty()
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    })
 }
 
 fn check_writable_dir(dir: &Path) -> Result<(), String> {

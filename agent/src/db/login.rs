@@ -19,7 +19,7 @@ use tokio_postgres::error::SqlState;
 
 use super::{DbError, admin, err};
 use crate::config::PostgresConfig;
-use crate::pg;
+use crate::pg::{self, secret::SecretError};
 use crate::sql::{JOB_GROUP, JOB_ROLE_PREFIX, ident, job_role_of, literal};
 
 /// Why a job login could not be checked or was refused.
@@ -42,17 +42,21 @@ impl From<LoginProblem> for DbError {
     }
 }
 
-/// A job's login role and its password.
+/// Who a job's restore sessions log in as.
 #[derive(Clone)]
 pub struct JobLogin {
     pub role: String,
-    password: String,
+    /// Some: a role made for this job, with its password. None: the
+    /// agent's own login, which is not a superuser (a managed service),
+    /// so code from a dump runs with no more than its rights.
+    made: Option<String>,
 }
 
 impl fmt::Debug for JobLogin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobLogin")
             .field("role", &self.role)
+            .field("made", &self.made.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -63,16 +67,33 @@ impl JobLogin {
         Self::named(format!("{JOB_ROLE_PREFIX}{job_id}"))
     }
 
-    fn named(role: String) -> Self {
+    /// The agent's own login, for an agent that is no superuser.
+    pub fn agent(pg: &PostgresConfig) -> Self {
         JobLogin {
-            role,
-            password: hex::encode(rand::random::<[u8; 32]>()),
+            role: pg.user.clone(),
+            made: None,
         }
     }
 
-    /// The password, for the environment of the tools that log in with it.
-    pub fn password(&self) -> &str {
-        &self.password
+    fn named(role: String) -> Self {
+        JobLogin {
+            role,
+            made: Some(hex::encode(rand::random::<[u8; 32]>())),
+        }
+    }
+
+    /// Whether the role was made for the job (and is dropped after it).
+    pub fn is_made(&self) -> bool {
+        self.made.is_some()
+    }
+
+    /// The environment of the tools that log in with it.
+    pub async fn tool_env(&self, pg: &PostgresConfig) -> Result<Vec<(&'static str, String)>, SecretError> {
+        let password = match &self.made {
+            Some(p) => Some(p.clone()),
+            None => pg.secret.password(&pg.user).await?,
+        };
+        Ok(pg::tool_env(pg, password))
     }
 
     /// A session in `database` logged in as this role.
@@ -80,8 +101,11 @@ impl JobLogin {
         &self,
         pg: &PostgresConfig,
         database: &str,
-    ) -> Result<Client, tokio_postgres::Error> {
-        pg::connect_as(pg, database, &self.role, Some(&self.password)).await
+    ) -> Result<Client, pg::ConnectError> {
+        match &self.made {
+            Some(p) => pg::connect_as(pg, database, &self.role, Some(p)).await,
+            None => pg::connect(pg, database).await,
+        }
     }
 }
 
@@ -93,6 +117,9 @@ pub async fn create(
     owner: &str,
     database: &str,
 ) -> Result<(), DbError> {
+    if !login.is_made() {
+        return Ok(());
+    }
     let c = admin(pg).await?;
     ensure_group(&c).await?;
     c.batch_execute(&create_role_sql(login, &[JOB_GROUP, owner]))
@@ -102,7 +129,8 @@ pub async fn create(
 }
 
 fn create_role_sql(login: &JobLogin, member_of: &[&str]) -> String {
-    let verifier = postgres_protocol::password::scram_sha_256(login.password.as_bytes());
+    let password = login.made.as_deref().unwrap_or_default();
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
     let groups: Vec<String> = member_of.iter().map(|g| ident(g)).collect();
     format!(
         "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
@@ -140,7 +168,7 @@ async fn check_login(
         *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION || *c == SqlState::INVALID_PASSWORD
     });
     if !refused {
-        return Err(err(format!("logging in as {:?}", login.role), e).into());
+        return Err(DbError(e.to_string()).into());
     }
     let hba_file = match admin.query_one("SHOW hba_file", &[]).await {
         Ok(row) => row.try_get::<_, String>(0).unwrap_or_default(),
@@ -148,7 +176,7 @@ async fn check_login(
     };
     Err(LoginProblem::Refused(refused_advice(
         &login.role,
-        &pg::error_chain(&e),
+        &e.to_string(),
         &hba_file,
     )))
 }
@@ -176,9 +204,12 @@ pub async fn hand_over(
     owner: &str,
     database: &str,
 ) -> Result<(), DbError> {
+    if !login.is_made() {
+        return Ok(());
+    }
     let c = pg::connect(pg, database)
         .await
-        .map_err(|e| err(format!("connecting to {database:?}"), e))?;
+        .map_err(|e| DbError(format!("connecting to {database:?}: {e}")))?;
     let role = ident(&login.role);
     c.batch_execute(&format!(
         "REASSIGN OWNED BY {role} TO {}; DROP OWNED BY {role}",
@@ -197,8 +228,10 @@ pub async fn hand_over(
 /// Drops the login of the job whose new database was `new_db`, if any.
 pub async fn drop_job_role(c: &Client, new_db: &str) -> Result<(), DbError> {
     match job_role_of(new_db) {
-        Some(role) => drop_role(c, &role).await,
-        None => Ok(()),
+        // An agent that is no superuser never makes one (and may not drop
+        // roles even with IF EXISTS).
+        Some(role) if super::role_exists(c, &role).await? => drop_role(c, &role).await,
+        _ => Ok(()),
     }
 }
 
@@ -210,8 +243,15 @@ async fn drop_role(c: &Client, role: &str) -> Result<(), DbError> {
 
 /// Whether job logins work on this server: makes a login of the group only,
 /// logs in with it, drops it. The error says what to change.
-pub async fn probe(pg: &PostgresConfig) -> Result<(), LoginProblem> {
+pub async fn probe(pg: &PostgresConfig) -> Result<JobLogins, LoginProblem> {
     let c = admin(pg).await?;
+    let rights = pg::rights::of_login(&c)
+        .await
+        .map_err(|e| err("reading the agent's rights", e))?;
+    if !rights.superuser {
+        // Restores run as the agent's own login: nothing to make.
+        return Ok(JobLogins::AgentLogin);
+    }
     ensure_group(&c).await?;
     let login = JobLogin::named(format!("{JOB_ROLE_PREFIX}probe"));
     drop_role(&c, &login.role).await?;
@@ -220,7 +260,18 @@ pub async fn probe(pg: &PostgresConfig) -> Result<(), LoginProblem> {
         .map_err(|e| err(format!("creating the probe role {:?}", login.role), e))?;
     let checked = check_login(pg, &c, &login, "postgres").await;
     let dropped = drop_role(&c, &login.role).await;
-    checked.and(Ok(dropped?))
+    checked?;
+    dropped?;
+    Ok(JobLogins::PerJobRole)
+}
+
+/// Who restores log in as on this server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobLogins {
+    /// A role made for each job (the agent's login is a superuser).
+    PerJobRole,
+    /// The agent's own login, which is no superuser.
+    AgentLogin,
 }
 
 #[cfg(test)]
@@ -231,16 +282,17 @@ mod tests {
     fn a_login_is_made_with_a_verifier_never_the_password() {
         let login = JobLogin::for_job("00aa11bb");
         assert_eq!(login.role, "stagesync_job_00aa11bb");
-        assert_eq!(login.password().len(), 64);
+        let password = login.made.clone().expect("made");
+        assert_eq!(password.len(), 64);
         let sql = create_role_sql(&login, &[JOB_GROUP, "app \"owner\""]);
-        assert!(!sql.contains(login.password()), "{sql}");
+        assert!(!sql.contains(&password), "{sql}");
         assert!(sql.contains("PASSWORD 'SCRAM-SHA-256$4096:"), "{sql}");
         assert!(
             sql.ends_with("IN ROLE \"stagesync_jobs\", \"app \"\"owner\"\"\""),
             "{sql}"
         );
-        assert!(!format!("{login:?}").contains(login.password()));
-        assert_ne!(JobLogin::for_job("00aa11bb").password(), login.password());
+        assert!(!format!("{login:?}").contains(&password));
+        assert_ne!(JobLogin::for_job("00aa11bb").made, login.made);
         assert_eq!(job_role_of("app"), None);
     }
 

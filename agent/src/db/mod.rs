@@ -31,7 +31,7 @@ pub use closed::reopen_closed;
 pub use create::{create_new, drop_database, drop_orphans};
 pub use ledger::Ledger;
 pub use login::{
-    JobLogin, LoginProblem, create as create_job_login, hand_over, probe as probe_job_login,
+    JobLogin, JobLogins, LoginProblem, create as create_job_login, hand_over, probe as probe_job_login,
 };
 pub use post_restore::{Finish, post_restore};
 pub use rollback::rollback;
@@ -48,12 +48,9 @@ fn err(context: impl std::fmt::Display, e: tokio_postgres::Error) -> DbError {
 }
 
 async fn admin(pg: &PostgresConfig) -> Result<Client, DbError> {
-    pg::connect(pg, "postgres").await.map_err(|e| {
-        err(
-            format!("connecting to PostgreSQL at {}", pg.socket_dir.display()),
-            e,
-        )
-    })
+    pg::connect(pg, "postgres")
+        .await
+        .map_err(|e| DbError(e.to_string()))
 }
 
 pub async fn database_exists(c: &Client, name: &str) -> Result<bool, DbError> {

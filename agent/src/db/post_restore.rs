@@ -44,7 +44,7 @@ pub async fn post_restore(pg: &PostgresConfig, db: &str, f: Finish<'_>) -> Resul
     let mut c = login
         .connect(pg, db)
         .await
-        .map_err(|e| err(format!("connecting to {db:?} as {:?}", login.role), e))?;
+        .map_err(|e| DbError(e.to_string()))?;
     let tx = c
         .transaction()
         .await

@@ -126,7 +126,7 @@ impl CopyLane {
             .login
             .connect(&self.pg, &self.job.new_database)
             .await
-            .map_err(|e| fail("connecting", e))?;
+            .map_err(|e| StepError::new(pb::Step::PgRestore, format!("a copy lane: {e}")))?;
         c.batch_execute(COPY_SETTINGS)
             .await
             .map_err(|e| fail("setting the session up", e))?;

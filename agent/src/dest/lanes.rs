@@ -65,7 +65,7 @@ impl RestoreRun<'_> {
         let (landed_tx, landed) = mpsc::unbounded_channel();
         let shared = Arc::new(LaneTables::new(tables.to_vec()));
         let mut feeds = Vec::with_capacity(lanes as usize);
-        feeds.push(self.start_restore_lane(landed_tx.clone())?);
+        feeds.push(self.start_restore_lane(landed_tx.clone()).await?);
         for lane in 1..lanes {
             feeds.push(self.start_copy_lane(
                 lane,
@@ -324,16 +324,14 @@ impl RestoreRun<'_> {
         }
     }
 
-    /// Lane 0: a `pg_restore` of the data the other lanes do not carry,
-    /// and the task that writes into it and waits for it.
     /// Lane 0: a `pg_restore` of the data the copy lanes do not carry,
     /// and the task that writes into it and waits for it; once it is in,
     /// `landed` hears 0.
-    fn start_restore_lane(
+    async fn start_restore_lane(
         &self,
         landed: mpsc::UnboundedSender<usize>,
     ) -> Result<LaneFeed, StepError> {
-        let mut tool = self.restore_from_stdin()?;
+        let mut tool = self.restore_from_stdin().await?;
         let (tx, mut rx) = mpsc::channel::<LaneInput>(LANE_QUEUE);
         let stdin = tool.take_stdin();
         let job = self.job.clone();

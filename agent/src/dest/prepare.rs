@@ -19,8 +19,12 @@ impl Restorer {
         req: pb::PrepareRestoreRequest,
     ) -> Result<pb::PrepareRestoreResponse, AgentError> {
         let cfg = &self.config;
-        let setup = self.check_prepare(&req)?;
-        self.check_owner(&setup.owner).await?;
+        let mut setup = self.check_prepare(&req)?;
+        if !self.check_rights(&setup.owner).await? {
+            // No superuser here (a managed service): the restore runs as
+            // the agent's own login, which has no more rights than it.
+            setup.login = db::JobLogin::agent(&cfg.postgres);
+        }
         if let Some(busy) = self.jobs.busy(&req.database) {
             return Err(AgentError::precondition(&cfg.name, busy));
         }
@@ -99,25 +103,42 @@ impl Restorer {
         })
     }
 
-    /// The owner role exists and holds no right beyond its own objects.
-    async fn check_owner(&self, owner: &str) -> Result<(), AgentError> {
+    /// The owner role exists and holds no right beyond its own objects,
+    /// and the agent's login may restore as it; true when that login is a
+    /// superuser.
+    async fn check_rights(&self, owner: &str) -> Result<bool, AgentError> {
         let cfg = &self.config;
-        let internal = |e: tokio_postgres::Error| {
-            AgentError::internal(
-                &cfg.name,
-                format!("reading role {owner:?}: {}", pg::error_chain(&e)),
-            )
+        let internal = |e: String| AgentError::internal(&cfg.name, e);
+        let reading = |e: tokio_postgres::Error| {
+            internal(format!("reading role {owner:?}: {}", pg::error_chain(&e)))
         };
         let client = pg::connect(&cfg.postgres, "postgres")
             .await
-            .map_err(internal)?;
-        match pg::role(&client, owner).await.map_err(internal)? {
-            Some(role) => policy::owner(cfg, &role),
-            None => Err(AgentError::precondition(
-                &cfg.name,
-                format!("the owner role {owner:?} does not exist here: create it first"),
-            )),
+            .map_err(|e| internal(e.to_string()))?;
+        match pg::role(&client, owner).await.map_err(reading)? {
+            Some(role) => policy::owner(cfg, &role)?,
+            None => {
+                return Err(AgentError::precondition(
+                    &cfg.name,
+                    format!("the owner role {owner:?} does not exist here: create it first"),
+                ));
+            }
         }
+        let rights = pg::rights::of_login(&client).await.map_err(reading)?;
+        let member = pg::rights::member_of(&client, owner).await.map_err(reading)?;
+        let missing = rights.missing_for_restore(owner, member);
+        if !missing.is_empty() {
+            return Err(AgentError::precondition(
+                &cfg.name,
+                format!(
+                    "the agent's login {:?} on PostgreSQL at {} lacks what a restore needs; nothing was changed. Missing: {}",
+                    rights.role,
+                    cfg.postgres.endpoint.describe(),
+                    missing.join("; ")
+                ),
+            ));
+        }
+        Ok(rights.superuser)
     }
 
     /// The peer whose stream feeds the job: one listed in `policy.peers`.

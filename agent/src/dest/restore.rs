@@ -106,9 +106,18 @@ impl RestoreRun<'_> {
         self.config.faults.keep_free.unwrap_or(KEEP_FREE)
     }
 
+    /// The environment `pg_restore` logs in with, as the job's login.
+    async fn tool_env(&self) -> Result<Vec<(&'static str, String)>, StepError> {
+        self.setup
+            .login
+            .tool_env(&self.config.postgres)
+            .await
+            .map_err(|e| StepError::new(pb::Step::PgRestore, e.to_string()))
+    }
+
     /// Starts a `pg_restore` into the job's new database that reads a
     /// custom-format archive on its stdin.
-    pub(super) fn restore_from_stdin(&self) -> Result<procs::Tool, StepError> {
+    pub(super) async fn restore_from_stdin(&self) -> Result<procs::Tool, StepError> {
         let pg = &self.config.postgres;
         let argv = args::pg_restore(
             pg,
@@ -123,7 +132,7 @@ impl RestoreRun<'_> {
             Program::PgRestore,
             &argv,
             &pg.restore_settings,
-            Some(self.setup.login.password()),
+            &self.tool_env().await?,
             Stdio::piped(),
             Stdio::null(),
         )
@@ -148,7 +157,7 @@ impl RestoreRun<'_> {
             Program::PgRestore,
             &argv,
             &settings,
-            Some(self.setup.login.password()),
+            &self.tool_env().await?,
             Stdio::null(),
             Stdio::null(),
         )

@@ -34,7 +34,7 @@ impl RestoreRun<'_> {
     where
         S: Stream<Item = Result<pb::DumpFrame, Status>> + Unpin,
     {
-        let mut tool = self.restore_from_stdin()?;
+        let mut tool = self.restore_from_stdin().await?;
         let stdin = tool.take_stdin();
         let fed = self.feed(&mut inbound, stdin, post_data).await;
         let fed = match fed {

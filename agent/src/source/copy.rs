@@ -36,8 +36,7 @@ impl CopySession {
         database: &str,
         snapshot: &str,
     ) -> Result<CopySession, String> {
-        let socket = pg.socket_dir.join(format!(".s.PGSQL.{}", pg.port));
-        let mut wire = Wire::connect(&socket, &pg.user, database)
+        let mut wire = Wire::connect(pg, database)
             .await
             .map_err(|e| format!("connecting for a copy lane: {e}"))?;
         // The transaction stays open between tables: a server-wide

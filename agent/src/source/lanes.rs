@@ -94,7 +94,7 @@ impl DumpRun {
             snapshot,
             copied: &copied,
         };
-        let (tool, chunks) = self.dump_to_stdout(to)?;
+        let (tool, chunks) = self.dump_to_stdout(to).await?;
         let mut lanes = vec![LaneSource::Dump(tool, chunks)];
         for _ in 0..copy_lanes {
             let pg = &self.config.postgres;

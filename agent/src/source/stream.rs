@@ -31,7 +31,7 @@ impl DumpRun {
             Some(id) => args::DumpTo::StdoutWithoutPostData { snapshot: id },
             None => args::DumpTo::Stdout,
         };
-        let (mut tool, mut out) = match self.dump_to_stdout(to) {
+        let (mut tool, mut out) = match self.dump_to_stdout(to).await {
             Ok(t) => t,
             Err(e) => {
                 if let Some((s, _)) = schema.as_mut() {
@@ -98,14 +98,15 @@ impl DumpRun {
         };
         let argv = args::pg_dump(pg, &self.database, &self.dump, to)
             .map_err(|e| StepError::new(pb::Step::PgDump, e))?;
-        let tool = procs::spawn_pg_dump(&pg.bin_dir, &argv, Stdio::null())
+        let env = self.tool_env().await?;
+        let tool = procs::spawn_pg_dump(&pg.bin_dir, &argv, &env, Stdio::null())
             .map_err(|e| StepError::new(pb::Step::PgDump, format!("cannot start pg_dump: {e}")))?;
         Ok((tool, dir))
     }
 
     /// Starts a `pg_dump` whose archive comes out on its stdout, read in
     /// chunks.
-    pub(super) fn dump_to_stdout(
+    pub(super) async fn dump_to_stdout(
         &self,
         to: args::DumpTo<'_>,
     ) -> Result<(procs::Tool, procs::Chunks), StepError> {
@@ -114,8 +115,16 @@ impl DumpRun {
             .map_err(|e| StepError::new(pb::Step::PgDump, e))?;
         let cannot = |e| StepError::new(pb::Step::PgDump, format!("cannot start pg_dump: {e}"));
         let (stdout, chunks) = procs::chunked_stdout().map_err(cannot)?;
-        let tool = procs::spawn_pg_dump(&pg.bin_dir, &argv, stdout).map_err(cannot)?;
+        let env = self.tool_env().await?;
+        let tool = procs::spawn_pg_dump(&pg.bin_dir, &argv, &env, stdout).map_err(cannot)?;
         Ok((tool, chunks))
+    }
+
+    /// The environment `pg_dump` logs in with.
+    async fn tool_env(&self) -> Result<Vec<(&'static str, String)>, StepError> {
+        crate::pg::own_tool_env(&self.config.postgres)
+            .await
+            .map_err(|e| StepError::new(pb::Step::PgDump, e.to_string()))
     }
 }
 

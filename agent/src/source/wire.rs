@@ -1,6 +1,9 @@
 //! A copy lane's own connection to the source database: as much of the
 //! PostgreSQL wire protocol as a session that imports a snapshot and runs
-//! `COPY … TO STDOUT` needs, over the server's unix socket.
+//! `COPY … TO STDOUT` needs, over the server's unix socket or over TCP
+//! with TLS (the server's certificate checked as for every other session),
+//! logging in with no password (peer, trust), SCRAM-SHA-256, MD5 or a
+//! plain password (an RDS IAM token).
 //!
 //! A general client hands each row to its caller as a message of its own;
 //! here the socket is read in large blocks and the rows' bytes are copied
@@ -9,22 +12,31 @@
 //! A row larger than a block streams through as it arrives: memory stays
 //! bounded whatever the rows.
 
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::config::{Endpoint, PostgresConfig};
 
 /// Bytes read from the socket at a time.
 const BLOCK: usize = 256 * 1024;
 /// Tag, then a length that counts itself.
 const HEADER: usize = 5;
+/// How long opening a session may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A socket or a TLS stream.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One session on the source database.
 pub struct Wire {
-    stream: UnixStream,
+    stream: Box<dyn Io>,
     /// Bytes read and not yet taken.
     rbuf: BytesMut,
     /// Bytes of the current row still to come from the socket.
@@ -41,14 +53,48 @@ pub enum Taken {
 }
 
 impl Wire {
-    /// Connects to `database` as `user` over the socket `socket`; the
-    /// server must let the user in without a password (peer or trust), as
-    /// it does for the agent's other sessions.
-    pub async fn connect(socket: &Path, user: &str, database: &str) -> Result<Wire, String> {
-        let stream = tokio::time::timeout(Duration::from_secs(10), UnixStream::connect(socket))
-            .await
-            .map_err(|_| format!("connecting to {}: timed out", socket.display()))?
-            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+    /// Connects to `database` as the agent's role; errors name the server
+    /// and the role, never a secret.
+    pub async fn connect(pg: &PostgresConfig, database: &str) -> Result<Wire, String> {
+        let at = || format!("PostgreSQL at {} as role {:?}", pg.endpoint.describe(), pg.user);
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT, Self::open(pg, database)).await;
+        match opened {
+            Ok(Ok(wire)) => Ok(wire),
+            Ok(Err(e)) => Err(format!("{}: {e}", at())),
+            Err(_) => Err(format!("{}: no answer in {} s", at(), CONNECT_TIMEOUT.as_secs())),
+        }
+    }
+
+    async fn open(pg: &PostgresConfig, database: &str) -> Result<Wire, String> {
+        let stream: Box<dyn Io> = match &pg.endpoint {
+            Endpoint::Socket { dir, port } => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                Box::new(UnixStream::connect(&path).await.map_err(|e| e.to_string())?)
+            }
+            Endpoint::Tcp { host, port, tls } => {
+                let mut tcp = TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = tcp.set_nodelay(true);
+                let mut out = BytesMut::new();
+                frontend::ssl_request(&mut out);
+                tcp.write_all(&out).await.map_err(|e| e.to_string())?;
+                let mut answer = [0u8; 1];
+                tcp.read_exact(&mut answer).await.map_err(|e| e.to_string())?;
+                if answer[0] != b'S' {
+                    return Err("the server does not offer TLS (ssl = on)".into());
+                }
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+                Box::new(
+                    connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| format!("TLS: {e}"))?,
+                )
+            }
+        };
         let mut wire = Wire {
             stream,
             rbuf: BytesMut::with_capacity(BLOCK),
@@ -56,7 +102,7 @@ impl Wire {
         };
         let mut out = BytesMut::new();
         let params = [
-            ("user", user),
+            ("user", pg.user.as_str()),
             ("database", database),
             ("application_name", "stagesync-agent"),
             // Both ends of a lane read and write COPY text as UTF-8.
@@ -64,19 +110,77 @@ impl Wire {
         ];
         frontend::startup_message(params, &mut out).map_err(|e| e.to_string())?;
         wire.send(&out).await?;
+        wire.authenticate(pg).await?;
+        wire.until_ready(None).await?;
+        Ok(wire)
+    }
+
+    /// Answers the server's authentication requests until it says OK.
+    async fn authenticate(&mut self, pg: &PostgresConfig) -> Result<(), String> {
+        let mut scram: Option<ScramSha256> = None;
+        let mut out = BytesMut::new();
         loop {
-            let (tag, body) = wire.message().await?;
+            let (tag, body) = self.message().await?;
             match tag {
-                b'R' if body.get(..4) == Some(&[0, 0, 0, 0]) => {}
-                b'R' => {
-                    return Err(format!(
-                        "the server asks role {user:?} for a password; the agent's sessions on its own server need none (peer or trust in pg_hba.conf)"
-                    ));
-                }
                 b'E' => return Err(error_text(&body)),
-                b'Z' => return Ok(wire),
-                _ => {}
+                b'R' => {}
+                other => return Err(unexpected(other, "logging in")),
             }
+            let code = body.get(..4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+            let data = body.get(4..).unwrap_or_default();
+            out.clear();
+            match code {
+                Some(0) => return Ok(()),
+                // A password in the clear (inside TLS), or an MD5 of it.
+                Some(3) => {
+                    let password = Self::password(pg).await?;
+                    frontend::password_message(password.as_bytes(), &mut out)
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(5) if data.len() == 4 => {
+                    let password = Self::password(pg).await?;
+                    let salt = [data[0], data[1], data[2], data[3]];
+                    let hash = md5_hash(pg.user.as_bytes(), password.as_bytes(), salt);
+                    frontend::password_message(hash.as_bytes(), &mut out)
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(10) => {
+                    let offered = data.split(|b| *b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+                    if !offered {
+                        return Err("the server offers no SASL mechanism this agent speaks (SCRAM-SHA-256)".into());
+                    }
+                    let password = Self::password(pg).await?;
+                    let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                        .map_err(|e| e.to_string())?;
+                    scram = Some(s);
+                }
+                Some(11) => {
+                    let s = scram.as_mut().ok_or("a SASL step out of order")?;
+                    s.update(data).map_err(|e| format!("SCRAM: {e}"))?;
+                    frontend::sasl_response(s.message(), &mut out).map_err(|e| e.to_string())?;
+                }
+                Some(12) => {
+                    let s = scram.as_mut().ok_or("a SASL step out of order")?;
+                    s.finish(data)
+                        .map_err(|e| format!("SCRAM: the server's proof is wrong: {e}"))?;
+                    continue;
+                }
+                _ => return Err("the server asks for an authentication this agent does not speak".into()),
+            }
+            self.send(&out).await?;
+        }
+    }
+
+    /// The agent's password, for a server that asks for one.
+    async fn password(pg: &PostgresConfig) -> Result<String, String> {
+        match pg.secret.password(&pg.user).await {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(format!(
+                "the server asks role {:?} for a password and postgres.password_file, password_env or rds_iam gives none",
+                pg.user
+            )),
+            Err(e) => Err(e.to_string()),
         }
     }
 

@@ -172,6 +172,15 @@ fn check_source(
 /// The destination has `need` bytes free where PostgreSQL keeps its data
 /// (when it can tell).
 fn check_room(dst: &pb::InfoResponse, need: u64, what: &str) -> Result<(), RefreshError> {
+    let max = dst.postgres.as_ref().map_or(0, |p| p.max_database_size_bytes);
+    if max > 0 && need > max {
+        return fail(format!(
+            "the destination {} allows databases up to {} MiB (postgres.max_database_size_mb in its agent.toml); {what} needs about {} MiB",
+            dst.name,
+            max >> 20,
+            need >> 20
+        ));
+    }
     let free = dst.postgres.as_ref().map_or(0, |p| p.data_dir_free_bytes);
     if free > 0 && free < need {
         return fail(format!(

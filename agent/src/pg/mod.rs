@@ -7,7 +7,13 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio_postgres::Client;
 
-use crate::config::PostgresConfig;
+use crate::config::{Endpoint, PostgresConfig};
+
+pub mod rights;
+pub mod secret;
+pub mod tls;
+
+use secret::SecretError;
 
 /// Checks that `dir` holds executable `pg_dump` and `pg_restore`.
 pub fn check_bin_dir(dir: &Path) -> Result<(), String> {
@@ -100,40 +106,132 @@ pub fn parse_major(line: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// Connects to a database of the local server over its unix socket, as the
-/// agent's own role.
-pub async fn connect(
-    pg: &PostgresConfig,
-    database: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    connect_as(pg, database, &pg.user, None).await
+/// Connects to `database` as the agent's own role.
+pub async fn connect(pg: &PostgresConfig, database: &str) -> Result<Client, ConnectError> {
+    let password = pg
+        .secret
+        .password(&pg.user)
+        .await
+        .map_err(|e| ConnectError::Secret {
+            endpoint: pg.endpoint.describe(),
+            role: pg.user.clone(),
+            why: e,
+        })?;
+    connect_as(pg, database, &pg.user, password.as_deref()).await
 }
 
-/// Connects to a database of the local server over its unix socket, as
-/// `user` with `password` when the server asks for one.
+/// Connects to `database` as `user`, with `password` when the server asks
+/// for one.
 pub async fn connect_as(
     pg: &PostgresConfig,
     database: &str,
     user: &str,
     password: Option<&str>,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+) -> Result<Client, ConnectError> {
     let mut cfg = tokio_postgres::Config::new();
     if let Some(p) = password {
         cfg.password(p);
     }
-    cfg.host_path(&pg.socket_dir)
-        .port(pg.port)
+    cfg.port(pg.endpoint.port())
         .user(user)
         .dbname(database)
         .application_name("stagesync-agent")
         .connect_timeout(Duration::from_secs(10));
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    let failed = |e: tokio_postgres::Error| ConnectError::Server {
+        endpoint: pg.endpoint.describe(),
+        role: user.to_string(),
+        source: e,
+    };
+    let client = match &pg.endpoint {
+        Endpoint::Socket { dir, .. } => {
+            cfg.host_path(dir);
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+            spawn_connection(conn);
+            client
+        }
+        Endpoint::Tcp { host, tls, .. } => {
+            cfg.host(host).ssl_mode(tokio_postgres::config::SslMode::Require);
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls.client).clone());
+            let (client, conn) = cfg.connect(connector).await.map_err(failed)?;
+            spawn_connection(conn);
+            client
+        }
+    };
+    Ok(client)
+}
+
+fn spawn_connection<F>(conn: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "postgres connection ended");
         }
     });
-    Ok(client)
+}
+
+/// The environment of a tool that logs in as the agent's own role.
+pub async fn own_tool_env(pg: &PostgresConfig) -> Result<Vec<(&'static str, String)>, SecretError> {
+    Ok(tool_env(pg, pg.secret.password(&pg.user).await?))
+}
+
+/// A session could not be opened: where, as whom and why (never the
+/// secret).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no secret to log in to PostgreSQL at {endpoint} as role {role:?}: {why}")]
+    Secret {
+        endpoint: String,
+        role: String,
+        why: SecretError,
+    },
+    #[error("cannot log in to PostgreSQL at {endpoint} as role {role:?}: {}", error_chain(source))]
+    Server {
+        endpoint: String,
+        role: String,
+        source: tokio_postgres::Error,
+    },
+}
+
+impl ConnectError {
+    /// The server's SQLSTATE, when it answered with one.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            ConnectError::Server { source, .. } => source.code(),
+            ConnectError::Secret { .. } => None,
+        }
+    }
+}
+
+/// The environment a client tool logs in with: where the server is and
+/// how its certificate is checked, and the password (the environment is
+/// readable only by the agent's user; a command line is readable by all).
+pub fn tool_env(pg: &PostgresConfig, password: Option<String>) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if let Endpoint::Tcp { tls, .. } = &pg.endpoint {
+        env.push(("PGSSLMODE", tls.mode.as_str().to_string()));
+        env.push(("PGSSLROOTCERT", tls.ca_file.display().to_string()));
+    }
+    if let Some(p) = password {
+        env.push(("PGPASSWORD", p));
+    }
+    env
+}
+
+/// How a restore's room is checked on this server, for `info`.
+pub fn disk_check(pg: &PostgresConfig) -> String {
+    let limit = match pg.max_database_size {
+        Some(b) => format!("databases up to {} MiB (postgres.max_database_size_mb)", b >> 20),
+        None => "no size limit set (postgres.max_database_size_mb)".to_string(),
+    };
+    match pg.endpoint.is_tcp() {
+        true => format!("free space skipped: the server's disk cannot be read over TCP; {limit}"),
+        false => match pg.max_database_size {
+            Some(_) => format!("free space where the server keeps its data; {limit}"),
+            None => "free space where the server keeps its data".to_string(),
+        },
+    }
 }
 
 /// Free bytes on the file system holding `path` (0 when unknown).
@@ -200,6 +298,8 @@ pub struct ServerInfo {
     pub databases: Vec<DatabaseRow>,
     pub roles: Vec<RoleRow>,
     pub data_dir_free_bytes: u64,
+    /// What the agent's login may do.
+    pub rights: rights::Rights,
 }
 
 /// A role, with the attributes that decide whether it may own a restored
@@ -214,14 +314,13 @@ pub struct RoleRow {
 pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
     let describe = |e: tokio_postgres::Error| {
         format!(
-            "PostgreSQL at {}/.s.PGSQL.{} as role {:?}: {}",
-            pg.socket_dir.display(),
-            pg.port,
+            "PostgreSQL at {} as role {:?}: {}",
+            pg.endpoint.describe(),
             pg.user,
             error_chain(&e)
         )
     };
-    let client = connect(pg, "postgres").await.map_err(describe)?;
+    let client = connect(pg, "postgres").await.map_err(|e| e.to_string())?;
     let row = client
         .query_one(
             "SELECT current_setting('server_version'), current_setting('server_version_num')::int4",
@@ -236,7 +335,12 @@ pub async fn server_info(pg: &PostgresConfig) -> Result<ServerInfo, String> {
         version_num: version_num.max(0) as u32,
         databases: databases(&client).await.map_err(describe)?,
         roles: roles(&client).await.map_err(describe)?,
-        data_dir_free_bytes: data_dir_free_bytes(&client).await,
+        rights: rights::of_login(&client).await.map_err(describe)?,
+        // Over TCP the server's disk is not this host's.
+        data_dir_free_bytes: match pg.endpoint.is_tcp() {
+            true => 0,
+            false => data_dir_free_bytes(&client).await,
+        },
     })
 }
 

@@ -1,0 +1,130 @@
+//! What the agent's login may do on its server. A superuser may do
+//! everything; a managed service gives no superuser, so each step's right
+//! is checked before anything changes, and a missing one is named.
+//!
+//! Destination: `CREATEDB` (create, rename and drop databases),
+//! membership in `pg_signal_backend` (end sessions on the live database)
+//! and membership in the owner role (create the database as its owner,
+//! restore as it, carry settings and grants over). Source: `SELECT` on
+//! every table it dumps (`pg_read_all_data` on 14+, or ownership), and
+//! `BYPASSRLS` where a table has row-level security.
+
+use tokio_postgres::Client;
+
+/// The login's attributes and memberships.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rights {
+    pub role: String,
+    pub superuser: bool,
+    pub createdb: bool,
+    pub createrole: bool,
+    pub bypassrls: bool,
+    pub signal_backend: bool,
+    pub read_all_data: bool,
+}
+
+const RIGHTS: &str = "SELECT current_user::text, r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolbypassrls, \
+       pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE'), \
+       COALESCE((SELECT pg_catalog.pg_has_role(current_user, oid, 'USAGE') \
+                 FROM pg_catalog.pg_roles WHERE rolname = 'pg_read_all_data'), false) \
+     FROM pg_catalog.pg_roles r WHERE r.rolname = current_user";
+
+/// The rights of the session's login.
+pub async fn of_login(c: &Client) -> Result<Rights, tokio_postgres::Error> {
+    let r = c.query_one(RIGHTS, &[]).await?;
+    Ok(Rights {
+        role: r.try_get(0)?,
+        superuser: r.try_get(1)?,
+        createdb: r.try_get(2)?,
+        createrole: r.try_get(3)?,
+        bypassrls: r.try_get(4)?,
+        signal_backend: r.try_get(5)?,
+        read_all_data: r.try_get(6)?,
+    })
+}
+
+/// Whether the login is a member of `role` with its privileges.
+pub async fn member_of(c: &Client, role: &str) -> Result<bool, tokio_postgres::Error> {
+    let sql = "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'USAGE') \
+               FROM pg_catalog.pg_roles r WHERE r.rolname = $1";
+    Ok(c.query_opt(sql, &[&role])
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .unwrap_or(false))
+}
+
+impl Rights {
+    /// The names `info` shows.
+    pub fn names(&self) -> Vec<String> {
+        [
+            (self.superuser, "superuser"),
+            (self.createdb, "CREATEDB"),
+            (self.createrole, "CREATEROLE"),
+            (self.bypassrls, "BYPASSRLS"),
+            (self.signal_backend, "pg_signal_backend"),
+            (self.read_all_data, "pg_read_all_data"),
+        ]
+        .into_iter()
+        .filter(|(has, _)| *has)
+        .map(|(_, n)| n.to_string())
+        .collect()
+    }
+
+    /// What a destination login lacks to restore as `owner` (it is
+    /// `member_of_owner` or not), each with what to grant.
+    pub fn missing_for_restore(&self, owner: &str, member_of_owner: bool) -> Vec<String> {
+        if self.superuser {
+            return Vec::new();
+        }
+        let role = crate::sql::ident(&self.role);
+        let mut missing = Vec::new();
+        if !self.createdb {
+            missing.push(format!(
+                "CREATEDB (to create, rename and drop databases): ALTER ROLE {role} CREATEDB"
+            ));
+        }
+        if !self.signal_backend {
+            missing.push(format!(
+                "membership in pg_signal_backend (to end sessions on the live database): GRANT pg_signal_backend TO {role}"
+            ));
+        }
+        if !member_of_owner {
+            missing.push(format!(
+                "membership in the owner role {owner:?} (to restore as it): GRANT {} TO {role}",
+                crate::sql::ident(owner)
+            ));
+        }
+        missing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_names_each_missing_right() {
+        let none = Rights {
+            role: "stage agent".into(),
+            ..Default::default()
+        };
+        let missing = none.missing_for_restore("app", false);
+        assert_eq!(missing.len(), 3, "{missing:?}");
+        assert!(missing[0].starts_with("CREATEDB") && missing[0].contains("ALTER ROLE \"stage agent\" CREATEDB"));
+        assert!(missing[1].contains("GRANT pg_signal_backend TO \"stage agent\""));
+        assert!(missing[2].contains("GRANT \"app\" TO \"stage agent\""));
+        let enough = Rights {
+            createdb: true,
+            signal_backend: true,
+            ..none.clone()
+        };
+        assert!(enough.missing_for_restore("app", true).is_empty());
+        let superuser = Rights {
+            superuser: true,
+            ..none
+        };
+        assert!(superuser.missing_for_restore("app", false).is_empty());
+        assert_eq!(superuser.names(), ["superuser"]);
+    }
+}

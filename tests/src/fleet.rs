@@ -574,7 +574,7 @@ impl Fleet {
             let dbs = self.stagesync_databases().await;
             let procs: Vec<u32> = [&self.src, self.dst()]
                 .iter()
-                .flat_map(|c| tool_processes(&c.socket_dir))
+                .flat_map(|c| tool_processes(c))
                 .collect();
             let dirs: Vec<PathBuf> = [&self.prod, self.staging()]
                 .iter()

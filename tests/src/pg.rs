@@ -37,9 +37,10 @@ pub struct TcpAccess {
 }
 
 /// Client authentication as a managed service has it: TLS and SCRAM
-/// passwords over TCP for every role; on the socket only the tests' own
-/// `postgres` (no agent logs in that way).
-pub const MANAGED_HBA: &str = "local all postgres trust\n\
+/// passwords over TCP; the agents' roles may not use the socket at all
+/// (the tests' own sessions may, as any role).
+pub const MANAGED_HBA: &str = "local all stagesync_src,stagesync_dst reject\n\
+                               local all all trust\n\
                                hostssl all all 127.0.0.1/32 scram-sha-256\n\
                                hostssl all all ::1/128 scram-sha-256\n";
 
@@ -242,10 +243,19 @@ impl PgCluster {
 
     /// Connects as `postgres` to `database`.
     pub async fn client(&self, database: &str) -> anyhow::Result<tokio_postgres::Client> {
+        self.client_as(database, "postgres").await
+    }
+
+    /// Connects as `role` to `database` (over the socket, trusted).
+    pub async fn client_as(
+        &self,
+        database: &str,
+        role: &str,
+    ) -> anyhow::Result<tokio_postgres::Client> {
         let (client, conn) = tokio_postgres::Config::new()
             .host_path(&self.socket_dir)
             .port(self.port)
-            .user("postgres")
+            .user(role)
             .dbname(database)
             .connect(tokio_postgres::NoTls)
             .await

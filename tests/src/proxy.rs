@@ -150,10 +150,15 @@ async fn pump(
     let _ = to.shutdown().await;
 }
 
-/// Process ids of `pg_dump`/`pg_restore` working on the cluster whose socket
-/// directory is `socket_dir` (they get it as `--host=`).
-pub fn tool_processes(socket_dir: &std::path::Path) -> Vec<u32> {
-    let needle = format!("--host={}", socket_dir.display());
+/// Process ids of `pg_dump`/`pg_restore` working on `cluster` (they get
+/// its socket directory, or `localhost` when it is reached over TCP, as
+/// `--host=`, and its port as `--port=`).
+pub fn tool_processes(cluster: &crate::PgCluster) -> Vec<u32> {
+    let host = match &cluster.tcp {
+        Some(_) => "--host=localhost".to_string(),
+        None => format!("--host={}", cluster.socket_dir.display()),
+    };
+    let port = format!("--port={}", cluster.port);
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -169,7 +174,7 @@ pub fn tool_processes(socket_dir: &std::path::Path) -> Vec<u32> {
         let is_tool = args
             .first()
             .is_some_and(|a| a.ends_with("/pg_dump") || a.ends_with("/pg_restore"));
-        if is_tool && args.iter().any(|a| a == &needle) {
+        if is_tool && args.contains(&host) && args.contains(&port) {
             pids.push(pid);
         }
     }

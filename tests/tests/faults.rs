@@ -107,7 +107,7 @@ impl Setup {
                 jobs.iter()
                     .any(|j| j.phase == pb::Phase::Restoring as i32 && j.data_lanes > 1)
             });
-            let procs = tool_processes(&self.dst().socket_dir);
+            let procs = tool_processes(self.dst());
             let copies = self.copy_sessions().await.len();
             match lanes && procs.len() == 1 && copies > 0 {
                 true => Ok(()),
@@ -140,7 +140,7 @@ impl Setup {
     /// die with a killed agent).
     async fn wait_tools_gone(&self) {
         eventually("pg_restore to die with its agent", async || {
-            let left = tool_processes(&self.dst().socket_dir);
+            let left = tool_processes(self.dst());
             if left.is_empty() { Ok(()) } else { Err(left) }
         })
         .await;
@@ -306,7 +306,7 @@ async fn pg_restore_killed() {
     let s = setup(Fleet::builder()).await;
     let run = s.start(s.spec());
     s.wait_restoring().await;
-    let pids = tool_processes(&s.dst().socket_dir);
+    let pids = tool_processes(s.dst());
     assert_eq!(pids.len(), 1, "one pg_restore runs: {pids:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pids[0] as i32),
@@ -326,7 +326,7 @@ async fn a_lanes_pg_restore_killed() {
     let s = setup(Fleet::builder().prod(lanes(true))).await;
     let run = s.start(s.spec());
     s.wait_lanes().await;
-    let pids = tool_processes(&s.dst().socket_dir);
+    let pids = tool_processes(s.dst());
     let victim = *pids.iter().max().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim as i32),
@@ -450,7 +450,7 @@ async fn aborted_while_indexing() {
     // Held: a post-data worker waits on the lock.
     s.wait_build_on_a_lock(&job.new_database).await;
     assert!(
-        !tool_processes(&s.dst().socket_dir).is_empty(),
+        !tool_processes(s.dst()).is_empty(),
         "pg_restore is running its post-data pass"
     );
     let mut dest = stagesync_controller::client::connect(s.tls(), &s.staging().target())

@@ -20,7 +20,7 @@ impl Restorer {
     ) -> Result<pb::PrepareRestoreResponse, AgentError> {
         let cfg = &self.config;
         let mut setup = self.check_prepare(&req)?;
-        if !self.check_rights(&setup.owner).await? {
+        if !self.check_rights(&setup.owner, &req.database).await? {
             // No superuser here (a managed service): the restore runs as
             // the agent's own login, which has no more rights than it.
             setup.login = db::JobLogin::agent(&cfg.postgres);
@@ -106,7 +106,7 @@ impl Restorer {
     /// The owner role exists and holds no right beyond its own objects,
     /// and the agent's login may restore as it; true when that login is a
     /// superuser.
-    async fn check_rights(&self, owner: &str) -> Result<bool, AgentError> {
+    async fn check_rights(&self, owner: &str, live: &str) -> Result<bool, AgentError> {
         let cfg = &self.config;
         let internal = |e: String| AgentError::internal(&cfg.name, e);
         let reading = |e: tokio_postgres::Error| {
@@ -126,7 +126,10 @@ impl Restorer {
         }
         let rights = pg::rights::of_login(&client).await.map_err(reading)?;
         let member = pg::rights::member_of(&client, owner).await.map_err(reading)?;
-        let missing = rights.missing_for_restore(owner, member);
+        let role_settings = pg::rights::role_settings_in(&client, live)
+            .await
+            .map_err(reading)?;
+        let missing = rights.missing_for_restore(owner, member, &role_settings);
         if !missing.is_empty() {
             return Err(AgentError::precondition(
                 &cfg.name,

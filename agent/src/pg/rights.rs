@@ -43,6 +43,20 @@ pub async fn of_login(c: &Client) -> Result<Rights, tokio_postgres::Error> {
     })
 }
 
+/// The other roles with settings of their own in `database`
+/// (`ALTER ROLE … IN DATABASE … SET`), which a swap carries over.
+pub async fn role_settings_in(
+    c: &Client,
+    database: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let sql = "SELECT r.rolname::text FROM pg_catalog.pg_db_role_setting s \
+               JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase \
+               JOIN pg_catalog.pg_roles r ON r.oid = s.setrole \
+               WHERE d.datname = $1 AND r.rolname <> current_user ORDER BY 1";
+    let rows = c.query(sql, &[&database]).await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}
+
 /// Whether the login is a member of `role` with its privileges.
 pub async fn member_of(c: &Client, role: &str) -> Result<bool, tokio_postgres::Error> {
     let sql = "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'USAGE') \
@@ -72,8 +86,14 @@ impl Rights {
     }
 
     /// What a destination login lacks to restore as `owner` (it is
-    /// `member_of_owner` or not), each with what to grant.
-    pub fn missing_for_restore(&self, owner: &str, member_of_owner: bool) -> Vec<String> {
+    /// `member_of_owner` or not) over a live database whose settings for
+    /// other roles are `role_settings`, each with what to grant.
+    pub fn missing_for_restore(
+        &self,
+        owner: &str,
+        member_of_owner: bool,
+        role_settings: &[String],
+    ) -> Vec<String> {
         if self.superuser {
             return Vec::new();
         }
@@ -87,6 +107,12 @@ impl Rights {
         if !self.signal_backend {
             missing.push(format!(
                 "membership in pg_signal_backend (to end sessions on the live database): GRANT pg_signal_backend TO {role}"
+            ));
+        }
+        if !self.createrole && !role_settings.is_empty() {
+            missing.push(format!(
+                "CREATEROLE (to carry over what roles {} have set in the live database, ALTER ROLE … IN DATABASE): ALTER ROLE {role} CREATEROLE, or remove those settings",
+                role_settings.join(", ")
             ));
         }
         if !member_of_owner {
@@ -109,22 +135,24 @@ mod tests {
             role: "stage agent".into(),
             ..Default::default()
         };
-        let missing = none.missing_for_restore("app", false);
-        assert_eq!(missing.len(), 3, "{missing:?}");
+        let missing = none.missing_for_restore("app", false, &["reader".into()]);
+        assert_eq!(missing.len(), 4, "{missing:?}");
+        assert!(missing[2].starts_with("CREATEROLE") && missing[2].contains("reader"));
         assert!(missing[0].starts_with("CREATEDB") && missing[0].contains("ALTER ROLE \"stage agent\" CREATEDB"));
         assert!(missing[1].contains("GRANT pg_signal_backend TO \"stage agent\""));
-        assert!(missing[2].contains("GRANT \"app\" TO \"stage agent\""));
+        assert!(missing[3].contains("GRANT \"app\" TO \"stage agent\""));
         let enough = Rights {
             createdb: true,
             signal_backend: true,
             ..none.clone()
         };
-        assert!(enough.missing_for_restore("app", true).is_empty());
+        assert!(enough.missing_for_restore("app", true, &[]).is_empty());
+        assert_eq!(enough.missing_for_restore("app", true, &["r".into()]).len(), 1);
         let superuser = Rights {
             superuser: true,
             ..none
         };
-        assert!(superuser.missing_for_restore("app", false).is_empty());
+        assert!(superuser.missing_for_restore("app", false, &["r".into()]).is_empty());
         assert_eq!(superuser.names(), ["superuser"]);
     }
 }

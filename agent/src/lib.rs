@@ -69,7 +69,7 @@ pub async fn check_postgres(config: &AgentConfig) -> Result<Vec<String>, (bool, 
     let pg_cfg = &config.postgres;
     let c = pg::connect(pg_cfg, "postgres")
         .await
-        .map_err(|e| (e.code().is_some() || matches!(e, pg::ConnectError::Secret { .. }), e.to_string()))?;
+        .map_err(|e| (!e.unreachable(), e.to_string()))?;
     let failed = |e: tokio_postgres::Error| (true, pg::error_chain(&e));
     let version: String = c
         .query_one("SELECT current_setting('server_version')", &[])
@@ -79,18 +79,29 @@ pub async fn check_postgres(config: &AgentConfig) -> Result<Vec<String>, (bool, 
     let rights = pg::rights::of_login(&c).await.map_err(failed)?;
     let tls = match &pg_cfg.endpoint {
         config::Endpoint::Tcp { tls, .. } => {
-            format!("TLS {} against {}", tls.mode.as_str(), tls.ca_file.display())
+            format!(
+                "TLS {} against {}",
+                tls.mode.as_str(),
+                tls.ca_file.display()
+            )
         }
         config::Endpoint::Socket { .. } => "unix socket (no TLS needed)".to_string(),
     };
     let names = rights.names();
     Ok(vec![
-        format!("postgres: {} ({tls}), server {version}", pg_cfg.endpoint.describe()),
+        format!(
+            "postgres: {} ({tls}), server {version}",
+            pg_cfg.endpoint.describe()
+        ),
         format!(
             "login: role {:?} with {}; rights: {}",
             rights.role,
             pg_cfg.secret.describe(),
-            if names.is_empty() { "none beyond its own".to_string() } else { names.join(", ") }
+            if names.is_empty() {
+                "none beyond its own".to_string()
+            } else {
+                names.join(", ")
+            }
         ),
         format!("room for restores: {}", pg::disk_check(pg_cfg)),
     ])

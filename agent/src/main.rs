@@ -69,7 +69,7 @@ fn check_server(cfg: &config::AgentConfig) -> ExitCode {
     match runtime.block_on(stagesync_agent::check_postgres(cfg)) {
         Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
         Err((true, e)) => {
-            eprintln!("stagesync-agent: {e}");
+            eprintln!("stagesync-agent {}: {e}", cfg.name);
             return ExitCode::from(EXIT_CONFIG as u8);
         }
         Err((false, e)) => {

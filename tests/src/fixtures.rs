@@ -284,4 +284,3 @@ pub async fn assert_identical(f: &crate::Fleet) {
         assert_eq!(n, want, "{sql}");
     }
 }
-

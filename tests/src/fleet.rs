@@ -173,7 +173,8 @@ impl FleetBuilder {
             false => PgCluster::start(),
         };
         let src = start().expect("the source cluster starts");
-        let dst = (self.dest != Dest::None).then(|| start().expect("the destination cluster starts"));
+        let dst =
+            (self.dest != Dest::None).then(|| start().expect("the destination cluster starts"));
         match &self.source {
             Source::Rich => seed_rich(&src, "production").await,
             Source::Sql(sql) => seed_sql(&src, sql).await,
@@ -188,9 +189,21 @@ impl FleetBuilder {
             managed_roles(&src, dst.as_ref())
                 .await
                 .expect("the agents' roles");
-            self.prod.postgres = Some(managed_keys(&src, dir.path(), "prod-db", MANAGED_SOURCE_ROLE, MANAGED_SOURCE_PASSWORD));
+            self.prod.postgres = Some(managed_keys(
+                &src,
+                dir.path(),
+                "prod-db",
+                MANAGED_SOURCE_ROLE,
+                MANAGED_SOURCE_PASSWORD,
+            ));
             if let Some(dst) = &dst {
-                self.staging.postgres = Some(managed_keys(dst, dir.path(), "staging-db", MANAGED_DEST_ROLE, MANAGED_DEST_PASSWORD));
+                self.staging.postgres = Some(managed_keys(
+                    dst,
+                    dir.path(),
+                    "staging-db",
+                    MANAGED_DEST_ROLE,
+                    MANAGED_DEST_PASSWORD,
+                ));
             }
         }
         let tls = pki
@@ -278,7 +291,13 @@ async fn managed_roles(src: &PgCluster, dst: Option<&PgCluster>) -> anyhow::Resu
 
 /// The `[postgres]` keys of an agent on a managed cluster; its password
 /// goes in a file of its own, mode 0600.
-pub fn managed_keys(cluster: &PgCluster, dir: &Path, agent: &str, role: &str, password: &str) -> String {
+pub fn managed_keys(
+    cluster: &PgCluster,
+    dir: &Path,
+    agent: &str,
+    role: &str,
+    password: &str,
+) -> String {
     use std::os::unix::fs::PermissionsExt;
     let tcp = cluster.tcp.as_ref().expect("a managed cluster");
     let file = dir.join(format!("{agent}.pgpass"));

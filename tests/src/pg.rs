@@ -132,7 +132,9 @@ impl PgCluster {
     /// signed for `localhost`, and takes only `hostssl … scram-sha-256`
     /// logins but the tests' own `postgres` on the socket.
     pub fn start_managed(pki: &crate::TestPki) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut req = stagesync_certs::pki::LeafRequest::new(
             stagesync_certs::Kind::Agent,
             &format!("pg-{port}"),

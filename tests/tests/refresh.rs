@@ -284,9 +284,14 @@ async fn settings_grants_sessions_and_rollback_in(f: Fleet, may_alter_roles: boo
         .await
         .unwrap();
     if !may_alter_roles {
-        let refused = refresh(f.tls(), &f.pair(), |_| {}).await.unwrap_err().to_string();
+        let refused = refresh(f.tls(), &f.pair(), |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
-            refused.contains("CREATEROLE") && refused.contains("reader") && refused.contains("nothing was changed"),
+            refused.contains("CREATEROLE")
+                && refused.contains("reader")
+                && refused.contains("nothing was changed"),
             "{refused}"
         );
         f.assert_untouched().await;

@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 pub use places::PlacePatterns;
-pub use postgres::{
-    DEFAULT_RESTORE_SETTINGS, Endpoint, PostgresConfig, ServerTls, SslMode,
-};
+pub use postgres::{DEFAULT_RESTORE_SETTINGS, Endpoint, PostgresConfig, ServerTls, SslMode};
 use stagesync_certs::{Identity, TlsFiles};
 
 pub use stagesync_proto::tomlfile::ConfigError;

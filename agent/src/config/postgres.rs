@@ -198,7 +198,11 @@ impl Ctx<'_> {
                 ),
             );
         }
-        let mode = match raw.sslmode.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        let mode = match raw
+            .sslmode
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
             None | Some(("verify-full", _)) => SslMode::VerifyFull,
             Some(("verify-ca", _)) => SslMode::VerifyCa,
             Some((other, span)) => {
@@ -257,7 +261,8 @@ impl Ctx<'_> {
         }
         if let Some(f) = &raw.password_file {
             let path = self.resolve(f.get_ref());
-            secret::check_file(&path).map_err(|m| self.error(f.span(), "postgres.password_file", m))?;
+            secret::check_file(&path)
+                .map_err(|m| self.error(f.span(), "postgres.password_file", m))?;
             return Ok(Secret::File(path));
         }
         if let Some(e) = &raw.password_env {

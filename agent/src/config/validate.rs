@@ -14,9 +14,7 @@ use toml::Spanned;
 
 use super::PlacePatterns;
 use super::raw::{RawConfig, RawJobs, RawPolicy, RawS3, RawTls};
-use super::{
-    AgentConfig, ConfigError, Faults, JobLimits, Patterns, Policy,
-};
+use super::{AgentConfig, ConfigError, Faults, JobLimits, Patterns, Policy};
 
 /// The file being validated, for locating errors.
 pub(super) struct Ctx<'a>(pub TomlFile<'a>);

@@ -88,7 +88,10 @@ impl JobLogin {
     }
 
     /// The environment of the tools that log in with it.
-    pub async fn tool_env(&self, pg: &PostgresConfig) -> Result<Vec<(&'static str, String)>, SecretError> {
+    pub async fn tool_env(
+        &self,
+        pg: &PostgresConfig,
+    ) -> Result<Vec<(&'static str, String)>, SecretError> {
         let password = match &self.made {
             Some(p) => Some(p.clone()),
             None => pg.secret.password(&pg.user).await?,

@@ -31,7 +31,8 @@ pub use closed::reopen_closed;
 pub use create::{create_new, drop_database, drop_orphans};
 pub use ledger::Ledger;
 pub use login::{
-    JobLogin, JobLogins, LoginProblem, create as create_job_login, hand_over, probe as probe_job_login,
+    JobLogin, JobLogins, LoginProblem, create as create_job_login, hand_over,
+    probe as probe_job_login,
 };
 pub use post_restore::{Finish, post_restore};
 pub use rollback::rollback;

@@ -55,7 +55,9 @@ pub async fn keep_rows(
         });
     }
     let mut c = login.connect(pg, live).await.map_err(|e| {
-        DbError(format!("connecting to staging's live database {live:?}: {e}"))
+        DbError(format!(
+            "connecting to staging's live database {live:?}: {e}"
+        ))
     })?;
     // Every kept table as of one moment.
     let snapshot = c

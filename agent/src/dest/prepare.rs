@@ -125,7 +125,9 @@ impl Restorer {
             }
         }
         let rights = pg::rights::of_login(&client).await.map_err(reading)?;
-        let member = pg::rights::member_of(&client, owner).await.map_err(reading)?;
+        let member = pg::rights::member_of(&client, owner)
+            .await
+            .map_err(reading)?;
         let role_settings = pg::rights::role_settings_in(&client, live)
             .await
             .map_err(reading)?;

@@ -150,7 +150,8 @@ pub async fn connect_as(
             client
         }
         Endpoint::Tcp { host, tls, .. } => {
-            cfg.host(host).ssl_mode(tokio_postgres::config::SslMode::Require);
+            cfg.host(host)
+                .ssl_mode(tokio_postgres::config::SslMode::Require);
             let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls.client).clone());
             let (client, conn) = cfg.connect(connector).await.map_err(failed)?;
             spawn_connection(conn);
@@ -186,7 +187,10 @@ pub enum ConnectError {
         role: String,
         why: SecretError,
     },
-    #[error("cannot log in to PostgreSQL at {endpoint} as role {role:?}: {}", error_chain(source))]
+    #[error(
+        "cannot log in to PostgreSQL at {endpoint} as role {role:?}: {}",
+        error_chain(source)
+    )]
     Server {
         endpoint: String,
         role: String,
@@ -195,6 +199,31 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// Whether nothing answered (the server is down or not there yet), as
+    /// opposed to a server that answered and refused: a wrong password, a
+    /// certificate that does not verify, a missing secret.
+    pub fn unreachable(&self) -> bool {
+        use std::io::ErrorKind;
+        let ConnectError::Server { source, .. } = self else {
+            return false;
+        };
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionRefused
+                        | ErrorKind::NotFound
+                        | ErrorKind::TimedOut
+                        | ErrorKind::AddrNotAvailable
+                        | ErrorKind::ConnectionReset
+                );
+            }
+            cur = e.source();
+        }
+        false
+    }
+
     /// The server's SQLSTATE, when it answered with one.
     pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
@@ -222,7 +251,10 @@ pub fn tool_env(pg: &PostgresConfig, password: Option<String>) -> Vec<(&'static 
 /// How a restore's room is checked on this server, for `info`.
 pub fn disk_check(pg: &PostgresConfig) -> String {
     let limit = match pg.max_database_size {
-        Some(b) => format!("databases up to {} MiB (postgres.max_database_size_mb)", b >> 20),
+        Some(b) => format!(
+            "databases up to {} MiB (postgres.max_database_size_mb)",
+            b >> 20
+        ),
         None => "no size limit set (postgres.max_database_size_mb)".to_string(),
     };
     match pg.endpoint.is_tcp() {

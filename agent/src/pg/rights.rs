@@ -57,6 +57,27 @@ pub async fn role_settings_in(
     rows.iter().map(|r| r.try_get(0)).collect()
 }
 
+/// The tables, views and sequences of the session's database the login
+/// cannot dump, each with what it lacks: `SELECT` (grant it, or
+/// `pg_read_all_data`), or a way past row-level security (BYPASSRLS, or
+/// owning the table), without which pg_dump refuses the table. At most
+/// `limit` names.
+pub async fn unreadable(c: &Client, limit: i64) -> Result<Vec<String>, tokio_postgres::Error> {
+    let sql = "SELECT format('%I.%I', n.nspname, c.relname) || CASE \
+                 WHEN NOT pg_catalog.has_table_privilege(c.oid, 'SELECT') THEN ' (no SELECT)' \
+                 ELSE ' (row-level security: needs BYPASSRLS or ownership)' END \
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+               WHERE c.relkind IN ('r', 'p', 'm', 'S', 'v', 'f') \
+                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+                 AND (NOT pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+                      OR (c.relrowsecurity AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') \
+                          AND NOT (SELECT rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user))) \
+               ORDER BY 1 LIMIT $1";
+    let rows = c.query(sql, &[&limit]).await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}
+
 /// Whether the login is a member of `role` with its privileges.
 pub async fn member_of(c: &Client, role: &str) -> Result<bool, tokio_postgres::Error> {
     let sql = "SELECT pg_catalog.pg_has_role(current_user, r.oid, 'USAGE') \
@@ -138,7 +159,10 @@ mod tests {
         let missing = none.missing_for_restore("app", false, &["reader".into()]);
         assert_eq!(missing.len(), 4, "{missing:?}");
         assert!(missing[2].starts_with("CREATEROLE") && missing[2].contains("reader"));
-        assert!(missing[0].starts_with("CREATEDB") && missing[0].contains("ALTER ROLE \"stage agent\" CREATEDB"));
+        assert!(
+            missing[0].starts_with("CREATEDB")
+                && missing[0].contains("ALTER ROLE \"stage agent\" CREATEDB")
+        );
         assert!(missing[1].contains("GRANT pg_signal_backend TO \"stage agent\""));
         assert!(missing[3].contains("GRANT \"app\" TO \"stage agent\""));
         let enough = Rights {
@@ -147,12 +171,19 @@ mod tests {
             ..none.clone()
         };
         assert!(enough.missing_for_restore("app", true, &[]).is_empty());
-        assert_eq!(enough.missing_for_restore("app", true, &["r".into()]).len(), 1);
+        assert_eq!(
+            enough.missing_for_restore("app", true, &["r".into()]).len(),
+            1
+        );
         let superuser = Rights {
             superuser: true,
             ..none
         };
-        assert!(superuser.missing_for_restore("app", false, &["r".into()]).is_empty());
+        assert!(
+            superuser
+                .missing_for_restore("app", false, &["r".into()])
+                .is_empty()
+        );
         assert_eq!(superuser.names(), ["superuser"]);
     }
 }

@@ -84,8 +84,12 @@ impl Secret {
 /// The file's first line, if only its owner may read it.
 fn read_file(path: &Path) -> Result<String, SecretError> {
     check_file(path).map_err(SecretError)?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SecretError(format!("cannot read the password file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SecretError(format!(
+            "cannot read the password file {}: {e}",
+            path.display()
+        ))
+    })?;
     let line = text.lines().next().unwrap_or("").to_string();
     if line.is_empty() {
         return Err(SecretError(format!(
@@ -159,12 +163,13 @@ impl RdsIam {
                 "no AWS region for the RDS IAM token: set postgres.aws_region or AWS_REGION".into(),
             )
         })?;
-        let provider = conf.credentials_provider().ok_or_else(|| {
-            SecretError("no AWS credentials for the RDS IAM token".into())
-        })?;
-        let credentials = provider.provide_credentials().await.map_err(|e| {
-            SecretError(format!("no AWS credentials for the RDS IAM token: {e}"))
-        })?;
+        let provider = conf
+            .credentials_provider()
+            .ok_or_else(|| SecretError("no AWS credentials for the RDS IAM token".into()))?;
+        let credentials = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| SecretError(format!("no AWS credentials for the RDS IAM token: {e}")))?;
         Ok((credentials, region))
     }
 }
@@ -239,8 +244,8 @@ mod tests {
             "test",
         );
         let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_451_606_400);
-        let token = auth_token("carbon.db", 3010, "us-east-1", "carbon", credentials, time)
-            .expect("token");
+        let token =
+            auth_token("carbon.db", 3010, "us-east-1", "carbon", credentials, time).expect("token");
         let (base, query) = token.split_once('?').expect("a query");
         assert_eq!(base, "carbon.db:3010/");
         let mut params: Vec<&str> = query.split('&').collect();

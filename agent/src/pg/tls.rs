@@ -11,7 +11,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 use crate::config::SslMode;
 
@@ -23,9 +25,12 @@ pub fn client_config(ca_file: &Path, mode: SslMode) -> Result<ClientConfig, Stri
         .map_err(|e| format!("{} is not a PEM CA file: {e}", ca_file.display()))?;
     let mut roots = RootCertStore::empty();
     for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{} holds a CA certificate rustls refuses: {e}", ca_file.display()))?;
+        roots.add(cert).map_err(|e| {
+            format!(
+                "{} holds a CA certificate rustls refuses: {e}",
+                ca_file.display()
+            )
+        })?;
     }
     if roots.is_empty() {
         return Err(format!("{} holds no certificate", ca_file.display()));

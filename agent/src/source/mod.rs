@@ -152,12 +152,13 @@ impl Dumper {
         })
     }
 
+    /// The database exists and the agent's login may read all of it.
     async fn check_exists(&self, database: &str) -> Result<(), AgentError> {
         let cfg = &self.config;
         let exists = async {
             let c = pg::connect(&cfg.postgres, "postgres")
                 .await
-                .map_err(|e| pg::error_chain(&e))?;
+                .map_err(|e| e.to_string())?;
             db::database_exists(&c, database).await.map_err(|e| e.0)
         }
         .await
@@ -168,7 +169,45 @@ impl Dumper {
                 format!("database {database:?} does not exist here"),
             ));
         }
-        Ok(())
+        self.check_readable(database).await
+    }
+
+    /// A login that is no superuser may lack rights pg_dump needs: name the
+    /// tables before anything starts.
+    async fn check_readable(&self, database: &str) -> Result<(), AgentError> {
+        const SHOWN: i64 = 10;
+        let cfg = &self.config;
+        let internal = |e: String| AgentError::internal(&cfg.name, e);
+        let c = pg::connect(&cfg.postgres, database)
+            .await
+            .map_err(|e| internal(e.to_string()))?;
+        let reading = |e: tokio_postgres::Error| {
+            internal(format!(
+                "reading the rights of the agent's login: {}",
+                pg::error_chain(&e)
+            ))
+        };
+        if pg::rights::of_login(&c).await.map_err(reading)?.superuser {
+            return Ok(());
+        }
+        let unreadable = pg::rights::unreadable(&c, SHOWN).await.map_err(reading)?;
+        if unreadable.is_empty() {
+            return Ok(());
+        }
+        Err(AgentError::precondition(
+            &cfg.name,
+            format!(
+                "the agent's login {:?} on PostgreSQL at {} cannot dump all of {database:?}: {}{}. Grant it pg_read_all_data (PostgreSQL 14+) or SELECT on them, and BYPASSRLS where a table has row-level security; nothing was changed",
+                cfg.postgres.user,
+                cfg.postgres.endpoint.describe(),
+                unreadable.join(", "),
+                if unreadable.len() as i64 == SHOWN {
+                    ", …"
+                } else {
+                    ""
+                }
+            ),
+        ))
     }
 
     /// Dials the destination, sends the header, the data in the layout this

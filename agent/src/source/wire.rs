@@ -56,12 +56,22 @@ impl Wire {
     /// Connects to `database` as the agent's role; errors name the server
     /// and the role, never a secret.
     pub async fn connect(pg: &PostgresConfig, database: &str) -> Result<Wire, String> {
-        let at = || format!("PostgreSQL at {} as role {:?}", pg.endpoint.describe(), pg.user);
+        let at = || {
+            format!(
+                "PostgreSQL at {} as role {:?}",
+                pg.endpoint.describe(),
+                pg.user
+            )
+        };
         let opened = tokio::time::timeout(CONNECT_TIMEOUT, Self::open(pg, database)).await;
         match opened {
             Ok(Ok(wire)) => Ok(wire),
             Ok(Err(e)) => Err(format!("{}: {e}", at())),
-            Err(_) => Err(format!("{}: no answer in {} s", at(), CONNECT_TIMEOUT.as_secs())),
+            Err(_) => Err(format!(
+                "{}: no answer in {} s",
+                at(),
+                CONNECT_TIMEOUT.as_secs()
+            )),
         }
     }
 
@@ -69,7 +79,11 @@ impl Wire {
         let stream: Box<dyn Io> = match &pg.endpoint {
             Endpoint::Socket { dir, port } => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
-                Box::new(UnixStream::connect(&path).await.map_err(|e| e.to_string())?)
+                Box::new(
+                    UnixStream::connect(&path)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                )
             }
             Endpoint::Tcp { host, port, tls } => {
                 let mut tcp = TcpStream::connect((host.as_str(), *port))
@@ -80,7 +94,9 @@ impl Wire {
                 frontend::ssl_request(&mut out);
                 tcp.write_all(&out).await.map_err(|e| e.to_string())?;
                 let mut answer = [0u8; 1];
-                tcp.read_exact(&mut answer).await.map_err(|e| e.to_string())?;
+                tcp.read_exact(&mut answer)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if answer[0] != b'S' {
                     return Err("the server does not offer TLS (ssl = on)".into());
                 }
@@ -126,7 +142,9 @@ impl Wire {
                 b'R' => {}
                 other => return Err(unexpected(other, "logging in")),
             }
-            let code = body.get(..4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+            let code = body
+                .get(..4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
             let data = body.get(4..).unwrap_or_default();
             out.clear();
             match code {
@@ -145,9 +163,14 @@ impl Wire {
                         .map_err(|e| e.to_string())?;
                 }
                 Some(10) => {
-                    let offered = data.split(|b| *b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+                    let offered = data
+                        .split(|b| *b == 0)
+                        .any(|m| m == SCRAM_SHA_256.as_bytes());
                     if !offered {
-                        return Err("the server offers no SASL mechanism this agent speaks (SCRAM-SHA-256)".into());
+                        return Err(
+                            "the server offers no SASL mechanism this agent speaks (SCRAM-SHA-256)"
+                                .into(),
+                        );
                     }
                     let password = Self::password(pg).await?;
                     let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
@@ -166,7 +189,11 @@ impl Wire {
                         .map_err(|e| format!("SCRAM: the server's proof is wrong: {e}"))?;
                     continue;
                 }
-                _ => return Err("the server asks for an authentication this agent does not speak".into()),
+                _ => {
+                    return Err(
+                        "the server asks for an authentication this agent does not speak".into(),
+                    );
+                }
             }
             self.send(&out).await?;
         }

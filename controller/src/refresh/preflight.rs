@@ -172,7 +172,10 @@ fn check_source(
 /// The destination has `need` bytes free where PostgreSQL keeps its data
 /// (when it can tell).
 fn check_room(dst: &pb::InfoResponse, need: u64, what: &str) -> Result<(), RefreshError> {
-    let max = dst.postgres.as_ref().map_or(0, |p| p.max_database_size_bytes);
+    let max = dst
+        .postgres
+        .as_ref()
+        .map_or(0, |p| p.max_database_size_bytes);
     if max > 0 && need > max {
         return fail(format!(
             "the destination {} allows databases up to {} MiB (postgres.max_database_size_mb in its agent.toml); {what} needs about {} MiB",

@@ -128,6 +128,22 @@ pub fn run(args: StatusArgs) -> anyhow::Result<Exit> {
     })
 }
 
+/// How an agent reaches its server and what its login may do, on one line.
+fn connection_line(agent: &str, pg: &stagesync_proto::v1::PostgresInfo) -> String {
+    if pg.endpoint.is_empty() {
+        return String::new();
+    }
+    let rights = match pg.rights.is_empty() {
+        true if pg.reachable => "none beyond its own".to_string(),
+        true => "?".to_string(),
+        false => pg.rights.join(", "),
+    };
+    format!(
+        "{agent}: postgres at {} as {:?} ({}); rights: {rights}; room for restores: {}",
+        pg.endpoint, pg.login_role, pg.secret, pg.disk_check
+    )
+}
+
 fn print_table(
     targets: &[AgentTarget],
     results: &[Result<InfoResponse, stagesync_controller::ClientError>],
@@ -145,10 +161,12 @@ fn print_table(
         "WORK DIR FREE",
     ]);
     let mut problems = Vec::new();
+    let mut connections = Vec::new();
     for (target, result) in targets.iter().zip(results) {
         match result {
             Ok(info) => {
                 let pg = info.postgres.clone().unwrap_or_default();
+                connections.push(connection_line(&info.name, &pg));
                 let tools = info.tools.clone().unwrap_or_default();
                 let policy = info.policy.clone().unwrap_or_default();
                 let pg_state = if pg.reachable {
@@ -202,6 +220,9 @@ fn print_table(
         }
     }
     println!("{table}");
+    for line in connections.iter().filter(|l| !l.is_empty()) {
+        println!("{line}");
+    }
     for p in problems {
         eprintln!("stagesync: {p}");
     }

@@ -178,6 +178,12 @@ async fn status_prints_a_table_and_reports_problems() {
     let out = String::from_utf8_lossy(&o1.stdout);
     assert!(out.contains("staging-db") && out.contains("ok"), "{out}");
     assert!(out.contains("(none)"), "may_dump is empty: {out}");
+    // How the agent reaches its server, as whom and with what rights.
+    assert!(
+        out.contains("staging-db: postgres at ") && out.contains(".s.PGSQL.")
+            && out.contains("as \"postgres\"") && out.contains("rights: superuser"),
+        "{out}"
+    );
 
     assert_eq!(o2.status.code(), Some(3), "partial failure: {}", text(&o2));
     assert!(

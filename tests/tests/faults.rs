@@ -150,7 +150,7 @@ impl Setup {
     async fn copy_sessions(&self) -> Vec<i32> {
         let sql = "SELECT pid FROM pg_stat_activity \
                    WHERE query LIKE 'COPY % FROM STDIN WITH (FREEZE)' AND state = 'active' \
-                     AND usename LIKE 'stagesync\\_job\\_%'";
+                     AND (usename LIKE 'stagesync\\_job\\_%' OR usename = 'stagesync_dst')";
         match self.dst().client("postgres").await {
             Ok(c) => c
                 .query(sql, &[])
@@ -164,17 +164,24 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn source_agent_killed_mid_stream() {
-    source_agent_killed(false).await;
+    source_agent_killed(false, Fleet::builder()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn source_agent_killed_mid_lanes() {
-    source_agent_killed(true).await;
+    source_agent_killed(true, Fleet::builder()).await;
 }
 
-async fn source_agent_killed(with_lanes: bool) {
+/// The same on managed-like servers, both agents over TCP with TLS as
+/// logins that are no superuser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn source_agent_killed_mid_lanes_over_tcp() {
+    source_agent_killed(true, Fleet::builder().managed()).await;
+}
+
+async fn source_agent_killed(with_lanes: bool, fleet: FleetBuilder) {
     let mut s = setup(
-        Fleet::builder()
+        fleet
             .prod_runs(AgentRun::Process)
             .prod(lanes(with_lanes)),
     )

@@ -20,12 +20,23 @@ pub struct DemoArgs {
     /// to look around.
     #[arg(long)]
     keep: bool,
+    /// Run the clusters as a managed service would (TLS over TCP, password
+    /// logins), with agents whose roles are no superuser.
+    #[arg(long)]
+    tcp: bool,
 }
 
 const DEMO_BIN: &str = "stagesync-demo";
 
 pub fn run(args: DemoArgs) -> anyhow::Result<Exit> {
-    let keep = if args.keep { " -- --keep" } else { "" };
+    let flags: Vec<&str> = [(args.keep, "--keep"), (args.tcp, "--tcp")]
+        .into_iter()
+        .filter_map(|(on, flag)| on.then_some(flag))
+        .collect();
+    let keep = match flags.is_empty() {
+        true => String::new(),
+        false => format!(" -- {}", flags.join(" ")),
+    };
     let Some(demo) = find_demo() else {
         eprintln!(
             "stagesync demo: cannot find the {DEMO_BIN} binary next to this one or on PATH.\n\
@@ -35,9 +46,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Failed);
     };
     let mut cmd = Command::new(&demo);
-    if args.keep {
-        cmd.arg("--keep");
-    }
+    cmd.args(&flags);
     // Becoming the demo, rather than waiting for it as a child, keeps this
     // process's id, terminal and signals: Ctrl-C reaches the demo's own
     // handler only, and the demo's exit code is this command's.

@@ -180,8 +180,10 @@ async fn status_prints_a_table_and_reports_problems() {
     assert!(out.contains("(none)"), "may_dump is empty: {out}");
     // How the agent reaches its server, as whom and with what rights.
     assert!(
-        out.contains("staging-db: postgres at ") && out.contains(".s.PGSQL.")
-            && out.contains("as \"postgres\"") && out.contains("rights: superuser"),
+        out.contains("staging-db: postgres at ")
+            && out.contains(".s.PGSQL.")
+            && out.contains("as \"postgres\"")
+            && out.contains("rights: superuser"),
         "{out}"
     );
 

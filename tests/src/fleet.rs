@@ -256,7 +256,7 @@ impl FleetBuilder {
 }
 
 /// The agents' login roles on managed clusters (see [`FleetBuilder::managed`]).
-async fn managed_roles(src: &PgCluster, dst: Option<&PgCluster>) -> anyhow::Result<()> {
+pub async fn managed_roles(src: &PgCluster, dst: Option<&PgCluster>) -> anyhow::Result<()> {
     src.exec(
         "postgres",
         &format!(

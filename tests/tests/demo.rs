@@ -28,7 +28,24 @@ fn demo_dir(output: &str) -> PathBuf {
 
 #[test]
 fn demo_refreshes_shows_the_guard_and_cleans_up() {
+    demo_with(&[]);
+}
+
+/// `--tcp`: the same demo on clusters served like a managed service, the
+/// agents over TLS as logins that are no superuser.
+#[test]
+fn demo_over_tcp_without_superuser() {
+    let text = demo_with(&["--tcp"]);
+    assert!(
+        text.contains("cluster: localhost:") && text.contains("stagesync_dst"),
+        "{text}"
+    );
+}
+
+/// Runs the demo with `args`; checks what every run shows; its output.
+fn demo_with(args: &[&str]) -> String {
     let out = Command::new(DEMO)
+        .args(args)
         .env_remove("STAGESYNC_PLAN")
         .output()
         .unwrap();
@@ -55,6 +72,7 @@ fn demo_refreshes_shows_the_guard_and_cleans_up() {
     assert!(text.contains("exit code 4 (refused)"), "{text}");
     let dir = demo_dir(&text);
     assert!(!dir.exists(), "{} was left behind", dir.display());
+    text
 }
 
 #[tokio::test]

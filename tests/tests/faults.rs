@@ -180,12 +180,7 @@ async fn source_agent_killed_mid_lanes_over_tcp() {
 }
 
 async fn source_agent_killed(with_lanes: bool, fleet: FleetBuilder) {
-    let mut s = setup(
-        fleet
-            .prod_runs(AgentRun::Process)
-            .prod(lanes(with_lanes)),
-    )
-    .await;
+    let mut s = setup(fleet.prod_runs(AgentRun::Process).prod(lanes(with_lanes))).await;
     let run = s.start(s.spec());
     if with_lanes {
         s.wait_lanes().await;

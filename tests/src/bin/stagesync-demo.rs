@@ -23,6 +23,10 @@ struct DemoArgs {
     /// to look around.
     #[arg(long)]
     keep: bool,
+    /// Run the clusters as a managed service would: TLS over TCP, password
+    /// logins, and agents whose roles are no superuser.
+    #[arg(long)]
+    tcp: bool,
 }
 
 fn main() -> ExitCode {
@@ -31,5 +35,5 @@ fn main() -> ExitCode {
     }
     let args = DemoArgs::parse();
     stagesync_cli::init_logging();
-    stagesync_cli::report(demo::run(args.keep))
+    stagesync_cli::report(demo::run(args.keep, args.tcp))
 }

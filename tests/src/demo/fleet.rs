@@ -30,17 +30,17 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub async fn build() -> anyhow::Result<Fleet> {
+    pub async fn build(tcp: bool) -> anyhow::Result<Fleet> {
         let dir = tempfile::Builder::new()
             .prefix("stagesync-demo-")
             .tempdir()?;
         let pki = TestPki::new()?;
         pki.controller("ops")?;
-        let (prod, staging) = start_clusters().await?;
+        let (prod, staging) = start_clusters(tcp.then_some(&pki)).await?;
         let s3 = start_s3().await?;
         let (aws_config, aws_credentials) =
             profile_files(dir.path(), PROFILE, ACCESS_KEY, SECRET_KEY)?;
-        let (prod_agent, staging_agent) = start_agents(&pki, &prod, &staging).await?;
+        let (prod_agent, staging_agent) = start_agents(&pki, &prod, &staging, dir.path()).await?;
         let header = controller_and_agents(
             &pki,
             &dir.path().join("state"),
@@ -77,10 +77,16 @@ impl Fleet {
     }
 }
 
-/// "production" with the app's data, and "staging" a month behind it.
-async fn start_clusters() -> anyhow::Result<(PgCluster, PgCluster)> {
-    let prod = PgCluster::start().context("starting the production cluster")?;
-    let staging = PgCluster::start().context("starting the staging cluster")?;
+/// "production" with the app's data, and "staging" a month behind it;
+/// with `managed`, both served like a managed service, with the agents'
+/// login roles.
+async fn start_clusters(managed: Option<&TestPki>) -> anyhow::Result<(PgCluster, PgCluster)> {
+    let start = || match managed {
+        Some(pki) => PgCluster::start_managed(pki),
+        None => PgCluster::start(),
+    };
+    let prod = start().context("starting the production cluster")?;
+    let staging = start().context("starting the staging cluster")?;
     prod.exec("postgres", "CREATE DATABASE production").await?;
     let prod_data = app_data(
         2500,
@@ -102,6 +108,9 @@ async fn start_clusters() -> anyhow::Result<(PgCluster, PgCluster)> {
     staging
         .exec("stage", &format!("SET ROLE stage;{APP_SCHEMA}{stage_data}"))
         .await?;
+    if managed.is_some() {
+        crate::fleet::managed_roles(&prod, Some(&staging)).await?;
+    }
     Ok((prod, staging))
 }
 
@@ -136,14 +145,37 @@ async fn start_agents(
     pki: &TestPki,
     prod: &PgCluster,
     staging: &PgCluster,
+    dir: &Path,
 ) -> anyhow::Result<(TestAgent, TestAgent)> {
+    use crate::fleet::{
+        MANAGED_DEST_PASSWORD, MANAGED_DEST_ROLE, MANAGED_SOURCE_PASSWORD, MANAGED_SOURCE_ROLE,
+        managed_keys,
+    };
     let mut p = AgentSpec::new("prod-db");
     p.may_dump = vec!["production".into()];
+    if prod.tcp.is_some() {
+        p.postgres = Some(managed_keys(
+            prod,
+            dir,
+            "prod-db",
+            MANAGED_SOURCE_ROLE,
+            MANAGED_SOURCE_PASSWORD,
+        ));
+    }
     let prod_agent = TestAgent::start(pki, Some(prod), p).await?;
     let mut s = AgentSpec::new("staging-db");
     s.may_dump = vec!["stage".into()];
     s.may_overwrite = vec!["stage".into()];
     s.peers = vec!["prod-db".into()];
+    if staging.tcp.is_some() {
+        s.postgres = Some(managed_keys(
+            staging,
+            dir,
+            "staging-db",
+            MANAGED_DEST_ROLE,
+            MANAGED_DEST_PASSWORD,
+        ));
+    }
     let staging_agent = TestAgent::start(pki, Some(staging), s).await?;
     Ok((prod_agent, staging_agent))
 }

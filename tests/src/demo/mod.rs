@@ -48,7 +48,7 @@ fn interrupted() -> anyhow::Result<()> {
 }
 
 /// Runs the demo; with `keep`, the fleet stays up until Ctrl-C.
-pub fn run(keep: bool) -> anyhow::Result<Exit> {
+pub fn run(keep: bool, tcp: bool) -> anyhow::Result<Exit> {
     if let Err(e) = crate::pg::bin_dir() {
         eprintln!("stagesync demo: needs the PostgreSQL server binaries on this machine.\n{e:#}");
         return Ok(Exit::Failed);
@@ -67,7 +67,7 @@ pub fn run(keep: bool) -> anyhow::Result<Exit> {
             INTERRUPTED.store(true, Ordering::SeqCst);
         }
     });
-    let result = demo(&runtime, keep);
+    let result = demo(&runtime, keep, tcp);
     if INTERRUPTED.load(Ordering::SeqCst) {
         println!("\nstagesync demo: interrupted; everything it started is stopped and removed");
         return Ok(Exit::Interrupted);
@@ -77,11 +77,16 @@ pub fn run(keep: bool) -> anyhow::Result<Exit> {
 
 /// The demo itself; everything it started is stopped and removed when it
 /// returns, whatever happened (the fleet's parts clean up when dropped).
-fn demo(runtime: &Runtime, keep: bool) -> anyhow::Result<Exit> {
-    step(
-        "Building a throwaway fleet: a CA, two PostgreSQL clusters, an S3-API server, two agents",
-    )?;
-    let fleet = runtime.block_on(Fleet::build())?;
+fn demo(runtime: &Runtime, keep: bool, tcp: bool) -> anyhow::Result<Exit> {
+    step(match tcp {
+        false => {
+            "Building a throwaway fleet: a CA, two PostgreSQL clusters, an S3-API server, two agents"
+        }
+        true => {
+            "Building a throwaway fleet: a CA, two PostgreSQL clusters served like a managed service (TLS over TCP, password logins, no superuser for the agents), an S3-API server, two agents"
+        }
+    })?;
+    let fleet = runtime.block_on(Fleet::build(tcp))?;
     describe(&fleet);
     let before_prod = show_before(runtime, &fleet)?;
     dry_run(&fleet)?;
@@ -100,16 +105,24 @@ fn demo(runtime: &Runtime, keep: bool) -> anyhow::Result<Exit> {
 /// Where each part of the fleet is, for a look from another terminal.
 fn describe(fleet: &Fleet) {
     println!("    demo directory: {}", fleet.dir.path().display());
-    println!(
-        "    production cluster: socket {} port {}",
-        fleet.prod.socket_dir.display(),
-        fleet.prod.port
-    );
-    println!(
-        "    staging cluster:    socket {} port {}",
-        fleet.staging.socket_dir.display(),
-        fleet.staging.port
-    );
+    for (label, cluster) in [("production", &fleet.prod), ("staging", &fleet.staging)] {
+        match &cluster.tcp {
+            Some(t) => println!(
+                "    {label:<10} cluster: localhost:{} (TLS, CA {}; the agent logs in as {})",
+                t.port,
+                t.ca.display(),
+                match label {
+                    "production" => crate::fleet::MANAGED_SOURCE_ROLE,
+                    _ => crate::fleet::MANAGED_DEST_ROLE,
+                }
+            ),
+            None => println!(
+                "    {label:<10} cluster: socket {} port {}",
+                cluster.socket_dir.display(),
+                cluster.port
+            ),
+        }
+    }
     println!("    S3-API server:      {}", fleet.s3.endpoint());
     for a in &fleet.agents {
         println!("    agent {:<13} {}", a.name, a.addr);

@@ -310,7 +310,11 @@ fn bad_trust_domain() {
 #[test]
 fn example_configurations_are_well_formed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-    for name in ["agent-production.toml", "agent-staging.toml"] {
+    for name in [
+        "agent-production.toml",
+        "agent-staging.toml",
+        "agent-managed-staging.toml",
+    ] {
         let path = root.join(name);
         let text = std::fs::read_to_string(&path).unwrap();
         stagesync_agent::config::check_syntax(&path, &text).unwrap_or_else(|e| panic!("{e}"));
@@ -320,4 +324,80 @@ fn example_configurations_are_well_formed() {
         prod.contains("may_overwrite = []"),
         "production overwrites nothing"
     );
+}
+
+/// The `[postgres]` lines of the base configuration replaced by `keys`.
+fn with_postgres(f: &Fixture, keys: &str) -> String {
+    let start = f.base.find("socket_dir").unwrap();
+    let end = f.base[start..].find("user = ").unwrap() + start;
+    let line_end = f.base[end..].find('\n').unwrap() + end + 1;
+    format!("{}{keys}\n{}", &f.base[..start], &f.base[line_end..])
+}
+
+#[test]
+fn a_tcp_server_needs_a_ca_file_and_a_user() {
+    let f = fixture();
+    let text = with_postgres(&f, "host = \"db.internal\"\nuser = \"agent\"");
+    expect_error(&f, &text, "host =", "postgres.sslrootcert", "CA file");
+    let text = with_postgres(&f, "host = \"db.internal\"\nsslrootcert = \"ca.pem\"");
+    expect_error(&f, &text, "host =", "postgres.user", "set postgres.user");
+    let ca = f.dir.path().join("tls-ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let text = with_postgres(
+        &f,
+        &format!("host = \"db.internal\"\nsslrootcert = {ca:?}\nuser = \"agent\""),
+    );
+    expect_error(&f, &text, "sslrootcert", "postgres.sslrootcert", "holds no certificate");
+}
+
+#[test]
+fn sslmode_offers_only_verifying_modes() {
+    let f = fixture();
+    let text = with_postgres(
+        &f,
+        "host = \"db.internal\"\nsslmode = \"require\"\nsslrootcert = \"ca.pem\"\nuser = \"agent\"",
+    );
+    expect_error(&f, &text, "sslmode", "postgres.sslmode", "verify-full");
+}
+
+#[test]
+fn tls_keys_without_a_host_and_two_endpoints_are_refused() {
+    let f = fixture();
+    let text = replace_line(&f.base, "user", "user = \"postgres\"\nsslmode = \"verify-full\"");
+    expect_error(&f, &text, "sslmode", "postgres.sslmode", "set postgres.host");
+    let text = replace_line(&f.base, "user", "user = \"postgres\"\nhost = \"db.internal\"");
+    expect_error(&f, &text, "socket_dir", "postgres.socket_dir", "not both");
+}
+
+#[test]
+fn a_password_file_others_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture();
+    let file = f.dir.path().join("pg-password");
+    std::fs::write(&file, "s3cret-value\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = replace_line(
+        &f.base,
+        "user",
+        &format!("user = \"postgres\"\npassword_file = {file:?}"),
+    );
+    expect_error(&f, &text, "password_file", "postgres.password_file", "chmod 600");
+    // Two secrets at once.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = replace_line(
+        &f.base,
+        "user",
+        &format!("user = \"postgres\"\npassword_file = {file:?}\npassword_env = \"PGPW\""),
+    );
+    expect_error(&f, &text, "password_env", "postgres.password_env", "not both");
+    // A variable the agent does not have.
+    let text = replace_line(
+        &f.base,
+        "user",
+        "user = \"postgres\"\npassword_env = \"STAGESYNC_TEST_SURELY_UNSET\"",
+    );
+    expect_error(&f, &text, "password_env", "postgres.password_env", "is not set");
+    // IAM tokens are for servers over TCP.
+    let text = replace_line(&f.base, "user", "user = \"postgres\"\nrds_iam = true");
+    expect_error(&f, &text, "rds_iam", "postgres.rds_iam", "over TCP");
 }

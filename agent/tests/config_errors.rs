@@ -347,7 +347,13 @@ fn a_tcp_server_needs_a_ca_file_and_a_user() {
         &f,
         &format!("host = \"db.internal\"\nsslrootcert = {ca:?}\nuser = \"agent\""),
     );
-    expect_error(&f, &text, "sslrootcert", "postgres.sslrootcert", "holds no certificate");
+    expect_error(
+        &f,
+        &text,
+        "sslrootcert",
+        "postgres.sslrootcert",
+        "holds no certificate",
+    );
 }
 
 #[test]
@@ -363,9 +369,23 @@ fn sslmode_offers_only_verifying_modes() {
 #[test]
 fn tls_keys_without_a_host_and_two_endpoints_are_refused() {
     let f = fixture();
-    let text = replace_line(&f.base, "user", "user = \"postgres\"\nsslmode = \"verify-full\"");
-    expect_error(&f, &text, "sslmode", "postgres.sslmode", "set postgres.host");
-    let text = replace_line(&f.base, "user", "user = \"postgres\"\nhost = \"db.internal\"");
+    let text = replace_line(
+        &f.base,
+        "user",
+        "user = \"postgres\"\nsslmode = \"verify-full\"",
+    );
+    expect_error(
+        &f,
+        &text,
+        "sslmode",
+        "postgres.sslmode",
+        "set postgres.host",
+    );
+    let text = replace_line(
+        &f.base,
+        "user",
+        "user = \"postgres\"\nhost = \"db.internal\"",
+    );
     expect_error(&f, &text, "socket_dir", "postgres.socket_dir", "not both");
 }
 
@@ -381,7 +401,13 @@ fn a_password_file_others_may_read_is_refused() {
         "user",
         &format!("user = \"postgres\"\npassword_file = {file:?}"),
     );
-    expect_error(&f, &text, "password_file", "postgres.password_file", "chmod 600");
+    expect_error(
+        &f,
+        &text,
+        "password_file",
+        "postgres.password_file",
+        "chmod 600",
+    );
     // Two secrets at once.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let text = replace_line(
@@ -389,14 +415,26 @@ fn a_password_file_others_may_read_is_refused() {
         "user",
         &format!("user = \"postgres\"\npassword_file = {file:?}\npassword_env = \"PGPW\""),
     );
-    expect_error(&f, &text, "password_env", "postgres.password_env", "not both");
+    expect_error(
+        &f,
+        &text,
+        "password_env",
+        "postgres.password_env",
+        "not both",
+    );
     // A variable the agent does not have.
     let text = replace_line(
         &f.base,
         "user",
         "user = \"postgres\"\npassword_env = \"STAGESYNC_TEST_SURELY_UNSET\"",
     );
-    expect_error(&f, &text, "password_env", "postgres.password_env", "is not set");
+    expect_error(
+        &f,
+        &text,
+        "password_env",
+        "postgres.password_env",
+        "is not set",
+    );
     // IAM tokens are for servers over TCP.
     let text = replace_line(&f.base, "user", "user = \"postgres\"\nrds_iam = true");
     expect_error(&f, &text, "rds_iam", "postgres.rds_iam", "over TCP");

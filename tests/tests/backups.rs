@@ -398,8 +398,19 @@ async fn retention_keeps_the_configured_sets_and_never_the_newest_good_backup() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refresh_from_the_newest_backup_equals_a_live_refresh_and_a_corrupt_one_changes_nothing()
 {
+    refresh_from_backup(fleet()).await;
+}
+
+/// The same with both agents on managed-like servers: the backup's pg_dump
+/// and the restore log in over TCP with TLS, as logins without superuser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_and_a_refresh_from_one_work_over_tcp_without_superuser() {
+    refresh_from_backup(fleet().managed()).await;
+}
+
+async fn refresh_from_backup(fleet: FleetBuilder) {
     use stagesync_controller::refresh::{BackupSource, PairSource, PairSpec, refresh};
-    let f = fleet()
+    let f = fleet
         .staging(|s| s.may_overwrite.push("live_copy".into()))
         .build()
         .await;

@@ -178,6 +178,7 @@ async fn check_login(
         Err(_) => String::new(),
     };
     Err(LoginProblem::Refused(refused_advice(
+        pg.endpoint.is_tcp(),
         &login.role,
         &e.to_string(),
         &hba_file,
@@ -185,17 +186,28 @@ async fn check_login(
 }
 
 /// The line to add, for an operator whose server refused a job login.
-pub fn refused_advice(role: &str, why: &str, hba_file: &str) -> String {
+pub fn refused_advice(tcp: bool, role: &str, why: &str, hba_file: &str) -> String {
     let file = match hba_file.is_empty() {
         true => "pg_hba.conf".to_string(),
         false => hba_file.to_string(),
+    };
+    // The agent reaches its server over the socket, or over TCP with TLS
+    // from its own address.
+    let (kind, line) = match tcp {
+        false => (
+            "local",
+            format!("local   all   +{JOB_GROUP}   scram-sha-256"),
+        ),
+        true => (
+            "host",
+            format!("hostssl   all   +{JOB_GROUP}   <the agent's address>/32   scram-sha-256"),
+        ),
     };
     format!(
         "PostgreSQL refused the login of {role:?}, the role a restore runs as ({why}). \
          stagesync runs what comes from a dump only in sessions logged in as a role of group \
          {JOB_GROUP:?}, never in a superuser session. Add this line to {file} above the other \
-         `local` lines, then reload PostgreSQL (SELECT pg_reload_conf()):\n    \
-         local   all   +{JOB_GROUP}   scram-sha-256"
+         `{kind}` lines, then reload PostgreSQL (SELECT pg_reload_conf()):\n    {line}"
     )
 }
 
@@ -301,7 +313,14 @@ mod tests {
 
     #[test]
     fn a_refused_login_names_the_line_to_add() {
-        let text = refused_advice("stagesync_job_1", "password authentication failed", "");
+        let tcp = refused_advice(true, "stagesync_job_1", "refused", "");
+        assert!(tcp.contains("hostssl   all   +stagesync_jobs"), "{tcp}");
+        let text = refused_advice(
+            false,
+            "stagesync_job_1",
+            "password authentication failed",
+            "",
+        );
         assert!(text.contains("pg_hba.conf"), "{text}");
         assert!(
             text.ends_with("local   all   +stagesync_jobs   scram-sha-256"),

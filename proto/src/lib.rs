@@ -18,8 +18,10 @@ pub use v1::agent_server::{Agent, AgentServer};
 pub const FEATURE_SPLIT_POST_DATA: &str = "split-post-data";
 
 /// Info lists this feature when the agent can move a split stream's table
-/// data by COPY in several concurrent lanes (`Shape.data_lanes`).
-pub const FEATURE_DATA_LANES: &str = "copy-lanes";
+/// data by COPY in several concurrent lanes (`Shape.data_lanes`), each
+/// table's rows as the server's CopyData messages (version 2; version 1
+/// carried bare COPY text, and such agents are not offered lanes).
+pub const FEATURE_DATA_LANES: &str = "copy-lanes-2";
 
 /// Info lists this feature when the agent hashes and checks a stream with
 /// BLAKE3 (`Shape.digest`).

@@ -99,6 +99,17 @@ impl JobLogin {
         Ok(pg::tool_env(pg, password))
     }
 
+    /// How a copy lane's own session logs in as this role.
+    pub fn wire_login(&self) -> pg::wire::Login<'_> {
+        match &self.made {
+            Some(password) => pg::wire::Login::As {
+                role: &self.role,
+                password,
+            },
+            None => pg::wire::Login::Agent,
+        }
+    }
+
     /// A session in `database` logged in as this role.
     pub async fn connect(
         &self,

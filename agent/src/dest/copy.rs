@@ -12,22 +12,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
-use futures::{SinkExt, pin_mut};
 use stagesync_proto::v1 as pb;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::PostgresConfig;
 use crate::db::JobLogin;
 use crate::jobs::{Job, StepError};
-use crate::pg;
+use crate::pg::wire::{CopyDataCheck, Wire};
 use crate::source::{COPY_SETTINGS, MAX_SLICES};
-use crate::sql::ident;
+use crate::sql::{ident, literal};
 
 /// What the router hands a copy lane.
 pub enum LaneInput {
     /// The next bytes are slice `slice` of lane table `table`.
     Start { table: usize, slice: u32 },
-    /// COPY text of the current slice.
+    /// The current slice's rows, as the source server's CopyData
+    /// messages.
     Data(Bytes),
     /// The current slice is whole (its digest checked).
     End { rows: u64 },
@@ -72,7 +72,7 @@ pub struct CopyLane {
 impl CopyLane {
     /// Copies each slice that arrives on `rx` until it closes.
     pub async fn run(self, mut rx: mpsc::Receiver<LaneInput>) -> Result<(), StepError> {
-        let mut session: Option<tokio_postgres::Client> = None;
+        let mut session: Option<Wire> = None;
         while let Some(input) = rx.recv().await {
             let LaneInput::Start { table, slice } = input else {
                 return Err(StepError::new(
@@ -101,7 +101,7 @@ impl CopyLane {
             });
             let rows = copy_slice(&self.job, self.lane, c, t, &mut rx)
                 .await
-                .map_err(|e| e.context(what))?;
+                .map_err(|e| StepError::new(pb::Step::PgRestore, format!("{what}: {e}")))?;
             self.job.slices_copied.fetch_add(1, Ordering::Relaxed);
             self.job.lane_progress(self.lane, |p| p.table.clear());
             tracing::debug!(job = %self.job.id, lane = self.lane, table = %name, slice, rows, "slice copied");
@@ -115,30 +115,23 @@ impl CopyLane {
 
     /// A session in the new database as the job's login, set up to read
     /// COPY text as the source wrote it.
-    async fn connect(&self) -> Result<tokio_postgres::Client, StepError> {
-        let fail = |what: &str, e: tokio_postgres::Error| {
-            StepError::new(
-                pb::Step::PgRestore,
-                format!("{what} for a copy lane: {}", pg::error_without_values(&e)),
-            )
-        };
-        let c = self
-            .login
-            .connect(&self.pg, &self.job.new_database)
+    async fn connect(&self) -> Result<Wire, StepError> {
+        let fail = |e: String| StepError::new(pb::Step::PgRestore, format!("a copy lane: {e}"));
+        let mut c = Wire::connect_as(&self.pg, &self.job.new_database, self.login.wire_login())
             .await
-            .map_err(|e| StepError::new(pb::Step::PgRestore, format!("a copy lane: {e}")))?;
-        c.batch_execute(COPY_SETTINGS)
-            .await
-            .map_err(|e| fail("setting the session up", e))?;
+            .map_err(fail)?;
+        let mut setup = format!("{COPY_SETTINGS};");
         for s in &self.pg.restore_settings {
             let (key, value) = s.split_once('=').unwrap_or((s, ""));
-            c.execute(
-                "SELECT pg_catalog.set_config($1, $2, false)",
-                &[&key.trim(), &value.trim()],
-            )
-            .await
-            .map_err(|e| fail("setting the session up", e))?;
+            setup.push_str(&format!(
+                " SELECT pg_catalog.set_config({}, {}, false);",
+                literal(key.trim()),
+                literal(value.trim())
+            ));
         }
+        c.execute(&setup)
+            .await
+            .map_err(|e| fail(format!("setting the session up: {e}")))?;
         Ok(c)
     }
 }
@@ -148,62 +141,51 @@ impl CopyLane {
 async fn copy_slice(
     job: &Job,
     lane: u32,
-    c: &mut tokio_postgres::Client,
+    c: &mut Wire,
     t: &pb::LaneTable,
     rx: &mut mpsc::Receiver<LaneInput>,
-) -> Result<u64, StepError> {
-    let fail = |what: &str, e: tokio_postgres::Error| {
-        StepError::new(
-            pb::Step::PgRestore,
-            format!("{what}: {}", pg::error_without_values(&e)),
-        )
-    };
-    let tx = c
-        .transaction()
-        .await
-        .map_err(|e| fail("starting the transaction", e))?;
+) -> Result<u64, String> {
+    c.execute("BEGIN").await?;
     let (truncate, copy) = copy_in_sql(t);
     if let Some(truncate) = truncate {
-        tx.batch_execute(&truncate)
+        c.execute(&truncate)
             .await
-            .map_err(|e| fail("emptying the table", e))?;
+            .map_err(|e| format!("emptying the table: {e}"))?;
     }
-    let sink = tx
-        .copy_in::<_, Bytes>(&copy)
-        .await
-        .map_err(|e| fail("starting the COPY", e))?;
-    pin_mut!(sink);
+    c.copy_in(&copy).await?;
+    let mut check = CopyDataCheck::default();
     let rows = loop {
         match rx.recv().await {
             Some(LaneInput::Data(raw)) => {
+                check.check(&raw)?;
+                c.write_copy_data(&raw).await?;
                 let n = raw.len() as u64;
-                sink.send(raw).await.map_err(|e| fail("sending rows", e))?;
                 job.restored.fetch_add(n, Ordering::Relaxed);
                 job.lane_progress(lane, |p| p.bytes += n);
             }
             Some(LaneInput::End { rows }) => break rows,
             Some(LaneInput::Start { .. }) | None => {
-                return Err(StepError::new(
-                    pb::Step::PgRestore,
-                    "the lane's input ended inside a table",
-                ));
+                return Err("the lane's input ended inside a table".into());
             }
         }
     };
     // The slice ended, its digest checked: the rows are complete.
-    let copied = sink
-        .as_mut()
-        .finish()
-        .await
-        .map_err(|e| fail("ending the COPY", e))?;
+    if !check.at_boundary() || check.messages != rows {
+        return Err(format!(
+            "the slice's rows were cut short: {} messages, the source sent {rows} rows",
+            check.messages
+        ));
+    }
+    let copied = c.copy_done().await?;
     if copied != rows {
-        return Err(StepError::new(
-            pb::Step::PgRestore,
-            format!("{copied} rows were copied in, the source sent {rows}"),
+        return Err(format!(
+            "{copied} rows were copied in, the source sent {rows}"
         ));
     }
     job.rows_copied.fetch_add(rows, Ordering::Relaxed);
-    tx.commit().await.map_err(|e| fail("committing", e))?;
+    c.execute("COMMIT")
+        .await
+        .map_err(|e| format!("committing: {e}"))?;
     Ok(rows)
 }
 

@@ -12,6 +12,7 @@ use crate::config::{Endpoint, PostgresConfig};
 pub mod rights;
 pub mod secret;
 pub mod tls;
+pub mod wire;
 
 use secret::SecretError;
 

@@ -1,16 +1,17 @@
 //! A copy lane's rows on the source: `COPY … TO STDOUT` in a session that
 //! imported the dump's snapshot, so every lane sees exactly what the schema
 //! and the other lanes see. One session serves a lane's tables one after
-//! the other; its rows are gathered into chunks of the frame size as they
-//! are read off the socket (`wire.rs`).
+//! the other; its rows go out as the server's CopyData messages, in runs
+//! of about the frame size, as they are read off the socket
+//! ([`crate::pg::wire`]).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::layout::CopyTable;
-use super::wire::{Taken, Wire};
 use crate::args::TableName;
 use crate::config::PostgresConfig;
 use crate::frames::CHUNK;
+use crate::pg::wire::Wire;
 use crate::sql::{ident, literal};
 
 /// Session settings both ends of a copy lane share, so values print and
@@ -21,8 +22,6 @@ pub const COPY_SETTINGS: &str = "SET datestyle = ISO; SET intervalstyle = postgr
 /// One copy lane's session on the snapshot, and the COPY it runs.
 pub struct CopySession {
     wire: Wire,
-    /// Rows read and not yet sent.
-    buf: BytesMut,
     /// The current COPY ended.
     done: bool,
     /// Rows of the current COPY read so far.
@@ -51,7 +50,6 @@ impl CopySession {
         .map_err(|e| format!("importing the snapshot for a copy lane: {e}"))?;
         Ok(CopySession {
             wire,
-            buf: BytesMut::with_capacity(CHUNK),
             done: true,
             rows: 0,
         })
@@ -71,19 +69,20 @@ impl CopySession {
         Ok(())
     }
 
-    /// The next chunk of the current COPY: `CHUNK` bytes, fewer only at the
-    /// end, and empty once it is over.
+    /// The next run of the current COPY's messages, about `CHUNK` bytes
+    /// (fewer at the end), and empty once it is over.
     pub async fn next(&mut self) -> std::io::Result<Bytes> {
-        if !self.done && self.buf.len() < CHUNK {
-            let taken = self
-                .wire
-                .rows_into(&mut self.buf, CHUNK, &mut self.rows)
-                .await
-                .map_err(std::io::Error::other)?;
-            self.done = taken == Taken::Done;
+        if self.done {
+            return Ok(Bytes::new());
         }
-        let n = self.buf.len().min(CHUNK);
-        Ok(self.buf.split_to(n).freeze())
+        match self.wire.copy_data(CHUNK, &mut self.rows).await {
+            Ok(Some(run)) => Ok(run),
+            Ok(None) => {
+                self.done = true;
+                Ok(Bytes::new())
+            }
+            Err(e) => Err(std::io::Error::other(e)),
+        }
     }
 }
 

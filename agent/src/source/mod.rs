@@ -16,7 +16,6 @@ mod lanes;
 mod layout;
 mod outbound;
 mod stream;
-mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -38,6 +38,13 @@ pub enum Chunked<'a> {
 }
 
 impl Chunked<'_> {
+    /// Whether a chunk shorter than `CHUNK` is the last: a tool's output
+    /// and a file fill every chunk until their end; a COPY's runs end at
+    /// a read's end and say the COPY is over with an empty one.
+    fn short_means_end(&self) -> bool {
+        !matches!(self, Chunked::Copy(_))
+    }
+
     async fn next(&mut self) -> std::io::Result<bytes::Bytes> {
         match self {
             Chunked::Tool(c) => c.next().await,
@@ -108,7 +115,7 @@ impl Outbound {
                 .fetch_add(data.payload.len() as u64, Ordering::Relaxed);
             total += filled as u64;
             self.send(frame(pb::dump_frame::Kind::Data(data))).await?;
-            if filled < CHUNK {
+            if filled < CHUNK && r.short_means_end() {
                 return Ok(total);
             }
         }

@@ -1,0 +1,620 @@
+//! The copy lanes' own sessions, on both sides: as much of the PostgreSQL
+//! wire protocol as a session that imports a snapshot and runs `COPY … TO
+//! STDOUT`, or runs `COPY … FROM STDIN` in a transaction, needs; over the
+//! server's unix socket or over TCP with TLS (the certificate checked as
+//! for every other session), logging in with no password (peer, trust),
+//! SCRAM-SHA-256, MD5 or a plain password (an RDS IAM token).
+//!
+//! A lane carries a COPY's CopyData messages as the source server sent
+//! them: the source cuts the bytes it reads off the socket at message
+//! boundaries, without copying a row, and the destination writes them to
+//! its server as they arrive, once [`CopyDataCheck`] has seen that they are
+//! CopyData messages and nothing else. A general client would take each row
+//! apart and build it again on both sides. Memory stays bounded: a chunk is
+//! at most what one read returns, whatever the rows.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::config::{Endpoint, PostgresConfig};
+
+/// Bytes read from the socket at a time.
+const BLOCK: usize = 256 * 1024;
+/// Tag, then a length that counts itself.
+const HEADER: usize = 5;
+/// How long opening a session may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A socket or a TLS stream.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One session on the source database.
+pub struct Wire {
+    stream: Box<dyn Io>,
+    /// Bytes read and not yet taken.
+    rbuf: BytesMut,
+    /// Bytes of the current row still to come from the socket.
+    pending: usize,
+    /// Bytes at the front of `rbuf` already seen to be rows.
+    scanned: usize,
+}
+
+/// Who a session logs in as: the agent's own role and secret, or a role
+/// and password of its own (a job's login).
+#[derive(Clone, Copy)]
+pub enum Login<'a> {
+    Agent,
+    As { role: &'a str, password: &'a str },
+}
+
+impl Wire {
+    /// Connects to `database` as the agent's role.
+    pub async fn connect(pg: &PostgresConfig, database: &str) -> Result<Wire, String> {
+        Self::connect_as(pg, database, Login::Agent).await
+    }
+
+    /// Connects to `database` as `login`; errors name the server and the
+    /// role, never a secret.
+    pub async fn connect_as(
+        pg: &PostgresConfig,
+        database: &str,
+        login: Login<'_>,
+    ) -> Result<Wire, String> {
+        let role = match login {
+            Login::Agent => pg.user.as_str(),
+            Login::As { role, .. } => role,
+        };
+        let at = || format!("PostgreSQL at {} as role {role:?}", pg.endpoint.describe());
+        let opened =
+            tokio::time::timeout(CONNECT_TIMEOUT, Self::open(pg, database, role, login)).await;
+        match opened {
+            Ok(Ok(wire)) => Ok(wire),
+            Ok(Err(e)) => Err(format!("{}: {e}", at())),
+            Err(_) => Err(format!(
+                "{}: no answer in {} s",
+                at(),
+                CONNECT_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    async fn open(
+        pg: &PostgresConfig,
+        database: &str,
+        role: &str,
+        login: Login<'_>,
+    ) -> Result<Wire, String> {
+        let stream: Box<dyn Io> = match &pg.endpoint {
+            Endpoint::Socket { dir, port } => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                Box::new(
+                    UnixStream::connect(&path)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            Endpoint::Tcp { host, port, tls } => {
+                let mut tcp = TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = tcp.set_nodelay(true);
+                let mut out = BytesMut::new();
+                frontend::ssl_request(&mut out);
+                tcp.write_all(&out).await.map_err(|e| e.to_string())?;
+                let mut answer = [0u8; 1];
+                tcp.read_exact(&mut answer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if answer[0] != b'S' {
+                    return Err("the server does not offer TLS (ssl = on)".into());
+                }
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+                Box::new(
+                    connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| format!("TLS: {e}"))?,
+                )
+            }
+        };
+        let mut wire = Wire {
+            stream,
+            rbuf: BytesMut::with_capacity(BLOCK),
+            pending: 0,
+            scanned: 0,
+        };
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", role),
+            ("database", database),
+            ("application_name", "stagesync-agent"),
+            // Both ends of a lane read and write COPY text as UTF-8.
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params, &mut out).map_err(|e| e.to_string())?;
+        wire.send(&out).await?;
+        wire.authenticate(pg, role, login).await?;
+        wire.until_ready(None).await?;
+        Ok(wire)
+    }
+
+    /// Answers the server's authentication requests until it says OK.
+    async fn authenticate(
+        &mut self,
+        pg: &PostgresConfig,
+        role: &str,
+        login: Login<'_>,
+    ) -> Result<(), String> {
+        let mut scram: Option<ScramSha256> = None;
+        let mut out = BytesMut::new();
+        loop {
+            let (tag, body) = self.message().await?;
+            match tag {
+                b'E' => return Err(error_text(&body)),
+                b'R' => {}
+                other => return Err(unexpected(other, "logging in")),
+            }
+            let code = body
+                .get(..4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+            let data = body.get(4..).unwrap_or_default();
+            out.clear();
+            match code {
+                Some(0) => return Ok(()),
+                // A password in the clear (inside TLS), or an MD5 of it.
+                Some(3) => {
+                    let password = Self::password(pg, login).await?;
+                    frontend::password_message(password.as_bytes(), &mut out)
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(5) if data.len() == 4 => {
+                    let password = Self::password(pg, login).await?;
+                    let salt = [data[0], data[1], data[2], data[3]];
+                    let hash = md5_hash(role.as_bytes(), password.as_bytes(), salt);
+                    frontend::password_message(hash.as_bytes(), &mut out)
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(10) => {
+                    let offered = data
+                        .split(|b| *b == 0)
+                        .any(|m| m == SCRAM_SHA_256.as_bytes());
+                    if !offered {
+                        return Err(
+                            "the server offers no SASL mechanism this agent speaks (SCRAM-SHA-256)"
+                                .into(),
+                        );
+                    }
+                    let password = Self::password(pg, login).await?;
+                    let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                        .map_err(|e| e.to_string())?;
+                    scram = Some(s);
+                }
+                Some(11) => {
+                    let s = scram.as_mut().ok_or("a SASL step out of order")?;
+                    s.update(data).map_err(|e| format!("SCRAM: {e}"))?;
+                    frontend::sasl_response(s.message(), &mut out).map_err(|e| e.to_string())?;
+                }
+                Some(12) => {
+                    let s = scram.as_mut().ok_or("a SASL step out of order")?;
+                    s.finish(data)
+                        .map_err(|e| format!("SCRAM: the server's proof is wrong: {e}"))?;
+                    continue;
+                }
+                _ => {
+                    return Err(
+                        "the server asks for an authentication this agent does not speak".into(),
+                    );
+                }
+            }
+            self.send(&out).await?;
+        }
+    }
+
+    /// The login's password, for a server that asks for one.
+    async fn password(pg: &PostgresConfig, login: Login<'_>) -> Result<String, String> {
+        if let Login::As { password, .. } = login {
+            return Ok(password.to_string());
+        }
+        match pg.secret.password(&pg.user).await {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(format!(
+                "the server asks role {:?} for a password and postgres.password_file, password_env or rds_iam gives none",
+                pg.user
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Runs `sql` (one or more statements that return no rows) to its end.
+    pub async fn execute(&mut self, sql: &str) -> Result<(), String> {
+        self.query(sql).await?;
+        self.until_ready(None).await
+    }
+
+    /// Starts `sql`, a `COPY … TO STDOUT`.
+    pub async fn copy_out(&mut self, sql: &str) -> Result<(), String> {
+        self.query(sql).await?;
+        loop {
+            let (tag, body) = self.message().await?;
+            match tag {
+                b'H' => return Ok(()),
+                b'E' => return Err(self.failed(&body).await),
+                b'N' | b'S' => {}
+                other => return Err(unexpected(other, "starting a COPY")),
+            }
+        }
+    }
+
+    /// The next run of the current COPY's CopyData messages as read off
+    /// the socket (never copied): `want` bytes unless the COPY ends first;
+    /// `rows` counts the rows begun. None once the COPY ended. A run may
+    /// end inside a row: the next goes on with it.
+    pub async fn copy_data(
+        &mut self,
+        want: usize,
+        rows: &mut u64,
+    ) -> Result<Option<Bytes>, String> {
+        loop {
+            let ended = self.scan_rows(rows)?;
+            let at = self.scanned;
+            if at >= want || (ended && at > 0) {
+                let n = at.min(want);
+                let chunk = self.rbuf.split_to(n).freeze();
+                self.scanned -= n;
+                // Room for the next run, so reads never move what they
+                // gathered (only what was read past this run is copied).
+                self.rbuf.reserve(want + BLOCK);
+                return Ok(Some(chunk));
+            }
+            if !ended {
+                self.fill().await?;
+                continue;
+            }
+            let (tag, body) = self.message().await?;
+            match tag {
+                // CopyDone; CommandComplete and ReadyForQuery follow.
+                b'c' => {
+                    self.until_ready(None).await?;
+                    return Ok(None);
+                }
+                b'E' => return Err(self.failed(&body).await),
+                b'N' | b'S' => {}
+                other => return Err(unexpected(other, "reading a COPY")),
+            }
+        }
+    }
+
+    /// Moves `scanned` past the rows read so far; true when a message
+    /// other than a row follows them (the COPY's end, or an error).
+    fn scan_rows(&mut self, rows: &mut u64) -> Result<bool, String> {
+        loop {
+            if self.pending > 0 {
+                let n = self.pending.min(self.rbuf.len() - self.scanned);
+                self.scanned += n;
+                self.pending -= n;
+                if self.pending > 0 {
+                    return Ok(false);
+                }
+                continue;
+            }
+            match header(&self.rbuf[self.scanned..])? {
+                Some((b'd', len)) => {
+                    self.scanned += HEADER;
+                    self.pending = len - 4;
+                    *rows += 1;
+                }
+                Some(_) => return Ok(true),
+                None => return Ok(false),
+            }
+        }
+    }
+
+    /// Starts `sql`, a `COPY … FROM STDIN`.
+    pub async fn copy_in(&mut self, sql: &str) -> Result<(), String> {
+        self.query(sql).await?;
+        loop {
+            let (tag, body) = self.message().await?;
+            match tag {
+                b'G' => return Ok(()),
+                b'E' => return Err(self.failed(&body).await),
+                b'N' | b'S' => {}
+                other => return Err(unexpected(other, "starting a COPY")),
+            }
+        }
+    }
+
+    /// Writes CopyData messages (checked by a [`CopyDataCheck`]) into the
+    /// current `COPY … FROM STDIN`. A server that already gave up on the
+    /// COPY says so here rather than after the last row.
+    pub async fn write_copy_data(&mut self, messages: &[u8]) -> Result<(), String> {
+        if let Err(e) = self.send(messages).await {
+            // A server that ended the session says why before it closes.
+            return Err(match self.error_waiting() {
+                Some(why) => format!("{why}; then {e}"),
+                None => e,
+            });
+        }
+        if let Some(read) = self.stream.read_buf(&mut self.rbuf).now_or_never() {
+            match read {
+                Ok(0) => return Err("the server closed the connection".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading from the server: {e}")),
+            }
+            while let Some((tag, len)) = header(&self.rbuf)?
+                && self.rbuf.len() > len
+            {
+                let msg = self.rbuf.split_to(1 + len);
+                match tag {
+                    b'E' => return Err(self.failed(&msg[HEADER..]).await),
+                    b'N' | b'S' => {}
+                    other => return Err(unexpected(other, "writing a COPY")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An error message the server sent and nobody read yet, if any.
+    fn error_waiting(&mut self) -> Option<String> {
+        let _ = self.stream.read_buf(&mut self.rbuf).now_or_never();
+        let mut at = 0;
+        while let Ok(Some((tag, len))) = header(&self.rbuf[at..])
+            && self.rbuf.len() - at > len
+        {
+            if tag == b'E' {
+                return Some(error_text(&self.rbuf[at + HEADER..at + 1 + len]));
+            }
+            at += 1 + len;
+        }
+        None
+    }
+
+    /// Ends the current `COPY … FROM STDIN`; the rows the server took.
+    pub async fn copy_done(&mut self) -> Result<u64, String> {
+        let mut out = BytesMut::new();
+        frontend::copy_done(&mut out);
+        self.send(&out).await?;
+        let mut rows = None;
+        loop {
+            let (tag, body) = self.message().await?;
+            match tag {
+                b'C' => rows = copied_rows(&body),
+                b'E' => return Err(self.failed(&body).await),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        rows.ok_or_else(|| "the server did not say how many rows it copied".to_string())
+    }
+
+    /// The error an ErrorResponse `body` reports, once the session is
+    /// ready for the next query again.
+    async fn failed(&mut self, body: &[u8]) -> String {
+        let e = error_text(body);
+        match self.until_ready(None).await {
+            Ok(()) => e,
+            Err(then) => format!("{e}; then {then}"),
+        }
+    }
+
+    async fn query(&mut self, sql: &str) -> Result<(), String> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(|e| e.to_string())?;
+        self.send(&out).await
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| format!("writing to the server: {e}"))
+    }
+
+    /// Reads up to the next ReadyForQuery; `Err` with the query's error
+    /// (or `failed`) if there was one.
+    async fn until_ready(&mut self, mut failed: Option<String>) -> Result<(), String> {
+        loop {
+            let (tag, body) = self.message().await?;
+            match tag {
+                b'E' if failed.is_none() => failed = Some(error_text(&body)),
+                b'Z' => return failed.map_or(Ok(()), Err),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next whole message: its tag and body.
+    async fn message(&mut self) -> Result<(u8, Bytes), String> {
+        loop {
+            if let Some((tag, len)) = header(&self.rbuf)?
+                && self.rbuf.len() > len
+            {
+                let mut msg = self.rbuf.split_to(1 + len);
+                msg.advance(HEADER);
+                return Ok((tag, msg.freeze()));
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads the next block from the socket.
+    async fn fill(&mut self) -> Result<(), String> {
+        if self.rbuf.capacity() - self.rbuf.len() < BLOCK / 4 {
+            self.rbuf.reserve(BLOCK);
+        }
+        match self.stream.read_buf(&mut self.rbuf).await {
+            Ok(0) => Err("the server closed the connection".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("reading from the server: {e}")),
+        }
+    }
+}
+
+/// A message's tag and length (which counts itself, not the tag), once its
+/// header is in.
+fn header(buf: &[u8]) -> Result<Option<(u8, usize)>, String> {
+    if buf.len() < HEADER {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Err(format!("the server sent a message of length {len}"));
+    }
+    Ok(Some((buf[0], len)))
+}
+
+fn unexpected(tag: u8, doing: &str) -> String {
+    format!(
+        "the server sent an unexpected {:?} message while {doing}",
+        tag as char
+    )
+}
+
+/// The row count of a CommandComplete `COPY n`.
+fn copied_rows(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?.trim_end_matches('\0');
+    text.strip_prefix("COPY ")?.parse().ok()
+}
+
+/// Checks, chunk by chunk, that a lane's bytes are CopyData messages and
+/// nothing else before they reach the destination's server: any other
+/// message (a query, a CopyDone, a termination) would be a command to it.
+#[derive(Debug, Default)]
+pub struct CopyDataCheck {
+    /// Bytes of the current message's body still to come.
+    pending: usize,
+    /// The start of a header cut by a chunk's end.
+    partial: Vec<u8>,
+    /// Messages begun.
+    pub messages: u64,
+}
+
+/// The most a CopyData message may carry (PostgreSQL's own limit for a
+/// message is 1 GiB).
+const MAX_MESSAGE: usize = 1 << 30;
+
+impl CopyDataCheck {
+    /// Checks the next chunk.
+    pub fn check(&mut self, chunk: &[u8]) -> Result<(), String> {
+        let mut at = 0;
+        while at < chunk.len() {
+            if self.pending > 0 {
+                let n = self.pending.min(chunk.len() - at);
+                at += n;
+                self.pending -= n;
+                continue;
+            }
+            let want = HEADER - self.partial.len();
+            let take = want.min(chunk.len() - at);
+            self.partial.extend_from_slice(&chunk[at..at + take]);
+            at += take;
+            if self.partial.len() < HEADER {
+                break;
+            }
+            let h = &self.partial;
+            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+            if h[0] != b'd' || !(4..=MAX_MESSAGE).contains(&len) {
+                return Err(format!(
+                    "a copy lane carried a {:?} message of length {len} where only rows (CopyData) may come",
+                    h[0] as char
+                ));
+            }
+            self.pending = len - 4;
+            self.messages += 1;
+            self.partial.clear();
+        }
+        Ok(())
+    }
+
+    /// Whether the bytes so far end at a message boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.pending == 0 && self.partial.is_empty()
+    }
+}
+
+/// An ErrorResponse as "SEVERITY: message (SQLSTATE code)": the fields that
+/// may quote values (detail, where) are left out.
+fn error_text(body: &[u8]) -> String {
+    let (mut severity, mut code, mut message) = ("ERROR", "", "");
+    for field in body.split(|b| *b == 0) {
+        let Some((&kind, value)) = field.split_first() else {
+            continue;
+        };
+        let value = std::str::from_utf8(value).unwrap_or("");
+        match kind {
+            b'V' => severity = value,
+            b'S' if severity == "ERROR" => severity = value,
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+    }
+    format!("{severity}: {message} (SQLSTATE {code})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_severity_message_and_code_only() {
+        let body = b"SERROR\0VERROR\0C42P01\0Mrelation \"x\" does not exist\0Dsecret row\0\0";
+        assert_eq!(
+            error_text(body),
+            "ERROR: relation \"x\" does not exist (SQLSTATE 42P01)"
+        );
+    }
+
+    fn copy_data(rows: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(b'd');
+            out.extend_from_slice(&((r.len() + 4) as u32).to_be_bytes());
+            out.extend_from_slice(r);
+        }
+        out
+    }
+
+    #[test]
+    fn copy_data_is_checked_across_any_cut() {
+        let bytes = copy_data(&[b"1\tone\n", b"", b"22\ttwo\n"]);
+        // Cut at every point, headers and rows alike.
+        for cut in 0..=bytes.len() {
+            let mut check = CopyDataCheck::default();
+            check.check(&bytes[..cut]).unwrap();
+            check.check(&bytes[cut..]).unwrap();
+            assert!(check.at_boundary(), "cut at {cut}");
+            assert_eq!(check.messages, 3);
+        }
+        let mut check = CopyDataCheck::default();
+        check.check(&bytes[..bytes.len() - 1]).unwrap();
+        assert!(!check.at_boundary());
+        // Anything but CopyData is refused, wherever it starts.
+        let mut evil = copy_data(&[b"1\n"]);
+        evil.extend_from_slice(b"Q\0\0\0\x0dDROP x;\0");
+        let mut check = CopyDataCheck::default();
+        assert!(check.check(&evil).unwrap_err().contains("'Q'"));
+        let mut check = CopyDataCheck::default();
+        assert!(check.check(b"d\0\0\0\x02").is_err(), "a length below 4");
+        assert_eq!(copied_rows(b"COPY 42\0"), Some(42));
+        assert_eq!(copied_rows(b"INSERT 0 1\0"), None);
+    }
+
+    #[test]
+    fn headers_are_read_whole_or_not_at_all() {
+        assert_eq!(header(b"d\0\0").unwrap(), None);
+        assert_eq!(header(b"d\0\0\0\x09abcd").unwrap(), Some((b'd', 9)));
+        assert!(header(b"d\0\0\0\x02").is_err());
+    }
+}

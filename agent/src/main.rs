@@ -7,13 +7,6 @@ use clap::Parser;
 use stagesync_agent::{EXIT_CONFIG, EXIT_UNAVAILABLE, config, db};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// A copy lane hands on buffers of a quarter MiB as fast as the servers
-/// fill them; mimalloc reuses their pages, where the system allocator maps
-/// fresh zeroed ones for each (page faults were 5% of a source agent's CPU
-/// in bench/db-refresh).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The stagesync agent: dumps and restores the local PostgreSQL databases
 /// its policy allows, for the controllers and peers its policy names.
 #[derive(Parser)]

@@ -29,6 +29,7 @@ pub mod dest;
 pub mod error;
 pub mod frames;
 pub mod jobs;
+pub mod mask;
 pub mod pg;
 pub mod policy;
 mod procs;

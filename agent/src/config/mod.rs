@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub jobs: JobLimits,
     /// AWS profile files for backups.
     pub s3_files: stagesync_s3::ProfileFilePaths,
+    /// The privacy guard's rules and key (`[masking]`), if this agent
+    /// masks anything.
+    pub masking: Option<crate::mask::Masking>,
     /// Test-only fault injection; never set from a configuration file.
     #[doc(hidden)]
     pub faults: Faults,

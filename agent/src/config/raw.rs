@@ -19,6 +19,15 @@ pub(super) struct RawConfig {
     pub jobs: RawJobs,
     #[serde(default)]
     pub s3: RawS3,
+    pub masking: Option<RawMasking>,
+}
+
+/// The source side's privacy guard: its rules and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMasking {
+    pub rules: Spanned<String>,
+    pub key_file: Spanned<String>,
 }
 
 /// AWS profile files for backups (default: the standard locations of the

@@ -13,7 +13,7 @@ use stagesync_proto::tomlfile::TomlFile;
 use toml::Spanned;
 
 use super::PlacePatterns;
-use super::raw::{RawConfig, RawJobs, RawPolicy, RawS3, RawTls};
+use super::raw::{RawConfig, RawJobs, RawMasking, RawPolicy, RawS3, RawTls};
 use super::{AgentConfig, ConfigError, Faults, JobLimits, Patterns, Policy};
 
 /// The file being validated, for locating errors.
@@ -41,6 +41,7 @@ impl Ctx<'_> {
         let policy = self.validate_policy(&raw.policy, &trust_domain)?;
         let jobs = self.validate_jobs(&raw.jobs)?;
         let s3_files = self.validate_s3(&raw.s3)?;
+        let masking = self.validate_masking(raw.masking.as_ref())?;
         Ok(AgentConfig {
             source: self.path.to_path_buf(),
             name: raw.name.into_inner(),
@@ -52,6 +53,7 @@ impl Ctx<'_> {
             policy,
             jobs,
             s3_files,
+            masking,
             faults: Faults::default(),
         })
     }
@@ -136,6 +138,24 @@ impl Ctx<'_> {
     }
 
     /// The AWS profile files, when given: they must be readable files.
+    /// `[masking]`: the rules file (its own errors name its own lines) and
+    /// the key file, only the agent's user may read.
+    fn validate_masking(
+        &self,
+        raw: Option<&RawMasking>,
+    ) -> Result<Option<crate::mask::Masking>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let rules = crate::mask::rules::load(&self.resolve(raw.rules.get_ref()))?;
+        let key = crate::mask::MaskKey::load(&self.resolve(raw.key_file.get_ref()))
+            .map_err(|m| self.error(raw.key_file.span(), "masking.key_file", m))?;
+        Ok(Some(crate::mask::Masking {
+            rules: std::sync::Arc::new(rules),
+            key: std::sync::Arc::new(key),
+        }))
+    }
+
     fn validate_s3(&self, raw: &RawS3) -> Result<stagesync_s3::ProfileFilePaths, ConfigError> {
         let file = |given: &Option<Spanned<String>>, key: &str| match given {
             Some(p) => {

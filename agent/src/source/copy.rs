@@ -5,12 +5,15 @@
 //! of about the frame size, as they are read off the socket
 //! ([`crate::pg::wire`]).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::layout::CopyTable;
 use crate::args::TableName;
 use crate::config::PostgresConfig;
 use crate::frames::CHUNK;
+use crate::mask::{MaskKey, MaskedRows};
 use crate::pg::wire::Wire;
 use crate::sql::{ident, literal};
 
@@ -24,6 +27,12 @@ pub struct CopySession {
     wire: Wire,
     /// The current COPY ended.
     done: bool,
+    /// The masking key, on an agent that masks.
+    key: Option<Arc<MaskKey>>,
+    /// The current COPY's masking, when its table has masked columns.
+    masker: Option<MaskedRows>,
+    /// Masked rows not handed out yet.
+    out: Bytes,
     /// Rows of the current COPY read so far.
     pub rows: u64,
 }
@@ -34,6 +43,7 @@ impl CopySession {
         pg: &PostgresConfig,
         database: &str,
         snapshot: &str,
+        key: Option<Arc<MaskKey>>,
     ) -> Result<CopySession, String> {
         let mut wire = Wire::connect(pg, database)
             .await
@@ -51,6 +61,9 @@ impl CopySession {
         Ok(CopySession {
             wire,
             done: true,
+            key,
+            masker: None,
+            out: Bytes::new(),
             rows: 0,
         })
     }
@@ -66,22 +79,42 @@ impl CopySession {
             )
         })?;
         (self.done, self.rows) = (false, 0);
+        self.masker = match (&table.mask, &self.key) {
+            (None, _) => None,
+            (Some(mask), Some(key)) => Some(MaskedRows::new(mask.clone(), key.clone())),
+            (Some(_), None) => {
+                return Err("a masked table on an agent without a masking key".into());
+            }
+        };
         Ok(())
     }
 
     /// The next run of the current COPY's messages, about `CHUNK` bytes
     /// (fewer at the end), and empty once it is over.
     pub async fn next(&mut self) -> std::io::Result<Bytes> {
-        if self.done {
-            return Ok(Bytes::new());
-        }
-        match self.wire.copy_data(CHUNK, &mut self.rows).await {
-            Ok(Some(run)) => Ok(run),
-            Ok(None) => {
-                self.done = true;
-                Ok(Bytes::new())
+        loop {
+            if !self.out.is_empty() {
+                let n = self.out.len().min(CHUNK);
+                return Ok(self.out.split_to(n));
             }
-            Err(e) => Err(std::io::Error::other(e)),
+            if self.done {
+                return Ok(Bytes::new());
+            }
+            match self.wire.copy_data(CHUNK, &mut self.rows).await {
+                Ok(Some(run)) => match &mut self.masker {
+                    None => return Ok(run),
+                    // Masked rows may come out longer or shorter; they are
+                    // handed out in frame-sized pieces.
+                    Some(m) => self.out = m.chunk(&run).map_err(std::io::Error::other)?,
+                },
+                Ok(None) => {
+                    self.done = true;
+                    if self.masker.take().is_some_and(|m| !m.is_clear()) {
+                        return Err(std::io::Error::other("the COPY ended inside a row"));
+                    }
+                }
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
         }
     }
 }
@@ -142,6 +175,7 @@ mod tests {
             bytes: blocks * 8192,
             blocks,
             slices,
+            mask: None,
         }
     }
 

@@ -98,7 +98,8 @@ impl DumpRun {
         let mut lanes = vec![LaneSource::Dump(tool, chunks)];
         for _ in 0..copy_lanes {
             let pg = &self.config.postgres;
-            match CopySession::open(pg, &self.database, snapshot).await {
+            let key = self.config.masking.as_ref().map(|m| m.key.clone());
+            match CopySession::open(pg, &self.database, snapshot, key).await {
                 Ok(s) => lanes.push(LaneSource::Copy(s)),
                 Err(e) => {
                     for l in &mut lanes {

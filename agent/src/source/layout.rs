@@ -24,6 +24,10 @@ pub struct Layout {
     pub snapshot: Option<Snapshot>,
     /// The tables the copy lanes carry, largest first.
     pub tables: Vec<CopyTable>,
+    /// Tables whose rows lane 0's pg_dump carries though they are not too
+    /// small for a lane (a name pg_dump cannot be given exactly, beyond
+    /// the most tables lanes carry), as `schema.table`.
+    pub unlaned: Vec<String>,
 }
 
 /// A table whose rows the copy lanes carry.
@@ -40,6 +44,8 @@ pub struct CopyTable {
     pub blocks: u64,
     /// Block ranges it travels in (1: whole).
     pub slices: u32,
+    /// How its rows are masked, when the agent's rules mask any column.
+    pub mask: Option<std::sync::Arc<crate::mask::TableMask>>,
 }
 
 impl Layout {
@@ -62,14 +68,19 @@ impl Layout {
                 }
             },
         };
-        let tables = match &snapshot {
-            Some(s) if agreed.lanes() > 1 => copy_tables(&s.session, dump, &cfg.jobs)
+        // A masked database's rows all travel on the lanes, small or not.
+        let mut limits = cfg.jobs.clone();
+        if super::masked::applies(cfg, database) {
+            limits.lane_min_table_bytes = 0;
+        }
+        let (tables, unlaned) = match &snapshot {
+            Some(s) if agreed.lanes() > 1 => copy_tables(&s.session, dump, &limits)
                 .await
                 .unwrap_or_else(|e| {
                     tracing::warn!(job = %job.id, error = %e, "cannot list the tables for copy lanes; the data travels in one stream");
-                    Vec::new()
+                    (Vec::new(), Vec::new())
                 }),
-            _ => Vec::new(),
+            _ => (Vec::new(), Vec::new()),
         };
         // Lane 0 and as many copy lanes as were agreed, or as there are
         // slices to copy.
@@ -82,6 +93,7 @@ impl Layout {
             shape: agreed.lowered(snapshot.is_some(), lanes),
             snapshot,
             tables,
+            unlaned,
         }
     }
 
@@ -200,9 +212,9 @@ async fn copy_tables(
     session: &tokio_postgres::Client,
     dump: &pb::DumpOptions,
     limits: &JobLimits,
-) -> Result<Vec<CopyTable>, String> {
+) -> Result<(Vec<CopyTable>, Vec<String>), String> {
     if !dump.schemas.is_empty() || !dump.exclude_schemas.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     // A table whose data the plan leaves out stays out.
     let mut excluded = Vec::new();
@@ -211,7 +223,7 @@ async fn copy_tables(
             Ok(p) => excluded.push(p),
             // A pattern read otherwise (regular expression syntax, or one
             // pg_dump will refuse): no lanes rather than a wrong guess.
-            Err(_) => return Ok(Vec::new()),
+            Err(_) => return Ok((Vec::new(), Vec::new())),
         }
     }
     let no_unlogged = dump
@@ -237,17 +249,20 @@ async fn copy_tables(
     // checked) and may not be UTF-8: such a database's data stays in
     // pg_dump's stream.
     if encoding == "SQL_ASCII" {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let utf8 = encoding == "UTF8";
     // Block ranges are scanned alone from PostgreSQL 14 (TID range scans).
     let can_split = row.try_get::<_, i32>(1).map_err(read("the version"))? >= 140000;
     let min = limits.lane_min_table_bytes.min(i64::MAX as u64) as i64;
     let rows = session
-        .query(COPY_TABLES, &[&min, &MAX_COPY_TABLES])
+        .query(COPY_TABLES, &[&min, &(MAX_COPY_TABLES + 1)])
         .await
         .map_err(read("the tables to copy"))?;
+    let rows_full = rows.len() as i64 > MAX_COPY_TABLES;
+    let rows = rows.into_iter().take(MAX_COPY_TABLES as usize);
     let mut tables = Vec::with_capacity(rows.len());
+    let mut unlaned = Vec::new();
     for row in rows {
         let name = TableName {
             schema: row.try_get(0).map_err(read("the tables to copy"))?,
@@ -268,7 +283,11 @@ async fn copy_tables(
         // does a table of generated columns only (no rows to copy by name).
         let ascii = name.schema.is_ascii() && name.table.is_ascii();
         let left_out = excluded.iter().any(|p| p.matches(&name)) || (unlogged && no_unlogged);
-        if name.exact_pattern().is_err() || !(utf8 || ascii) || left_out || columns.is_empty() {
+        if left_out || columns.is_empty() {
+            continue;
+        }
+        if name.exact_pattern().is_err() || !(utf8 || ascii) {
+            unlaned.push(format!("{}.{}", name.schema, name.table));
             continue;
         }
         let slices = match limits.split_table_bytes {
@@ -284,9 +303,14 @@ async fn copy_tables(
             bytes,
             blocks,
             slices,
+            mask: None,
         });
     }
-    Ok(tables)
+    // Past the most the lanes carry, the rest stay in lane 0: count them.
+    if rows_full {
+        unlaned.push(format!("the tables beyond the largest {MAX_COPY_TABLES}"));
+    }
+    Ok((tables, unlaned))
 }
 
 /// The most slices one table is split into.

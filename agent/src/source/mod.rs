@@ -14,6 +14,7 @@ pub use copy::COPY_SETTINGS;
 pub use layout::MAX_SLICES;
 mod lanes;
 mod layout;
+mod masked;
 mod outbound;
 mod stream;
 
@@ -217,7 +218,9 @@ impl Dumper {
         let mut client = AgentClient::new(channel)
             .max_encoding_message_size(MAX_MESSAGE)
             .max_decoding_message_size(MAX_MESSAGE);
-        let layout = Layout::choose(&self.config, job, &req.database, &req.dump, &req.agreed).await;
+        let mut layout =
+            Layout::choose(&self.config, job, &req.database, &req.dump, &req.agreed).await;
+        masked::apply(&self.config, &mut layout, &req.database).await?;
         let (tx, rx) = mpsc::channel(outbound::QUEUE);
         let run = DumpRun {
             config: self.config.clone(),

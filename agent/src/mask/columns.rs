@@ -1,0 +1,250 @@
+//! The rules against the live schema, before a row is read: every rule
+//! names a table and a column that exist, each transform fits its column
+//! (text into text, integers into integers, no NULL into a NOT NULL
+//! column, nothing longer than a `varchar(n)` takes), and in strict mode
+//! every column of every table whose data leaves the host is classified.
+//! Each problem is named with the rule's place in the file.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::Client;
+
+use super::rules::{DatabaseRules, Rules};
+use super::transform::{Needs, Transform};
+use crate::args::TableName;
+
+/// How one copied table's rows are masked: a transform per copied column
+/// (None: as it is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableMask {
+    /// `schema.table`, for messages.
+    pub table: String,
+    pub transforms: Vec<Option<Transform>>,
+}
+
+/// A column as the catalog describes it.
+#[derive(Clone, Debug)]
+pub struct ColumnInfo {
+    /// `typcategory` of its type (of a domain's base type).
+    pub category: char,
+    /// The type's name (base type for a domain).
+    pub type_name: String,
+    pub not_null: bool,
+    pub generated: bool,
+    /// The most characters it takes (`varchar(n)`, `char(n)`).
+    pub max_chars: Option<usize>,
+}
+
+/// Every column of every table, by table, then by name.
+pub type Catalog = BTreeMap<(String, String), BTreeMap<String, ColumnInfo>>;
+
+const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text, \
+       COALESCE(bt.typcategory, t.typcategory)::text, COALESCE(bt.typname, t.typname)::text, \
+       a.attnotnull, a.attgenerated <> '', \
+       CASE WHEN COALESCE(bt.oid, t.oid) IN (1042, 1043) \
+            THEN NULLIF(CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE a.atttypmod END, -1) - 4 END \
+     FROM pg_catalog.pg_attribute a \
+     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+     LEFT JOIN pg_catalog.pg_type bt ON bt.oid = t.typbasetype AND t.typtype = 'd' \
+     WHERE c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped \
+       AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'";
+
+/// The columns of the session's database.
+pub async fn catalog(c: &Client) -> Result<Catalog, tokio_postgres::Error> {
+    let mut out = Catalog::new();
+    for r in c.query(COLUMNS, &[]).await? {
+        let category: String = r.try_get(3)?;
+        let max: Option<i32> = r.try_get(7)?;
+        out.entry((r.try_get(0)?, r.try_get(1)?))
+            .or_default()
+            .insert(
+                r.try_get(2)?,
+                ColumnInfo {
+                    category: category.chars().next().unwrap_or('X'),
+                    type_name: r.try_get(4)?,
+                    not_null: r.try_get(5)?,
+                    generated: r.try_get(6)?,
+                    max_chars: max.filter(|m| *m > 0).map(|m| m as usize),
+                },
+            );
+    }
+    Ok(out)
+}
+
+/// The masks of `copied` (each with its copied columns, in order) under
+/// `db`'s rules, or every problem found.
+pub fn check(
+    rules: &Rules,
+    db: &DatabaseRules,
+    catalog: &Catalog,
+    copied: &[(TableName, Vec<String>)],
+) -> Result<Vec<Option<TableMask>>, Vec<String>> {
+    let file = rules.file.display();
+    let mut problems = Vec::new();
+    for t in &db.tables {
+        let at = format!("{file}:{}", t.line);
+        let Some(cols) = catalog.get(&(t.name.schema.clone(), t.name.table.clone())) else {
+            problems.push(format!(
+                "{at}: a rule names table {}.{}, which does not exist",
+                t.name.schema, t.name.table
+            ));
+            continue;
+        };
+        for r in t.columns.iter().flatten() {
+            let place = format!(
+                "{file}:{}: {}.{}.{}",
+                r.line, t.name.schema, t.name.table, r.column
+            );
+            match cols.get(&r.column) {
+                None => problems.push(format!("{place}: no such column")),
+                Some(info) => {
+                    if let Err(why) = fits(&r.transform, info) {
+                        problems.push(format!("{place}: {why}"));
+                    }
+                }
+            }
+        }
+    }
+    let mut masks = Vec::with_capacity(copied.len());
+    for (name, columns) in copied {
+        let rule = db.table(name);
+        let whole_keep = rule.is_some_and(|r| r.columns.is_none());
+        let mut transforms = Vec::with_capacity(columns.len());
+        for c in columns {
+            let t = rule
+                .and_then(|r| r.columns.as_ref())
+                .and_then(|cols| cols.iter().find(|r| &r.column == c))
+                .map(|r| r.transform.clone());
+            if t.is_none() && !whole_keep && db.strict {
+                problems.push(format!(
+                    "{}.{}.{c}: not classified (strict mode): add a rule for it to {file}, masked or \"keep\"",
+                    name.schema, name.table
+                ));
+            }
+            transforms.push(t.filter(|t| *t != Transform::Keep));
+        }
+        masks.push(transforms.iter().any(Option::is_some).then(|| TableMask {
+            table: format!("{}.{}", name.schema, name.table),
+            transforms,
+        }));
+    }
+    match problems.is_empty() {
+        true => Ok(masks),
+        false => Err(problems),
+    }
+}
+
+/// Whether `t`'s output fits the column.
+fn fits(t: &Transform, c: &ColumnInfo) -> Result<(), String> {
+    if c.generated && *t != Transform::Keep {
+        return Err("a generated column is computed again on the destination: remove its rule or make it \"keep\"".into());
+    }
+    if *t == Transform::Null && c.not_null {
+        return Err("\"null\" into a NOT NULL column".into());
+    }
+    let ok = match t.needs() {
+        Needs::Anything => true,
+        Needs::Text => c.category == 'S',
+        Needs::Integer => matches!(c.type_name.as_str(), "int2" | "int4" | "int8"),
+        Needs::Address => c.category == 'S' || matches!(c.type_name.as_str(), "inet" | "cidr"),
+    };
+    if !ok {
+        return Err(format!(
+            "{:?} writes {} and the column is of type {}",
+            t.name(),
+            match t.needs() {
+                Needs::Integer => "integers",
+                Needs::Address => "IP addresses",
+                _ => "text",
+            },
+            c.type_name
+        ));
+    }
+    if let (Some(max), Some(len)) = (c.max_chars, t.max_len(c.max_chars))
+        && len > max
+    {
+        return Err(format!(
+            "{:?} may write {len} characters and the column takes {max}",
+            t.name()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::rules::parse;
+
+    fn info(category: char, type_name: &str, max: Option<usize>, not_null: bool) -> ColumnInfo {
+        ColumnInfo {
+            category,
+            type_name: type_name.into(),
+            not_null,
+            generated: false,
+            max_chars: max,
+        }
+    }
+
+    #[test]
+    fn rules_are_checked_against_the_schema() {
+        let rules = parse(
+            std::path::Path::new("m.toml"),
+            r#"
+[[databases]]
+names = ["app"]
+[databases.tables."public.users"]
+id = "keep"
+email = "email"
+age = "null"
+nick = { email = "example.com" }
+[databases.tables."public.gone"]
+x = "keep"
+"#,
+        )
+        .unwrap();
+        let db = rules.for_database("app").unwrap();
+        let mut catalog = Catalog::new();
+        let users = catalog
+            .entry(("public".into(), "users".into()))
+            .or_default();
+        users.insert("id".into(), info('N', "int8", None, true));
+        users.insert("email".into(), info('S', "varchar", Some(255), true));
+        users.insert("age".into(), info('N', "int4", None, true));
+        users.insert("nick".into(), info('S', "varchar", Some(10), false));
+        users.insert("bio".into(), info('S', "text", None, false));
+        let copied = vec![(
+            TableName {
+                schema: "public".into(),
+                table: "users".into(),
+            },
+            vec![
+                "id".into(),
+                "email".into(),
+                "age".into(),
+                "nick".into(),
+                "bio".into(),
+            ],
+        )];
+        let problems = check(&rules, db, &catalog, &copied).unwrap_err();
+        let all = problems.join("\n");
+        assert!(
+            all.contains("m.toml:9: a rule names table public.gone"),
+            "{all}"
+        );
+        assert!(
+            all.contains("public.users.age: \"null\" into a NOT NULL column"),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "public.users.nick: \"email\" may write 33 characters and the column takes 10"
+            ),
+            "{all}"
+        );
+        assert!(all.contains("public.users.bio: not classified"), "{all}");
+        assert_eq!(problems.len(), 4, "{all}");
+    }
+}

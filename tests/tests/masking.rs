@@ -1,0 +1,225 @@
+//! The privacy guard: the production agent masks personal data on the copy
+//! lanes before it leaves the host, by its own rules and key. Sentinel
+//! values in production's masked columns must appear nowhere on staging:
+//! not in a table, not in the cluster's files, not in either agent's work
+//! directory or the source agent's log.
+
+use std::path::{Path, PathBuf};
+
+use stagesync_controller::refresh::{PairSpec, refresh};
+use stagesync_harness::{AgentRun, Fleet, PgCluster};
+
+const SENTINEL: &str = "sntnl";
+
+const SOURCE: &str = "
+CREATE TABLE users (
+    id bigint PRIMARY KEY,
+    email text NOT NULL UNIQUE,
+    first_name text,
+    last_name varchar(40),
+    phone text,
+    last_ip inet,
+    created date NOT NULL
+);
+CREATE TABLE orders (
+    id bigint PRIMARY KEY,
+    user_email text NOT NULL REFERENCES users (email),
+    total numeric(10, 2),
+    note text
+);
+INSERT INTO users SELECT g, 'sntnl-mail-' || g || '@corp.test', 'SntnlFirst' || g, 'SntnlLast', '+1 555 0100 ' || g,
+    ('203.0.113.' || (g % 250))::inet, date '2020-01-01' + g FROM generate_series(1, 500) g;
+INSERT INTO orders SELECT g, 'sntnl-mail-' || (g % 500 + 1) || '@corp.test', g, 'fine' FROM generate_series(1, 2000) g;
+";
+
+const RULES: &str = r#"
+[[databases]]
+names = ["production"]
+
+[databases.tables."public.users"]
+id = "keep"
+email = { email = "example.com" }
+first_name = "first_name"
+last_name = "last_name"
+phone = "phone"
+last_ip = "ip"
+created = "keep"
+
+[databases.tables."public.orders"]
+id = "keep"
+user_email = { email = "example.com" }
+total = "keep"
+note = "keep"
+"#;
+
+fn write_secret(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A fleet whose production agent (a process, so it can be restarted with
+/// another key) masks `production` by [`RULES`].
+async fn masked_fleet(dir: &Path) -> Fleet {
+    let rules = dir.join("masking.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    write_secret(&dir.join("masking.key"), &[0x5a; 32]);
+    let extra = format!(
+        "\n[masking]\nrules = {rules:?}\nkey_file = {:?}\n",
+        dir.join("masking.key")
+    );
+    Fleet::builder()
+        .source_sql(SOURCE)
+        .prod_runs(AgentRun::Process)
+        .prod(move |p| p.extra_toml = extra)
+        .build()
+        .await
+}
+
+fn spec(f: &Fleet) -> PairSpec {
+    let mut spec = f.pair();
+    spec.jobs = 2;
+    spec
+}
+
+async fn strings(c: &PgCluster, db: &str, sql: &str) -> Vec<String> {
+    c.strings(db, sql).await.unwrap()
+}
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| {
+                b.windows(needle.len())
+                    .any(|w| w.eq_ignore_ascii_case(needle))
+            }) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn masked_data_never_reaches_staging_and_joins_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = masked_fleet(dir.path()).await;
+    let (src, dst) = (f.src(), f.dst());
+    let report = refresh(f.tls(), &spec(&f), |_| {})
+        .await
+        .expect("a masked refresh");
+    assert!(report.tables_copied >= 2, "{report:?}");
+
+    // No sentinel in any row of any table.
+    for table in ["users", "orders"] {
+        let leaked = strings(
+            dst,
+            "stage",
+            &format!("SELECT t::text FROM {table} t WHERE t::text ILIKE '%{SENTINEL}%'"),
+        )
+        .await;
+        assert!(leaked.is_empty(), "{table}: {leaked:?}");
+    }
+    // Nor in the destination cluster's files (tables, WAL), once written.
+    dst.exec("postgres", "CHECKPOINT").await.unwrap();
+    let in_files = files_holding(&dst.data_dir, SENTINEL.as_bytes());
+    assert!(in_files.is_empty(), "{in_files:?}");
+    // Nor in the agents' work directories or the source agent's log.
+    for agent in [f.prod(), f.staging()] {
+        let held = files_holding(&agent.work_dir(), SENTINEL.as_bytes());
+        assert!(held.is_empty(), "{held:?}");
+    }
+    assert!(!f.prod().log_text().to_lowercase().contains(SENTINEL));
+    // The check can see a sentinel: production's files hold them.
+    src.exec("postgres", "CHECKPOINT").await.unwrap();
+    assert!(!files_holding(&src.data_dir.join("base"), SENTINEL.as_bytes()).is_empty());
+
+    // Unmasked columns are identical; masked ones differ in every row.
+    let kept = "SELECT md5(string_agg(id || ':' || created, ',' ORDER BY id)) FROM users";
+    assert_eq!(
+        strings(src, "production", kept).await,
+        strings(dst, "stage", kept).await
+    );
+    let kept = "SELECT md5(string_agg(id || ':' || total || note, ',' ORDER BY id)) FROM orders";
+    assert_eq!(
+        strings(src, "production", kept).await,
+        strings(dst, "stage", kept).await
+    );
+    let emails = "SELECT email FROM users ORDER BY id";
+    let masked = strings(dst, "stage", emails).await;
+    let raw = strings(src, "production", emails).await;
+    assert_eq!(masked.len(), raw.len());
+    assert!(
+        masked
+            .iter()
+            .zip(&raw)
+            .all(|(m, r)| m != r && m.ends_with("@example.com"))
+    );
+    // A join on the masked email finds the same rows; the unique index and
+    // the foreign key into the masked column were built by the restore.
+    let join = "SELECT count(*)::text FROM orders o JOIN users u ON u.email = o.user_email";
+    assert_eq!(strings(dst, "stage", join).await, vec!["2000".to_string()]);
+    let constraints = "SELECT count(*)::text FROM pg_constraint WHERE conrelid IN ('users'::regclass, 'orders'::regclass) AND contype IN ('u', 'f') AND convalidated";
+    assert_eq!(
+        strings(dst, "stage", constraints).await,
+        vec!["2".to_string()]
+    );
+
+    // The same key gives the same values again.
+    refresh(f.tls(), &spec(&f), |_| {})
+        .await
+        .expect("a second masked refresh");
+    assert_eq!(strings(dst, "stage", emails).await, masked);
+
+    // Another key, others.
+    write_secret(&dir.path().join("masking.key"), &[0x77; 40]);
+    f.prod_mut().process().kill().unwrap();
+    f.prod_mut().process().start().await.unwrap();
+    refresh(f.tls(), &spec(&f), |_| {})
+        .await
+        .expect("a refresh under another key");
+    let rekeyed = strings(f.dst(), "stage", emails).await;
+    assert!(rekeyed.iter().zip(&masked).all(|(a, b)| a != b));
+}
+
+/// Strict mode: a column nobody classified stops the refresh, named, with
+/// nothing changed on staging; so does a refresh that would not use the
+/// copy lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unclassified_column_stops_the_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = masked_fleet(dir.path()).await;
+    f.src()
+        .exec(
+            "production",
+            "ALTER TABLE users ADD COLUMN bio text DEFAULT 'sntnl bio'",
+        )
+        .await
+        .unwrap();
+    let e = refresh(f.tls(), &spec(&f), |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("public.users.bio: not classified"), "{e}");
+    assert!(e.contains("masking.toml"), "{e}");
+    f.assert_untouched().await;
+    // One worker: pg_dump's one stream, which cannot mask: refused.
+    f.src()
+        .exec("production", "ALTER TABLE users DROP COLUMN bio")
+        .await
+        .unwrap();
+    let mut one = spec(&f);
+    one.jobs = 1;
+    let e = refresh(f.tls(), &one, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("may leave only on copy lanes"), "{e}");
+    f.assert_untouched().await;
+}

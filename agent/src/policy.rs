@@ -43,6 +43,22 @@ pub fn may_dump(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// The privacy guard for backups: a database this agent's masking rules
+/// name is never dumped whole to a backup place (a backup is pg_dump's
+/// archive, which cannot be masked; a staging agent could restore it).
+pub fn may_back_up_unmasked(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {
+    match &cfg.masking {
+        Some(m) if m.rules.for_database(database).is_some() => Err(denied(
+            cfg,
+            format!(
+                "privacy guard: database {database:?} has masking rules ({}), and a backup would hold it unmasked; back up its masked copy from a staging agent instead",
+                m.rules.file.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The direction guard for writing: `database` may be replaced by a
 /// refresh, or rolled back.
 pub fn may_overwrite(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {

@@ -6,8 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
+use stagesync_controller::backup;
+use stagesync_controller::plan::BackupPlan;
 use stagesync_controller::refresh::{PairSpec, refresh};
+use stagesync_harness::fleet::{BACKUP_BUCKET, S3_PROFILE};
 use stagesync_harness::{AgentRun, Fleet, PgCluster};
+use stagesync_s3::{S3Location, SideConfig};
 
 const SENTINEL: &str = "sntnl";
 
@@ -69,6 +73,7 @@ async fn masked_fleet(dir: &Path) -> Fleet {
         dir.join("masking.key")
     );
     Fleet::builder()
+        .backups()
         .source_sql(SOURCE)
         .prod_runs(AgentRun::Process)
         .prod(move |p| p.extra_toml = extra)
@@ -222,4 +227,32 @@ async fn an_unclassified_column_stops_the_refresh() {
         .to_string();
     assert!(e.contains("may leave only on copy lanes"), "{e}");
     f.assert_untouched().await;
+    // A backup would hold the database unmasked: refused by the agent,
+    // whatever the places its policy allows.
+    let plan = BackupPlan {
+        daily: S3Location::new(BACKUP_BUCKET, "daily/"),
+        weekly: None,
+        weekly_days: Vec::new(),
+        keep_daily: 1,
+        keep_weekly: 0,
+        side: SideConfig {
+            profile: Some(S3_PROFILE.into()),
+            region: None,
+            endpoint: Some(f.s3().endpoint()),
+        },
+    };
+    let e = backup::run(
+        f.tls(),
+        &f.prod().target(),
+        backup::request(&plan, "production"),
+        |_| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("privacy guard") && e.contains("masking rules"),
+        "{e}"
+    );
+    assert!(f.s3().objects(BACKUP_BUCKET).is_empty());
 }

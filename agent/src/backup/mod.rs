@@ -108,6 +108,7 @@ impl Backups {
         let cfg = &self.config;
         let invalid = |reason: String| AgentError::invalid(&cfg.name, reason);
         policy::may_dump(cfg, &req.database)?;
+        policy::may_back_up_unmasked(cfg, &req.database)?;
         let daily = req
             .daily
             .as_ref()

@@ -58,7 +58,7 @@ fn demo_with(args: &[&str]) -> String {
     // The demo compares staging with production itself and fails otherwise;
     // these lines only appear once its checks passed.
     assert!(
-        text.contains("checked: users and posts equal production's"),
+        text.contains("checked: users and posts equal production's, emails and usernames masked"),
         "{text}"
     );
     assert!(text.contains("copied 35 objects"), "{text}");

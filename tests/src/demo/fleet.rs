@@ -15,6 +15,26 @@ const ACCESS_KEY: &str = "AKIASTAGESYNCDEMO";
 const SECRET_KEY: &str = "demo-secret-key-not-a-real-one";
 const PROFILE: &str = "demo";
 
+/// Where the demo's masked emails point.
+pub const MASKED_DOMAIN: &str = "staging.example";
+
+/// The production agent's masking rules: every copied column classified
+/// (strict mode), emails and usernames masked.
+const MASKING_RULES: &str = r#"
+[[databases]]
+names = ["production"]
+
+[databases.tables]
+"public.blog_post" = "keep"
+"public.socialaccount_socialapp" = "keep"
+
+[databases.tables."public.auth_user"]
+id = "keep"
+username = { hash = 12 }
+email = { email = "staging.example" }
+date_joined = "keep"
+"#;
+
 /// Everything the demo started; dropping it stops and removes it all.
 pub struct Fleet {
     pub dir: tempfile::TempDir,
@@ -26,6 +46,8 @@ pub struct Fleet {
     pub staging: PgCluster,
     pub s3: S3Server,
     pub agents: Vec<TestAgent>,
+    /// The production agent's masking rules.
+    pub masking_rules: PathBuf,
     _pki: TestPki,
 }
 
@@ -40,6 +62,7 @@ impl Fleet {
         let s3 = start_s3().await?;
         let (aws_config, aws_credentials) =
             profile_files(dir.path(), PROFILE, ACCESS_KEY, SECRET_KEY)?;
+        let masking_rules = write_masking(dir.path())?;
         let (prod_agent, staging_agent) = start_agents(&pki, &prod, &staging, dir.path()).await?;
         let header = controller_and_agents(
             &pki,
@@ -57,6 +80,7 @@ impl Fleet {
             staging,
             s3,
             agents: vec![prod_agent, staging_agent],
+            masking_rules,
             _pki: pki,
             dir,
         })
@@ -114,6 +138,21 @@ async fn start_clusters(managed: Option<&TestPki>) -> anyhow::Result<(PgCluster,
     Ok((prod, staging))
 }
 
+/// The production agent's masking rules and a fresh random key (mode
+/// 0600) in `dir`; the rules' path.
+fn write_masking(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let rules = dir.join("masking.toml");
+    std::fs::write(&rules, MASKING_RULES)?;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    let key_file = dir.join("masking.key");
+    std::fs::write(&key_file, key)?;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
+    Ok(rules)
+}
+
 /// The S3-API server with production's media bucket and staging's older one.
 async fn start_s3() -> anyhow::Result<S3Server> {
     let s3 = S3Server::start(ACCESS_KEY, SECRET_KEY).await?;
@@ -153,6 +192,11 @@ async fn start_agents(
     };
     let mut p = AgentSpec::new("prod-db");
     p.may_dump = vec!["production".into()];
+    p.extra_toml = format!(
+        "\n[masking]\nrules = {:?}\nkey_file = {:?}\n",
+        dir.join("masking.toml"),
+        dir.join("masking.key")
+    );
     if prod.tcp.is_some() {
         p.postgres = Some(managed_keys(
             prod,

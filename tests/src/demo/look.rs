@@ -13,6 +13,10 @@ pub struct Snapshot {
     pub posts: i64,
     pub sessions: i64,
     pub client_id: String,
+    /// The first user's email and username, as this environment has them.
+    pub first_user: (String, String),
+    /// Users whose email is still a production address (`…@example.com`).
+    pub production_emails: i64,
 }
 
 pub async fn snapshot(cluster: &PgCluster, db: &str) -> anyhow::Result<Snapshot> {
@@ -35,11 +39,21 @@ pub async fn snapshot(cluster: &PgCluster, db: &str) -> anyhow::Result<Snapshot>
         .await
         .and_then(|r| r.try_get(0))
         .with_context(|| format!("reading the OAuth app in {db}"))?;
+    let row = c
+        .query_one(
+            "SELECT email, username, (SELECT count(*) FROM auth_user WHERE email LIKE '%@example.com') \
+             FROM auth_user ORDER BY id LIMIT 1",
+            &[],
+        )
+        .await
+        .with_context(|| format!("reading the first user in {db}"))?;
     Ok(Snapshot {
         users,
         posts,
         sessions,
         client_id,
+        first_user: (row.try_get(0)?, row.try_get(1)?),
+        production_emails: row.try_get(2)?,
     })
 }
 
@@ -87,6 +101,16 @@ pub fn show(
         "sessions".to_string(),
         prod.sessions.to_string(),
         stage.sessions.to_string(),
+    ]);
+    table.add_row(vec![
+        "first user's email".to_string(),
+        prod.first_user.0.clone(),
+        stage.first_user.0.clone(),
+    ]);
+    table.add_row(vec![
+        "first user's username".to_string(),
+        prod.first_user.1.clone(),
+        stage.first_user.1.clone(),
     ]);
     table.add_row(vec![
         "GitHub OAuth client_id".to_string(),

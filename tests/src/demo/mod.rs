@@ -186,7 +186,7 @@ fn check_after(runtime: &Runtime, fleet: &Fleet, before_prod: &Snapshot) -> anyh
     let after_stage = runtime.block_on(snapshot(&fleet.staging, "stage"))?;
     let prod_media = fleet.s3.objects("prod-media");
     let after_media = fleet.s3.objects("stage-media");
-    step("After: staging has production's data, with staging's own credentials")?;
+    step("After: staging has production's data, masked, with staging's own credentials")?;
     show(&after_prod, &after_stage, &prod_media, &after_media);
     let previous = runtime.block_on(previous_copies(&fleet.staging))?;
     if !previous.is_empty() {
@@ -195,11 +195,22 @@ fn check_after(runtime: &Runtime, fleet: &Fleet, before_prod: &Snapshot) -> anyh
             previous.join(", ")
         );
     }
+    // Emails and usernames were masked on the production agent: none of
+    // production's reached staging, and each masked one is new.
+    let (email, username) = &after_stage.first_user;
+    if email == &after_prod.first_user.0
+        || username == &after_prod.first_user.1
+        || !email.ends_with(&format!("@{}", fleet::MASKED_DOMAIN))
+    {
+        bail!("staging's first user is not masked: {email} {username}");
+    }
     let expected = Snapshot {
         users: after_prod.users,
         posts: after_prod.posts,
         sessions: 0,
         client_id: STAGING_CLIENT_ID.into(),
+        first_user: after_stage.first_user.clone(),
+        production_emails: 0,
     };
     if after_stage != expected {
         bail!("staging is not what the plan asked for: {after_stage:?}, expected {expected:?}");
@@ -217,7 +228,11 @@ fn check_after(runtime: &Runtime, fleet: &Fleet, before_prod: &Snapshot) -> anyh
         after_prod.client_id
     );
     println!(
-        "    checked: users and posts equal production's, sessions left out, OAuth app rewritten, media mirrored"
+        "    masked on the production agent before they left it, by its own rules ({}) and key, which no plan can change: every email and username",
+        fleet.masking_rules.display()
+    );
+    println!(
+        "    checked: users and posts equal production's, emails and usernames masked, sessions left out, OAuth app rewritten, media mirrored"
     );
     Ok(())
 }

@@ -23,7 +23,10 @@ CREATE TABLE users (
     last_name varchar(40),
     phone text,
     last_ip inet,
-    created date NOT NULL
+    created date NOT NULL,
+    born date,
+    profile jsonb,
+    avatar bytea
 );
 CREATE TABLE orders (
     id bigint PRIMARY KEY,
@@ -32,7 +35,9 @@ CREATE TABLE orders (
     note text
 );
 INSERT INTO users SELECT g, 'sntnl-mail-' || g || '@corp.test', 'SntnlFirst' || g, 'SntnlLast', '+1 555 0100 ' || g,
-    ('203.0.113.' || (g % 250))::inet, date '2020-01-01' + g FROM generate_series(1, 500) g;
+    ('203.0.113.' || (g % 250))::inet, date '2020-01-01' + g, date '1980-06-15' + g,
+    jsonb_build_object('email', 'sntnl-json-' || g || '@corp.test', 'plan', 'pro', 'tags', jsonb_build_array('a')),
+    convert_to('sntnl-avatar-' || g, 'UTF8') FROM generate_series(1, 500) g;
 INSERT INTO orders SELECT g, 'sntnl-mail-' || (g % 500 + 1) || '@corp.test', g, 'fine' FROM generate_series(1, 2000) g;
 ";
 
@@ -48,6 +53,9 @@ last_name = "last_name"
 phone = "phone"
 last_ip = "ip"
 created = "keep"
+born = { date = 30 }
+profile = { json = ["email"] }
+avatar = "null"
 
 [databases.tables."public.orders"]
 id = "keep"
@@ -166,6 +174,23 @@ async fn masked_data_never_reaches_staging_and_joins_survive() {
             .zip(&raw)
             .all(|(m, r)| m != r && m.ends_with("@example.com"))
     );
+    // Birth dates moved by at most 30 days; the JSON document keeps its
+    // other keys; the bytea column is gone.
+    let born = "SELECT born::text FROM users ORDER BY id";
+    let moved = strings(dst, "stage", born).await;
+    let was = strings(src, "production", born).await;
+    let day = |s: &str| {
+        time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).unwrap()
+    };
+    assert!(
+        moved
+            .iter()
+            .zip(&was)
+            .all(|(m, w)| (day(m) - day(w)).whole_days().abs() <= 30)
+    );
+    assert_ne!(moved, was);
+    let plans = "SELECT count(*)::text FROM users WHERE profile->>'plan' = 'pro' AND profile->'tags' = '[\"a\"]' AND avatar IS NULL";
+    assert_eq!(strings(dst, "stage", plans).await, vec!["500".to_string()]);
     // A join on the masked email finds the same rows; the unique index and
     // the foreign key into the masked column were built by the restore.
     let join = "SELECT count(*)::text FROM orders o JOIN users u ON u.email = o.user_email";

@@ -147,16 +147,20 @@ fn fits(t: &Transform, c: &ColumnInfo) -> Result<(), String> {
     let ok = match t.needs() {
         Needs::Anything => true,
         Needs::Text => c.category == 'S',
-        Needs::Integer => matches!(c.type_name.as_str(), "int2" | "int4" | "int8"),
+        Needs::Integer => c.category == 'N',
         Needs::Address => c.category == 'S' || matches!(c.type_name.as_str(), "inet" | "cidr"),
+        Needs::Date => c.category == 'D' || c.category == 'S',
+        Needs::Json => matches!(c.type_name.as_str(), "json" | "jsonb") || c.category == 'S',
     };
     if !ok {
         return Err(format!(
             "{:?} writes {} and the column is of type {}",
             t.name(),
             match t.needs() {
-                Needs::Integer => "integers",
+                Needs::Integer => "numbers",
                 Needs::Address => "IP addresses",
+                Needs::Date => "dates",
+                Needs::Json => "JSON",
                 _ => "text",
             },
             c.type_name

@@ -251,6 +251,14 @@ fn transform(raw: &toml::Value) -> Result<Transform, String> {
                     _ => return Err("int takes [min, max], e.g. { int = [18, 90] }".into()),
                 },
                 ("int", _) => return Err("int takes [min, max], e.g. { int = [18, 90] }".into()),
+                ("date", toml::Value::Integer(n)) if (1..=3650).contains(n) => Transform::Date {
+                    days: *n as u32,
+                },
+                ("date", _) => return Err("date takes the most days a date moves, 1 to 3650, e.g. { date = 30 }".into()),
+                ("json", toml::Value::Array(a)) if !a.is_empty() && a.iter().all(|k| k.as_str().is_some_and(|s| !s.is_empty())) => Transform::Json {
+                    keys: a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect(),
+                },
+                ("json", _) => return Err("json takes the keys to mask, e.g. { json = [\"email\", \"phone\"] }".into()),
                 ("value", v) => match text(v) {
                     Some(s) => Transform::Value(s),
                     None => return Err("value takes a text, e.g. { value = \"redacted\" }".into()),
@@ -259,7 +267,7 @@ fn transform(raw: &toml::Value) -> Result<Transform, String> {
                     Some(s) if !s.is_empty() => Transform::Password(s),
                     _ => return Err("password takes the hash every row gets, e.g. { password = \"pbkdf2_sha256$...\" }".into()),
                 },
-                (other, _) => return Err(format!("unknown transform {other:?}: one of {NAMED}, email, hash, int, value, password")),
+                (other, _) => return Err(format!("unknown transform {other:?}: one of {NAMED}, email, hash, int, date, json, value, password")),
             }
         }
         other => {

@@ -41,6 +41,16 @@ pub enum Transform {
     Ip,
     /// The operator's fixed password hash, for every row.
     Password(String),
+    /// The date moved by up to `days` days either way (a time of day and
+    /// zone that follow are kept).
+    Date {
+        days: u32,
+    },
+    /// In a JSON document, the values of these keys, wherever they are:
+    /// strings scrambled as `text`, anything else made null.
+    Json {
+        keys: Vec<String>,
+    },
 }
 
 /// The kinds of column a transform writes into.
@@ -50,6 +60,8 @@ pub enum Needs {
     Text,
     Integer,
     Address,
+    Date,
+    Json,
 }
 
 impl Transform {
@@ -69,6 +81,8 @@ impl Transform {
             Transform::Int { .. } => "int",
             Transform::Ip => "ip",
             Transform::Password(_) => "password",
+            Transform::Date { .. } => "date",
+            Transform::Json { .. } => "json",
         }
     }
 
@@ -79,6 +93,8 @@ impl Transform {
             Transform::Keep | Transform::Null | Transform::Value(_) => Needs::Anything,
             Transform::Int { .. } => Needs::Integer,
             Transform::Ip => Needs::Address,
+            Transform::Date { .. } => Needs::Date,
+            Transform::Json { .. } => Needs::Json,
             _ => Needs::Text,
         }
     }
@@ -88,6 +104,7 @@ impl Transform {
         match self {
             Transform::Keep | Transform::Phone | Transform::Text => len,
             Transform::Null | Transform::Int { .. } | Transform::Ip => Some(0),
+            Transform::Date { .. } | Transform::Json { .. } => None,
             Transform::Value(v) | Transform::Password(v) => Some(v.chars().count()),
             Transform::Hash { length } => length.or(len),
             Transform::Email { domain } => Some(EMAIL_LOCAL + 1 + domain.len()),
@@ -120,6 +137,8 @@ impl Transform {
                 let h = h();
                 format!("{} {}", pick(FIRST, &h), pick(LAST, &h[8..]))
             }
+            Transform::Date { days } => return Some(shift_date(key, v, *days)),
+            Transform::Json { keys } => return Some(mask_json(key, v, keys)),
             Transform::Phone => return Some(scramble(key, "phone", v, false)),
             Transform::Text => return Some(scramble(key, "text", v, true)),
             Transform::Int { min, max } => {
@@ -165,6 +184,68 @@ fn scramble(key: &MaskKey, kind: &str, v: &[u8], letters: bool) -> Vec<u8> {
             other => other,
         })
         .collect()
+}
+
+/// `YYYY-MM-DD…` with the date moved by a keyed offset in `[-days, days]`;
+/// a value that does not start with such a date (`infinity`) is kept.
+fn shift_date(key: &MaskKey, v: &[u8], days: u32) -> Vec<u8> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let Some(head) = v.get(..10).and_then(|h| std::str::from_utf8(h).ok()) else {
+        return v.to_vec();
+    };
+    let Ok(date) = time::Date::parse(head, &format) else {
+        return v.to_vec();
+    };
+    // The day alone decides the offset, so a date moves the same way in
+    // every column and table (a timestamp's time of day does not count).
+    let h = key.hash("date", head.as_bytes());
+    let span = 2 * days as i64 + 1;
+    let offset = (u64::from_le_bytes(h[..8].try_into().unwrap_or_default()) % span as u64) as i64
+        - days as i64;
+    let moved = date
+        .checked_add(time::Duration::days(offset))
+        .and_then(|d| d.format(&format).ok());
+    match moved {
+        Some(m) if m.len() == 10 => {
+            let mut out = m.into_bytes();
+            out.extend_from_slice(&v[10..]);
+            out
+        }
+        _ => v.to_vec(),
+    }
+}
+
+/// A JSON document with the named keys' values masked; one that does not
+/// parse is replaced by `{}` (never passed on as it was).
+fn mask_json(key: &MaskKey, v: &[u8], keys: &[String]) -> Vec<u8> {
+    fn walk(key: &MaskKey, v: &mut serde_json::Value, keys: &[String]) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, val) in map.iter_mut() {
+                    if keys.iter().any(|n| n == k) {
+                        *val = match val {
+                            serde_json::Value::String(s) => serde_json::Value::String(
+                                String::from_utf8_lossy(&scramble(key, "text", s.as_bytes(), true))
+                                    .into_owned(),
+                            ),
+                            _ => serde_json::Value::Null,
+                        };
+                    } else {
+                        walk(key, val, keys);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| walk(key, i, keys)),
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(v) {
+        Ok(mut doc) => {
+            walk(key, &mut doc, keys);
+            serde_json::to_vec(&doc).unwrap_or_else(|_| b"{}".to_vec())
+        }
+        Err(_) => b"{}".to_vec(),
+    }
 }
 
 fn pick<'a>(list: &[&'a str], h: &[u8]) -> &'a str {
@@ -293,6 +374,55 @@ mod tests {
         assert_eq!(text(&Transform::Keep, &k1, "same"), "same");
         let email_max = email.max_len(None).unwrap();
         assert_eq!(email_max, a.len());
+    }
+
+    #[test]
+    fn dates_move_within_their_window_and_json_keys_are_masked() {
+        let k = key(4);
+        let date = Transform::Date { days: 30 };
+        for v in [
+            "2024-02-29",
+            "1999-12-31 23:59:59+01",
+            "2000-01-01 10:00:00.5",
+        ] {
+            let out = text(&date, &k, v);
+            assert_eq!(out.len(), v.len(), "{out}");
+            assert_eq!(&out[10..], &v[10..], "the time of day stays");
+            let (a, b) = (
+                time::Date::parse(
+                    &v[..10],
+                    time::macros::format_description!("[year]-[month]-[day]"),
+                )
+                .unwrap(),
+                time::Date::parse(
+                    &out[..10],
+                    time::macros::format_description!("[year]-[month]-[day]"),
+                )
+                .unwrap(),
+            );
+            assert!((b - a).whole_days().abs() <= 30);
+        }
+        // The same day moves the same way, whatever follows it.
+        assert_eq!(
+            text(&date, &k, "2024-05-01")[..10],
+            text(&date, &k, "2024-05-01 08:00:00")[..10]
+        );
+        assert_eq!(text(&date, &k, "infinity"), "infinity");
+        let json = Transform::Json {
+            keys: vec!["email".into(), "age".into()],
+        };
+        let out = text(
+            &json,
+            &k,
+            r#"{"email":"jane@corp.io","nested":[{"email":"x@y.z","keep":"yes"}],"age":41}"#,
+        );
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_ne!(doc["email"], "jane@corp.io");
+        assert_eq!(doc["email"].as_str().unwrap().len(), "jane@corp.io".len());
+        assert_eq!(doc["nested"][0]["keep"], "yes");
+        assert_ne!(doc["nested"][0]["email"], "x@y.z");
+        assert!(doc["age"].is_null());
+        assert_eq!(text(&json, &k, "not json"), "{}");
     }
 
     #[test]

@@ -336,6 +336,18 @@ impl pb::agent_server::Agent for AgentService {
         Ok(Response::new(pb::AbortResponse {}))
     }
 
+    async fn mask(
+        &self,
+        request: Request<pb::MaskRequest>,
+    ) -> Result<Response<pb::MaskResponse>, Status> {
+        self.authorize(&request, Caller::Controller, "Mask")?;
+        let req = request.into_inner();
+        tracing::info!(database = %req.database, action = req.action, table = %req.table, "masking tools");
+        Ok(Response::new(
+            crate::mask::tools::run(&self.config, req).await?,
+        ))
+    }
+
     async fn rollback(
         &self,
         request: Request<pb::RollbackRequest>,

@@ -10,6 +10,7 @@ mod demo;
 mod exit;
 mod history_cmd;
 mod import_cmd;
+mod mask_cmd;
 mod output;
 mod plan_cmd;
 mod refresh_cmd;
@@ -60,6 +61,10 @@ enum Command {
     /// for settings without an equivalent).
     #[command(name = "import-ansible")]
     ImportAnsible(import_cmd::ImportArgs),
+    /// The masking tools of a pair's source agent: check its rules against
+    /// the live schema, suggest rules, preview masked rows.
+    #[command(subcommand)]
+    Mask(mask_cmd::MaskCommand),
     /// Print a shell completion script (e.g. `stagesync completions bash > /etc/bash_completion.d/stagesync`).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), generated from this command line.
@@ -104,6 +109,7 @@ pub fn main() -> ExitCode {
         Command::ImportAnsible(args) => import_cmd::run(args),
         Command::Backup(args) => backup_cmd::run(args),
         Command::Backups(cmd) => backups_cmd::run(cmd),
+        Command::Mask(cmd) => mask_cmd::run(cmd),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "stagesync", &mut std::io::stdout());

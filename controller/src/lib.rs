@@ -13,6 +13,7 @@ pub mod checks;
 pub mod client;
 pub mod dag;
 pub mod history;
+pub mod mask;
 pub mod notify;
 pub mod plan;
 pub mod refresh;

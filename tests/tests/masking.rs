@@ -281,3 +281,83 @@ async fn an_unclassified_column_stops_the_refresh() {
     );
     assert!(f.s3().objects(BACKUP_BUCKET).is_empty());
 }
+
+const CLI: &str = env!("CARGO_BIN_EXE_stagesync-demo");
+
+/// `stagesync args…` against the fleet's plan.
+async fn stagesync(f: &Fleet, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = f
+        .command(CLI)
+        .env(stagesync_harness::demo::AS_CLI_ENV, "1")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The masking tools run on the source agent: `check` sets its rules
+/// against the live schema, `suggest` writes rules for every column,
+/// `preview` shows rows masked there (no raw value reaches the CLI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mask_check_suggest_and_preview() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = masked_fleet(dir.path()).await;
+    let plan = f.write_plan(
+        "[pairs.p]\nsource = { agent = \"prod-db\", database = \"production\" }\n\
+         dest = { agent = \"staging-db\", database = \"stage\", owner = \"stage\" }\n",
+    );
+    let plan = plan.to_str().unwrap();
+    let (code, out, err) = stagesync(&f, &["mask", "check", "p", "--plan", plan]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("every copied column is classified"), "{out}");
+
+    let (code, out, err) = stagesync(
+        &f,
+        &[
+            "mask",
+            "preview",
+            "p",
+            "--plan",
+            plan,
+            "--table",
+            "public.users",
+            "--rows",
+            "5",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    assert!(lines[0].starts_with("id\temail\tfirst_name"), "{out}");
+    assert!(lines[1].contains("@example.com"), "{out}");
+    assert!(!out.to_lowercase().contains(SENTINEL), "{out}");
+
+    let (code, out, _) = stagesync(&f, &["mask", "suggest", "p", "--plan", plan]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("[databases.tables.'public.users']"), "{out}");
+    assert!(
+        out.contains("email = \"email\"") && out.contains("phone = \"phone\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("born = \"keep\"  # review") || out.contains("born = { date"),
+        "{out}"
+    );
+
+    f.src()
+        .exec("production", "ALTER TABLE orders ADD COLUMN coupon text")
+        .await
+        .unwrap();
+    let (code, _, err) = stagesync(&f, &["mask", "check", "p", "--plan", plan]).await;
+    assert_eq!(code, Some(4), "{err}");
+    assert!(
+        err.contains("public.orders.coupon: not classified"),
+        "{err}"
+    );
+}

@@ -73,6 +73,37 @@ pub async fn catalog(c: &Client) -> Result<Catalog, tokio_postgres::Error> {
     Ok(out)
 }
 
+/// The tables whose rows a refresh copies (ordinary tables and partition
+/// leaves, not temporary, not an extension's) with their stored columns in
+/// order, as the copy lanes take them.
+pub async fn copied_tables(
+    c: &Client,
+) -> Result<Vec<(TableName, Vec<String>)>, tokio_postgres::Error> {
+    let sql = "SELECT n.nspname::text, c.relname::text, \
+           ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                 AND a.attgenerated = '' ORDER BY a.attnum) \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
+           AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+               WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') \
+         ORDER BY 1, 2";
+    c.query(sql, &[])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                TableName {
+                    schema: r.try_get(0)?,
+                    table: r.try_get(1)?,
+                },
+                r.try_get(2)?,
+            ))
+        })
+        .collect()
+}
+
 /// The masks of `copied` (each with its copied columns, in order) under
 /// `db`'s rules, or every problem found.
 pub fn check(

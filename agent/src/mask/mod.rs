@@ -8,13 +8,14 @@
 //! `columns.rs` checks the rules against the live schema (unknown tables
 //! and columns, types a transform cannot write, and in strict mode every
 //! column unclassified), and `lane.rs` rewrites a lane's CopyData messages
-//! row by row.
+//! row by row; `tools.rs` is the `Mask` RPC (check, suggest, preview).
 
 pub mod columns;
 pub mod key;
 pub mod lane;
 pub mod row;
 pub mod rules;
+pub mod tools;
 pub mod transform;
 
 use std::sync::Arc;

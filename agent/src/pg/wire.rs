@@ -415,10 +415,12 @@ impl Wire {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(|e| format!("writing to the server: {e}"))
+        let failed = |e: std::io::Error| format!("writing to the server: {e}");
+        self.stream.write_all(bytes).await.map_err(failed)?;
+        // Over TLS, the last records may wait in the session's buffer for
+        // a socket that was full: flushed, they reach the server now, not
+        // never (a COPY would wait for its last rows).
+        self.stream.flush().await.map_err(failed)
     }
 
     /// Reads up to the next ReadyForQuery; `Err` with the query's error

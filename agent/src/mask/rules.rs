@@ -208,6 +208,8 @@ fn column_span(
     span.start..span.start
 }
 
+const REGEX_USE: &str = "regex takes [pattern, replacement], e.g. { regex = ['\\d{4}$', '0000'] }";
+
 const NAMED: &str = "keep, null, hash, email, first_name, last_name, name, phone, text, ip";
 
 fn transform(raw: &toml::Value) -> Result<Transform, String> {
@@ -259,6 +261,18 @@ fn transform(raw: &toml::Value) -> Result<Transform, String> {
                     keys: a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect(),
                 },
                 ("json", _) => return Err("json takes the keys to mask, e.g. { json = [\"email\", \"phone\"] }".into()),
+                ("regex", toml::Value::Array(a)) if a.len() == 2 => {
+                    let (Some(pattern), Some(replacement)) = (a[0].as_str(), a[1].as_str()) else {
+                        return Err(REGEX_USE.into());
+                    };
+                    let re = regex::bytes::Regex::new(pattern)
+                        .map_err(|e| format!("regex pattern {pattern:?}: {e}"))?;
+                    Transform::Regex(super::transform::Pattern {
+                        re,
+                        replacement: replacement.to_string(),
+                    })
+                }
+                ("regex", _) => return Err(REGEX_USE.into()),
                 ("value", v) => match text(v) {
                     Some(s) => Transform::Value(s),
                     None => return Err("value takes a text, e.g. { value = \"redacted\" }".into()),
@@ -267,7 +281,7 @@ fn transform(raw: &toml::Value) -> Result<Transform, String> {
                     Some(s) if !s.is_empty() => Transform::Password(s),
                     _ => return Err("password takes the hash every row gets, e.g. { password = \"pbkdf2_sha256$...\" }".into()),
                 },
-                (other, _) => return Err(format!("unknown transform {other:?}: one of {NAMED}, email, hash, int, date, json, value, password")),
+                (other, _) => return Err(format!("unknown transform {other:?}: one of {NAMED}, email, hash, int, date, json, regex, value, password")),
             }
         }
         other => {
@@ -406,6 +420,13 @@ note = { hash = 8 }
         );
         let e = parse(Path::new("m.toml"), &bad).unwrap_err().to_string();
         assert!(e.contains("strcit"), "{e}");
+        let with_regex = GOOD.replace("{ hash = 8 }", "{ regex = ['\\d+', '0'] }");
+        let r = parse(Path::new("m.toml"), &with_regex).unwrap();
+        let billing = &r.databases[0].tables.iter().find(|t| t.name.table == "Invoices").unwrap();
+        assert_eq!(billing.columns.as_ref().unwrap()[0].transform.name(), "regex");
+        let bad = GOOD.replace("{ hash = 8 }", "{ regex = ['(', 'x'] }");
+        let e = parse(Path::new("m.toml"), &bad).unwrap_err().to_string();
+        assert!(e.contains("m.toml:15") && e.contains("regex pattern"), "{e}");
         assert!(parse_table_name("nodot").is_err());
         assert_eq!(
             parse_table_name("\"a.b\".\"c\"\"d\"").unwrap().table,

@@ -51,7 +51,25 @@ pub enum Transform {
     Json {
         keys: Vec<String>,
     },
+    /// Every match of a pattern replaced (`$1` names a group); the rest of
+    /// the value kept.
+    Regex(Pattern),
 }
+
+/// A regular expression and its replacement.
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    pub re: regex::bytes::Regex,
+    pub replacement: String,
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.re.as_str() == other.re.as_str() && self.replacement == other.replacement
+    }
+}
+
+impl Eq for Pattern {}
 
 /// The kinds of column a transform writes into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +101,7 @@ impl Transform {
             Transform::Password(_) => "password",
             Transform::Date { .. } => "date",
             Transform::Json { .. } => "json",
+            Transform::Regex(_) => "regex",
         }
     }
 
@@ -104,7 +123,7 @@ impl Transform {
         match self {
             Transform::Keep | Transform::Phone | Transform::Text => len,
             Transform::Null | Transform::Int { .. } | Transform::Ip => Some(0),
-            Transform::Date { .. } | Transform::Json { .. } => None,
+            Transform::Date { .. } | Transform::Json { .. } | Transform::Regex(_) => None,
             Transform::Value(v) | Transform::Password(v) => Some(v.chars().count()),
             Transform::Hash { length } => length.or(len),
             Transform::Email { domain } => Some(EMAIL_LOCAL + 1 + domain.len()),
@@ -139,6 +158,9 @@ impl Transform {
             }
             Transform::Date { days } => return Some(shift_date(key, v, *days)),
             Transform::Json { keys } => return Some(mask_json(key, v, keys)),
+            Transform::Regex(p) => {
+                return Some(p.re.replace_all(v, p.replacement.as_bytes()).into_owned());
+            }
             Transform::Phone => return Some(scramble(key, "phone", v, false)),
             Transform::Text => return Some(scramble(key, "text", v, true)),
             Transform::Int { min, max } => {
@@ -423,6 +445,14 @@ mod tests {
         assert_ne!(doc["nested"][0]["email"], "x@y.z");
         assert!(doc["age"].is_null());
         assert_eq!(text(&json, &k, "not json"), "{}");
+        let re = Transform::Regex(Pattern {
+            re: regex::bytes::Regex::new(r"\d{4}-(\d{4})").unwrap(),
+            replacement: "XXXX-$1".into(),
+        });
+        assert_eq!(
+            text(&re, &k, "card 1234-5678, 9999-0000"),
+            "card XXXX-5678, XXXX-0000"
+        );
     }
 
     #[test]

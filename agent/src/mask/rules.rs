@@ -422,11 +422,21 @@ note = { hash = 8 }
         assert!(e.contains("strcit"), "{e}");
         let with_regex = GOOD.replace("{ hash = 8 }", "{ regex = ['\\d+', '0'] }");
         let r = parse(Path::new("m.toml"), &with_regex).unwrap();
-        let billing = &r.databases[0].tables.iter().find(|t| t.name.table == "Invoices").unwrap();
-        assert_eq!(billing.columns.as_ref().unwrap()[0].transform.name(), "regex");
+        let billing = &r.databases[0]
+            .tables
+            .iter()
+            .find(|t| t.name.table == "Invoices")
+            .unwrap();
+        assert_eq!(
+            billing.columns.as_ref().unwrap()[0].transform.name(),
+            "regex"
+        );
         let bad = GOOD.replace("{ hash = 8 }", "{ regex = ['(', 'x'] }");
         let e = parse(Path::new("m.toml"), &bad).unwrap_err().to_string();
-        assert!(e.contains("m.toml:15") && e.contains("regex pattern"), "{e}");
+        assert!(
+            e.contains("m.toml:15") && e.contains("regex pattern"),
+            "{e}"
+        );
         assert!(parse_table_name("nodot").is_err());
         assert_eq!(
             parse_table_name("\"a.b\".\"c\"\"d\"").unwrap().table,

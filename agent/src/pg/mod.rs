@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Endpoint, PostgresConfig};
 
+pub mod copy_check;
 pub mod rights;
 pub mod secret;
 pub mod tls;

@@ -28,7 +28,7 @@ use crate::config::{Endpoint, PostgresConfig};
 /// Bytes read from the socket at a time.
 const BLOCK: usize = 256 * 1024;
 /// Tag, then a length that counts itself.
-const HEADER: usize = 5;
+pub(crate) const HEADER: usize = 5;
 /// How long opening a session may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,7 +36,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// One session on the source database.
+pub use super::copy_check::CopyDataCheck;
+
+/// One session on a server, as a copy lane uses it.
 pub struct Wire {
     stream: Box<dyn Io>,
     /// Bytes read and not yet taken.
@@ -244,11 +246,17 @@ impl Wire {
 
     /// Starts `sql`, a `COPY … TO STDOUT`.
     pub async fn copy_out(&mut self, sql: &str) -> Result<(), String> {
+        self.start_copy(sql, b'H').await
+    }
+
+    /// Sends `sql`, a COPY, and waits for the server's `answer`
+    /// (CopyOutResponse or CopyInResponse).
+    async fn start_copy(&mut self, sql: &str, answer: u8) -> Result<(), String> {
         self.query(sql).await?;
         loop {
             let (tag, body) = self.message().await?;
             match tag {
-                b'H' => return Ok(()),
+                t if t == answer => return Ok(()),
                 b'E' => return Err(self.failed(&body).await),
                 b'N' | b'S' => {}
                 other => return Err(unexpected(other, "starting a COPY")),
@@ -322,16 +330,7 @@ impl Wire {
 
     /// Starts `sql`, a `COPY … FROM STDIN`.
     pub async fn copy_in(&mut self, sql: &str) -> Result<(), String> {
-        self.query(sql).await?;
-        loop {
-            let (tag, body) = self.message().await?;
-            match tag {
-                b'G' => return Ok(()),
-                b'E' => return Err(self.failed(&body).await),
-                b'N' | b'S' => {}
-                other => return Err(unexpected(other, "starting a COPY")),
-            }
-        }
+        self.start_copy(sql, b'G').await
     }
 
     /// Writes CopyData messages (checked by a [`CopyDataCheck`]) into the
@@ -489,62 +488,6 @@ fn copied_rows(body: &[u8]) -> Option<u64> {
     text.strip_prefix("COPY ")?.parse().ok()
 }
 
-/// Checks, chunk by chunk, that a lane's bytes are CopyData messages and
-/// nothing else before they reach the destination's server: any other
-/// message (a query, a CopyDone, a termination) would be a command to it.
-#[derive(Debug, Default)]
-pub struct CopyDataCheck {
-    /// Bytes of the current message's body still to come.
-    pending: usize,
-    /// The start of a header cut by a chunk's end.
-    partial: Vec<u8>,
-    /// Messages begun.
-    pub messages: u64,
-}
-
-/// The most a CopyData message may carry (PostgreSQL's own limit for a
-/// message is 1 GiB).
-const MAX_MESSAGE: usize = 1 << 30;
-
-impl CopyDataCheck {
-    /// Checks the next chunk.
-    pub fn check(&mut self, chunk: &[u8]) -> Result<(), String> {
-        let mut at = 0;
-        while at < chunk.len() {
-            if self.pending > 0 {
-                let n = self.pending.min(chunk.len() - at);
-                at += n;
-                self.pending -= n;
-                continue;
-            }
-            let want = HEADER - self.partial.len();
-            let take = want.min(chunk.len() - at);
-            self.partial.extend_from_slice(&chunk[at..at + take]);
-            at += take;
-            if self.partial.len() < HEADER {
-                break;
-            }
-            let h = &self.partial;
-            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-            if h[0] != b'd' || !(4..=MAX_MESSAGE).contains(&len) {
-                return Err(format!(
-                    "a copy lane carried a {:?} message of length {len} where only rows (CopyData) may come",
-                    h[0] as char
-                ));
-            }
-            self.pending = len - 4;
-            self.messages += 1;
-            self.partial.clear();
-        }
-        Ok(())
-    }
-
-    /// Whether the bytes so far end at a message boundary.
-    pub fn at_boundary(&self) -> bool {
-        self.pending == 0 && self.partial.is_empty()
-    }
-}
-
 /// An ErrorResponse as "SEVERITY: message (SQLSTATE code)": the fields that
 /// may quote values (detail, where) are left out.
 fn error_text(body: &[u8]) -> String {
@@ -578,43 +521,10 @@ mod tests {
         );
     }
 
-    fn copy_data(rows: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(b'd');
-            out.extend_from_slice(&((r.len() + 4) as u32).to_be_bytes());
-            out.extend_from_slice(r);
-        }
-        out
-    }
-
-    #[test]
-    fn copy_data_is_checked_across_any_cut() {
-        let bytes = copy_data(&[b"1\tone\n", b"", b"22\ttwo\n"]);
-        // Cut at every point, headers and rows alike.
-        for cut in 0..=bytes.len() {
-            let mut check = CopyDataCheck::default();
-            check.check(&bytes[..cut]).unwrap();
-            check.check(&bytes[cut..]).unwrap();
-            assert!(check.at_boundary(), "cut at {cut}");
-            assert_eq!(check.messages, 3);
-        }
-        let mut check = CopyDataCheck::default();
-        check.check(&bytes[..bytes.len() - 1]).unwrap();
-        assert!(!check.at_boundary());
-        // Anything but CopyData is refused, wherever it starts.
-        let mut evil = copy_data(&[b"1\n"]);
-        evil.extend_from_slice(b"Q\0\0\0\x0dDROP x;\0");
-        let mut check = CopyDataCheck::default();
-        assert!(check.check(&evil).unwrap_err().contains("'Q'"));
-        let mut check = CopyDataCheck::default();
-        assert!(check.check(b"d\0\0\0\x02").is_err(), "a length below 4");
-        assert_eq!(copied_rows(b"COPY 42\0"), Some(42));
-        assert_eq!(copied_rows(b"INSERT 0 1\0"), None);
-    }
-
     #[test]
     fn headers_are_read_whole_or_not_at_all() {
+        assert_eq!(copied_rows(b"COPY 42\0"), Some(42));
+        assert_eq!(copied_rows(b"INSERT 0 1\0"), None);
         assert_eq!(header(b"d\0\0").unwrap(), None);
         assert_eq!(header(b"d\0\0\0\x09abcd").unwrap(), Some((b'd', 9)));
         assert!(header(b"d\0\0\0\x02").is_err());

@@ -43,20 +43,81 @@ pub fn may_dump(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The privacy guard for backups: a database this agent's masking rules
-/// name is never dumped whole to a backup place (a backup is pg_dump's
-/// archive, which cannot be masked; a staging agent could restore it).
-pub fn may_back_up_unmasked(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {
-    match &cfg.masking {
-        Some(m) if m.rules.for_database(database).is_some() => Err(denied(
+/// The masking rules `database` falls under here, if any.
+fn masking_file(cfg: &AgentConfig, database: &str) -> Option<String> {
+    cfg.masking
+        .as_ref()
+        .filter(|m| m.rules.for_database(database).is_some())
+        .map(|m| m.rules.file.display().to_string())
+}
+
+/// The privacy guard for backups: a backup is pg_dump's archive, which
+/// cannot be masked, so a database this agent's masking rules name is
+/// backed up only to places `masking.unmasked_backup_to` lists. Returns
+/// whether the backup holds personal data unmasked (its manifest says so).
+pub fn may_back_up_unmasked<'a>(
+    cfg: &AgentConfig,
+    database: &str,
+    places: impl IntoIterator<Item = &'a pb::S3Place>,
+) -> Result<bool, AgentError> {
+    let (Some(file), Some(m)) = (masking_file(cfg, database), &cfg.masking) else {
+        return Ok(false);
+    };
+    for place in places {
+        let parts = places::place(&place.endpoint, &place.bucket, &place.prefix)
+            .map_err(|e| invalid(cfg, e))?;
+        if !m.unmasked_backup_to.matches(&parts) {
+            return Err(denied(
+                cfg,
+                format!(
+                    "privacy guard: database {database:?} has masking rules ({file}), and a backup holds it unmasked: {} is not in masking.unmasked_backup_to = {:?} in {}; back up its masked copy from a staging agent instead",
+                    place_url(place),
+                    m.unmasked_backup_to.patterns,
+                    cfg.source.display()
+                ),
+            ));
+        }
+    }
+    Ok(true)
+}
+
+/// The privacy guard for a refresh a plan asks to send unmasked: only to a
+/// peer `masking.unmasked_peers` lists. Returns whether the stream carries
+/// personal data unmasked (a database without rules carries none).
+pub fn may_send_unmasked(
+    cfg: &AgentConfig,
+    database: &str,
+    dest: &stagesync_certs::Identity,
+) -> Result<bool, AgentError> {
+    let (Some(file), Some(m)) = (masking_file(cfg, database), &cfg.masking) else {
+        return Ok(false);
+    };
+    if !m.unmasked_peers.contains(dest) {
+        let listed: Vec<String> = m.unmasked_peers.iter().map(|p| p.to_string()).collect();
+        return Err(denied(
             cfg,
             format!(
-                "privacy guard: database {database:?} has masking rules ({}), and a backup would hold it unmasked; back up its masked copy from a staging agent instead",
-                m.rules.file.display()
+                "privacy guard: database {database:?} has masking rules ({file}) and the plan asks to send it unmasked to {dest}, which is not in masking.unmasked_peers = {listed:?} in {}; remove `unmasked` from the plan to send it masked",
+                cfg.source.display()
             ),
-        )),
-        _ => Ok(()),
+        ));
     }
+    Ok(true)
+}
+
+/// The privacy guard on the receiving side: personal data a source sends
+/// unmasked is restored only where `policy.may_receive_unmasked` is on.
+pub fn may_receive_unmasked(cfg: &AgentConfig, what: &str) -> Result<(), AgentError> {
+    if cfg.policy.may_receive_unmasked {
+        return Ok(());
+    }
+    Err(denied(
+        cfg,
+        format!(
+            "privacy guard: {what} holds personal data unmasked, and this agent may not receive it (policy.may_receive_unmasked is off in {}); refresh from a masked source instead",
+            cfg.source.display()
+        ),
+    ))
 }
 
 /// The direction guard for writing: `database` may be replaced by a

@@ -164,6 +164,7 @@ impl AgentService {
     /// The policy as configured.
     fn policy_info(&self) -> pb::Policy {
         let policy = &self.config.policy;
+        let masking = self.config.masking.as_ref();
         pb::Policy {
             may_dump: policy.may_dump.patterns.clone(),
             may_overwrite: policy.may_overwrite.patterns.clone(),
@@ -171,6 +172,13 @@ impl AgentService {
             peers: policy.peers.iter().map(|i| i.to_string()).collect(),
             may_backup_to: policy.may_backup_to.patterns.clone(),
             may_restore_from: policy.may_restore_from.patterns.clone(),
+            may_receive_unmasked: policy.may_receive_unmasked,
+            unmasked_peers: masking
+                .map(|m| m.unmasked_peers.iter().map(|i| i.to_string()).collect())
+                .unwrap_or_default(),
+            unmasked_backup_to: masking
+                .map(|m| m.unmasked_backup_to.patterns.clone())
+                .unwrap_or_default(),
         }
     }
 

@@ -367,6 +367,12 @@ fn backup_mistakes_are_located() {
         "pairs.backup-to-qa.mode",
         "parallel mode (pg_dump -Fd) was retired",
     );
+    bad_backups(
+        "dest = { agent = \"staging-db\", database = \"qa\", owner = \"stage\" }",
+        "unmasked = true\ndest = { agent = \"staging-db\", database = \"qa\", owner = \"stage\" }",
+        "pairs.backup-to-qa.unmasked",
+        "a backup is restored as it was taken",
+    );
 }
 
 const COPY: &str = r#"

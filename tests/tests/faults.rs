@@ -777,6 +777,7 @@ async fn prepare_job(s: &Setup, job_id: &str, ticket: &str) {
         ticket: ticket.into(),
         source_identity: "spiffe://stagesync/agent/prod-db".into(),
         staging: None,
+        unmasked: false,
     })
     .await
     .unwrap();
@@ -796,6 +797,7 @@ async fn push_header(s: &Setup, as_agent: &str, job_id: &str, ticket: &str) -> t
             compression: pb::Compression::None as i32,
             source_database: "production".into(),
             lane_tables: Vec::new(),
+            unmasked_personal_data: false,
         })),
     };
     c.push_dump(futures::stream::iter(vec![header]))
@@ -822,6 +824,7 @@ async fn streams_with_bad_tickets_or_from_strangers_are_refused() {
         ticket: ticket.clone(),
         source_identity: "spiffe://stagesync/agent/prod-db".into(),
         staging: None,
+        unmasked: false,
     })
     .await
     .unwrap();
@@ -1211,6 +1214,18 @@ async fn malformed_lane_streams_are_refused() {
     let refused = push_prepared(&s, 0xef, header, Vec::new()).await;
     assert!(
         refused.contains("the stream has 2 data lanes and names 0 tables for them"),
+        "{refused}"
+    );
+    // A stream saying it carries personal data unmasked, to a destination
+    // whose policy does not take it.
+    let header = pb::DumpHeader {
+        shape: Some(pb::Shape::one_pass(pb::Mode::Stream)),
+        unmasked_personal_data: true,
+        ..Default::default()
+    };
+    let refused = push_prepared(&s, 0xee, header, Vec::new()).await;
+    assert!(
+        refused.contains("privacy guard") && refused.contains("policy.may_receive_unmasked"),
         "{refused}"
     );
     s.assert_untouched().await;

@@ -386,6 +386,7 @@ async fn info_offers_to_overwrite_exactly_what_prepare_restore_accepts() {
                 ticket: "d".repeat(64),
                 source_identity: "spiffe://stagesync/agent/prod-db".into(),
                 staging: None,
+                unmasked: false,
             })
             .await;
         if answer.is_ok() {
@@ -450,6 +451,7 @@ async fn info_offers_to_dump_exactly_what_start_dump_accepts() {
                 dest_identity: "spiffe://stagesync/agent/staging-db".into(),
                 ticket: "e".repeat(64),
                 compression: pb::Compression::None as i32,
+                unmasked: false,
             })
             .await;
         if answer.is_ok() {

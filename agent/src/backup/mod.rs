@@ -108,7 +108,6 @@ impl Backups {
         let cfg = &self.config;
         let invalid = |reason: String| AgentError::invalid(&cfg.name, reason);
         policy::may_dump(cfg, &req.database)?;
-        policy::may_back_up_unmasked(cfg, &req.database)?;
         let daily = req
             .daily
             .as_ref()
@@ -116,6 +115,11 @@ impl Backups {
         for p in std::iter::once(daily).chain(req.weekly.as_ref()) {
             policy::may_backup_to(cfg, p)?;
         }
+        policy::may_back_up_unmasked(
+            cfg,
+            &req.database,
+            std::iter::once(daily).chain(req.weekly.as_ref()),
+        )?;
         if req.weekly_days.iter().any(|d| !(1..=31).contains(d)) {
             return Err(invalid(format!(
                 "weekly_days {:?}: days of the month are 1 to 31",

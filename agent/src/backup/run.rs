@@ -49,6 +49,7 @@ impl Backups {
             pg_dump_version: facts.pg_dump_version,
             server_version: facts.server_version,
             database_size: facts.database_size,
+            unmasked_personal_data: crate::source::masked::applies(cfg, &req.database),
         };
         put_manifest(&daily, &manifest_key, &dump_key, &manifest).await?;
         let kept = self.keep(req, &daily, &manifest_key, now.day()).await;

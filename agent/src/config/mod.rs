@@ -101,6 +101,9 @@ pub struct Policy {
     pub may_backup_to: PlacePatterns,
     /// Where backups may be restored from, in the same form.
     pub may_restore_from: PlacePatterns,
+    /// Whether this agent restores personal data a source sent unmasked
+    /// (a stream or a backup of a database with masking rules).
+    pub may_receive_unmasked: bool,
 }
 
 /// A list of database-name globs.

@@ -28,6 +28,12 @@ pub(super) struct RawConfig {
 pub(super) struct RawMasking {
     pub rules: Spanned<String>,
     pub key_file: Spanned<String>,
+    /// Peers a masked database may be streamed to unmasked (a DR replica).
+    #[serde(default)]
+    pub unmasked_peers: Vec<Spanned<String>>,
+    /// Backup places a masked database may be dumped to unmasked.
+    #[serde(default)]
+    pub unmasked_backup_to: Vec<Spanned<String>>,
 }
 
 /// AWS profile files for backups (default: the standard locations of the
@@ -90,4 +96,5 @@ pub(super) struct RawPolicy {
     pub may_backup_to: Vec<Spanned<String>>,
     #[serde(default)]
     pub may_restore_from: Vec<Spanned<String>>,
+    pub may_receive_unmasked: Option<Spanned<bool>>,
 }

@@ -41,7 +41,7 @@ impl Ctx<'_> {
         let policy = self.validate_policy(&raw.policy, &trust_domain)?;
         let jobs = self.validate_jobs(&raw.jobs)?;
         let s3_files = self.validate_s3(&raw.s3)?;
-        let masking = self.validate_masking(raw.masking.as_ref())?;
+        let masking = self.validate_masking(raw.masking.as_ref(), &trust_domain)?;
         Ok(AgentConfig {
             source: self.path.to_path_buf(),
             name: raw.name.into_inner(),
@@ -140,9 +140,12 @@ impl Ctx<'_> {
     /// The AWS profile files, when given: they must be readable files.
     /// `[masking]`: the rules file (its own errors name its own lines) and
     /// the key file, only the agent's user may read.
+    /// the key file, only the agent's user may read; the peers and places a
+    /// masked database may go to unmasked.
     fn validate_masking(
         &self,
         raw: Option<&RawMasking>,
+        trust_domain: &str,
     ) -> Result<Option<crate::mask::Masking>, ConfigError> {
         let Some(raw) = raw else {
             return Ok(None);
@@ -150,9 +153,18 @@ impl Ctx<'_> {
         let rules = crate::mask::rules::load(&self.resolve(raw.rules.get_ref()))?;
         let key = crate::mask::MaskKey::load(&self.resolve(raw.key_file.get_ref()))
             .map_err(|m| self.error(raw.key_file.span(), "masking.key_file", m))?;
+        let unmasked_peers = raw
+            .unmasked_peers
+            .iter()
+            .map(|p| self.identity(p, Kind::Agent, "masking.unmasked_peers", trust_domain))
+            .collect::<Result<Vec<_>, _>>()?;
+        let unmasked_backup_to =
+            self.places(&raw.unmasked_backup_to, "masking.unmasked_backup_to")?;
         Ok(Some(crate::mask::Masking {
             rules: std::sync::Arc::new(rules),
             key: std::sync::Arc::new(key),
+            unmasked_peers,
+            unmasked_backup_to,
         }))
     }
 
@@ -245,6 +257,10 @@ impl Ctx<'_> {
             peers: identities(&raw.peers, Kind::Agent, "policy.peers")?,
             may_backup_to: self.places(&raw.may_backup_to, "policy.may_backup_to")?,
             may_restore_from: self.places(&raw.may_restore_from, "policy.may_restore_from")?,
+            may_receive_unmasked: raw
+                .may_receive_unmasked
+                .as_ref()
+                .is_some_and(|b| *b.get_ref()),
         })
     }
 

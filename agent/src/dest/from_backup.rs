@@ -49,6 +49,10 @@ impl Restorer {
                 return Err(AgentError::precondition(&cfg.name, e.to_string()));
             }
         };
+        if let Err(e) = self.check_manifest(&store, &wanted).await {
+            job.fail(crate::jobs::StepError::new(pb::Step::S3, e.to_string()));
+            return Err(e);
+        }
         let this = self.clone();
         tokio::spawn(async move { this.run_backup_restore(job, store, wanted).await });
         Ok(pb::RestoreBackupResponse {})
@@ -97,6 +101,48 @@ impl Restorer {
             sha256,
         };
         Ok((job, place, wanted))
+    }
+
+    /// Reads the backup's manifest here, not trusting the request's copy of
+    /// it: the dump is the one it describes, and a backup holding personal
+    /// data unmasked is restored only where this agent's policy allows.
+    async fn check_manifest(
+        &self,
+        store: &stagesync_s3::backups::Store,
+        wanted: &Wanted,
+    ) -> Result<(), AgentError> {
+        let cfg = &self.config;
+        let key = stagesync_s3::backups::Store::manifest_key_of(&wanted.key).ok_or_else(|| {
+            AgentError::invalid(
+                &cfg.name,
+                format!("{:?} is not a backup's dump", wanted.key),
+            )
+        })?;
+        let manifest = store.manifest(&key).await.map_err(|e| {
+            AgentError::precondition(
+                &cfg.name,
+                format!("the backup's manifest {key} cannot be read ({e}); a dump without its manifest is not restored"),
+            )
+        })?;
+        if manifest.size != wanted.size
+            || hex::decode(&manifest.sha256).ok() != Some(wanted.sha256.clone())
+        {
+            return Err(AgentError::denied(
+                &cfg.name,
+                format!(
+                    "the request's size or SHA-256 for {} differ from its manifest {key}",
+                    wanted.key
+                ),
+            ));
+        }
+        if manifest.unmasked_personal_data {
+            let what = format!(
+                "the backup {} (database {:?} with masking rules on agent {})",
+                wanted.key, manifest.database, manifest.host
+            );
+            policy::may_receive_unmasked(cfg, &what)?;
+        }
+        Ok(())
     }
 
     /// Restores the backup into the job's database; the job ends ready to

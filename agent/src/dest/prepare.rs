@@ -72,6 +72,9 @@ impl Restorer {
         let invalid = |r: String| AgentError::invalid(&cfg.name, r);
         policy::job_id(cfg, &req.job_id)?;
         policy::may_overwrite(cfg, &req.database)?;
+        if req.unmasked {
+            policy::may_receive_unmasked(cfg, "the refresh the plan asks for (`unmasked`)")?;
+        }
         if req.owner.is_empty() {
             return Err(invalid("the owner role is empty".into()));
         }

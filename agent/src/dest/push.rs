@@ -25,6 +25,13 @@ impl Restorer {
         let header = self.read_header(&mut stream).await?;
         let job = self.job_for(&header, &caller)?;
         let shape = self.check_shape(&job, &header)?;
+        if header.unmasked_personal_data {
+            let what = format!("the stream of {:?} from {caller}", header.source_database);
+            if let Err(e) = crate::policy::may_receive_unmasked(&self.config, &what) {
+                job.fail(StepError::new(pb::Step::Stream, e.to_string()));
+                return Err(e);
+            }
+        }
         if let Err(e) = super::copy::check_lane_tables(shape.lanes(), &header.lane_tables) {
             job.fail(StepError::new(pb::Step::Stream, e.clone()));
             return Err(self.denied(e));

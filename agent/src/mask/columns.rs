@@ -33,6 +33,9 @@ pub struct ColumnInfo {
     pub generated: bool,
     /// The most characters it takes (`varchar(n)`, `char(n)`).
     pub max_chars: Option<usize>,
+    /// The CHECK constraints its values must pass (its domain's, its
+    /// table's that read it), named for messages.
+    pub checked_by: Option<String>,
 }
 
 /// Every column of every table, by table, then by name.
@@ -42,7 +45,13 @@ const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text,
        COALESCE(bt.typcategory, t.typcategory)::text, COALESCE(bt.typname, t.typname)::text, \
        a.attnotnull, a.attgenerated <> '', \
        CASE WHEN COALESCE(bt.oid, t.oid) IN (1042, 1043) \
-            THEN NULLIF(CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE a.atttypmod END, -1) - 4 END \
+            THEN NULLIF(CASE WHEN t.typbasetype <> 0 THEN t.typtypmod ELSE a.atttypmod END, -1) - 4 END, \
+       (SELECT string_agg(CASE WHEN k.contypid <> 0 \
+                   THEN format('the CHECK %I of domain %s', k.conname, k.contypid::regtype) \
+                   ELSE format('the CHECK %I of the table', k.conname) END, ', ' ORDER BY k.conname) \
+          FROM pg_catalog.pg_constraint k \
+         WHERE k.contype = 'c' AND (k.contypid = a.atttypid \
+               OR (k.conrelid = c.oid AND a.attnum = ANY (k.conkey)))) \
      FROM pg_catalog.pg_attribute a \
      JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -67,6 +76,7 @@ pub async fn catalog(c: &Client) -> Result<Catalog, tokio_postgres::Error> {
                     not_null: r.try_get(5)?,
                     generated: r.try_get(6)?,
                     max_chars: max.filter(|m| *m > 0).map(|m| m as usize),
+                    checked_by: r.try_get(8)?,
                 },
             );
     }
@@ -147,7 +157,13 @@ pub fn check(
             let t = rule
                 .and_then(|r| r.columns.as_ref())
                 .and_then(|cols| cols.iter().find(|r| &r.column == c))
-                .map(|r| r.transform.clone());
+                .map(|r| r.transform.clone())
+                .map(|t| {
+                    let info = catalog
+                        .get(&(name.schema.clone(), name.table.clone()))
+                        .and_then(|cols| cols.get(c));
+                    bounded(t, info)
+                });
             if t.is_none() && !whole_keep && db.strict {
                 problems.push(format!(
                     "{}.{}.{c}: not classified (strict mode): add a rule for it to {file}, masked or \"keep\"",
@@ -167,6 +183,23 @@ pub fn check(
     }
 }
 
+/// `t` with the column's integer range, for `noise`.
+fn bounded(t: Transform, c: Option<&ColumnInfo>) -> Transform {
+    match (t, c.map(|c| c.type_name.as_str())) {
+        (Transform::Noise { ppm, .. }, Some(ty)) => Transform::Noise {
+            ppm,
+            limit: match ty {
+                "int2" => Some(i16::MAX as i64),
+                "int4" => Some(i32::MAX as i64),
+                // f64 rounds i64::MAX up, past the range.
+                "int8" => Some(9_000_000_000_000_000_000),
+                _ => None,
+            },
+        },
+        (t, _) => t,
+    }
+}
+
 /// Whether `t`'s output fits the column.
 fn fits(t: &Transform, c: &ColumnInfo) -> Result<(), String> {
     if c.generated && *t != Transform::Keep {
@@ -174,6 +207,19 @@ fn fits(t: &Transform, c: &ColumnInfo) -> Result<(), String> {
     }
     if *t == Transform::Null && c.not_null {
         return Err("\"null\" into a NOT NULL column".into());
+    }
+    let fixed = matches!(
+        t,
+        Transform::Keep | Transform::Null | Transform::Value(_) | Transform::Password(_)
+    );
+    if let (Some(checks), false) = (&c.checked_by, fixed) {
+        return Err(format!(
+            "{:?} cannot be shown to pass {checks}: make it \"keep\", \"null\" or a fixed value, or drop the constraint",
+            t.name()
+        ));
+    }
+    if matches!(t, Transform::Noise { .. }) && c.type_name == "money" {
+        return Err("\"noise\" reads plain numbers, and money is written with its currency: use { int = [min, max] }".into());
     }
     let ok = match t.needs() {
         Needs::Anything => true,
@@ -220,6 +266,7 @@ mod tests {
             not_null,
             generated: false,
             max_chars: max,
+            checked_by: None,
         }
     }
 

@@ -13,6 +13,7 @@
 pub mod columns;
 pub mod key;
 pub mod lane;
+pub mod noise;
 pub mod row;
 pub mod rules;
 pub mod tools;
@@ -31,4 +32,8 @@ pub use transform::Transform;
 pub struct Masking {
     pub rules: Arc<Rules>,
     pub key: Arc<MaskKey>,
+    /// The only peers a masked database may be streamed to unmasked.
+    pub unmasked_peers: Vec<stagesync_certs::Identity>,
+    /// The only backup places a masked database may be dumped to.
+    pub unmasked_backup_to: crate::config::places::PlacePatterns,
 }

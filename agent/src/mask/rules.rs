@@ -253,6 +253,13 @@ fn transform(raw: &toml::Value) -> Result<Transform, String> {
                     _ => return Err("int takes [min, max], e.g. { int = [18, 90] }".into()),
                 },
                 ("int", _) => return Err("int takes [min, max], e.g. { int = [18, 90] }".into()),
+                ("noise", v) => match v.as_float().or(v.as_integer().map(|i| i as f64)) {
+                    Some(f) if f > 0.0 && f <= 1.0 && (f * 1e6).round() >= 1.0 => Transform::Noise {
+                        ppm: (f * 1e6).round() as u32,
+                        limit: None,
+                    },
+                    _ => return Err("noise takes the most share a number moves, above 0 and at most 1, e.g. { noise = 0.1 }".into()),
+                },
                 ("date", toml::Value::Integer(n)) if (1..=3650).contains(n) => Transform::Date {
                     days: *n as u32,
                 },
@@ -281,7 +288,7 @@ fn transform(raw: &toml::Value) -> Result<Transform, String> {
                     Some(s) if !s.is_empty() => Transform::Password(s),
                     _ => return Err("password takes the hash every row gets, e.g. { password = \"pbkdf2_sha256$...\" }".into()),
                 },
-                (other, _) => return Err(format!("unknown transform {other:?}: one of {NAMED}, email, hash, int, date, json, regex, value, password")),
+                (other, _) => return Err(format!("unknown transform {other:?}: one of {NAMED}, email, hash, int, noise, date, json, regex, value, password")),
             }
         }
         other => {

@@ -260,6 +260,7 @@ mod tests {
                     not_null: false,
                     generated: false,
                     max_chars: None,
+                    checked_by: None,
                 },
             );
         }

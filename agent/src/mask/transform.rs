@@ -37,6 +37,12 @@ pub enum Transform {
         min: i64,
         max: i64,
     },
+    /// The number moved by up to `ppm` millionths of itself either way
+    /// (`limit`: the column's integer range, set from the catalog).
+    Noise {
+        ppm: u32,
+        limit: Option<i64>,
+    },
     /// An address in 10.0.0.0/8 (IPv4) or fd00::/8 (IPv6).
     Ip,
     /// The operator's fixed password hash, for every row.
@@ -97,6 +103,7 @@ impl Transform {
             Transform::Phone => "phone",
             Transform::Text => "text",
             Transform::Int { .. } => "int",
+            Transform::Noise { .. } => "noise",
             Transform::Ip => "ip",
             Transform::Password(_) => "password",
             Transform::Date { .. } => "date",
@@ -110,7 +117,7 @@ impl Transform {
         match self {
             // A fixed value is the operator's to fit (JSON for a jsonb).
             Transform::Keep | Transform::Null | Transform::Value(_) => Needs::Anything,
-            Transform::Int { .. } => Needs::Integer,
+            Transform::Int { .. } | Transform::Noise { .. } => Needs::Integer,
             Transform::Ip => Needs::Address,
             Transform::Date { .. } => Needs::Date,
             Transform::Json { .. } => Needs::Json,
@@ -122,7 +129,9 @@ impl Transform {
     pub fn max_len(&self, len: Option<usize>) -> Option<usize> {
         match self {
             Transform::Keep | Transform::Phone | Transform::Text => len,
-            Transform::Null | Transform::Int { .. } | Transform::Ip => Some(0),
+            Transform::Null | Transform::Int { .. } | Transform::Noise { .. } | Transform::Ip => {
+                Some(0)
+            }
             Transform::Date { .. } | Transform::Json { .. } | Transform::Regex(_) => None,
             Transform::Value(v) | Transform::Password(v) => Some(v.chars().count()),
             Transform::Hash { length } => length.or(len),
@@ -157,6 +166,9 @@ impl Transform {
                 format!("{} {}", pick(FIRST, &h), pick(LAST, &h[8..]))
             }
             Transform::Date { days } => return Some(shift_date(key, v, *days)),
+            Transform::Noise { ppm, limit } => {
+                return Some(super::noise::noisy(key, v, *ppm, *limit));
+            }
             Transform::Json { keys } => return Some(mask_json(key, v, keys)),
             Transform::Regex(p) => {
                 return Some(p.re.replace_all(v, p.replacement.as_bytes()).into_owned());

@@ -14,7 +14,7 @@ pub use copy::COPY_SETTINGS;
 pub use layout::MAX_SLICES;
 mod lanes;
 mod layout;
-mod masked;
+pub(crate) mod masked;
 mod outbound;
 mod stream;
 
@@ -53,6 +53,9 @@ struct DumpRequest {
     compression: pb::Compression,
     ticket: String,
     target: AgentTarget,
+    /// The rows leave unmasked though the database has masking rules (the
+    /// plan asked, and the destination is a listed peer).
+    unmasked: bool,
 }
 
 /// One dump being pushed: what every way of producing it needs.
@@ -134,6 +137,7 @@ impl Dumper {
             .dest_identity
             .parse()
             .map_err(|e| AgentError::invalid(&cfg.name, format!("destination identity: {e}")))?;
+        let unmasked = req.unmasked && policy::may_send_unmasked(cfg, &req.database, &dest)?;
         let compression = match pb::Compression::try_from(req.compression) {
             Ok(pb::Compression::None) => pb::Compression::None,
             _ => pb::Compression::Zstd,
@@ -149,6 +153,7 @@ impl Dumper {
                 address: req.dest_address,
                 expected: Some(dest),
             },
+            unmasked,
         })
     }
 
@@ -220,7 +225,11 @@ impl Dumper {
             .max_decoding_message_size(MAX_MESSAGE);
         let mut layout =
             Layout::choose(&self.config, job, &req.database, &req.dump, &req.agreed).await;
-        masked::apply(&self.config, &mut layout, &req.database).await?;
+        if req.unmasked {
+            tracing::warn!(job = %job.id, database = %req.database, peer = ?req.target.expected, "rows leave unmasked, to a peer masking.unmasked_peers lists");
+        } else {
+            masked::apply(&self.config, &mut layout, &req.database).await?;
+        }
         let (tx, rx) = mpsc::channel(outbound::QUEUE);
         let run = DumpRun {
             config: self.config.clone(),
@@ -255,6 +264,7 @@ fn header(req: &DumpRequest, layout: &Layout) -> pb::DumpHeader {
         source_database: req.database.clone(),
         shape: Some(layout.shape),
         lane_tables: layout.lane_tables(),
+        unmasked_personal_data: req.unmasked,
     }
 }
 

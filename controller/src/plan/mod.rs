@@ -103,6 +103,9 @@ pub struct PlanPair {
     /// S3 copies that run alongside the database refresh.
     pub copies: Vec<stagesync_s3::CopySpec>,
     pub preflight: Preflight,
+    /// Send the rows unmasked though the source masks them (a DR replica):
+    /// both agents' policies must allow it.
+    pub unmasked: bool,
 }
 
 /// A pair's source in S3: `source = { backup = "s3://...", database = ... }`.

@@ -42,6 +42,7 @@ pub(super) fn validate_pair(
     let after = c.after()?;
     let copies = c.copies()?;
     let preflight = c.preflight()?;
+    let unmasked = c.unmasked(source_backup.is_some())?;
     let (src, dst) = (raw.source.get_ref(), raw.dest.get_ref());
     Ok(PlanPair {
         name: name.to_string(),
@@ -63,6 +64,7 @@ pub(super) fn validate_pair(
         after,
         copies,
         preflight,
+        unmasked,
     })
 }
 
@@ -174,6 +176,20 @@ impl PairCheck<'_> {
                 "dest.owner",
                 "missing: the role that will own everything restored",
             ),
+        }
+    }
+
+    /// `unmasked = true`: a live source's rows as they are; for a backup
+    /// the manifest says what it holds.
+    fn unmasked(&self, from_backup: bool) -> Result<bool, ConfigError> {
+        match &self.raw.unmasked {
+            Some(u) if *u.get_ref() && from_backup => self.at.err(
+                u.span(),
+                "unmasked",
+                "a backup is restored as it was taken (its manifest says whether it is masked): remove `unmasked`",
+            ),
+            Some(u) => Ok(*u.get_ref()),
+            None => Ok(false),
         }
     }
 

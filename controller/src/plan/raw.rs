@@ -111,6 +111,7 @@ macro_rules! option_keys {
             #[serde(default)]
             pub(super) truncate_after: Vec<S<String>>,
             pub(super) truncate_cascade: Option<bool>,
+            pub(super) unmasked: Option<S<bool>>,
         }
 
         impl RawPair {

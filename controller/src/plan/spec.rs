@@ -51,6 +51,7 @@ impl Plan {
         spec.restore = p.restore.clone();
         spec.post_restore_sql = p.post_restore_sql.clone();
         spec.staging = p.staging.clone();
+        spec.unmasked = p.unmasked;
         for param in &p.params {
             let v = env(param).ok_or_else(|| {
                 format!("pair {name:?}: environment variable {param} is not set (the post-restore SQL needs it)")

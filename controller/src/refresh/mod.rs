@@ -225,6 +225,7 @@ fn prepare_request(
             CheckedSource::Agent(info) => info.identity.clone(),
             CheckedSource::Backup(_) => String::new(),
         },
+        unmasked: spec.unmasked,
     }
 }
 
@@ -286,6 +287,7 @@ fn start_dump_request(
         dest_identity: ready.dest.identity.clone(),
         ticket: keys.ticket.clone(),
         compression: compression as i32,
+        unmasked: spec.unmasked,
     }
 }
 

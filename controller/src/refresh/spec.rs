@@ -34,6 +34,8 @@ pub struct PairSpec {
     pub staging: pb::StagingRules,
     /// zstd on the wire: by default on, except between agents on one host.
     pub compress: Compress,
+    /// The plan asks for the rows unmasked (the agents decide).
+    pub unmasked: bool,
 }
 
 /// Where a pair's data comes from.
@@ -97,6 +99,7 @@ impl PairSpec {
             params: HashMap::new(),
             staging: pb::StagingRules::default(),
             compress: Compress::Auto,
+            unmasked: false,
         }
     }
 

@@ -30,6 +30,11 @@ pub struct Manifest {
     /// on disk. 0 in manifests written before it was recorded.
     #[serde(default)]
     pub database_size: u64,
+    /// The database has masking rules on the agent that took it, and this
+    /// backup holds its rows unmasked: only an agent whose policy says it
+    /// may receive unmasked data restores it.
+    #[serde(default)]
+    pub unmasked_personal_data: bool,
 }
 
 /// `2026-11-25T01-02-03Z` for a time.
@@ -75,6 +80,13 @@ impl Store {
             .await
             .map_err(|e| self.sdk_err("writing the manifest", &e))?;
         Ok(())
+    }
+
+    /// The manifest key next to a dump's key, if it is one.
+    pub fn manifest_key_of(dump_key: &str) -> Option<String> {
+        dump_key
+            .strip_suffix(DUMP_SUFFIX)
+            .map(|base| format!("{base}{MANIFEST_SUFFIX}"))
     }
 
     /// Reads and parses one manifest.

@@ -225,6 +225,7 @@ impl FleetBuilder {
             src,
             dst,
             before,
+            kept: Vec::new(),
             tls,
             pki,
             dir,
@@ -403,6 +404,9 @@ pub struct Fleet {
     dst: Option<PgCluster>,
     /// `stage`'s content when the fleet was built.
     before: BTreeMap<String, String>,
+    /// The stagesync databases expected on the destination (a kept
+    /// previous database, once a refresh succeeded).
+    kept: Vec<String>,
     tls: Arc<ReloadingClientConfig>,
     pki: TestPki,
     dir: tempfile::TempDir,
@@ -578,6 +582,14 @@ impl Fleet {
             .collect()
     }
 
+    /// What `stage` holds now becomes what [`assert_untouched`](Self::assert_untouched)
+    /// compares with (after a refresh that was meant to change it).
+    /// The previous database it keeps for a rollback is expected from then on.
+    pub async fn remember_stage(&mut self) {
+        self.before = content_hashes(self.dst(), "stage").await.unwrap();
+        self.kept = self.stagesync_databases().await;
+    }
+
     /// The live `stage` is as it was when the fleet was built, and nothing
     /// of any job is left: no stagesync database, no `pg_dump` or
     /// `pg_restore` on either cluster, no job directory in either agent's
@@ -600,7 +612,7 @@ impl Fleet {
                 .map(|a| a.work_dir().join("jobs"))
                 .filter(|d| std::fs::read_dir(d).is_ok_and(|mut r| r.next().is_some()))
                 .collect();
-            if dbs.is_empty() && procs.is_empty() && dirs.is_empty() {
+            if dbs == self.kept && procs.is_empty() && dirs.is_empty() {
                 Ok(())
             } else {
                 Err(format!(

@@ -232,7 +232,7 @@ async fn masked_data_never_reaches_staging_and_joins_survive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unclassified_column_stops_the_refresh() {
     let dir = tempfile::tempdir().unwrap();
-    let f = masked_fleet(dir.path()).await;
+    let mut f = masked_fleet(dir.path()).await;
     f.src()
         .exec(
             "production",
@@ -247,6 +247,25 @@ async fn an_unclassified_column_stops_the_refresh() {
     assert!(e.contains("public.users.bio: not classified"), "{e}");
     assert!(e.contains("masking.toml"), "{e}");
     f.assert_untouched().await;
+    // Classified as `keep`, it passes the next refresh.
+    std::fs::write(
+        dir.path().join("masking.toml"),
+        RULES.replace("avatar = \"null\"\n", "avatar = \"null\"\nbio = \"keep\"\n"),
+    )
+    .unwrap();
+    f.prod_mut().process().kill().unwrap();
+    f.prod_mut().process().start().await.unwrap();
+    refresh(f.tls(), &spec(&f), |_| {})
+        .await
+        .expect("a refresh with the new column classified");
+    assert_eq!(
+        strings(f.dst(), "stage", "SELECT DISTINCT bio FROM users").await,
+        vec!["sntnl bio".to_string()]
+    );
+    f.remember_stage().await;
+    std::fs::write(dir.path().join("masking.toml"), RULES).unwrap();
+    f.prod_mut().process().kill().unwrap();
+    f.prod_mut().process().start().await.unwrap();
     // One worker: pg_dump's one stream, which cannot mask: refused.
     f.src()
         .exec("production", "ALTER TABLE users DROP COLUMN bio")

@@ -41,7 +41,12 @@ fn main() -> ExitCode {
         return check_server(&cfg);
     }
     raise_open_files();
-    let runtime = match tokio::runtime::Runtime::new() {
+    keep_freed_memory();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.jobs.worker_threads)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("stagesync-agent: cannot start the runtime: {e}");
@@ -49,6 +54,22 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cfg))
+}
+
+/// glibc gives large freed blocks back to the kernel (its mmap threshold
+/// and heap trim), so every chunk a copy lane reads would be a fresh
+/// mapping, faulted in and zeroed page by page: about a sixth of a source
+/// agent's CPU on the benchmark. Blocks up to 8 MiB come from the heap, and
+/// up to 64 MiB of it is kept free for reuse; what the heap holds stays
+/// bounded by the data in flight.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 8 << 20);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
 }
 
 /// `--check` on a restoring agent: can a job's restore log in as its own

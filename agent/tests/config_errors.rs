@@ -149,6 +149,19 @@ fn lane_threshold_out_of_range() {
 }
 
 #[test]
+fn no_worker_threads() {
+    let f = fixture();
+    let text = format!("{}\n[jobs]\nworker_threads = 0\n", f.base);
+    expect_error(
+        &f,
+        &text,
+        "worker_threads",
+        "jobs.worker_threads",
+        "must be 1 to 256",
+    );
+}
+
+#[test]
 fn bad_glob() {
     let f = fixture();
     let text = replace_line(&f.base, "may_dump", "may_dump = [\"prod\", \"prod[\"]");

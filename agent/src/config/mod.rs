@@ -69,6 +69,11 @@ pub struct JobLimits {
     /// How often a controller watching a job gets its status when nothing
     /// else changed (phase changes are sent at once).
     pub status_interval: std::time::Duration,
+    /// The async runtime's worker threads: by default a quarter of the
+    /// host's cores (at least one), since PostgreSQL does most of a
+    /// refresh's work on the same host and every extra worker costs
+    /// wake-ups between threads.
+    pub worker_threads: usize,
 }
 
 /// Faults the tests inject to prove that the agent survives them.

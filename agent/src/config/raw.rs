@@ -54,6 +54,7 @@ pub(super) struct RawJobs {
     pub lane_min_table_mb: Option<Spanned<u64>>,
     pub split_table_mb: Option<Spanned<u64>>,
     pub status_interval_ms: Option<Spanned<u64>>,
+    pub worker_threads: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

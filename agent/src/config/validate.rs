@@ -134,6 +134,13 @@ impl Ctx<'_> {
                 Some(ms) => Duration::from_millis(*ms.get_ref()),
                 None => Duration::from_millis(500),
             },
+            worker_threads: match &raw.worker_threads {
+                Some(n) if !(1..=256).contains(n.get_ref()) => {
+                    return self.err(n.span(), "jobs.worker_threads", "must be 1 to 256");
+                }
+                Some(n) => *n.get_ref() as usize,
+                None => default_workers(),
+            },
         })
     }
 
@@ -328,6 +335,11 @@ impl Ctx<'_> {
             Err(e) => self.err(s.span(), key, e.to_string()),
         }
     }
+}
+
+/// A quarter of the host's cores, at least one.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(4))
 }
 
 /// Where an optional key stands; nowhere (line 1) when it was left out.

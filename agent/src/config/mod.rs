@@ -72,7 +72,7 @@ pub struct JobLimits {
     /// The async runtime's worker threads: by default a quarter of the
     /// host's cores (at least one), since PostgreSQL does most of a
     /// refresh's work on the same host and every extra worker costs
-    /// wake-ups between threads.
+    /// wake-ups between threads; every core for an agent that masks.
     pub worker_threads: usize,
 }
 

@@ -39,7 +39,7 @@ impl Ctx<'_> {
         }
         let postgres = self.validate_postgres(&raw.postgres)?;
         let policy = self.validate_policy(&raw.policy, &trust_domain)?;
-        let jobs = self.validate_jobs(&raw.jobs)?;
+        let jobs = self.validate_jobs(&raw.jobs, raw.masking.is_some())?;
         let s3_files = self.validate_s3(&raw.s3)?;
         let masking = self.validate_masking(raw.masking.as_ref(), &trust_domain)?;
         Ok(AgentConfig {
@@ -95,7 +95,7 @@ impl Ctx<'_> {
         })
     }
 
-    fn validate_jobs(&self, raw: &RawJobs) -> Result<JobLimits, ConfigError> {
+    fn validate_jobs(&self, raw: &RawJobs, masking: bool) -> Result<JobLimits, ConfigError> {
         let secs = |v: &Option<Spanned<u64>>, key: &str, default: u64| match v {
             Some(s) if *s.get_ref() == 0 => self.err(s.span(), key, "must be at least 1 second"),
             Some(s) => Ok(Duration::from_secs(*s.get_ref())),
@@ -139,7 +139,7 @@ impl Ctx<'_> {
                     return self.err(n.span(), "jobs.worker_threads", "must be 1 to 256");
                 }
                 Some(n) => *n.get_ref() as usize,
-                None => default_workers(),
+                None => default_workers(masking),
             },
         })
     }
@@ -337,9 +337,14 @@ impl Ctx<'_> {
     }
 }
 
-/// A quarter of the host's cores, at least one.
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(4))
+/// A quarter of the host's cores, at least one; every core for an agent
+/// that masks (masking is its own CPU work, row by row on the lanes).
+fn default_workers(masking: bool) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match masking {
+        true => cores,
+        false => cores.div_ceil(4),
+    }
 }
 
 /// Where an optional key stands; nowhere (line 1) when it was left out.

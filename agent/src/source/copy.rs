@@ -101,23 +101,11 @@ impl CopySession {
                 return Ok(Bytes::new());
             }
             match self.wire.copy_data(CHUNK, &mut self.rows).await {
-                Ok(Some(run)) => match self.masker.take() {
+                Ok(Some(run)) => match &mut self.masker {
                     None => return Ok(run),
                     // Masked rows may come out longer or shorter; they are
-                    // handed out in frame-sized pieces. Masking is the
-                    // CPU-bound step: it runs on the blocking pool, so
-                    // several lanes mask on several cores whatever the
-                    // number of async workers.
-                    Some(mut m) => {
-                        let (m, out) = tokio::task::spawn_blocking(move || {
-                            let out = m.chunk(&run);
-                            (m, out)
-                        })
-                        .await
-                        .map_err(std::io::Error::other)?;
-                        self.masker = Some(m);
-                        self.out = out.map_err(std::io::Error::other)?;
-                    }
+                    // handed out in frame-sized pieces.
+                    Some(m) => self.out = m.chunk(&run).map_err(std::io::Error::other)?,
                 },
                 Ok(None) => {
                     self.done = true;

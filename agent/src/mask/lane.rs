@@ -102,22 +102,35 @@ impl MaskedRows {
         }
         let body = &msg[HEADER..];
         let line = body.strip_suffix(b"\n").unwrap_or(body);
-        let mut fields = row::split(line)?;
-        if fields.len() != self.mask.transforms.len() {
+        // Kept fields are copied as they came (still escaped); only a
+        // masked field is taken apart and escaped again.
+        self.fields_out.clear();
+        let mut n = 0;
+        for raw in line.split(|b| *b == b'\t') {
+            if n > 0 {
+                self.fields_out.push(b'\t');
+            }
+            match self.mask.transforms.get(n) {
+                Some(None) => self.fields_out.extend_from_slice(raw),
+                Some(Some(t)) => match row::unescape(raw)? {
+                    None => self.fields_out.extend_from_slice(row::NULL),
+                    Some(v) => match t.apply(&self.key, &v) {
+                        None => self.fields_out.extend_from_slice(row::NULL),
+                        Some(masked) => row::escape(&masked, &mut self.fields_out),
+                    },
+                },
+                None => {}
+            }
+            n += 1;
+        }
+        if n != self.mask.transforms.len() {
             return Err(format!(
-                "a row of {} has {} fields where {} columns were asked for",
+                "a row of {} has {n} fields where {} columns were asked for",
                 self.mask.table,
-                fields.len(),
                 self.mask.transforms.len()
             ));
         }
-        for (f, t) in fields.iter_mut().zip(self.mask.transforms.iter()) {
-            if let (Some(t), Some(v)) = (t, f.as_ref()) {
-                *f = t.apply(&self.key, v);
-            }
-        }
-        self.fields_out.clear();
-        row::join(&fields, &mut self.fields_out);
+        self.fields_out.push(b'\n');
         out.extend_from_slice(b"d");
         out.extend_from_slice(&((self.fields_out.len() + 4) as u32).to_be_bytes());
         out.extend_from_slice(&self.fields_out);

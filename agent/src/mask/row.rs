@@ -1,33 +1,21 @@
-//! One row of `COPY … TO STDOUT` text, taken apart into its fields and
-//! put together again: fields end at a tab, the row at a newline, `\N` is
+//! The fields of `COPY … TO STDOUT` text, their escapes undone and done
+//! again: fields end at a tab, the row at a newline, `\N` is
 //! NULL, and a backslash escapes a tab, a newline, a carriage return, a
 //! backslash or a byte given in octal or hex.
 
 /// A field's value: NULL, or its bytes with the escapes undone.
 pub type Field = Option<Vec<u8>>;
 
-/// The fields of `row` (without its newline).
-pub fn split(row: &[u8]) -> Result<Vec<Field>, String> {
-    row.split(|b| *b == b'\t').map(unescape).collect()
-}
+/// NULL as COPY text writes it.
+pub const NULL: &[u8] = b"\\N";
 
-/// `fields` as one row, newline included.
-pub fn join(fields: &[Field], out: &mut Vec<u8>) {
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b'\t');
-        }
-        match f {
-            None => out.extend_from_slice(b"\\N"),
-            Some(v) => escape(v, out),
-        }
-    }
-    out.push(b'\n');
-}
-
-fn unescape(raw: &[u8]) -> Result<Field, String> {
-    if raw == b"\\N" {
+/// One field's value, its escapes undone.
+pub fn unescape(raw: &[u8]) -> Result<Field, String> {
+    if raw == NULL {
         return Ok(None);
+    }
+    if !raw.contains(&b'\\') {
+        return Ok(Some(raw.to_vec()));
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -84,7 +72,12 @@ fn unescape(raw: &[u8]) -> Result<Field, String> {
     Ok(Some(out))
 }
 
-fn escape(v: &[u8], out: &mut Vec<u8>) {
+/// `v` escaped as a COPY text field, onto `out`.
+pub fn escape(v: &[u8], out: &mut Vec<u8>) {
+    if !v.iter().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+        out.extend_from_slice(v);
+        return;
+    }
     for &b in v {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -99,6 +92,25 @@ fn escape(v: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields of `row` (without its newline).
+    fn split(row: &[u8]) -> Result<Vec<Field>, String> {
+        row.split(|b| *b == b'\t').map(unescape).collect()
+    }
+
+    /// `fields` as one row, newline included.
+    fn join(fields: &[Field], out: &mut Vec<u8>) {
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            match f {
+                None => out.extend_from_slice(b"\\N"),
+                Some(v) => escape(v, out),
+            }
+        }
+        out.push(b'\n');
+    }
 
     #[test]
     fn rows_come_apart_and_back_together() {

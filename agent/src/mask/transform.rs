@@ -208,6 +208,12 @@ const NAME_MAX: usize = 11;
 /// Letters for letters (same case), digits for digits; with `letters`
 /// false only digits change. Multi-byte characters are kept as they are.
 fn scramble(key: &MaskKey, kind: &str, v: &[u8], letters: bool) -> Vec<u8> {
+    // Nothing to replace (blank padding, punctuation): the value is its own
+    // output, and no keyed bytes need computing.
+    let replaced = |c: &u8| c.is_ascii_digit() || (letters && c.is_ascii_alphabetic());
+    if !v.iter().any(replaced) {
+        return v.to_vec();
+    }
     let stream = key.stream(kind, v, v.len());
     v.iter()
         .zip(stream)
@@ -465,6 +471,15 @@ mod tests {
             text(&re, &k, "card 1234-5678, 9999-0000"),
             "card XXXX-5678, XXXX-0000"
         );
+    }
+
+    #[test]
+    fn a_scramble_with_nothing_to_replace_keeps_the_value() {
+        let k = key(3);
+        assert_eq!(text(&Transform::Text, &k, "   "), "   ");
+        assert_eq!(text(&Transform::Phone, &k, "+() -"), "+() -");
+        let padded = text(&Transform::Text, &k, "ab  ");
+        assert!(padded.ends_with("  ") && padded != "ab  ", "{padded}");
     }
 
     #[test]

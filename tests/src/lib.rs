@@ -10,6 +10,7 @@
 //! - [`fleet`]: the standard test fleet (two clusters, their agents, a PKI,
 //!   on request an S3 server and a plan), built with only what differs.
 //! - [`wait`]: [`eventually`], and the rule for tests that need root.
+//! - [`masked`]: the masking suites' production data, rules and fleet.
 //! - [`demo`]: the `stagesync-demo` binary's throwaway fleet, built from
 //!   these parts.
 
@@ -17,6 +18,7 @@ pub mod agent;
 pub mod demo;
 pub mod fixtures;
 pub mod fleet;
+pub mod masked;
 pub mod pg;
 pub mod pki;
 pub mod proxy;

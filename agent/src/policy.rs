@@ -43,12 +43,11 @@ pub fn may_dump(cfg: &AgentConfig, database: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// The masking rules `database` falls under here, if any.
-fn masking_file(cfg: &AgentConfig, database: &str) -> Option<String> {
+/// This agent's masking, if its rules name `database`.
+pub fn masking_for<'a>(cfg: &'a AgentConfig, database: &str) -> Option<&'a crate::mask::Masking> {
     cfg.masking
         .as_ref()
         .filter(|m| m.rules.for_database(database).is_some())
-        .map(|m| m.rules.file.display().to_string())
 }
 
 /// The privacy guard for backups: a backup is pg_dump's archive, which
@@ -60,9 +59,10 @@ pub fn may_back_up_unmasked<'a>(
     database: &str,
     places: impl IntoIterator<Item = &'a pb::S3Place>,
 ) -> Result<bool, AgentError> {
-    let (Some(file), Some(m)) = (masking_file(cfg, database), &cfg.masking) else {
+    let Some(m) = masking_for(cfg, database) else {
         return Ok(false);
     };
+    let file = m.rules.file.display();
     for place in places {
         let parts = places::place(&place.endpoint, &place.bucket, &place.prefix)
             .map_err(|e| invalid(cfg, e))?;
@@ -89,9 +89,10 @@ pub fn may_send_unmasked(
     database: &str,
     dest: &stagesync_certs::Identity,
 ) -> Result<bool, AgentError> {
-    let (Some(file), Some(m)) = (masking_file(cfg, database), &cfg.masking) else {
+    let Some(m) = masking_for(cfg, database) else {
         return Ok(false);
     };
+    let file = m.rules.file.display();
     if !m.unmasked_peers.contains(dest) {
         let listed: Vec<String> = m.unmasked_peers.iter().map(|p| p.to_string()).collect();
         return Err(denied(

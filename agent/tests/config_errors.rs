@@ -4,26 +4,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{AGENT, Fixture, expect_error, fixture, replace_line, run_agent};
+use common::{Fixture, accepted, expect_error, fixture, replace_line, run_agent};
 
 #[test]
 fn the_valid_base_configuration_is_accepted() {
     let f = fixture();
-    let path = f.dir.path().join("agent.toml");
-    std::fs::write(&path, &f.base).unwrap();
-    let out = Command::new(AGENT)
-        .args(["--check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://stagesync/agent/staging-db"));
+    let out = accepted(&f, &f.base);
+    assert!(out.contains("spiffe://stagesync/agent/staging-db"));
 }
 
 #[test]

@@ -4,9 +4,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::{AGENT, Fixture, expect_error, fixture, run_agent};
+use common::{Fixture, accepted, expect_error, fixture, run_agent, write_text};
 
 const RULES: &str = r#"[[databases]]
 names = ["production"]
@@ -47,18 +46,7 @@ fn with_masking(f: &Fixture, rules: &str, key: Option<(usize, u32)>) -> (String,
 fn good_masking_rules_and_key_are_accepted() {
     let f = fixture();
     let (text, _) = with_masking(&f, RULES, Some((32, 0o600)));
-    let path = f.dir.path().join("agent.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(AGENT)
-        .args(["--check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    accepted(&f, &text);
 }
 
 #[test]
@@ -131,9 +119,7 @@ fn bad_masking_rules_name_file_line_and_key() {
             .position(|l| l.contains(replace.split(" = ").next().unwrap()))
             .unwrap()
             + 1;
-        let path = f.dir.path().join("agent.toml");
-        std::fs::write(&path, text).unwrap();
-        let (code, stderr) = run_agent(&path);
+        let (code, stderr) = run_agent(&write_text(&f, &text));
         assert_eq!(code, Some(64), "{replace}: {stderr}");
         let prefix = format!("{}:{line}: ", rules_path.display());
         assert!(
@@ -154,9 +140,7 @@ fn bad_masking_rules_name_file_line_and_key() {
         1,
     );
     let (text, _) = with_masking(&f, &bad, Some((32, 0o600)));
-    let path = f.dir.path().join("agent.toml");
-    std::fs::write(&path, text).unwrap();
-    let (code, stderr) = run_agent(&path);
+    let (code, stderr) = run_agent(&write_text(&f, &text));
     assert_eq!(code, Some(64), "{stderr}");
     assert!(
         stderr.contains("masking.toml:3: ") && stderr.contains("strcit"),

@@ -112,6 +112,11 @@ pub async fn reconfigure(agent: &mut FleetAgent, edit: impl FnOnce(String) -> St
     let changed = edit(text.clone());
     assert_ne!(changed, text, "the edit changed nothing");
     std::fs::write(&path, changed).unwrap();
+    restart(agent).await;
+}
+
+/// Kills a process agent and starts it again (it reads its files anew).
+pub async fn restart(agent: &mut FleetAgent) {
     agent.process().kill().unwrap();
     agent.process().start().await.unwrap();
 }

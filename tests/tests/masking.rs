@@ -11,7 +11,9 @@ use stagesync_controller::plan::BackupPlan;
 use stagesync_controller::refresh::refresh;
 use stagesync_harness::Fleet;
 use stagesync_harness::fleet::{BACKUP_BUCKET, S3_PROFILE};
-use stagesync_harness::masked::{RULES, SENTINEL, masked_fleet, spec, strings, write_secret};
+use stagesync_harness::masked::{
+    RULES, SENTINEL, masked_fleet, restart, spec, strings, write_secret,
+};
 use stagesync_s3::{S3Location, SideConfig};
 
 /// Every file under `dir` that holds `needle`.
@@ -126,8 +128,7 @@ async fn masked_data_never_reaches_staging_and_joins_survive() {
 
     // Another key, others.
     write_secret(&dir.path().join("masking.key"), &[0x77; 40]);
-    f.prod_mut().process().kill().unwrap();
-    f.prod_mut().process().start().await.unwrap();
+    restart(f.prod_mut()).await;
     refresh(f.tls(), &spec(&f), |_| {})
         .await
         .expect("a refresh under another key");
@@ -162,8 +163,7 @@ async fn an_unclassified_column_stops_the_refresh() {
         RULES.replace("avatar = \"null\"\n", "avatar = \"null\"\nbio = \"keep\"\n"),
     )
     .unwrap();
-    f.prod_mut().process().kill().unwrap();
-    f.prod_mut().process().start().await.unwrap();
+    restart(f.prod_mut()).await;
     refresh(f.tls(), &spec(&f), |_| {})
         .await
         .expect("a refresh with the new column classified");
@@ -173,8 +173,7 @@ async fn an_unclassified_column_stops_the_refresh() {
     );
     f.remember_stage().await;
     std::fs::write(dir.path().join("masking.toml"), RULES).unwrap();
-    f.prod_mut().process().kill().unwrap();
-    f.prod_mut().process().start().await.unwrap();
+    restart(f.prod_mut()).await;
     // One worker: pg_dump's one stream, which cannot mask: refused.
     f.src()
         .exec("production", "ALTER TABLE users DROP COLUMN bio")

@@ -8,7 +8,7 @@ use stagesync_controller::refresh::{BackupSource, PairSource, PairSpec, refresh}
 use stagesync_harness::AgentRun;
 use stagesync_harness::fleet::{BACKUP_BUCKET, S3_PROFILE};
 use stagesync_harness::masked::{
-    RULES, SENTINEL, masked_fleet, masked_fleet_with, reconfigure, spec, strings,
+    RULES, SENTINEL, masked_fleet, masked_fleet_with, reconfigure, restart, spec, strings,
 };
 use stagesync_s3::{ProfileFilePaths, S3Location, SideConfig};
 
@@ -177,8 +177,7 @@ async fn rules_that_cannot_fit_their_columns_are_refused() {
     };
     let bad = with("\"email\"", "\"text\"", "{ int = [0, 100] }");
     std::fs::write(&rules_file, &bad).unwrap();
-    f.prod_mut().process().kill().unwrap();
-    f.prod_mut().process().start().await.unwrap();
+    restart(f.prod_mut()).await;
     let e = refresh(f.tls(), &spec(&f), |_| {})
         .await
         .unwrap_err()
@@ -210,8 +209,7 @@ async fn rules_that_cannot_fit_their_columns_are_refused() {
         with("{ value = \"x\" }", "\"keep\"", "\"keep\""),
     )
     .unwrap();
-    f.prod_mut().process().kill().unwrap();
-    f.prod_mut().process().start().await.unwrap();
+    restart(f.prod_mut()).await;
     refresh(f.tls(), &spec(&f), |_| {})
         .await
         .expect("a refresh whose rules fit");

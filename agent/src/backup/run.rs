@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::failure::{BackupFailure, BackupStep};
 use super::uploads::{Record, abort_failed, uploads_dir};
 use super::{Backups, Sender};
-use crate::{db, pg};
+use crate::{db, pg, policy};
 
 /// What the manifest records about the server and the tools.
 struct Facts {
@@ -49,7 +49,7 @@ impl Backups {
             pg_dump_version: facts.pg_dump_version,
             server_version: facts.server_version,
             database_size: facts.database_size,
-            unmasked_personal_data: crate::source::masked::applies(cfg, &req.database),
+            unmasked_personal_data: policy::masking_for(cfg, &req.database).is_some(),
         };
         put_manifest(&daily, &manifest_key, &dump_key, &manifest).await?;
         let kept = self.keep(req, &daily, &manifest_key, now.day()).await;

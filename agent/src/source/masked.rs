@@ -16,9 +16,7 @@ use crate::pg;
 
 /// Whether this agent masks `database`.
 pub fn applies(cfg: &AgentConfig, database: &str) -> bool {
-    cfg.masking
-        .as_ref()
-        .is_some_and(|m| m.rules.for_database(database).is_some())
+    crate::policy::masking_for(cfg, database).is_some()
 }
 
 /// Checks the rules against the layout and the live schema and gives each

@@ -14,7 +14,7 @@ pub use copy::COPY_SETTINGS;
 pub use layout::MAX_SLICES;
 mod lanes;
 mod layout;
-pub(crate) mod masked;
+mod masked;
 mod outbound;
 mod stream;
 

@@ -58,8 +58,7 @@ pub fn run_agent(config: &Path) -> (Option<i32>, String) {
 /// Writes `text` as a config and expects exit 64 naming `key` on the line
 /// that contains `marker`, plus `needle` somewhere in the message.
 pub fn expect_error(f: &Fixture, text: &str, marker: &str, key: &str, needle: &str) {
-    let path: PathBuf = f.dir.path().join("agent.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = write_text(f, text);
     let line = text
         .lines()
         .position(|l| l.contains(marker))
@@ -87,4 +86,26 @@ pub fn replace_line(text: &str, starts_with: &str, new: &str) -> String {
         .collect();
     assert!(found, "no line starts with {starts_with:?}");
     out.join("\n") + "\n"
+}
+
+/// Writes `text` as the fixture's agent.toml; its path.
+pub fn write_text(f: &Fixture, text: &str) -> PathBuf {
+    let path = f.dir.path().join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `stagesync-agent --check` accepts `text`; what it printed.
+pub fn accepted(f: &Fixture, text: &str) -> String {
+    let out = Command::new(AGENT)
+        .args(["--check", "--config"])
+        .arg(write_text(f, text))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -9,13 +9,19 @@ use anyhow::{Context, bail};
 use stagesync_certs::{Identity, Kind, ReloadingClientConfig};
 use stagesync_controller::AgentTarget;
 use stagesync_controller::refresh::{
-    Compress, Event, PairSpec, RefreshError, Report, abort_all, refresh, rollback,
+    Compress, CopyFormat, Event, PairSpec, RefreshError, Report, abort_all, refresh, rollback,
 };
 use stagesync_proto::v1 as pb;
 
 use crate::output::{Output, mib};
 use crate::status_cmd::tls_files;
 use crate::{Exit, TlsArgs};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CopyFormatArg {
+    Auto,
+    Text,
+}
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum ModeArg {
@@ -54,6 +60,11 @@ pub struct RefreshArgs {
     /// pg_dump's one stream).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=stagesync_proto::MAX_COPY_LANES as i64))]
     lanes: Option<u32>,
+    /// How copy lanes carry rows: "auto" sends a table in PostgreSQL's
+    /// binary COPY format when all its columns allow it and both servers
+    /// run one major version; "text" always sends text.
+    #[arg(long, value_enum, default_value = "auto")]
+    copy_format: CopyFormatArg,
     /// Send the dump uncompressed (for fast links where CPU is scarcer).
     /// Default: zstd, except between agents on one host (loopback).
     #[arg(long, conflicts_with = "compress")]
@@ -193,6 +204,10 @@ fn spec(args: &RefreshArgs, td: &str) -> anyhow::Result<PairSpec> {
     };
     spec.jobs = args.jobs;
     spec.lanes = args.lanes;
+    spec.copy_format = match args.copy_format {
+        CopyFormatArg::Auto => CopyFormat::Auto,
+        CopyFormatArg::Text => CopyFormat::Text,
+    };
     spec.compress = match (args.compress, args.no_compress) {
         (true, _) => Compress::Always,
         (_, true) => Compress::Never,
@@ -281,9 +296,10 @@ fn print_result(args: &RefreshArgs, result: Result<Report, RefreshError>) -> Exi
                     (0 | 1, 0) => String::new(),
                     (0 | 1, n) => format!(", indexes and constraints built by {n} workers"),
                     (l, n) => format!(
-                        ", {} tables ({} rows) copied in {} lanes with {} indexes built as their tables landed in {:.1} s, the rest of the post-data section by {n} workers in {:.1} s",
+                        ", {} tables ({} rows, {} tables in binary) copied in {} lanes with {} indexes built as their tables landed in {:.1} s, the rest of the post-data section by {n} workers in {:.1} s",
                         r.tables_copied,
                         r.rows_copied,
+                        r.tables_binary,
                         l - 1,
                         r.indexes_built,
                         r.copy_time.as_secs_f64(),

@@ -27,6 +27,10 @@ pub const FEATURE_DATA_LANES: &str = "copy-lanes-2";
 /// BLAKE3 (`Shape.digest`).
 pub const FEATURE_BLAKE3: &str = "blake3-digest";
 
+/// Info lists this feature when the agent can send and take a copy lane's
+/// rows in PostgreSQL's binary COPY format (`Shape.binary_rows`).
+pub const FEATURE_BINARY_ROWS: &str = "binary-copy-rows";
+
 /// The most copy lanes one refresh may use (each a COPY session on either
 /// side).
 pub const MAX_COPY_LANES: u32 = 16;

@@ -15,6 +15,7 @@ impl Shape {
             post_data_file: false,
             data_lanes: 0,
             digest: Digest::Sha256 as i32,
+            binary_rows: false,
         }
     }
 
@@ -47,6 +48,9 @@ impl Shape {
         }
         if self.lanes() > 1 && !self.post_data_file {
             return Err("data lanes need the post-data file".into());
+        }
+        if self.binary_rows && self.lanes() < 2 {
+            return Err("binary rows need copy lanes".into());
         }
         if self.lanes() > MAX_DATA_LANES {
             return Err(format!(
@@ -95,21 +99,28 @@ impl Shape {
                 agreed.lanes()
             ));
         }
+        if self.binary_rows && !agreed.binary_rows {
+            return Err(
+                "the stream announces binary COPY rows; the job was prepared for text only".into(),
+            );
+        }
         Ok(())
     }
 
     /// The most of `self` a source can send: lower, never higher.
     pub fn lowered(&self, post_data_file: bool, data_lanes: u32) -> Shape {
         let post_data_file = self.post_data_file && post_data_file;
+        let data_lanes = if post_data_file && data_lanes > 1 {
+            data_lanes.min(self.lanes())
+        } else {
+            0
+        };
         Shape {
             mode: self.mode,
             post_data_file,
-            data_lanes: if post_data_file && data_lanes > 1 {
-                data_lanes.min(self.lanes())
-            } else {
-                0
-            },
+            data_lanes,
             digest: self.digest,
+            binary_rows: self.binary_rows && data_lanes > 1,
         }
     }
 }
@@ -124,6 +135,7 @@ mod tests {
             post_data_file: true,
             data_lanes: lanes,
             digest: Digest::Sha256 as i32,
+            binary_rows: false,
         }
     }
 
@@ -160,6 +172,19 @@ mod tests {
         blake3.digest = Digest::Blake3 as i32;
         assert!(blake3.fits_within(&agreed).is_err(), "another digest");
         assert_eq!(blake3.lowered(true, 1).digest, Digest::Blake3 as i32);
+        let mut binary = split(2);
+        binary.binary_rows = true;
+        assert!(
+            binary.fits_within(&agreed).is_err(),
+            "binary rows not agreed"
+        );
+        let mut binary_agreed = agreed;
+        binary_agreed.binary_rows = true;
+        assert!(binary.fits_within(&binary_agreed).is_ok());
+        assert!(split(2).fits_within(&binary_agreed).is_ok(), "text is less");
+        let mut binary_alone = Shape::one_pass(Mode::Stream);
+        binary_alone.binary_rows = true;
+        assert!(binary_alone.check().is_err(), "binary rows without lanes");
     }
 
     #[test]
@@ -171,5 +196,12 @@ mod tests {
         assert_eq!(agreed.lowered(false, 4), Shape::one_pass(Mode::Stream));
         let one = Shape::one_pass(Mode::Stream);
         assert_eq!(one.lowered(true, 4), one);
+        let mut binary = split(4);
+        binary.binary_rows = true;
+        assert!(binary.lowered(true, 2).binary_rows);
+        assert!(
+            !binary.lowered(true, 1).binary_rows,
+            "no lanes, no binary rows"
+        );
     }
 }

@@ -14,7 +14,10 @@ use crate::PgCluster;
 /// 100k-row table, a bytea table, a table whose name needs quoting (and
 /// holds pattern characters), a large object, an enum, a domain with a
 /// CHECK, a generated column, a partitioned table, an unlogged table, a
-/// table with row-level security and a table without a primary key.
+/// table with row-level security and a table without a primary key; one
+/// table of many built-in types (binary COPY rows carry it) and one whose
+/// columns must travel as text (an array of an enum, a composite, a
+/// `regclass`).
 pub const RICH_SCHEMA: &str = r#"
 CREATE EXTENSION pgcrypto;
 CREATE SCHEMA app;
@@ -101,6 +104,33 @@ CREATE TABLE app.page_views (path text, viewed_at timestamptz, ms real, ratio do
 INSERT INTO app.page_views
   SELECT '/p/' || g % 37, TIMESTAMPTZ '2024-06-01 12:00:00+00' + g * interval '1 second', g / 7.0, 1.0 / g
   FROM generate_series(1, 5000) g;
+CREATE TABLE app.measures (
+    id int8 PRIMARY KEY, small int2, n numeric, f4 real, f8 double precision, ok bool,
+    code char(5), short varchar(12), raw bytea, day date, t time, ttz timetz, ts timestamp,
+    span interval, uid uuid, ip inet, net cidr, mac macaddr, doc jsonb, j json, bits bit(4),
+    vbits varbit, price money, pos point, r int4range, rs int4multirange, words tsvector,
+    nums int4[], tags text[], mood app.mood, cost app.cents, o oid
+);
+INSERT INTO app.measures
+  SELECT g, (g % 300 - 150)::int2,
+         CASE g % 50 WHEN 0 THEN 'NaN'::numeric ELSE (g * 1.0001 - 99)::numeric(20, 6) END,
+         CASE g % 40 WHEN 0 THEN '-Infinity'::real ELSE g / 3.0 END, 1.0 / g, g % 2 = 0,
+         'c' || g % 9, 'v' || g, decode(md5(g::text), 'hex'), DATE '2000-02-29' + g,
+         TIME '00:00:01' + g * interval '7 seconds', TIMETZ '12:00:00+05:30', TIMESTAMP '1999-12-31 23:59:59.5' + g * interval '1 day',
+         g * interval '1 month 2 days 3.25 seconds', md5(g::text)::uuid, ('10.0.' || g % 256 || '.' || g % 200)::inet,
+         '192.168.0.0/16', ('08:00:2b:01:02:' || lpad(to_hex(g % 256), 2, '0'))::macaddr,
+         jsonb_build_object('g', g, 'nested', jsonb_build_array(1, 'two', null)), ('{"k": ' || g || '}')::json,
+         (g % 16)::bit(4), (g % 64)::bit(6)::varbit, (g * 1.25)::money, point(g, -g), int4range(g, g + 10),
+         int4multirange(int4range(1, g + 2), int4range(g + 5, g + 9)), to_tsvector('simple', 'word' || g || ' other'),
+         ARRAY[g, NULL, -g], CASE g % 7 WHEN 0 THEN NULL ELSE ARRAY['a', NULL, E'tab\there "q"'] END,
+         (ARRAY['happy', 'sad', 'meh'])[1 + g % 3]::app.mood, g::bigint, g::oid
+  FROM generate_series(1, 2000) g;
+INSERT INTO app.measures(id) VALUES (0);
+CREATE TYPE app.money_pair AS (amount numeric, currency text);
+CREATE TABLE app.odd_columns (id int PRIMARY KEY, moods app.mood[], pair app.money_pair, rel regclass);
+INSERT INTO app.odd_columns
+  SELECT g, ARRAY['happy', 'meh']::app.mood[], ROW(g * 1.5, 'EUR')::app.money_pair, 'app.users'::regclass
+  FROM generate_series(1, 300) g;
 "#;
 
 /// Creates `db` owned by a role of the same name (made if missing) and loads

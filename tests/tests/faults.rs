@@ -149,7 +149,7 @@ impl Setup {
     /// The destination's backends running a lane's `COPY … FROM STDIN`.
     async fn copy_sessions(&self) -> Vec<i32> {
         let sql = "SELECT pid FROM pg_stat_activity \
-                   WHERE query LIKE 'COPY % FROM STDIN WITH (FREEZE)' AND state = 'active' \
+                   WHERE query LIKE 'COPY % FROM STDIN WITH (FREEZE%' AND state = 'active' \
                      AND (usename LIKE 'stagesync\\_job\\_%' OR usename = 'stagesync_dst')";
         match self.dst().client("postgres").await {
             Ok(c) => c
@@ -380,7 +380,7 @@ async fn a_lanes_copy_failing_on_the_source() {
     s.wait_lanes().await;
     // app.posts's lane (audit.log, the other large table, may have one too).
     let sql = "SELECT pid FROM pg_stat_activity \
-               WHERE query LIKE 'COPY \"app\".\"posts\" % TO STDOUT' AND state = 'active'";
+               WHERE query LIKE 'COPY \"app\".\"posts\" % TO STDOUT%' AND state = 'active'";
     let src = s.src().client("postgres").await.unwrap();
     let victims: Vec<i32> = src
         .query(sql, &[])
@@ -431,10 +431,20 @@ async fn aborted_while_indexing() {
     let s = setup(Fleet::builder()).await;
     let run = s.start(s.spec());
     s.wait_restoring().await;
-    // The tables exist once data flows. A share lock lets app.teams' rows in
-    // but keeps its primary key (post-data) waiting.
+    // A share lock lets app.teams' rows in but keeps its primary key
+    // (post-data) waiting; taken once the schema created the table.
     let job = s.dest_jobs().await.last().unwrap().clone();
     let holder = s.dst().client(&job.new_database).await.unwrap();
+    eventually("the schema to create app.teams", async || {
+        let row = holder
+            .query_one("SELECT to_regclass('app.teams') IS NOT NULL", &[])
+            .await;
+        match row.map(|r| r.get::<_, bool>(0)) {
+            Ok(true) => Ok(()),
+            other => Err(other.map_err(|e| e.to_string())),
+        }
+    })
+    .await;
     holder
         .batch_execute("BEGIN; LOCK TABLE app.teams IN ACCESS SHARE MODE")
         .await
@@ -764,6 +774,7 @@ async fn prepare_job(s: &Setup, job_id: &str, ticket: &str) {
         post_data_file: true,
         data_lanes: stagesync_proto::MAX_DATA_LANES,
         digest: pb::Digest::Sha256 as i32,
+        binary_rows: true,
     };
     dest.prepare_restore(pb::PrepareRestoreRequest {
         job_id: job_id.into(),
@@ -944,6 +955,7 @@ async fn malformed_split_streams_are_refused() {
                 post_data_file: announced,
                 data_lanes: 0,
                 digest: pb::Digest::Sha256 as i32,
+                binary_rows: false,
             }),
             ..Default::default()
         };
@@ -1182,6 +1194,7 @@ async fn malformed_lane_streams_are_refused() {
                 post_data_file,
                 data_lanes: lanes,
                 digest: pb::Digest::Sha256 as i32,
+                binary_rows: false,
             }),
             // The copy lane carries a table of the fixture.
             lane_tables: (1..lanes.min(2))
@@ -1191,6 +1204,7 @@ async fn malformed_lane_streams_are_refused() {
                     columns: vec!["id".into()],
                     indexes: Vec::new(),
                     slices: 1,
+                    binary: false,
                 })
                 .collect(),
             ..Default::default()
@@ -1208,6 +1222,7 @@ async fn malformed_lane_streams_are_refused() {
             post_data_file: true,
             data_lanes: 2,
             digest: pb::Digest::Sha256 as i32,
+            binary_rows: false,
         }),
         ..Default::default()
     };

@@ -1,7 +1,9 @@
 //! Database refreshes between two real agents over mutual TLS, on two real
 //! PostgreSQL clusters.
 
-use stagesync_controller::refresh::{Compress, PairSpec, RefreshError, refresh, rollback};
+use stagesync_controller::refresh::{
+    Compress, CopyFormat, PairSpec, RefreshError, refresh, rollback,
+};
 use stagesync_harness::Fleet;
 use stagesync_harness::fixtures::{assert_identical, content_hashes};
 use stagesync_proto::v1 as pb;
@@ -59,6 +61,10 @@ async fn refresh_and_compare(mode: pb::Mode, compress: Compress, jobs: u32) {
         assert!(report.tables_copied >= 8, "{report:?}");
         assert_eq!(report.slices_copied, report.tables_copied, "{report:?}");
         assert!(report.rows_copied > 120_000, "{report:?}");
+        // Both servers run one major version: every table's rows went in
+        // the binary format but app.odd_columns' (an array of an enum, a
+        // composite, a regclass: text).
+        assert_eq!(report.tables_copied - report.tables_binary, 1, "{report:?}");
     } else {
         assert_eq!(report.rows_copied, 0, "{report:?}");
     }
@@ -100,6 +106,21 @@ async fn stream_mode_in_four_lanes_arrives_identical() {
     refresh_and_compare(pb::Mode::Stream, Compress::Auto, 4).await;
 }
 
+/// `copy_format = "text"` (here `CopyFormat::Text`) sends every table's
+/// rows as text; the copy arrives identical all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn text_rows_when_the_plan_asks() {
+    let f = fleet().await;
+    let mut spec = f.pair();
+    spec.copy_format = CopyFormat::Text;
+    let report = refresh(f.tls(), &spec, |_| {})
+        .await
+        .expect("refresh succeeds");
+    assert!(report.tables_copied >= 8, "{report:?}");
+    assert_eq!(report.tables_binary, 0, "{report:?}");
+    assert_identical(&f).await;
+}
+
 /// A table above `jobs.split_table_mb` travels in slices of block ranges,
 /// several lanes copying it at once; it arrives identical, its keys built
 /// once its last slice is in.
@@ -123,6 +144,8 @@ async fn a_large_table_in_slices_arrives_identical() {
         report.slices_copied >= report.tables_copied + 3,
         "app.posts went in slices: {report:?}"
     );
+    // Its slices went in binary, each a COPY of its own.
+    assert_eq!(report.tables_copied - report.tables_binary, 1, "{report:?}");
     assert!(report.indexes_built > 0, "{report:?}");
     assert_identical(&f).await;
 }

@@ -1,11 +1,11 @@
 //! A copy lane on the destination: the tables (or slices of tables) one
-//! lane carries, one after the other, as COPY text into the new database,
-//! in one session logged in as the job's own role. Each slice is a
-//! transaction of its own, which holds one of the job's slots while it
-//! runs. A table that arrives whole is emptied and copied in the same
-//! transaction (the pre-data pass created it moments ago, so nothing is
-//! lost), which lets PostgreSQL write the rows frozen: no later pass
-//! rewrites them. When a table's last slice commits, the lane says it
+//! lane carries, one after the other, as COPY rows (text or binary) into
+//! the new database, in one session logged in as the job's own role. Each
+//! slice is a transaction of its own, which holds one of the job's slots
+//! while it runs, if one is free (it never waits for one). A table that
+//! arrives whole is emptied and copied in the same transaction (the
+//! pre-data pass created it moments ago, so nothing is lost), which lets
+//! PostgreSQL write the rows frozen: no later pass rewrites them. When a table's last slice commits, the lane says it
 //! landed, so its indexes can be built.
 
 use std::sync::Arc;
@@ -63,7 +63,8 @@ pub struct CopyLane {
     pub pg: PostgresConfig,
     pub login: JobLogin,
     pub tables: Arc<LaneTables>,
-    /// Held by each slice while it copies (shared with the index builds).
+    /// Taken by each slice while it copies, when one is free (shared with
+    /// the index builds, which wait for one).
     pub slots: Arc<Semaphore>,
     /// Told `table + 1` when a table's last slice committed.
     pub landed: mpsc::UnboundedSender<usize>,
@@ -82,11 +83,11 @@ impl CopyLane {
             };
             let t = &self.tables.tables[table];
             let name = format!("{}.{}", t.schema, t.table);
-            let _slot = self
-                .slots
-                .acquire()
-                .await
-                .map_err(|_| StepError::cancelled(pb::Step::PgRestore))?;
+            // A slice never waits for a slot: its rows share the one
+            // incoming stream with the other lanes', and a lane that stopped
+            // taking them would stall every lane behind it. It takes a free
+            // slot, so index builds wait while it copies.
+            let slot = self.slots.clone().try_acquire_owned().ok();
             let c = match &mut session {
                 Some(c) => c,
                 None => session.insert(self.connect().await?),
@@ -102,11 +103,17 @@ impl CopyLane {
             let rows = copy_slice(&self.job, self.lane, c, t, &mut rx)
                 .await
                 .map_err(|e| StepError::new(pb::Step::PgRestore, format!("{what}: {e}")))?;
+            // Free before the table is said to have landed, so its index
+            // builds count the cores this slice no longer uses.
+            drop(slot);
             self.job.slices_copied.fetch_add(1, Ordering::Relaxed);
             self.job.lane_progress(self.lane, |p| p.table.clear());
             tracing::debug!(job = %self.job.id, lane = self.lane, table = %name, slice, rows, "slice copied");
             if self.tables.landed(table) {
                 self.job.tables_copied.fetch_add(1, Ordering::Relaxed);
+                if t.binary {
+                    self.job.tables_binary.fetch_add(1, Ordering::Relaxed);
+                }
                 let _ = self.landed.send(table + 1);
             }
         }
@@ -169,8 +176,9 @@ async fn copy_slice(
             }
         }
     };
-    // The slice ended, its digest checked: the rows are complete.
-    if !check.at_boundary() || check.messages != rows {
+    // The slice ended, its digest checked: the rows are complete (in
+    // binary, one message more: the format's trailer).
+    if !check.at_boundary() || check.messages != rows + u64::from(t.binary) {
         return Err(format!(
             "the slice's rows were cut short: {} messages, the source sent {rows} rows",
             check.messages
@@ -190,24 +198,30 @@ async fn copy_slice(
 }
 
 /// For a table that arrives whole: `TRUNCATE ONLY` it, then `COPY … FROM
-/// STDIN (FREEZE)`; for a slice, only `COPY … FROM STDIN`.
+/// STDIN (FREEZE)`; for a slice, only `COPY … FROM STDIN`; in the binary
+/// format where the table's rows travel so.
 pub fn copy_in_sql(t: &pb::LaneTable) -> (Option<String>, String) {
     let table = format!("{}.{}", ident(&t.schema), ident(&t.table));
     let columns: Vec<String> = t.columns.iter().map(|c| ident(c)).collect();
     let copy = format!("COPY {table} ({}) FROM STDIN", columns.join(", "));
-    match t.slices {
-        0 | 1 => (
-            Some(format!("TRUNCATE ONLY {table}")),
-            format!("{copy} WITH (FREEZE)"),
-        ),
-        _ => (None, copy),
-    }
+    let whole = t.slices <= 1;
+    let options: Vec<&str> = [(whole, "FREEZE"), (t.binary, "FORMAT binary")]
+        .into_iter()
+        .filter_map(|(on, option)| on.then_some(option))
+        .collect();
+    let copy = match options.is_empty() {
+        true => copy,
+        false => format!("{copy} WITH ({})", options.join(", ")),
+    };
+    (whole.then(|| format!("TRUNCATE ONLY {table}")), copy)
 }
 
-/// The header's lane tables, checked: with copy lanes, at least one, each
-/// with a table name, stored columns and a sane number of slices; none
+/// The header's lane tables, checked against the stream's `shape`: with
+/// copy lanes, at least one, each with a table name, stored columns and a
+/// sane number of slices, in binary only where the shape allows; none
 /// without.
-pub fn check_lane_tables(lanes: u32, tables: &[pb::LaneTable]) -> Result<(), String> {
+pub fn check_lane_tables(shape: &pb::Shape, tables: &[pb::LaneTable]) -> Result<(), String> {
+    let lanes = shape.lanes();
     if (lanes > 1) == tables.is_empty() {
         return Err(format!(
             "the stream has {lanes} data lanes and names {} tables for them: a source agent of another version? Upgrade both agents",
@@ -227,6 +241,12 @@ pub fn check_lane_tables(lanes: u32, tables: &[pb::LaneTable]) -> Result<(), Str
                 t.schema, t.table, t.slices
             ));
         }
+        if t.binary && !shape.binary_rows {
+            return Err(format!(
+                "lane table {i} ({:?}.{:?}) comes in binary, which the stream's shape does not allow",
+                t.schema, t.table
+            ));
+        }
     }
     Ok(())
 }
@@ -242,6 +262,7 @@ mod tests {
             columns: vec!["id".into(), "Body".into()],
             indexes: Vec::new(),
             slices,
+            binary: false,
         }
     }
 
@@ -257,14 +278,39 @@ mod tests {
         let (truncate, copy) = copy_in_sql(&table(3));
         assert!(truncate.is_none());
         assert!(copy.ends_with("FROM STDIN"), "{copy}");
-        assert!(check_lane_tables(3, &[table(1), table(2)]).is_ok());
-        assert!(check_lane_tables(0, &[]).is_ok());
-        assert!(check_lane_tables(3, &[]).is_err());
-        assert!(check_lane_tables(0, &[table(1)]).is_err());
-        assert!(check_lane_tables(2, &[table(0)]).is_err());
-        assert!(check_lane_tables(2, &[table(MAX_SLICES + 1)]).is_err());
+        // Binary rows: the format's option, with FREEZE or alone.
+        let mut binary = table(1);
+        binary.binary = true;
+        assert!(
+            copy_in_sql(&binary)
+                .1
+                .ends_with("FROM STDIN WITH (FREEZE, FORMAT binary)")
+        );
+        binary.slices = 2;
+        assert!(
+            copy_in_sql(&binary)
+                .1
+                .ends_with("FROM STDIN WITH (FORMAT binary)")
+        );
+        let shape = |lanes: u32| pb::Shape {
+            mode: pb::Mode::Stream as i32,
+            post_data_file: lanes > 1,
+            data_lanes: lanes,
+            ..Default::default()
+        };
+        assert!(check_lane_tables(&shape(3), &[table(1), table(2)]).is_ok());
+        assert!(check_lane_tables(&shape(0), &[]).is_ok());
+        assert!(check_lane_tables(&shape(3), &[]).is_err());
+        assert!(check_lane_tables(&shape(0), &[table(1)]).is_err());
+        assert!(check_lane_tables(&shape(2), &[table(0)]).is_err());
+        assert!(check_lane_tables(&shape(2), &[table(MAX_SLICES + 1)]).is_err());
         let mut no_columns = table(1);
         no_columns.columns.clear();
-        assert!(check_lane_tables(2, &[no_columns]).is_err());
+        assert!(check_lane_tables(&shape(2), &[no_columns]).is_err());
+        // Binary only where the shape allows.
+        assert!(check_lane_tables(&shape(2), std::slice::from_ref(&binary)).is_err());
+        let mut binary_shape = shape(2);
+        binary_shape.binary_rows = true;
+        assert!(check_lane_tables(&binary_shape, &[binary, table(1)]).is_ok());
     }
 }

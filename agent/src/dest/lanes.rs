@@ -57,9 +57,9 @@ impl RestoreRun<'_> {
         let plan = self.post_data_plan(&schema, tables).await;
         tracing::info!(job = %self.job.id, lanes, tables = tables.len(), early = plan.early_items(), later = plan.rest.len(), "tables created; copying the data in lanes");
         // Copied slices and index builds share `jobs` slots (never fewer
-        // than copy lanes, so a lane waiting for one never waits on a lane
-        // that waits for its data): each slice holds one while it copies,
-        // each build one while it runs.
+        // than copy lanes): each slice takes a free one while it copies
+        // (never waiting: the lanes share one incoming stream), each build
+        // waits for one and holds it while it runs.
         let total = self.setup.jobs.max(lanes - 1);
         let slots = Arc::new(Semaphore::new(total as usize));
         let (landed_tx, landed) = mpsc::unbounded_channel();

@@ -115,6 +115,7 @@ mod tests {
             columns: vec!["id".into()],
             indexes: vec!["big_pkey".into(), "big_u_key".into(), "big_v".into()],
             slices: 1,
+            binary: false,
         };
         let p = plan(LISTING, &[big]);
         let ids = |lines: &[String]| -> Vec<String> {

@@ -32,7 +32,7 @@ impl Restorer {
                 return Err(e);
             }
         }
-        if let Err(e) = super::copy::check_lane_tables(shape.lanes(), &header.lane_tables) {
+        if let Err(e) = super::copy::check_lane_tables(&shape, &header.lane_tables) {
             job.fail(StepError::new(pb::Step::Stream, e.clone()));
             return Err(self.denied(e));
         }

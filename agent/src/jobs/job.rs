@@ -68,6 +68,8 @@ pub struct Job {
     pub indexes_built: AtomicU32,
     /// Destination: tables the copy lanes brought in whole.
     pub tables_copied: AtomicU32,
+    /// Destination: of those, the tables that came in the binary format.
+    pub tables_binary: AtomicU32,
     /// Destination: rows the copy lanes committed.
     pub rows_copied: AtomicU64,
     /// Destination: slices the copy lanes committed.
@@ -127,6 +129,7 @@ impl Job {
             data_lanes: AtomicU32::new(0),
             indexes_built: AtomicU32::new(0),
             tables_copied: AtomicU32::new(0),
+            tables_binary: AtomicU32::new(0),
             rows_copied: AtomicU64::new(0),
             slices_copied: AtomicU32::new(0),
             copy_ms: AtomicU64::new(0),
@@ -308,6 +311,7 @@ impl Job {
             rows_kept: self.rows_kept.load(Ordering::Relaxed),
             indexes_built: self.indexes_built.load(Ordering::Relaxed),
             tables_copied: self.tables_copied.load(Ordering::Relaxed),
+            tables_binary: self.tables_binary.load(Ordering::Relaxed),
             slices_copied: self.slices_copied.load(Ordering::Relaxed),
             rows_copied: self.rows_copied.load(Ordering::Relaxed),
             copy_ms: self.copy_ms.load(Ordering::Relaxed),

@@ -33,8 +33,10 @@ pub struct CopySession {
     masker: Option<MaskedRows>,
     /// Masked rows not handed out yet.
     out: Bytes,
-    /// Rows of the current COPY read so far.
-    pub rows: u64,
+    /// CopyData messages of the current COPY read so far.
+    messages: u64,
+    /// The current COPY is in the binary format.
+    binary: bool,
 }
 
 impl CopySession {
@@ -64,21 +66,28 @@ impl CopySession {
             key,
             masker: None,
             out: Bytes::new(),
-            rows: 0,
+            messages: 0,
+            binary: false,
         })
     }
 
     /// Starts the COPY of slice `slice` of `table`; its rows come from
     /// [`CopySession::next`].
     pub async fn copy(&mut self, table: &CopyTable, slice: u32) -> Result<(), String> {
-        let sql = copy_out_sql(&table.name, &table.columns, slice_range(table, slice));
+        let binary = table.binary();
+        let sql = copy_out_sql(
+            &table.name,
+            &table.columns,
+            slice_range(table, slice),
+            binary,
+        );
         self.wire.copy_out(&sql).await.map_err(|e| {
             format!(
                 "starting the COPY of {}.{}: {e}",
                 table.name.schema, table.name.table
             )
         })?;
-        (self.done, self.rows) = (false, 0);
+        (self.done, self.messages, self.binary) = (false, 0, binary);
         self.masker = match (&table.mask, &self.key) {
             (None, _) => None,
             (Some(mask), Some(key)) => Some(MaskedRows::new(mask.clone(), key.clone())),
@@ -100,7 +109,7 @@ impl CopySession {
             if self.done {
                 return Ok(Bytes::new());
             }
-            match self.wire.copy_data(CHUNK, &mut self.rows).await {
+            match self.wire.copy_data(CHUNK, &mut self.messages).await {
                 Ok(Some(run)) => match &mut self.masker {
                     None => return Ok(run),
                     // Masked rows may come out longer or shorter; they are
@@ -115,6 +124,16 @@ impl CopySession {
                 }
                 Err(e) => return Err(std::io::Error::other(e)),
             }
+        }
+    }
+
+    /// Rows of the current COPY read so far: one CopyData message each,
+    /// but for the binary format's trailer (a message of its own, after
+    /// the last row).
+    pub fn rows(&self) -> u64 {
+        match self.binary && self.done {
+            true => self.messages.saturating_sub(1),
+            false => self.messages,
         }
     }
 }
@@ -132,20 +151,23 @@ pub fn slice_range(table: &CopyTable, slice: u32) -> Option<(u64, Option<u64>)> 
 }
 
 /// `COPY "schema"."table" ("a", "b") TO STDOUT`, or for a block range
-/// `COPY (SELECT … WHERE ctid >= '(from,0)' AND ctid < '(to,0)') TO STDOUT`.
+/// `COPY (SELECT … WHERE ctid >= '(from,0)' AND ctid < '(to,0)') TO STDOUT`;
+/// `WITH (FORMAT binary)` after either when `binary`.
 pub fn copy_out_sql(
     table: &TableName,
     columns: &[String],
     range: Option<(u64, Option<u64>)>,
+    binary: bool,
 ) -> String {
     let name = format!("{}.{}", ident(&table.schema), ident(&table.table));
     let columns = column_list(columns);
+    let format = if binary { " WITH (FORMAT binary)" } else { "" };
     match range {
-        None => format!("COPY {name} ({columns}) TO STDOUT"),
+        None => format!("COPY {name} ({columns}) TO STDOUT{format}"),
         Some((from, to)) => {
             let upper = to.map_or(String::new(), |to| format!(" AND ctid < '({to},0)'::tid"));
             format!(
-                "COPY (SELECT {columns} FROM ONLY {name} WHERE ctid >= '({from},0)'::tid{upper}) TO STDOUT"
+                "COPY (SELECT {columns} FROM ONLY {name} WHERE ctid >= '({from},0)'::tid{upper}) TO STDOUT{format}"
             )
         }
     }
@@ -175,6 +197,7 @@ mod tests {
             bytes: blocks * 8192,
             blocks,
             slices,
+            binary_safe: false,
             mask: None,
         }
     }
@@ -183,8 +206,12 @@ mod tests {
     fn the_copy_names_every_part_quoted() {
         let t = table(1, 10);
         assert_eq!(
-            copy_out_sql(&t.name, &t.columns, slice_range(&t, 0)),
+            copy_out_sql(&t.name, &t.columns, slice_range(&t, 0), false),
             "COPY \"My App\".\"odd\"\"name\" (\"id\", \"Body Text\") TO STDOUT"
+        );
+        assert_eq!(
+            copy_out_sql(&t.name, &t.columns, None, true),
+            "COPY \"My App\".\"odd\"\"name\" (\"id\", \"Body Text\") TO STDOUT WITH (FORMAT binary)"
         );
     }
 
@@ -196,13 +223,13 @@ mod tests {
         // The last is open-ended.
         assert_eq!(slice_range(&t, 2), Some((8, None)));
         assert_eq!(
-            copy_out_sql(&t.name, &t.columns, slice_range(&t, 1)),
+            copy_out_sql(&t.name, &t.columns, slice_range(&t, 1), false),
             "COPY (SELECT \"id\", \"Body Text\" FROM ONLY \"My App\".\"odd\"\"name\" \
              WHERE ctid >= '(4,0)'::tid AND ctid < '(8,0)'::tid) TO STDOUT"
         );
         assert!(
-            copy_out_sql(&t.name, &t.columns, slice_range(&t, 2))
-                .ends_with("WHERE ctid >= '(8,0)'::tid) TO STDOUT")
+            copy_out_sql(&t.name, &t.columns, slice_range(&t, 2), true)
+                .ends_with("WHERE ctid >= '(8,0)'::tid) TO STDOUT WITH (FORMAT binary)")
         );
     }
 }

@@ -250,7 +250,7 @@ impl LaneRun {
     }
 }
 
-/// One table's slice on a copy lane: TableStart, its COPY text, TableEnd.
+/// One table's slice on a copy lane: TableStart, its COPY rows, TableEnd.
 async fn send_slice(
     out: &Outbound,
     session: &mut CopySession,
@@ -281,7 +281,7 @@ async fn send_slice(
     let end = pb::TableEnd {
         lane,
         so_far: Some(enc.trailer()),
-        rows: session.rows,
+        rows: session.rows(),
     };
     out.send(frame(pb::dump_frame::Kind::TableEnd(end))).await
 }

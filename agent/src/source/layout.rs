@@ -44,8 +44,19 @@ pub struct CopyTable {
     pub blocks: u64,
     /// Block ranges it travels in (1: whole).
     pub slices: u32,
+    /// The agreed shape allows binary rows and every stored column's type
+    /// has a binary form that names no object by OID (see `COPY_TABLES`).
+    pub binary_safe: bool,
     /// How its rows are masked, when the agent's rules mask any column.
     pub mask: Option<std::sync::Arc<crate::mask::TableMask>>,
+}
+
+impl CopyTable {
+    /// Whether its rows travel in the binary COPY format: where allowed
+    /// and safe, unless they are masked (masking rewrites text fields).
+    pub fn binary(&self) -> bool {
+        self.binary_safe && self.mask.is_none()
+    }
 }
 
 impl Layout {
@@ -73,7 +84,7 @@ impl Layout {
         if super::masked::applies(cfg, database) {
             limits.lane_min_table_bytes = 0;
         }
-        let (tables, unlaned) = match &snapshot {
+        let (mut tables, unlaned) = match &snapshot {
             Some(s) if agreed.lanes() > 1 => copy_tables(&s.session, dump, &limits)
                 .await
                 .unwrap_or_else(|e| {
@@ -89,8 +100,12 @@ impl Layout {
             0 => 0,
             n => n.min(agreed.lanes() as u64 - 1) as u32 + 1,
         };
+        let shape = agreed.lowered(snapshot.is_some(), lanes);
+        if !shape.binary_rows {
+            tables.iter_mut().for_each(|t| t.binary_safe = false);
+        }
         Layout {
-            shape: agreed.lowered(snapshot.is_some(), lanes),
+            shape,
             snapshot,
             tables,
             unlaned,
@@ -107,6 +122,7 @@ impl Layout {
                 columns: t.columns.clone(),
                 indexes: t.indexes.clone(),
                 slices: t.slices,
+                binary: t.binary(),
             })
             .collect()
     }
@@ -179,7 +195,16 @@ pub const MAX_COPY_TABLES: i64 = 4000;
 /// Every ordinary table (partitions too, each leaf on its own; not
 /// temporary, not an extension's) of at least `$1` bytes, biggest first,
 /// at most `$2`, with its size in bytes and blocks, whether it is unlogged,
-/// its stored columns (not dropped, not generated) and its indexes.
+/// its stored columns (not dropped, not generated), its indexes, and
+/// whether its rows may travel in the binary COPY format.
+///
+/// Binary rows are safe when every stored column's type, seen through any
+/// domains, is an enum (sent as its label) or a built-in base, range or
+/// multirange type (or an array of one) with binary input and output,
+/// other than the `reg*` types (sent as OIDs, which differ between
+/// clusters). Anything else (a composite type, an array of an enum or of a
+/// domain, which carry their element's OID, or an extension's type) goes
+/// as text.
 const COPY_TABLES: &str = "SELECT n.nspname::text, c.relname::text, \
        pg_catalog.pg_table_size(c.oid)::int8, \
        (pg_catalog.pg_relation_size(c.oid) \
@@ -190,7 +215,22 @@ const COPY_TABLES: &str = "SELECT n.nspname::text, c.relname::text, \
              AND a.attgenerated = '' ORDER BY a.attnum), \
        ARRAY(SELECT ic.relname::text FROM pg_catalog.pg_index i \
            JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
-           WHERE i.indrelid = c.oid ORDER BY 1) \
+           WHERE i.indrelid = c.oid ORDER BY 1), \
+       NOT EXISTS (WITH RECURSIVE t(oid) AS ( \
+           SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             AND a.attgenerated = '' \
+           UNION SELECT y.typbasetype FROM t \
+           JOIN pg_catalog.pg_type y ON y.oid = t.oid WHERE y.typtype = 'd') \
+         SELECT 1 FROM t JOIN pg_catalog.pg_type y ON y.oid = t.oid \
+         LEFT JOIN pg_catalog.pg_type e ON e.oid = y.typelem AND y.typcategory = 'A' \
+         WHERE y.typtype <> 'd' AND NOT (y.typtype = 'e' \
+           OR (y.oid < 16384 AND y.typtype IN ('b', 'r', 'm') \
+             AND y.typsend <> 0 AND y.typreceive <> 0 \
+             AND (e.oid IS NULL OR (e.typsend <> 0 AND e.typreceive <> 0)) \
+             AND COALESCE(e.typname, y.typname) NOT IN ('regclass', 'regcollation', \
+               'regconfig', 'regdictionary', 'regnamespace', 'regoper', 'regoperator', \
+               'regproc', 'regprocedure', 'regrole', 'regtype')))) \
      FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
@@ -279,6 +319,7 @@ async fn copy_tables(
         let unlogged: bool = row.try_get(4).map_err(read("a table's persistence"))?;
         let columns: Vec<String> = row.try_get(5).map_err(read("a table's columns"))?;
         let indexes: Vec<String> = row.try_get(6).map_err(read("a table's indexes"))?;
+        let binary_safe: bool = row.try_get(7).map_err(read("a table's column types"))?;
         // A name pg_dump cannot be given exactly stays in lane 0, and so
         // does a table of generated columns only (no rows to copy by name).
         let ascii = name.schema.is_ascii() && name.table.is_ascii();
@@ -303,6 +344,7 @@ async fn copy_tables(
             bytes,
             blocks,
             slices,
+            binary_safe,
             mask: None,
         });
     }

@@ -90,6 +90,8 @@ pub struct PlanPair {
     /// Stream mode: at most this many concurrent COPY lanes (None: `jobs`;
     /// 0: none, all data in pg_dump's stream).
     pub lanes: Option<u32>,
+    /// How copy lanes carry rows (`copy_format`: "auto" or "text").
+    pub copy_format: crate::refresh::CopyFormat,
     pub compress: crate::refresh::Compress,
     pub dump: pb::DumpOptions,
     pub restore: pb::RestoreOptions,

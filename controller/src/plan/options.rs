@@ -6,13 +6,14 @@ use stagesync_proto::v1 as pb;
 
 use super::pair::PairCheck;
 use super::raw::RawOptions;
-use crate::refresh::Compress;
+use crate::refresh::{Compress, CopyFormat};
 
 /// The options of one pair, validated.
 pub(super) struct RunOptions {
     pub(super) mode: pb::Mode,
     pub(super) jobs: u32,
     pub(super) lanes: Option<u32>,
+    pub(super) copy_format: CopyFormat,
     pub(super) compress: Compress,
     pub(super) dump: pb::DumpOptions,
     pub(super) restore: pb::RestoreOptions,
@@ -24,10 +25,12 @@ impl PairCheck<'_> {
         let mode = self.mode(&o)?;
         let jobs = self.jobs(&o)?;
         let lanes = self.lanes(&o)?;
+        let copy_format = self.copy_format(&o)?;
         Ok(RunOptions {
             mode,
             jobs,
             lanes,
+            copy_format,
             compress: match o.compress {
                 None => Compress::Auto,
                 Some(true) => Compress::Always,
@@ -72,6 +75,22 @@ impl PairCheck<'_> {
             }
             Some(j) => Ok(*j.get_ref()),
             None => Ok(2),
+        }
+    }
+
+    /// "auto" (the default): binary rows where both ends allow; "text".
+    fn copy_format(&self, o: &RawOptions) -> Result<CopyFormat, ConfigError> {
+        match &o.copy_format {
+            None => Ok(CopyFormat::Auto),
+            Some(f) => match f.get_ref().as_str() {
+                "auto" => Ok(CopyFormat::Auto),
+                "text" => Ok(CopyFormat::Text),
+                other => self.at.err(
+                    f.span(),
+                    "copy_format",
+                    format!("unknown copy format {other:?}: \"auto\" (binary where both ends allow) or \"text\""),
+                ),
+            },
         }
     }
 

@@ -55,6 +55,7 @@ pub(super) fn validate_pair(
         mode: run.mode,
         jobs: run.jobs,
         lanes: run.lanes,
+        copy_format: run.copy_format,
         compress: run.compress,
         dump: run.dump,
         restore: run.restore,

@@ -129,6 +129,7 @@ option_keys! {
     mode: Option<S<String>>,
     jobs: Option<S<u32>>,
     lanes: Option<S<u32>>,
+    copy_format: Option<S<String>>,
     compress: Option<bool>,
     privileges: Option<bool>,
     exclude_tables: Option<Vec<String>>,

@@ -46,6 +46,7 @@ impl Plan {
         spec.mode = p.mode;
         spec.jobs = p.jobs;
         spec.lanes = p.lanes;
+        spec.copy_format = p.copy_format;
         spec.compress = p.compress;
         spec.dump = p.dump.clone();
         spec.restore = p.restore.clone();

@@ -33,7 +33,7 @@ use crate::client::{self, ClientError, ClientTls};
 pub use commit::{abort_all, rollback};
 use follow::{Finals, Follow, Side, Stopped};
 pub use preflight::{CheckedSource, Preflighted, pick_backup, preflight};
-pub use spec::{BackupSource, Compress, PairSource, PairSpec};
+pub use spec::{BackupSource, Compress, CopyFormat, PairSource, PairSpec};
 
 /// What a refresh reports while it runs.
 #[derive(Clone, Debug)]
@@ -78,6 +78,8 @@ pub struct Report {
     /// Tables the copy lanes brought in, the slices and rows they
     /// committed (0: the data came in pg_dump's stream).
     pub tables_copied: u32,
+    /// Of those, the tables whose rows came in the binary COPY format.
+    pub tables_binary: u32,
     pub slices_copied: u32,
     pub rows_copied: u64,
     /// With copy lanes: until every table and its early indexes were in,
@@ -340,6 +342,7 @@ fn report(
         data_lanes: d.data_lanes,
         indexes_built: d.indexes_built,
         tables_copied: d.tables_copied,
+        tables_binary: d.tables_binary,
         slices_copied: d.slices_copied,
         rows_copied: d.rows_copied,
         copy_time: Duration::from_millis(d.copy_ms),

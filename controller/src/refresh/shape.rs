@@ -4,7 +4,7 @@
 
 use stagesync_proto::v1 as pb;
 
-use super::spec::PairSpec;
+use super::spec::{CopyFormat, PairSpec};
 
 fn can(info: &pb::InfoResponse, feature: &str) -> bool {
     info.features.iter().any(|f| f == feature)
@@ -15,20 +15,42 @@ pub fn agree(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) ->
     let post_data_file = split_post_data(spec, src, dst);
     let blake3 =
         can(src, stagesync_proto::FEATURE_BLAKE3) && can(dst, stagesync_proto::FEATURE_BLAKE3);
+    let data_lanes = if post_data_file {
+        data_lanes(spec, src, dst)
+    } else {
+        0
+    };
     pb::Shape {
         mode: spec.mode as i32,
         post_data_file,
-        data_lanes: if post_data_file {
-            data_lanes(spec, src, dst)
-        } else {
-            0
-        },
+        data_lanes,
         // BLAKE3 when both agents can (several times cheaper per byte).
         digest: match blake3 {
             true => pb::Digest::Blake3,
             false => pb::Digest::Sha256,
         } as i32,
+        binary_rows: data_lanes > 1 && binary_rows(spec, src, dst),
     }
+}
+
+/// Whether copy lanes may carry rows in the binary COPY format: when both
+/// agents can, the plan does not ask for text, and both servers run the
+/// same major version (a built-in type's binary form is only promised
+/// within one). Each lane table is still text unless all its columns
+/// allow binary (the source decides).
+fn binary_rows(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -> bool {
+    let feature = stagesync_proto::FEATURE_BINARY_ROWS;
+    let major = |info: &pb::InfoResponse| match &info.postgres {
+        Some(pg) if pg.reachable && pg.server_version_num > 0 => {
+            Some(pg.server_version_num / 10_000)
+        }
+        _ => None,
+    };
+    spec.copy_format != CopyFormat::Text
+        && can(src, feature)
+        && can(dst, feature)
+        && major(src).is_some()
+        && major(src) == major(dst)
 }
 
 /// Whether a stream-mode refresh sends the post-data section apart, to be
@@ -135,5 +157,63 @@ mod tests {
         let b3 = with(&[stagesync_proto::FEATURE_BLAKE3]);
         assert_eq!(agree(&spec, &b3, &b3).digest, pb::Digest::Blake3 as i32);
         assert_eq!(agree(&spec, &b3, &lanes).digest, pb::Digest::Sha256 as i32);
+    }
+
+    #[test]
+    fn binary_rows_only_between_equal_major_versions_that_both_can() {
+        let mut spec = test_spec();
+        spec.jobs = 2;
+        let agent = |version: u32, binary: bool| {
+            let mut info = with(&[
+                stagesync_proto::FEATURE_SPLIT_POST_DATA,
+                stagesync_proto::FEATURE_DATA_LANES,
+            ]);
+            if binary {
+                info.features
+                    .push(stagesync_proto::FEATURE_BINARY_ROWS.to_string());
+            }
+            info.postgres = Some(pb::PostgresInfo {
+                reachable: true,
+                server_version_num: version,
+                ..Default::default()
+            });
+            info
+        };
+        let binary = |spec: &PairSpec, s: &pb::InfoResponse, d: &pb::InfoResponse| {
+            agree(spec, s, d).binary_rows
+        };
+        assert!(binary(&spec, &agent(150018, true), &agent(150004, true)));
+        assert!(
+            agree(&spec, &agent(150018, true), &agent(150004, true))
+                .check()
+                .is_ok()
+        );
+        assert!(
+            !binary(&spec, &agent(150018, true), &agent(160002, true)),
+            "15 to 16"
+        );
+        assert!(
+            !binary(&spec, &agent(150018, true), &agent(150018, false)),
+            "old destination"
+        );
+        assert!(
+            !binary(&spec, &agent(150018, false), &agent(150018, true)),
+            "old source"
+        );
+        assert!(
+            !binary(&spec, &agent(0, true), &agent(0, true)),
+            "versions unknown"
+        );
+        spec.copy_format = CopyFormat::Text;
+        assert!(
+            !binary(&spec, &agent(150018, true), &agent(150018, true)),
+            "the plan says text"
+        );
+        spec.copy_format = CopyFormat::Auto;
+        spec.lanes = Some(0);
+        assert!(
+            !binary(&spec, &agent(150018, true), &agent(150018, true)),
+            "no lanes"
+        );
     }
 }

@@ -36,6 +36,8 @@ pub struct PairSpec {
     pub compress: Compress,
     /// The plan asks for the rows unmasked (the agents decide).
     pub unmasked: bool,
+    /// How copy lanes carry rows: binary where both ends allow, or text.
+    pub copy_format: CopyFormat,
 }
 
 /// Where a pair's data comes from.
@@ -100,6 +102,7 @@ impl PairSpec {
             staging: pb::StagingRules::default(),
             compress: Compress::Auto,
             unmasked: false,
+            copy_format: CopyFormat::Auto,
         }
     }
 
@@ -136,6 +139,19 @@ impl PairSpec {
             .as_deref()
             .unwrap_or(&self.dest.address)
     }
+}
+
+/// The format a copy lane's rows travel in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// PostgreSQL's binary COPY format for every table whose columns allow
+    /// it, when both agents can and both servers run one major version
+    /// (cheaper for both servers, the destination's above all); text for
+    /// the rest.
+    #[default]
+    Auto,
+    /// Text for every table.
+    Text,
 }
 
 /// Whether the dump is compressed on the wire.

@@ -1,7 +1,7 @@
 //! The dump stream's framing: chunks of about 256 KiB, each compressed on
 //! its own (zstd) and checked with CRC32C, plus a running digest of the raw
-//! bytes (BLAKE3 between agents, SHA-256 for a backup read back) that lane
-//! ends and the trailer carry.
+//! bytes (XXH3-128 or BLAKE3 between agents, SHA-256 for a backup read
+//! back) that table ends, lane ends and the trailer carry.
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -22,6 +22,7 @@ const ZSTD_LEVEL: i32 = 1;
 enum Hasher {
     Sha256(Sha256),
     Blake3(Box<blake3::Hasher>),
+    Xxh3(Box<xxhash_rust::xxh3::Xxh3>),
 }
 
 impl Hasher {
@@ -29,6 +30,7 @@ impl Hasher {
         match digest {
             pb::Digest::Sha256 => Hasher::Sha256(Sha256::new()),
             pb::Digest::Blake3 => Hasher::Blake3(Box::default()),
+            pb::Digest::Xxh3 => Hasher::Xxh3(Box::default()),
         }
     }
 
@@ -36,6 +38,7 @@ impl Hasher {
         match self {
             Hasher::Sha256(_) => pb::Digest::Sha256,
             Hasher::Blake3(_) => pb::Digest::Blake3,
+            Hasher::Xxh3(_) => pb::Digest::Xxh3,
         }
     }
 
@@ -45,6 +48,7 @@ impl Hasher {
             Hasher::Blake3(h) => {
                 h.update(raw);
             }
+            Hasher::Xxh3(h) => h.update(raw),
         }
     }
 
@@ -53,6 +57,7 @@ impl Hasher {
         match self {
             Hasher::Sha256(h) => h.clone().finalize().to_vec(),
             Hasher::Blake3(h) => h.finalize().as_bytes().to_vec(),
+            Hasher::Xxh3(h) => h.digest128().to_be_bytes().to_vec(),
         }
     }
 }
@@ -272,6 +277,7 @@ impl Decoder {
             return Err(FrameError::Digest(match self.hash.kind() {
                 pb::Digest::Sha256 => "SHA-256",
                 pb::Digest::Blake3 => "BLAKE3",
+                pb::Digest::Xxh3 => "XXH3-128",
             }));
         }
         Ok(())
@@ -322,7 +328,9 @@ mod tests {
     fn round_trip() {
         let kinds = [pb::Compression::Zstd, pb::Compression::None]
             .into_iter()
-            .flat_map(|c| [(c, pb::Digest::Sha256), (c, pb::Digest::Blake3)]);
+            .flat_map(|c| {
+                [pb::Digest::Sha256, pb::Digest::Blake3, pb::Digest::Xxh3].map(|d| (c, d))
+            });
         for (c, d) in kinds {
             let mut enc = Encoder::new(c, None).with_digest(d);
             let mut dec = Decoder::new(c).with_digest(d);
@@ -337,7 +345,8 @@ mod tests {
             // Another digest of the same bytes does not pass.
             let other = match d {
                 pb::Digest::Sha256 => pb::Digest::Blake3,
-                pb::Digest::Blake3 => pb::Digest::Sha256,
+                pb::Digest::Blake3 => pb::Digest::Xxh3,
+                pb::Digest::Xxh3 => pb::Digest::Sha256,
             };
             let mut wrong = Decoder::new(c).with_digest(other);
             let mut enc = Encoder::new(c, None).with_digest(d);

@@ -23,6 +23,7 @@ pub const FEATURES: &[&str] = &[
     stagesync_proto::FEATURE_SPLIT_POST_DATA,
     stagesync_proto::FEATURE_DATA_LANES,
     stagesync_proto::FEATURE_BLAKE3,
+    stagesync_proto::FEATURE_XXH3,
     stagesync_proto::FEATURE_BINARY_ROWS,
 ];
 

@@ -27,6 +27,10 @@ pub const FEATURE_DATA_LANES: &str = "copy-lanes-2";
 /// BLAKE3 (`Shape.digest`).
 pub const FEATURE_BLAKE3: &str = "blake3-digest";
 
+/// Info lists this feature when the agent hashes and checks a stream with
+/// XXH3-128 (`Shape.digest`).
+pub const FEATURE_XXH3: &str = "xxh3-digest";
+
 /// Info lists this feature when the agent can send and take a copy lane's
 /// rows in PostgreSQL's binary COPY format (`Shape.binary_rows`).
 pub const FEATURE_BINARY_ROWS: &str = "binary-copy-rows";

@@ -32,25 +32,38 @@ impl CopyDataCheck {
                 self.pending -= n;
                 continue;
             }
-            let want = HEADER - self.partial.len();
-            let take = want.min(chunk.len() - at);
-            self.partial.extend_from_slice(&chunk[at..at + take]);
-            at += take;
-            if self.partial.len() < HEADER {
-                break;
+            // A whole header in the chunk is read where it is; one cut by
+            // the chunk's end is gathered first.
+            let mut header = [0u8; HEADER];
+            if self.partial.is_empty() && chunk.len() - at >= HEADER {
+                header.copy_from_slice(&chunk[at..at + HEADER]);
+                at += HEADER;
+            } else {
+                let take = (HEADER - self.partial.len()).min(chunk.len() - at);
+                self.partial.extend_from_slice(&chunk[at..at + take]);
+                at += take;
+                if self.partial.len() < HEADER {
+                    break;
+                }
+                header.copy_from_slice(&self.partial);
+                self.partial.clear();
             }
-            let h = &self.partial;
-            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-            if h[0] != b'd' || !(4..=MAX_MESSAGE).contains(&len) {
-                return Err(format!(
-                    "a copy lane carried a {:?} message of length {len} where only rows (CopyData) may come",
-                    h[0] as char
-                ));
-            }
-            self.pending = len - 4;
-            self.messages += 1;
-            self.partial.clear();
+            self.begin(header)?;
         }
+        Ok(())
+    }
+
+    /// A message's header: a CopyData message, of a sane length.
+    fn begin(&mut self, h: [u8; HEADER]) -> Result<(), String> {
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        if h[0] != b'd' || !(4..=MAX_MESSAGE).contains(&len) {
+            return Err(format!(
+                "a copy lane carried a {:?} message of length {len} where only rows (CopyData) may come",
+                h[0] as char
+            ));
+        }
+        self.pending = len - 4;
+        self.messages += 1;
         Ok(())
     }
 

@@ -13,8 +13,7 @@ fn can(info: &pb::InfoResponse, feature: &str) -> bool {
 /// The shape of a refresh from a live database.
 pub fn agree(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) -> pb::Shape {
     let post_data_file = split_post_data(spec, src, dst);
-    let blake3 =
-        can(src, stagesync_proto::FEATURE_BLAKE3) && can(dst, stagesync_proto::FEATURE_BLAKE3);
+    let both = |feature| can(src, feature) && can(dst, feature);
     let data_lanes = if post_data_file {
         data_lanes(spec, src, dst)
     } else {
@@ -24,10 +23,14 @@ pub fn agree(spec: &PairSpec, src: &pb::InfoResponse, dst: &pb::InfoResponse) ->
         mode: spec.mode as i32,
         post_data_file,
         data_lanes,
-        // BLAKE3 when both agents can (several times cheaper per byte).
-        digest: match blake3 {
-            true => pb::Digest::Blake3,
-            false => pb::Digest::Sha256,
+        // The cheapest per byte that both agents can: XXH3-128, BLAKE3,
+        // else SHA-256.
+        digest: if both(stagesync_proto::FEATURE_XXH3) {
+            pb::Digest::Xxh3
+        } else if both(stagesync_proto::FEATURE_BLAKE3) {
+            pb::Digest::Blake3
+        } else {
+            pb::Digest::Sha256
         } as i32,
         binary_rows: data_lanes > 1 && binary_rows(spec, src, dst),
     }
@@ -157,6 +160,14 @@ mod tests {
         let b3 = with(&[stagesync_proto::FEATURE_BLAKE3]);
         assert_eq!(agree(&spec, &b3, &b3).digest, pb::Digest::Blake3 as i32);
         assert_eq!(agree(&spec, &b3, &lanes).digest, pb::Digest::Sha256 as i32);
+        // XXH3 only when both agents list it; BLAKE3 is the next best.
+        let xxh3 = with(&[
+            stagesync_proto::FEATURE_XXH3,
+            stagesync_proto::FEATURE_BLAKE3,
+        ]);
+        assert_eq!(agree(&spec, &xxh3, &xxh3).digest, pb::Digest::Xxh3 as i32);
+        assert_eq!(agree(&spec, &xxh3, &b3).digest, pb::Digest::Blake3 as i32);
+        assert!(agree(&spec, &xxh3, &xxh3).check().is_ok());
     }
 
     #[test]

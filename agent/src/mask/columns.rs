@@ -20,6 +20,17 @@ pub struct TableMask {
     /// `schema.table`, for messages.
     pub table: String,
     pub transforms: Vec<Option<Transform>>,
+    /// Its rows may be masked in the binary COPY format: every masked
+    /// column is made NULL or is a string type (`text`, `varchar`,
+    /// `bpchar`, `name`, or a domain over one), whose binary form is its
+    /// text, unescaped.
+    pub binary_ok: bool,
+}
+
+/// Whether a masked column's values can be masked in binary rows.
+fn binary_maskable(t: &Transform, c: Option<&ColumnInfo>) -> bool {
+    *t == Transform::Null
+        || c.is_some_and(|c| matches!(c.type_name.as_str(), "text" | "varchar" | "bpchar" | "name"))
 }
 
 /// A column as the catalog describes it.
@@ -153,6 +164,8 @@ pub fn check(
         let rule = db.table(name);
         let whole_keep = rule.is_some_and(|r| r.columns.is_none());
         let mut transforms = Vec::with_capacity(columns.len());
+        let mut binary_ok = true;
+        let table_cols = catalog.get(&(name.schema.clone(), name.table.clone()));
         for c in columns {
             let t = rule
                 .and_then(|r| r.columns.as_ref())
@@ -170,11 +183,16 @@ pub fn check(
                     name.schema, name.table
                 ));
             }
-            transforms.push(t.filter(|t| *t != Transform::Keep));
+            let t = t.filter(|t| *t != Transform::Keep);
+            if let Some(t) = &t {
+                binary_ok &= binary_maskable(t, table_cols.and_then(|cols| cols.get(c)));
+            }
+            transforms.push(t);
         }
         masks.push(transforms.iter().any(Option::is_some).then(|| TableMask {
             table: format!("{}.{}", name.schema, name.table),
             transforms,
+            binary_ok,
         }));
     }
     match problems.is_empty() {

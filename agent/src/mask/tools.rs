@@ -124,7 +124,7 @@ async fn preview(
         ident(&table.table)
     ))
     .await?;
-    let mut masker = mask.map(|m| MaskedRows::new(m, key));
+    let mut masker = mask.map(|m| MaskedRows::new(m, key, false));
     let mut bytes = Vec::new();
     let mut counted = 0;
     while let Some(run) = wire.copy_data(crate::frames::CHUNK, &mut counted).await? {

@@ -90,7 +90,7 @@ impl CopySession {
         (self.done, self.messages, self.binary) = (false, 0, binary);
         self.masker = match (&table.mask, &self.key) {
             (None, _) => None,
-            (Some(mask), Some(key)) => Some(MaskedRows::new(mask.clone(), key.clone())),
+            (Some(mask), Some(key)) => Some(MaskedRows::new(mask.clone(), key.clone(), binary)),
             (Some(_), None) => {
                 return Err("a masked table on an agent without a masking key".into());
             }

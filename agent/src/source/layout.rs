@@ -53,9 +53,10 @@ pub struct CopyTable {
 
 impl CopyTable {
     /// Whether its rows travel in the binary COPY format: where allowed
-    /// and safe, unless they are masked (masking rewrites text fields).
+    /// and safe, and, when they are masked, where every masked column can
+    /// be masked in binary (`TableMask::binary_ok`).
     pub fn binary(&self) -> bool {
-        self.binary_safe && self.mask.is_none()
+        self.binary_safe && self.mask.as_ref().is_none_or(|m| m.binary_ok)
     }
 }
 

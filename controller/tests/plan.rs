@@ -215,6 +215,30 @@ fn unknown_mode() {
     );
 }
 
+/// `copy_format`: "text" sends every table as text, "auto" (the default)
+/// binary where both ends allow; anything else is named.
+#[test]
+fn copy_format_text_auto_or_refused() {
+    let p = parse(VALID).unwrap();
+    assert_eq!(
+        p.pairs["stage1-to-dev"].copy_format,
+        stagesync_controller::refresh::CopyFormat::Auto
+    );
+    let text = VALID.replacen("jobs = 4", "jobs = 4\ncopy_format = \"text\"", 1);
+    let p = parse(&text).unwrap();
+    assert_eq!(
+        p.pairs["stage1-to-dev"].copy_format,
+        stagesync_controller::refresh::CopyFormat::Text
+    );
+    bad(
+        "jobs = 4",
+        "jobs = 4\ncopy_format = \"csv\"",
+        "csv",
+        "pairs.stage1-to-dev.copy_format",
+        "unknown copy format \"csv\"",
+    );
+}
+
 /// Parallel mode was retired: a plan that asks for it is told what to do.
 #[test]
 fn parallel_mode_is_refused_with_what_to_do() {

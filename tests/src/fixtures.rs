@@ -15,9 +15,9 @@ use crate::PgCluster;
 /// holds pattern characters), a large object, an enum, a domain with a
 /// CHECK, a generated column, a partitioned table, an unlogged table, a
 /// table with row-level security and a table without a primary key; one
-/// table of many built-in types (binary COPY rows carry it) and one whose
-/// columns must travel as text (an array of an enum, a composite, a
-/// `regclass`).
+/// table of many built-in types (binary COPY rows carry it), an empty one,
+/// and one whose columns must travel as text (an array of an enum, a
+/// composite, a `regclass`).
 pub const RICH_SCHEMA: &str = r#"
 CREATE EXTENSION pgcrypto;
 CREATE SCHEMA app;
@@ -126,6 +126,7 @@ INSERT INTO app.measures
          (ARRAY['happy', 'sad', 'meh'])[1 + g % 3]::app.mood, g::bigint, g::oid
   FROM generate_series(1, 2000) g;
 INSERT INTO app.measures(id) VALUES (0);
+CREATE TABLE app.nothing_yet (id int PRIMARY KEY, note text);
 CREATE TYPE app.money_pair AS (amount numeric, currency text);
 CREATE TABLE app.odd_columns (id int PRIMARY KEY, moods app.mood[], pair app.money_pair, rel regclass);
 INSERT INTO app.odd_columns

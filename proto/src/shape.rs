@@ -101,7 +101,7 @@ impl Shape {
         }
         if self.binary_rows && !agreed.binary_rows {
             return Err(
-                "the stream announces binary COPY rows; the job was prepared for text only".into(),
+                "the stream announces binary COPY rows; the job was prepared for text only (agents of other versions? upgrade them together)".into(),
             );
         }
         Ok(())

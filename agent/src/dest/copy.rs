@@ -243,7 +243,7 @@ pub fn check_lane_tables(shape: &pb::Shape, tables: &[pb::LaneTable]) -> Result<
         }
         if t.binary && !shape.binary_rows {
             return Err(format!(
-                "lane table {i} ({:?}.{:?}) comes in binary, which the stream's shape does not allow",
+                "lane table {i} ({:?}.{:?}) comes in binary, which the stream's shape does not allow: a source agent of another version? Upgrade both agents",
                 t.schema, t.table
             ));
         }

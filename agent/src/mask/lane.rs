@@ -256,8 +256,8 @@ mod tests {
         out
     }
 
-    #[test]
-    fn rows_are_masked_wherever_chunks_cut_them() {
+    /// Three columns: kept, an email, made NULL; and a key.
+    fn users_mask() -> (Arc<TableMask>, Arc<MaskKey>) {
         let mask = Arc::new(TableMask {
             table: "public.users".into(),
             transforms: vec![
@@ -269,7 +269,12 @@ mod tests {
             ],
             binary_ok: true,
         });
-        let key = Arc::new(MaskKey::from_bytes(&[9; 32]).unwrap());
+        (mask, Arc::new(MaskKey::from_bytes(&[9; 32]).unwrap()))
+    }
+
+    #[test]
+    fn rows_are_masked_wherever_chunks_cut_them() {
+        let (mask, key) = users_mask();
         let mut input = msg("1\tjane@corp.io\tsecret\n");
         input.extend(msg("2\t\\N\tx\n"));
         let whole = MaskedRows::new(mask.clone(), key.clone(), false)
@@ -323,18 +328,7 @@ mod tests {
 
     #[test]
     fn binary_rows_are_masked_wherever_chunks_cut_them() {
-        let mask = Arc::new(TableMask {
-            table: "public.users".into(),
-            transforms: vec![
-                None,
-                Some(Transform::Email {
-                    domain: "example.com".into(),
-                }),
-                Some(Transform::Null),
-            ],
-            binary_ok: true,
-        });
-        let key = Arc::new(MaskKey::from_bytes(&[9; 32]).unwrap());
+        let (mask, key) = users_mask();
         // The header (signature, flags, an extension area of 2 bytes)
         // leads the first row; the trailer is a message of its own.
         let mut first = SIGNATURE.to_vec();

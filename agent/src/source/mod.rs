@@ -16,6 +16,7 @@ mod lanes;
 mod layout;
 mod masked;
 mod outbound;
+mod push_call;
 mod stream;
 
 use std::path::PathBuf;
@@ -24,14 +25,12 @@ use std::sync::atomic::Ordering;
 
 use stagesync_certs::channel::AgentTarget;
 use stagesync_certs::{Identity, ReloadingClientConfig};
-use stagesync_proto::AgentClient;
 use stagesync_proto::v1 as pb;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::AgentConfig;
 use crate::error::AgentError;
-use crate::frames::{Encoder, MAX_MESSAGE, frame};
+use crate::frames::{Encoder, frame};
 use crate::jobs::{Job, Jobs, Side, StepError, supervisor};
 use crate::{args, db, pg, policy};
 use layout::Layout;
@@ -220,9 +219,6 @@ impl Dumper {
     async fn push(&self, job: &Arc<Job>, req: DumpRequest) -> Result<(), StepError> {
         let channel = stagesync_certs::channel::channel(self.client_tls.clone(), &req.target)
             .map_err(|e| StepError::new(pb::Step::Connect, e.to_string()))?;
-        let mut client = AgentClient::new(channel)
-            .max_encoding_message_size(MAX_MESSAGE)
-            .max_decoding_message_size(MAX_MESSAGE);
         let mut layout =
             Layout::choose(&self.config, job, &req.database, &req.dump, &req.agreed).await;
         if req.unmasked {
@@ -242,7 +238,7 @@ impl Dumper {
             .send(frame(pb::dump_frame::Kind::Header(header(&req, &layout))))
             .await
             .map_err(|_| StepError::new(pb::Step::Stream, "the stream closed before it started"))?;
-        let push = tokio::spawn(async move { client.push_dump(ReceiverStream::new(rx)).await });
+        let push = tokio::spawn(push_call::push_dump(channel, rx));
         let produced = run.produce_all(&layout, req.compression).await;
         drop(run);
         drop(layout);

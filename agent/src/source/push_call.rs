@@ -22,6 +22,8 @@ use tower::{Service, ServiceExt};
 
 use crate::frames::MAX_MESSAGE;
 
+/// The generated service's PushDump method (a test holds it to the
+/// generated service name).
 const PATH: &str = "/stagesync.v1.Agent/PushDump";
 /// gRPC's message prefix: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
@@ -47,7 +49,9 @@ pub async fn push_dump(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
     );
-    let unreachable = |e: tonic::transport::Error| Status::from_error(Box::new(e));
+    // The transport's own message is only "transport error": the cause
+    // (refused, reset, a certificate) is in its sources.
+    let unreachable = |e: tonic::transport::Error| Status::unavailable(crate::pg::error_chain(&e));
     let response = channel
         .ready()
         .await
@@ -183,6 +187,12 @@ mod tests {
             assert!(head.len() < 32);
             assert_eq!(decoded(f.clone()), f, "{n} bytes");
         }
+    }
+
+    #[test]
+    fn the_path_is_the_generated_services() {
+        let service = stagesync_proto::v1::agent_server::SERVICE_NAME;
+        assert_eq!(PATH, format!("/{service}/PushDump"));
     }
 
     #[test]

@@ -32,6 +32,9 @@ use crate::proxy::tool_processes;
 use crate::s3::{S3Server, profile_files};
 use crate::{AgentProcess, AgentSpec, PgCluster, TestAgent, TestPki, eventually};
 
+mod managed;
+pub use managed::*;
+
 /// The AWS profile the fleet's profile files hold, for its S3 server.
 pub const S3_PROFILE: &str = "fleet";
 const S3_ACCESS_KEY: &str = "AKIASTAGESYNCFLEET";
@@ -85,12 +88,6 @@ pub struct FleetBuilder {
     backups: bool,
     managed: bool,
 }
-
-/// The login roles of a managed fleet's agents, and their passwords.
-pub const MANAGED_SOURCE_ROLE: &str = "stagesync_src";
-pub const MANAGED_DEST_ROLE: &str = "stagesync_dst";
-pub const MANAGED_SOURCE_PASSWORD: &str = "src-Pa55-word";
-pub const MANAGED_DEST_PASSWORD: &str = "dst-Pa55-word";
 
 impl FleetBuilder {
     /// Both clusters configured like a managed service
@@ -254,60 +251,6 @@ impl FleetBuilder {
         }
         server
     }
-}
-
-/// The agents' login roles on managed clusters (see [`FleetBuilder::managed`]).
-pub async fn managed_roles(src: &PgCluster, dst: Option<&PgCluster>) -> anyhow::Result<()> {
-    src.exec(
-        "postgres",
-        &format!(
-            "CREATE ROLE {MANAGED_SOURCE_ROLE} LOGIN BYPASSRLS PASSWORD '{MANAGED_SOURCE_PASSWORD}'; \
-             GRANT pg_read_all_data TO {MANAGED_SOURCE_ROLE}"
-        ),
-    )
-    .await?;
-    // Large objects are not covered by pg_read_all_data.
-    src.exec(
-        "production",
-        &format!(
-            "DO $$ DECLARE o oid; BEGIN FOR o IN SELECT oid FROM pg_largeobject_metadata LOOP \
-             EXECUTE format('GRANT SELECT ON LARGE OBJECT %s TO {MANAGED_SOURCE_ROLE}', o); END LOOP; END $$"
-        ),
-    )
-    .await?;
-    if let Some(dst) = dst {
-        dst.exec(
-            "postgres",
-            &format!(
-                "CREATE ROLE {MANAGED_DEST_ROLE} LOGIN CREATEDB PASSWORD '{MANAGED_DEST_PASSWORD}'; \
-                 GRANT pg_signal_backend TO {MANAGED_DEST_ROLE}; \
-                 DO $$ BEGIN CREATE ROLE stage LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
-                 GRANT stage TO {MANAGED_DEST_ROLE}"
-            ),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// The `[postgres]` keys of an agent on a managed cluster; its password
-/// goes in a file of its own, mode 0600.
-pub fn managed_keys(
-    cluster: &PgCluster,
-    dir: &Path,
-    agent: &str,
-    role: &str,
-    password: &str,
-) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let tcp = cluster.tcp.as_ref().expect("a managed cluster");
-    let file = dir.join(format!("{agent}.pgpass"));
-    std::fs::write(&file, format!("{password}\n")).expect("the password file");
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    format!(
-        "host = \"localhost\"\nport = {}\nsslrootcert = {:?}\nuser = {role:?}\npassword_file = {file:?}",
-        tcp.port, tcp.ca
-    )
 }
 
 async fn seed_sql(cluster: &PgCluster, sql: &str) -> anyhow::Result<()> {

@@ -109,4 +109,30 @@ mod tests {
         let mut check = CopyDataCheck::default();
         assert!(check.check(b"d\0\0\0\x02").is_err(), "a length below 4");
     }
+
+    #[test]
+    fn many_rows_are_counted_across_any_cut() {
+        let rows: Vec<Vec<u8>> = (0..200).map(|i| vec![b'x'; (i * 7) % 61]).collect();
+        let refs: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+        let bytes = copy_data(&refs);
+        for size in [1, 2, 3, 4, 5, 6, 13, 64, 1000, bytes.len()] {
+            let mut check = CopyDataCheck::default();
+            for piece in bytes.chunks(size) {
+                check.check(piece).unwrap();
+            }
+            assert!(check.at_boundary(), "pieces of {size}");
+            assert_eq!(check.messages, 200, "pieces of {size}");
+        }
+        // A bad message after good ones is caught in any piece.
+        let mut evil = bytes.clone();
+        evil.extend_from_slice(b"X\0\0\0\x04");
+        for size in [1, 5, 64, evil.len()] {
+            let mut check = CopyDataCheck::default();
+            let refused = evil
+                .chunks(size)
+                .map(|p| check.check(p))
+                .find(|r| r.is_err());
+            assert!(refused.is_some(), "pieces of {size}");
+        }
+    }
 }

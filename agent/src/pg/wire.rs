@@ -529,4 +529,62 @@ mod tests {
         assert_eq!(header(b"d\0\0\0\x09abcd").unwrap(), Some((b'd', 9)));
         assert!(header(b"d\0\0\0\x02").is_err());
     }
+
+    /// A session whose server sends `bytes` in pieces of `piece` bytes.
+    fn session(bytes: Vec<u8>, piece: usize) -> Wire {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            for p in bytes.chunks(piece) {
+                if server.write_all(p).await.is_err() {
+                    return;
+                }
+            }
+            // Held open, as a server waits for the next query.
+            std::future::pending::<()>().await;
+        });
+        Wire {
+            stream: Box::new(client),
+            rbuf: BytesMut::with_capacity(BLOCK),
+            pending: 0,
+            scanned: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_comes_out_whole_in_runs_cut_anywhere() {
+        let mut rows_out = Vec::new();
+        for i in 0..500usize {
+            rows_out.push(b'd');
+            rows_out.extend_from_slice(&((4 + i % 97) as u32).to_be_bytes());
+            rows_out.extend(std::iter::repeat_n(b'r', i % 97));
+        }
+        let mut server = rows_out.clone();
+        server.extend_from_slice(b"c\0\0\0\x04");
+        server.extend_from_slice(b"C\0\0\0\x0dCOPY 500\0");
+        server.extend_from_slice(b"Z\0\0\0\x05I");
+        for (piece, want) in [
+            (1, 7),
+            (3, 100),
+            (4096, 1000),
+            (100_000, 50),
+            (100_000, 1 << 20),
+        ] {
+            let mut wire = session(server.clone(), piece);
+            let (mut got, mut rows) = (Vec::new(), 0u64);
+            while let Some(run) = wire.copy_data(want, &mut rows).await.unwrap() {
+                assert!(run.len() <= want, "a run is at most what was asked");
+                got.extend_from_slice(&run);
+            }
+            assert_eq!(got, rows_out, "pieces of {piece}, runs of {want}");
+            assert_eq!(rows, 500);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_of_a_bad_length_is_an_error() {
+        let mut wire = session(b"d\0\0\0\x05xd\0\0\0\x02".to_vec(), 3);
+        let mut rows = 0;
+        let err = wire.copy_data(1 << 20, &mut rows).await.unwrap_err();
+        assert!(err.contains("length 2"), "{err}");
+    }
 }

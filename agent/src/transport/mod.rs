@@ -26,6 +26,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+mod read_ahead;
+use read_ahead::ReadAhead;
+
 /// How long a client gets to send the first bytes of its handshake.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a client gets to finish the TLS handshake once it started.
@@ -46,7 +49,7 @@ pub struct PeerInfo {
 
 /// An accepted, authenticated TLS connection.
 pub struct TlsConn {
-    stream: TlsStream<TcpStream>,
+    stream: TlsStream<ReadAhead<TcpStream>>,
     peer: PeerInfo,
 }
 
@@ -169,8 +172,10 @@ async fn handshake(
     }
     let _turn = handshakes.acquire().await.ok()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+    let tcp = ReadAhead::new(tcp);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => {
+        Ok(Ok(mut stream)) => {
+            stream.get_mut().0.arm();
             let identity =
                 stagesync_certs::tls::peer_identity(stream.get_ref().1.peer_certificates())
                     .map_err(|e| e.to_string());

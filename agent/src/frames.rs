@@ -22,7 +22,7 @@ const ZSTD_LEVEL: i32 = 1;
 enum Hasher {
     Sha256(Sha256),
     Blake3(Box<blake3::Hasher>),
-    Xxh3(Box<xxhash_rust::xxh3::Xxh3>),
+    Xxh3(Box<twox_hash::xxhash3_128::Hasher>),
 }
 
 impl Hasher {
@@ -48,7 +48,7 @@ impl Hasher {
             Hasher::Blake3(h) => {
                 h.update(raw);
             }
-            Hasher::Xxh3(h) => h.update(raw),
+            Hasher::Xxh3(h) => h.write(raw),
         }
     }
 
@@ -57,9 +57,15 @@ impl Hasher {
         match self {
             Hasher::Sha256(h) => h.clone().finalize().to_vec(),
             Hasher::Blake3(h) => h.finalize().as_bytes().to_vec(),
-            Hasher::Xxh3(h) => h.digest128().to_be_bytes().to_vec(),
+            Hasher::Xxh3(h) => h.finish_128().to_be_bytes().to_vec(),
         }
     }
+}
+
+/// The CRC32C (Castagnoli) of `bytes`, as each data frame carries it.
+fn crc32c(bytes: &[u8]) -> u32 {
+    // CRC-32/ISCSI is CRC32C; its value fits the low 32 bits.
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
 /// Builds data frames and the trailer on the sending side.
@@ -126,7 +132,7 @@ impl Encoder {
             pb::Compression::Zstd => Bytes::from(zstd::bulk::compress(&raw, ZSTD_LEVEL)?),
             _ => raw,
         };
-        let crc = crc32c::crc32c(&payload);
+        let crc = crc32c(&payload);
         if self.corrupt == Some(self.seq) {
             let mut bad = payload.to_vec();
             if let Some(b) = bad.last_mut() {
@@ -236,7 +242,7 @@ impl Decoder {
                 got: CHUNK,
             });
         }
-        let got = crc32c::crc32c(&frame.payload);
+        let got = crc32c(&frame.payload);
         if got != frame.crc32c {
             return Err(FrameError::Crc {
                 seq: frame.seq,
@@ -357,6 +363,32 @@ mod tests {
                 wrong.finish(&enc.trailer()),
                 Err(FrameError::Digest(_))
             ));
+        }
+    }
+
+    /// Agents of different builds must agree on every check: the frame
+    /// CRC and the XXH3-128 digest are the published functions, whatever
+    /// SIMD path the CPU takes and however the bytes are cut.
+    #[test]
+    fn checks_are_the_published_functions() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        let long: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(crc32c(&long), 0x7247_f66b);
+        for cut in [1, 64, 777, CHUNK] {
+            let mut h = Hasher::new(pb::Digest::Xxh3);
+            assert_eq!(
+                hex::encode(h.so_far()),
+                "99aa06d3014798d86001c324468d497f",
+                "XXH3-128 of nothing"
+            );
+            for piece in long.chunks(cut) {
+                h.update(piece);
+            }
+            assert_eq!(
+                hex::encode(h.so_far()),
+                "54182c58bbb1337c42c23aeead96750d",
+                "XXH3-128 of 100,000 bytes in pieces of {cut}"
+            );
         }
     }
 

@@ -12,6 +12,7 @@ use crate::config::{Endpoint, PostgresConfig};
 pub mod copy_check;
 pub mod rights;
 pub mod secret;
+mod socket;
 pub mod tls;
 pub mod wire;
 

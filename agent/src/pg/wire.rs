@@ -20,9 +20,10 @@ use futures::FutureExt;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::socket::Socket;
 use crate::config::{Endpoint, PostgresConfig};
 
 /// Bytes read from the socket at a time.
@@ -32,15 +33,11 @@ pub(crate) const HEADER: usize = 5;
 /// How long opening a session may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A socket or a TLS stream.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 pub use super::copy_check::CopyDataCheck;
 
 /// One session on a server, as a copy lane uses it.
 pub struct Wire {
-    stream: Box<dyn Io>,
+    stream: Socket,
     /// Bytes read and not yet taken.
     rbuf: BytesMut,
     /// Bytes of the current row still to come from the socket.
@@ -94,10 +91,10 @@ impl Wire {
         role: &str,
         login: Login<'_>,
     ) -> Result<Wire, String> {
-        let stream: Box<dyn Io> = match &pg.endpoint {
+        let stream = match &pg.endpoint {
             Endpoint::Socket { dir, port } => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
-                Box::new(
+                Socket::Unix(
                     UnixStream::connect(&path)
                         .await
                         .map_err(|e| e.to_string())?,
@@ -121,12 +118,12 @@ impl Wire {
                 let name = rustls::pki_types::ServerName::try_from(host.clone())
                     .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
                 let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-                Box::new(
+                Socket::Other(Box::new(
                     connector
                         .connect(name, tcp)
                         .await
                         .map_err(|e| format!("TLS: {e}"))?,
-                )
+                ))
             }
         };
         let mut wire = Wire {
@@ -325,6 +322,14 @@ impl Wire {
                 Some(_) => return Ok(true),
                 None => return Ok(false),
             }
+        }
+    }
+
+    /// Takes the socket off the runtime's watch list until it is next
+    /// used, while the caller waits for something else (see [`Socket`]).
+    pub fn park(&mut self) {
+        if let Err(e) = self.stream.park() {
+            tracing::warn!(error = %e, "could not stop watching a server socket");
         }
     }
 
@@ -543,7 +548,7 @@ mod tests {
             std::future::pending::<()>().await;
         });
         Wire {
-            stream: Box::new(client),
+            stream: Socket::Other(Box::new(client)),
             rbuf: BytesMut::with_capacity(BLOCK),
             pending: 0,
             scanned: 0,

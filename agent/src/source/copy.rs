@@ -127,6 +127,11 @@ impl CopySession {
         }
     }
 
+    /// Stops watching the session's socket until it is next read.
+    pub fn park(&mut self) {
+        self.wire.park();
+    }
+
     /// Rows of the current COPY read so far: one CopyData message each,
     /// but for the binary format's trailer (a message of its own, after
     /// the last row).

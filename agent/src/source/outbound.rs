@@ -45,6 +45,14 @@ impl Chunked<'_> {
         !matches!(self, Chunked::Copy(_))
     }
 
+    /// While the stream is full, a COPY's socket is not watched: its
+    /// server's writes would wake the agent for nothing.
+    fn park(&mut self) {
+        if let Chunked::Copy(c) = self {
+            c.park();
+        }
+    }
+
     async fn next(&mut self) -> std::io::Result<bytes::Bytes> {
         match self {
             Chunked::Tool(c) => c.next().await,
@@ -114,6 +122,11 @@ impl Outbound {
             job.sent
                 .fetch_add(data.payload.len() as u64, Ordering::Relaxed);
             total += filled as u64;
+            // The stream is full, so the send below waits: meanwhile the
+            // server's writes into the socket need not wake the agent.
+            if self.tx.capacity() == 0 {
+                r.park();
+            }
             self.send(frame(pb::dump_frame::Kind::Data(data))).await?;
             if filled < CHUNK && r.short_means_end() {
                 return Ok(total);

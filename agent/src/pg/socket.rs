@@ -56,11 +56,13 @@ impl Socket {
             })?;
             *self = Socket::Unix(UnixStream::from_std(socket)?);
         }
-        Ok(match self {
-            Socket::Unix(s) => Pin::new(s),
-            Socket::Other(s) => Pin::new(s.as_mut()),
-            Socket::Parked(_) => unreachable!("made live just above"),
-        })
+        match self {
+            Socket::Unix(s) => Ok(Pin::new(s)),
+            Socket::Other(s) => Ok(Pin::new(s.as_mut())),
+            Socket::Parked(_) => Err(io::Error::other(
+                "the server socket could not be watched again",
+            )),
+        }
     }
 }
 

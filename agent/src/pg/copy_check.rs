@@ -2,7 +2,7 @@
 //! nothing else, whatever chunks they arrive in, before its own server
 //! sees them.
 
-use super::wire::HEADER;
+use super::message::HEADER;
 
 /// Checks, chunk by chunk, that a lane's bytes are CopyData messages and
 /// nothing else before they reach the destination's server: any other

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use crate::config::{Endpoint, PostgresConfig};
 
 pub mod copy_check;
+mod message;
 pub mod rights;
 pub mod secret;
 mod socket;

@@ -43,6 +43,18 @@ impl Socket {
         Ok(())
     }
 
+    /// Asks the kernel for a send buffer of `bytes` on a unix socket (it
+    /// may grant less: `net.core.wmem_max`); nothing for other streams.
+    /// Returns what the socket has now.
+    pub(crate) fn widen_send_buffer(&mut self, bytes: usize) -> io::Result<Option<usize>> {
+        use nix::sys::socket::{getsockopt, setsockopt, sockopt::SndBuf};
+        let Socket::Unix(s) = self else {
+            return Ok(None);
+        };
+        setsockopt(s, SndBuf, &bytes).map_err(io::Error::from)?;
+        getsockopt(s, SndBuf).map(Some).map_err(io::Error::from)
+    }
+
     #[cfg(test)]
     fn is_parked(&self) -> bool {
         matches!(self, Socket::Parked(_))
@@ -144,6 +156,19 @@ mod tests {
         let mut rest = Vec::new();
         socket.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "the server's close is seen after parking");
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_takes_a_wider_send_buffer() {
+        use nix::sys::socket::{getsockopt, sockopt::SndBuf};
+        let (ours, _server) = UnixStream::pair().unwrap();
+        let before = getsockopt(&ours, SndBuf).unwrap();
+        let mut socket = Socket::Unix(ours);
+        let after = socket.widen_send_buffer(before * 2).unwrap().unwrap();
+        assert!(after > before, "{before} -> {after}");
+        let (ours, _peer) = tokio::io::duplex(64);
+        let mut other = Socket::Other(Box::new(ours));
+        assert_eq!(other.widen_send_buffer(1 << 20).unwrap(), None);
     }
 
     #[tokio::test]

@@ -23,13 +23,12 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use super::message::{HEADER, copied_rows, error_text, header, unexpected};
 use super::socket::Socket;
 use crate::config::{Endpoint, PostgresConfig};
 
 /// Bytes read from the socket at a time.
 const BLOCK: usize = 256 * 1024;
-/// Tag, then a length that counts itself.
-pub(crate) const HEADER: usize = 5;
 /// How long opening a session may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -274,13 +273,17 @@ impl Wire {
             let ended = self.scan_rows(rows)?;
             let at = self.scanned;
             if at >= want || (ended && at > 0) {
-                let n = at.min(want);
-                let chunk = self.rbuf.split_to(n).freeze();
-                self.scanned -= n;
-                // Room for the next run, so reads never move what they
-                // gathered (only what was read past this run is copied).
-                self.rbuf.reserve(want + BLOCK);
-                return Ok(Some(chunk));
+                return Ok(Some(self.take_run(at.min(want), want)));
+            }
+            if !ended && at >= want / 2 {
+                // Enough for a run: more only if the server has it ready.
+                // Waiting for a full run would wake the agent for each of
+                // the server's 8 KiB writes once its socket ran dry.
+                match self.fill().now_or_never() {
+                    Some(read) => read?,
+                    None => return Ok(Some(self.take_run(at, want))),
+                }
+                continue;
             }
             if !ended {
                 self.fill().await?;
@@ -298,6 +301,16 @@ impl Wire {
                 other => return Err(unexpected(other, "reading a COPY")),
             }
         }
+    }
+
+    /// The first `n` bytes read, as a run of the current COPY.
+    fn take_run(&mut self, n: usize, want: usize) -> Bytes {
+        let chunk = self.rbuf.split_to(n).freeze();
+        self.scanned -= n;
+        // Room for the next run, so reads never move what they gathered
+        // (only what was read past this run is copied).
+        self.rbuf.reserve(want + BLOCK);
+        chunk
     }
 
     /// Moves `scanned` past the rows read so far; true when a message
@@ -331,6 +344,12 @@ impl Wire {
         if let Err(e) = self.stream.park() {
             tracing::warn!(error = %e, "could not stop watching a server socket");
         }
+    }
+
+    /// A wider send buffer on a unix socket to the server (see
+    /// [`Socket::widen_send_buffer`]).
+    pub fn widen_send_buffer(&mut self, bytes: usize) -> std::io::Result<Option<usize>> {
+        self.stream.widen_send_buffer(bytes)
     }
 
     /// Starts `sql`, a `COPY … FROM STDIN`.
@@ -467,73 +486,9 @@ impl Wire {
     }
 }
 
-/// A message's tag and length (which counts itself, not the tag), once its
-/// header is in.
-fn header(buf: &[u8]) -> Result<Option<(u8, usize)>, String> {
-    if buf.len() < HEADER {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if len < 4 {
-        return Err(format!("the server sent a message of length {len}"));
-    }
-    Ok(Some((buf[0], len)))
-}
-
-fn unexpected(tag: u8, doing: &str) -> String {
-    format!(
-        "the server sent an unexpected {:?} message while {doing}",
-        tag as char
-    )
-}
-
-/// The row count of a CommandComplete `COPY n`.
-fn copied_rows(body: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(body).ok()?.trim_end_matches('\0');
-    text.strip_prefix("COPY ")?.parse().ok()
-}
-
-/// An ErrorResponse as "SEVERITY: message (SQLSTATE code)": the fields that
-/// may quote values (detail, where) are left out.
-fn error_text(body: &[u8]) -> String {
-    let (mut severity, mut code, mut message) = ("ERROR", "", "");
-    for field in body.split(|b| *b == 0) {
-        let Some((&kind, value)) = field.split_first() else {
-            continue;
-        };
-        let value = std::str::from_utf8(value).unwrap_or("");
-        match kind {
-            b'V' => severity = value,
-            b'S' if severity == "ERROR" => severity = value,
-            b'C' => code = value,
-            b'M' => message = value,
-            _ => {}
-        }
-    }
-    format!("{severity}: {message} (SQLSTATE {code})")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn errors_keep_severity_message_and_code_only() {
-        let body = b"SERROR\0VERROR\0C42P01\0Mrelation \"x\" does not exist\0Dsecret row\0\0";
-        assert_eq!(
-            error_text(body),
-            "ERROR: relation \"x\" does not exist (SQLSTATE 42P01)"
-        );
-    }
-
-    #[test]
-    fn headers_are_read_whole_or_not_at_all() {
-        assert_eq!(copied_rows(b"COPY 42\0"), Some(42));
-        assert_eq!(copied_rows(b"INSERT 0 1\0"), None);
-        assert_eq!(header(b"d\0\0").unwrap(), None);
-        assert_eq!(header(b"d\0\0\0\x09abcd").unwrap(), Some((b'd', 9)));
-        assert!(header(b"d\0\0\0\x02").is_err());
-    }
 
     /// A session whose server sends `bytes` in pieces of `piece` bytes.
     fn session(bytes: Vec<u8>, piece: usize) -> Wire {
@@ -583,6 +538,27 @@ mod tests {
             assert_eq!(got, rows_out, "pieces of {piece}, runs of {want}");
             assert_eq!(rows, 500);
         }
+    }
+
+    #[tokio::test]
+    async fn a_run_comes_back_short_when_half_is_in_and_the_server_pauses() {
+        let mut rows_out = Vec::new();
+        for _ in 0..10 {
+            rows_out.push(b'd');
+            rows_out.extend_from_slice(&14u32.to_be_bytes());
+            rows_out.extend_from_slice(b"0123456789");
+        }
+        // 150 bytes of rows, then nothing: the server has no more yet.
+        let mut wire = session(rows_out.clone(), rows_out.len());
+        let mut rows = 0;
+        let run = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            wire.copy_data(200, &mut rows),
+        )
+        .await
+        .expect("a run at least half full must not wait for the rest");
+        assert_eq!(run.unwrap().unwrap(), rows_out);
+        assert_eq!(rows, 10);
     }
 
     #[tokio::test]

@@ -261,8 +261,9 @@ impl Wire {
     }
 
     /// The next run of the current COPY's CopyData messages as read off
-    /// the socket (never copied): `want` bytes unless the COPY ends first;
-    /// `rows` counts the rows begun. None once the COPY ended. A run may
+    /// the socket (never copied): `want` bytes, or fewer when the COPY
+    /// ends or when a quarter of them are in and the server has sent
+    /// nothing more yet; `rows` counts the rows begun. None once the COPY ended. A run may
     /// end inside a row: the next goes on with it.
     pub async fn copy_data(
         &mut self,
@@ -275,7 +276,7 @@ impl Wire {
             if at >= want || (ended && at > 0) {
                 return Ok(Some(self.take_run(at.min(want), want)));
             }
-            if !ended && at >= want / 2 {
+            if !ended && at >= want / 4 {
                 // Enough for a run: more only if the server has it ready.
                 // Waiting for a full run would wake the agent for each of
                 // the server's 8 KiB writes once its socket ran dry.
@@ -541,7 +542,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_run_comes_back_short_when_half_is_in_and_the_server_pauses() {
+    async fn a_run_comes_back_short_when_a_quarter_is_in_and_the_server_pauses() {
         let mut rows_out = Vec::new();
         for _ in 0..10 {
             rows_out.push(b'd');
@@ -556,7 +557,7 @@ mod tests {
             wire.copy_data(200, &mut rows),
         )
         .await
-        .expect("a run at least half full must not wait for the rest");
+        .expect("a run at least a quarter full must not wait for the rest");
         assert_eq!(run.unwrap().unwrap(), rows_out);
         assert_eq!(rows, 10);
     }

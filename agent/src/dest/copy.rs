@@ -134,8 +134,14 @@ impl CopyLane {
         let mut c = Wire::connect_as(&self.pg, &self.job.new_database, self.login.wire_login())
             .await
             .map_err(fail)?;
-        if let Err(e) = c.widen_send_buffer(SERVER_SEND_BUFFER) {
-            tracing::warn!(job = %self.job.id, lane = self.lane, error = %e, "could not widen a copy lane's send buffer");
+        match c.widen_send_buffer(SERVER_SEND_BUFFER) {
+            Ok(Some(granted)) => {
+                tracing::debug!(job = %self.job.id, lane = self.lane, granted, "copy lane's send buffer (net.core.wmem_max caps it)");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job = %self.job.id, lane = self.lane, error = %e, "could not widen a copy lane's send buffer");
+            }
         }
         let mut setup = format!("{COPY_SETTINGS};");
         for s in &self.pg.restore_settings {

@@ -7,6 +7,9 @@
 //! Parked, the socket is unknown to the runtime's poller until the lane
 //! next reads or writes it; the server's writes just fill the socket's
 //! buffer. On a busy host this halves the source agent's context switches.
+//!
+//! A destination lane, the writing side, widens the socket's send buffer
+//! instead, so it waits for its server less often.
 
 use std::io;
 use std::pin::Pin;

@@ -263,8 +263,8 @@ impl Wire {
     /// The next run of the current COPY's CopyData messages as read off
     /// the socket (never copied): `want` bytes, or fewer when the COPY
     /// ends or when a quarter of them are in and the server has sent
-    /// nothing more yet; `rows` counts the rows begun. None once the COPY ended. A run may
-    /// end inside a row: the next goes on with it.
+    /// nothing more yet; `rows` counts the rows begun. None once the COPY
+    /// ended. A run may end inside a row: the next goes on with it.
     pub async fn copy_data(
         &mut self,
         want: usize,

@@ -362,3 +362,41 @@ fn a_password_file_others_may_read_is_refused() {
     let text = replace_line(&f.base, "user", "user = \"postgres\"\nrds_iam = true");
     expect_error(&f, &text, "rds_iam", "postgres.rds_iam", "over TCP");
 }
+
+#[test]
+fn copy_over_tcp_takes_only_a_loopback_address_beside_the_socket() {
+    let f = fixture();
+    for bad in ["10.0.0.5", "db.internal", "0.0.0.0"] {
+        let text = replace_line(
+            &f.base,
+            "user",
+            &format!("user = \"postgres\"\ncopy_over_tcp = {bad:?}"),
+        );
+        expect_error(
+            &f,
+            &text,
+            "copy_over_tcp",
+            "postgres.copy_over_tcp",
+            "not a loopback address",
+        );
+    }
+    let text = with_postgres(
+        &f,
+        "host = \"db.internal\"\nsslrootcert = \"ca.pem\"\nuser = \"agent\"\ncopy_over_tcp = \"127.0.0.1\"",
+    );
+    expect_error(
+        &f,
+        &text,
+        "copy_over_tcp",
+        "postgres.copy_over_tcp",
+        "unix socket",
+    );
+    for good in ["127.0.0.1", "::1", "127.0.0.2"] {
+        let text = replace_line(
+            &f.base,
+            "user",
+            &format!("user = \"postgres\"\ncopy_over_tcp = {good:?}"),
+        );
+        accepted(&f, &text);
+    }
+}

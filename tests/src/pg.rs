@@ -1,8 +1,9 @@
 //! Throwaway PostgreSQL clusters.
 //!
-//! Each cluster lives in its own temporary directory, listens only on a
-//! unix socket in that directory (no TCP, so no port clashes) and trusts
-//! local connections. PostgreSQL refuses to run as root, so under root the
+//! Each cluster lives in its own temporary directory, listens on a unix
+//! socket in that directory (and on TCP only when a test asks: a managed
+//! service's TLS, or plain loopback, each on a port that was free) and
+//! trusts local connections. PostgreSQL refuses to run as root, so under root the
 //! server tools run as the `postgres` OS user, which then owns the directory.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,25 @@ pub struct PgCluster {
     log: PathBuf,
     /// Set for a cluster reached over TCP with TLS ([`PgCluster::start_managed`]).
     pub tcp: Option<TcpAccess>,
+    /// Set for a cluster that also listens on 127.0.0.1 without TLS
+    /// ([`PgCluster::start_loopback`]).
+    pub loopback: bool,
+}
+
+/// What a cluster listens on besides its unix socket.
+enum Listen {
+    SocketOnly,
+    /// 127.0.0.1 on this port, without TLS.
+    Loopback(u16),
+    /// `localhost` with TLS.
+    Managed(TcpAccess),
+}
+
+/// A TCP port nothing on 127.0.0.1 uses now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// How a managed-like cluster is reached: `localhost:port`, TLS with a
@@ -43,6 +63,13 @@ pub const MANAGED_HBA: &str = "local all stagesync_src,stagesync_dst reject\n\
                                local all all trust\n\
                                hostssl all all 127.0.0.1/32 scram-sha-256\n\
                                hostssl all all ::1/128 scram-sha-256\n";
+
+/// Client authentication of a server that also listens on 127.0.0.1:
+/// [`HBA`] on the socket, SCRAM passwords over TCP.
+pub const LOOPBACK_HBA: &str = "local all postgres trust\n\
+                                local all +stagesync_jobs scram-sha-256\n\
+                                local all all trust\n\
+                                host all all 127.0.0.1/32 scram-sha-256\n";
 
 /// What to do when the PostgreSQL server binaries are missing.
 pub const INSTALL_HINT: &str = "install the PostgreSQL server: `sudo apt-get install postgresql` (Debian, Ubuntu), `sudo dnf install postgresql-server` (Fedora, RHEL), `brew install postgresql` (macOS); or set STAGESYNC_PG_BINDIR to the directory holding initdb, pg_ctl, pg_dump and pg_restore";
@@ -124,7 +151,14 @@ pub const HBA: &str = "local all postgres trust\n\
 impl PgCluster {
     /// `initdb` and start a new cluster.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(None)
+        Self::start_with(Listen::SocketOnly)
+    }
+
+    /// A cluster that also listens on 127.0.0.1 without TLS, as a server on
+    /// an agent's host may (`postgres.copy_over_tcp`): [`LOOPBACK_HBA`],
+    /// and every connection logged with where it came from.
+    pub fn start_loopback() -> anyhow::Result<Self> {
+        Self::start_with(Listen::Loopback(free_port()?))
     }
 
     /// A cluster configured like a managed service: it listens on
@@ -132,9 +166,7 @@ impl PgCluster {
     /// signed for `localhost`, and takes only `hostssl … scram-sha-256`
     /// logins but the tests' own `postgres` on the socket.
     pub fn start_managed(pki: &crate::TestPki) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let mut req = stagesync_certs::pki::LeafRequest::new(
             stagesync_certs::Kind::Agent,
             &format!("pg-{port}"),
@@ -142,7 +174,7 @@ impl PgCluster {
         );
         req.dns.push("localhost".into());
         let files = pki.issue(&req, &format!("pg-{port}"))?;
-        Self::start_with(Some(TcpAccess {
+        Self::start_with(Listen::Managed(TcpAccess {
             port,
             ca: files.ca,
             cert: files.cert,
@@ -150,7 +182,7 @@ impl PgCluster {
         }))
     }
 
-    fn start_with(tcp: Option<TcpAccess>) -> anyhow::Result<Self> {
+    fn start_with(listen: Listen) -> anyhow::Result<Self> {
         let bin_dir = bin_dir()?;
         let dir = tempfile::Builder::new().prefix("stagesync-pg-").tempdir()?;
         let data_dir = dir.path().join("data");
@@ -166,9 +198,10 @@ impl PgCluster {
         }
         // Ports only name the socket file; spread them so two clusters in
         // one socket directory could never clash either.
-        let port = match &tcp {
-            Some(t) => t.port,
-            None => {
+        let port = match &listen {
+            Listen::Managed(t) => t.port,
+            Listen::Loopback(port) => *port,
+            Listen::SocketOnly => {
                 20000
                     + ((std::process::id() as u16).wrapping_mul(31) % 20000)
                     + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 5000
@@ -187,14 +220,16 @@ impl PgCluster {
         ]);
         run(initdb, "initdb")?;
         // Overwritten in place: the file keeps its owner and mode.
-        let hba = match tcp {
-            Some(_) => MANAGED_HBA,
-            None => HBA,
+        let hba = match listen {
+            Listen::Managed(_) => MANAGED_HBA,
+            Listen::Loopback(_) => LOOPBACK_HBA,
+            Listen::SocketOnly => HBA,
         };
         std::fs::write(data_dir.join("pg_hba.conf"), hba)?;
-        let tcp = match tcp {
-            Some(t) => Some(server_key_copy(t, &data_dir)?),
-            None => None,
+        let loopback = matches!(listen, Listen::Loopback(_));
+        let tcp = match listen {
+            Listen::Managed(t) => Some(server_key_copy(t, &data_dir)?),
+            Listen::Loopback(_) | Listen::SocketOnly => None,
         };
         let cluster = PgCluster {
             dir,
@@ -204,6 +239,7 @@ impl PgCluster {
             bin_dir,
             log,
             tcp,
+            loopback,
         };
         cluster.pg_ctl_start()?;
         Ok(cluster)
@@ -216,6 +252,7 @@ impl PgCluster {
                 t.cert.display(),
                 t.key.display()
             ),
+            None if self.loopback => "127.0.0.1' -c log_connections='on".into(),
             None => String::new(),
         };
         let opts = format!(

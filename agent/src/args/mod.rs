@@ -104,5 +104,6 @@ fn test_postgres() -> PostgresConfig {
         bin_dir: "/usr/bin".into(),
         restore_settings: Vec::new(),
         max_database_size: None,
+        copy_over_tcp: None,
     }
 }

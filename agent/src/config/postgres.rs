@@ -7,6 +7,7 @@
 //! file, and logs in with a secret it reads from a file only it can read,
 //! from an environment variable, or as an RDS IAM token it makes itself.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,6 +36,11 @@ pub struct PostgresConfig {
     /// The largest database a restore may make, in bytes: the disk check
     /// where the agent cannot see the server's disk (over TCP).
     pub max_database_size: Option<u64>,
+    /// A loopback address of the server on this host: the source's copy
+    /// lanes read rows over plain TCP to it (same port), where the kernel
+    /// can gather them before it wakes the agent; everything else still
+    /// uses the unix socket.
+    pub copy_over_tcp: Option<IpAddr>,
 }
 
 /// Used when `postgres.restore_settings` is not given.
@@ -137,6 +143,7 @@ impl Ctx<'_> {
             }
             None => os_user_name(),
         };
+        let copy_over_tcp = self.copy_over_tcp(raw)?;
         let endpoint = self.endpoint(raw, port)?;
         let secret = self.secret(raw, &endpoint)?;
         let max_database_size = match &raw.max_database_size_mb {
@@ -154,6 +161,7 @@ impl Ctx<'_> {
             endpoint,
             user,
             secret,
+            copy_over_tcp,
             bin_dir: self.bin_dir(&raw.bin_dir)?,
             restore_settings: self.restore_settings(&raw.restore_settings)?,
             max_database_size,
@@ -234,6 +242,32 @@ impl Ctx<'_> {
                 client: Arc::new(client),
             },
         })
+    }
+
+    /// `postgres.copy_over_tcp`: a loopback address, and only beside
+    /// `socket_dir` (rows cross it without TLS).
+    fn copy_over_tcp(&self, raw: &RawPostgres) -> Result<Option<IpAddr>, ConfigError> {
+        let Some(addr) = &raw.copy_over_tcp else {
+            return Ok(None);
+        };
+        if raw.host.is_some() {
+            return self.err(
+                addr.span(),
+                "postgres.copy_over_tcp",
+                "is for a server on this host reached by its unix socket; over postgres.host the copy lanes already use TCP (with TLS): remove this key",
+            );
+        }
+        match addr.get_ref().parse::<IpAddr>() {
+            Ok(ip) if ip.is_loopback() => Ok(Some(ip)),
+            _ => self.err(
+                addr.span(),
+                "postgres.copy_over_tcp",
+                format!(
+                    "{:?} is not a loopback address: rows travel it without TLS, so it must be this host's, such as \"127.0.0.1\" or \"::1\"",
+                    addr.get_ref()
+                ),
+            ),
+        }
     }
 
     /// At most one of `password_file`, `password_env` and `rds_iam`.

@@ -81,6 +81,7 @@ pub(super) struct RawPostgres {
     pub max_database_size_mb: Option<Spanned<u64>>,
     pub bin_dir: Option<Spanned<String>>,
     pub restore_settings: Option<Spanned<Vec<Spanned<String>>>>,
+    pub copy_over_tcp: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

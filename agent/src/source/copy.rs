@@ -47,7 +47,7 @@ impl CopySession {
         snapshot: &str,
         key: Option<Arc<MaskKey>>,
     ) -> Result<CopySession, String> {
-        let mut wire = Wire::connect(pg, database)
+        let mut wire = Wire::connect_for_rows(pg, database)
             .await
             .map_err(|e| format!("connecting for a copy lane: {e}"))?;
         // The transaction stays open between tables: a server-wide

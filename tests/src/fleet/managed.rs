@@ -65,3 +65,24 @@ pub fn managed_keys(
         tcp.port, tcp.ca
     )
 }
+
+/// A SCRAM password for `postgres` on a loopback cluster, in a file only
+/// its owner reads, and `prod-db`'s `[postgres]` keys: the socket for its
+/// sessions, 127.0.0.1 for its copy lanes' rows.
+pub async fn loopback_keys(cluster: &PgCluster, dir: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    const PASSWORD: &str = "fleet-loopback-password";
+    cluster
+        .exec(
+            "postgres",
+            &format!("SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD '{PASSWORD}'"),
+        )
+        .await?;
+    let file = dir.join("prod-db-loopback.pgpass");
+    std::fs::write(&file, format!("{PASSWORD}\n"))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+    Ok(format!(
+        "socket_dir = {:?}\nport = {}\nuser = \"postgres\"\npassword_file = {file:?}\ncopy_over_tcp = \"127.0.0.1\"",
+        cluster.socket_dir, cluster.port
+    ))
+}

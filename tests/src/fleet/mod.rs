@@ -87,6 +87,7 @@ pub struct FleetBuilder {
     s3: bool,
     backups: bool,
     managed: bool,
+    loopback_rows: bool,
 }
 
 impl FleetBuilder {
@@ -99,6 +100,15 @@ impl FleetBuilder {
     /// CREATEDB, `pg_signal_backend` and membership in the owner `stage`.
     pub fn managed(mut self) -> Self {
         self.managed = true;
+        self
+    }
+
+    /// The source cluster also listens on 127.0.0.1 without TLS
+    /// ([`PgCluster::start_loopback`]) and `prod-db`'s copy lanes read
+    /// rows over it (`postgres.copy_over_tcp`), logging in as `postgres`
+    /// with a SCRAM password from a file; everything else uses the socket.
+    pub fn source_rows_over_loopback(mut self) -> Self {
+        self.loopback_rows = true;
         self
     }
 
@@ -169,7 +179,11 @@ impl FleetBuilder {
             true => PgCluster::start_managed(&pki),
             false => PgCluster::start(),
         };
-        let src = start().expect("the source cluster starts");
+        let src = match self.loopback_rows {
+            true => PgCluster::start_loopback(),
+            false => start(),
+        }
+        .expect("the source cluster starts");
         let dst =
             (self.dest != Dest::None).then(|| start().expect("the destination cluster starts"));
         match &self.source {
@@ -202,6 +216,13 @@ impl FleetBuilder {
                     MANAGED_DEST_PASSWORD,
                 ));
             }
+        }
+        if self.loopback_rows {
+            self.prod.postgres = Some(
+                loopback_keys(&src, dir.path())
+                    .await
+                    .expect("a password for loopback logins"),
+            );
         }
         let tls = pki
             .controller_tls("ops")
@@ -371,6 +392,7 @@ impl Fleet {
             source: Source::Rich,
             dest: Dest::Stage,
             managed: false,
+            loopback_rows: false,
             prod,
             staging,
             prod_run: AgentRun::default(),

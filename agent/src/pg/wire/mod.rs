@@ -13,24 +13,35 @@
 //! apart and build it again on both sides. Memory stays bounded: a chunk is
 //! at most what one read returns, whatever the rows.
 
+mod login;
+
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
 
 use super::message::{HEADER, copied_rows, error_text, header, unexpected};
 use super::socket::Socket;
-use crate::config::{Endpoint, PostgresConfig};
+
+pub use login::Login;
 
 /// Bytes read from the socket at a time.
 const BLOCK: usize = 256 * 1024;
 /// How long opening a session may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Over plain TCP, the bytes of rows the kernel gathers before it wakes
+/// the agent (the socket's low-water mark), once a COPY is past
+/// [`GATHER_AFTER`] bytes.
+const GATHER: usize = 64 * 1024;
+/// A COPY's bytes before its socket gathers: a small table's rows (and its
+/// end) come without waiting for [`GATHER_WAIT`].
+const GATHER_AFTER: usize = 1024 * 1024;
+/// How long a lane waits for the mark before it takes what is there (the
+/// COPY's last rows, or a server that slowed down). Never holds the
+/// server up: the socket's buffer is larger than the mark.
+const GATHER_WAIT: Duration = Duration::from_millis(2);
 
 pub use super::copy_check::CopyDataCheck;
 
@@ -43,197 +54,24 @@ pub struct Wire {
     pending: usize,
     /// Bytes at the front of `rbuf` already seen to be rows.
     scanned: usize,
+    /// Whether the kernel gathers rows before it wakes the agent.
+    gather: Gather,
+    /// Bytes of rows taken from the current COPY.
+    taken: usize,
 }
 
-/// Who a session logs in as: the agent's own role and secret, or a role
-/// and password of its own (a job's login).
-#[derive(Clone, Copy)]
-pub enum Login<'a> {
-    Agent,
-    As { role: &'a str, password: &'a str },
+/// A socket's low-water mark, on plain TCP (see [`GATHER`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gather {
+    /// Not plain TCP: any byte wakes the agent.
+    Unable,
+    /// Any byte wakes the agent (a COPY's start, or outside a COPY).
+    Off,
+    /// The kernel wakes the agent once [`GATHER`] bytes are in.
+    On,
 }
 
 impl Wire {
-    /// Connects to `database` as the agent's role.
-    pub async fn connect(pg: &PostgresConfig, database: &str) -> Result<Wire, String> {
-        Self::connect_as(pg, database, Login::Agent).await
-    }
-
-    /// Connects to `database` as `login`; errors name the server and the
-    /// role, never a secret.
-    pub async fn connect_as(
-        pg: &PostgresConfig,
-        database: &str,
-        login: Login<'_>,
-    ) -> Result<Wire, String> {
-        let role = match login {
-            Login::Agent => pg.user.as_str(),
-            Login::As { role, .. } => role,
-        };
-        let at = || format!("PostgreSQL at {} as role {role:?}", pg.endpoint.describe());
-        let opened =
-            tokio::time::timeout(CONNECT_TIMEOUT, Self::open(pg, database, role, login)).await;
-        match opened {
-            Ok(Ok(wire)) => Ok(wire),
-            Ok(Err(e)) => Err(format!("{}: {e}", at())),
-            Err(_) => Err(format!(
-                "{}: no answer in {} s",
-                at(),
-                CONNECT_TIMEOUT.as_secs()
-            )),
-        }
-    }
-
-    async fn open(
-        pg: &PostgresConfig,
-        database: &str,
-        role: &str,
-        login: Login<'_>,
-    ) -> Result<Wire, String> {
-        let stream = match &pg.endpoint {
-            Endpoint::Socket { dir, port } => {
-                let path = dir.join(format!(".s.PGSQL.{port}"));
-                Socket::Unix(
-                    UnixStream::connect(&path)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                )
-            }
-            Endpoint::Tcp { host, port, tls } => {
-                let mut tcp = TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = tcp.set_nodelay(true);
-                let mut out = BytesMut::new();
-                frontend::ssl_request(&mut out);
-                tcp.write_all(&out).await.map_err(|e| e.to_string())?;
-                let mut answer = [0u8; 1];
-                tcp.read_exact(&mut answer)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if answer[0] != b'S' {
-                    return Err("the server does not offer TLS (ssl = on)".into());
-                }
-                let name = rustls::pki_types::ServerName::try_from(host.clone())
-                    .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
-                let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-                Socket::Other(Box::new(
-                    connector
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| format!("TLS: {e}"))?,
-                ))
-            }
-        };
-        let mut wire = Wire {
-            stream,
-            rbuf: BytesMut::with_capacity(BLOCK),
-            pending: 0,
-            scanned: 0,
-        };
-        let mut out = BytesMut::new();
-        let params = [
-            ("user", role),
-            ("database", database),
-            ("application_name", "stagesync-agent"),
-            // Both ends of a lane read and write COPY text as UTF-8.
-            ("client_encoding", "UTF8"),
-        ];
-        frontend::startup_message(params, &mut out).map_err(|e| e.to_string())?;
-        wire.send(&out).await?;
-        wire.authenticate(pg, role, login).await?;
-        wire.until_ready(None).await?;
-        Ok(wire)
-    }
-
-    /// Answers the server's authentication requests until it says OK.
-    async fn authenticate(
-        &mut self,
-        pg: &PostgresConfig,
-        role: &str,
-        login: Login<'_>,
-    ) -> Result<(), String> {
-        let mut scram: Option<ScramSha256> = None;
-        let mut out = BytesMut::new();
-        loop {
-            let (tag, body) = self.message().await?;
-            match tag {
-                b'E' => return Err(error_text(&body)),
-                b'R' => {}
-                other => return Err(unexpected(other, "logging in")),
-            }
-            let code = body
-                .get(..4)
-                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-            let data = body.get(4..).unwrap_or_default();
-            out.clear();
-            match code {
-                Some(0) => return Ok(()),
-                // A password in the clear (inside TLS), or an MD5 of it.
-                Some(3) => {
-                    let password = Self::password(pg, login).await?;
-                    frontend::password_message(password.as_bytes(), &mut out)
-                        .map_err(|e| e.to_string())?;
-                }
-                Some(5) if data.len() == 4 => {
-                    let password = Self::password(pg, login).await?;
-                    let salt = [data[0], data[1], data[2], data[3]];
-                    let hash = md5_hash(role.as_bytes(), password.as_bytes(), salt);
-                    frontend::password_message(hash.as_bytes(), &mut out)
-                        .map_err(|e| e.to_string())?;
-                }
-                Some(10) => {
-                    let offered = data
-                        .split(|b| *b == 0)
-                        .any(|m| m == SCRAM_SHA_256.as_bytes());
-                    if !offered {
-                        return Err(
-                            "the server offers no SASL mechanism this agent speaks (SCRAM-SHA-256)"
-                                .into(),
-                        );
-                    }
-                    let password = Self::password(pg, login).await?;
-                    let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
-                        .map_err(|e| e.to_string())?;
-                    scram = Some(s);
-                }
-                Some(11) => {
-                    let s = scram.as_mut().ok_or("a SASL step out of order")?;
-                    s.update(data).map_err(|e| format!("SCRAM: {e}"))?;
-                    frontend::sasl_response(s.message(), &mut out).map_err(|e| e.to_string())?;
-                }
-                Some(12) => {
-                    let s = scram.as_mut().ok_or("a SASL step out of order")?;
-                    s.finish(data)
-                        .map_err(|e| format!("SCRAM: the server's proof is wrong: {e}"))?;
-                    continue;
-                }
-                _ => {
-                    return Err(
-                        "the server asks for an authentication this agent does not speak".into(),
-                    );
-                }
-            }
-            self.send(&out).await?;
-        }
-    }
-
-    /// The login's password, for a server that asks for one.
-    async fn password(pg: &PostgresConfig, login: Login<'_>) -> Result<String, String> {
-        if let Login::As { password, .. } = login {
-            return Ok(password.to_string());
-        }
-        match pg.secret.password(&pg.user).await {
-            Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(format!(
-                "the server asks role {:?} for a password and postgres.password_file, password_env or rds_iam gives none",
-                pg.user
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
     /// Runs `sql` (one or more statements that return no rows) to its end.
     pub async fn execute(&mut self, sql: &str) -> Result<(), String> {
         self.query(sql).await?;
@@ -242,6 +80,8 @@ impl Wire {
 
     /// Starts `sql`, a `COPY … TO STDOUT`.
     pub async fn copy_out(&mut self, sql: &str) -> Result<(), String> {
+        self.taken = 0;
+        self.set_gather(Gather::Off)?;
         self.start_copy(sql, b'H').await
     }
 
@@ -274,15 +114,15 @@ impl Wire {
             let ended = self.scan_rows(rows)?;
             let at = self.scanned;
             if at >= want || (ended && at > 0) {
-                return Ok(Some(self.take_run(at.min(want), want)));
+                return self.take_run(at.min(want), want).map(Some);
             }
             if !ended && at >= want / 4 {
                 // Enough for a run: more only if the server has it ready.
                 // Waiting for a full run would wake the agent for each of
                 // the server's 8 KiB writes once its socket ran dry.
-                match self.fill().now_or_never() {
+                match self.read().now_or_never() {
                     Some(read) => read?,
-                    None => return Ok(Some(self.take_run(at, want))),
+                    None => return self.take_run(at, want).map(Some),
                 }
                 continue;
             }
@@ -294,6 +134,7 @@ impl Wire {
             match tag {
                 // CopyDone; CommandComplete and ReadyForQuery follow.
                 b'c' => {
+                    self.set_gather(Gather::Off)?;
                     self.until_ready(None).await?;
                     return Ok(None);
                 }
@@ -304,14 +145,36 @@ impl Wire {
         }
     }
 
-    /// The first `n` bytes read, as a run of the current COPY.
-    fn take_run(&mut self, n: usize, want: usize) -> Bytes {
+    /// The first `n` bytes read, as a run of the current COPY; the
+    /// socket gathers rows from [`GATHER_AFTER`] bytes on.
+    fn take_run(&mut self, n: usize, want: usize) -> Result<Bytes, String> {
         let chunk = self.rbuf.split_to(n).freeze();
         self.scanned -= n;
         // Room for the next run, so reads never move what they gathered
         // (only what was read past this run is copied).
         self.rbuf.reserve(want + BLOCK);
-        chunk
+        self.taken += n;
+        if self.taken >= GATHER_AFTER && self.gather == Gather::Off {
+            self.set_gather(Gather::On)?;
+        }
+        Ok(chunk)
+    }
+
+    /// Turns the socket's low-water mark on or off; nothing unless the
+    /// session is on plain TCP.
+    fn set_gather(&mut self, to: Gather) -> Result<(), String> {
+        if self.gather == Gather::Unable || self.gather == to {
+            return Ok(());
+        }
+        let mark = match to {
+            Gather::On => GATHER,
+            Gather::Off | Gather::Unable => 1,
+        };
+        self.stream
+            .set_low_water(mark)
+            .map_err(|e| format!("setting the server socket's low-water mark: {e}"))?;
+        self.gather = to;
+        Ok(())
     }
 
     /// Moves `scanned` past the rows read so far; true when a message
@@ -474,8 +337,24 @@ impl Wire {
         }
     }
 
-    /// Reads the next block from the socket.
+    /// Reads the next block from the socket. While the socket gathers
+    /// rows, a read that finds less than the mark after [`GATHER_WAIT`]
+    /// takes what there is.
     async fn fill(&mut self) -> Result<(), String> {
+        if self.gather != Gather::On {
+            return self.read().await;
+        }
+        if let Ok(read) = tokio::time::timeout(GATHER_WAIT, self.read()).await {
+            return read;
+        }
+        self.set_gather(Gather::Off)?;
+        let read = self.read().await;
+        self.set_gather(Gather::On)?;
+        read
+    }
+
+    /// Reads what the socket has, waiting for it to be readable.
+    async fn read(&mut self) -> Result<(), String> {
         if self.rbuf.capacity() - self.rbuf.len() < BLOCK / 4 {
             self.rbuf.reserve(BLOCK);
         }
@@ -508,6 +387,8 @@ mod tests {
             rbuf: BytesMut::with_capacity(BLOCK),
             pending: 0,
             scanned: 0,
+            gather: Gather::Unable,
+            taken: 0,
         }
     }
 
@@ -560,6 +441,58 @@ mod tests {
         .expect("a run at least a quarter full must not wait for the rest");
         assert_eq!(run.unwrap().unwrap(), rows_out);
         assert_eq!(rows, 10);
+    }
+
+    /// Over loopback TCP, a COPY past [`GATHER_AFTER`] has its socket
+    /// gather rows; its last rows, under the mark, still come (after the
+    /// short wait), and the mark is off again once the COPY ended.
+    #[tokio::test]
+    async fn over_tcp_a_long_copy_gathers_and_its_last_rows_still_come() {
+        let mut rows_out = Vec::new();
+        for i in 0..30_000u32 {
+            rows_out.push(b'd');
+            rows_out.extend_from_slice(&104u32.to_be_bytes());
+            rows_out.extend_from_slice(&[(i % 251) as u8; 100]);
+        }
+        let mut server_sends = rows_out.clone();
+        server_sends.extend_from_slice(b"c\0\0\0\x04");
+        server_sends.extend_from_slice(b"C\0\0\0\x0fCOPY 30000\0");
+        server_sends.extend_from_slice(b"Z\0\0\0\x05I");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            for p in server_sends.chunks(8192) {
+                server.write_all(p).await.unwrap();
+            }
+            // Held open, as a server waits for the next query.
+            std::future::pending::<()>().await;
+        });
+        let mut wire = Wire {
+            stream: Socket::Tcp(client),
+            rbuf: BytesMut::with_capacity(BLOCK),
+            pending: 0,
+            scanned: 0,
+            gather: Gather::Off,
+            taken: 0,
+        };
+        let (mut got, mut rows, mut gathered) = (Vec::new(), 0u64, false);
+        let copy = async {
+            while let Some(run) = wire.copy_data(256 * 1024, &mut rows).await.unwrap() {
+                got.extend_from_slice(&run);
+                gathered |= wire.gather == Gather::On;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), copy)
+            .await
+            .expect("the last rows, under the mark, must come");
+        assert!(rows_out.len() > GATHER_AFTER + GATHER);
+        assert!(gathered, "the socket never gathered rows");
+        assert_eq!(wire.gather, Gather::Off);
+        assert_eq!(got, rows_out);
+        assert_eq!(rows, 30_000);
     }
 
     #[tokio::test]

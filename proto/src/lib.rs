@@ -60,7 +60,8 @@ impl v1::Step {
             v1::Step::Unspecified => "refresh",
             v1::Step::Prepare => "prepare",
             v1::Step::Connect => "connect",
-            v1::Step::PgDump => "pg_dump",
+            // pg_dump, or a copy lane reading its COPY on the snapshot.
+            v1::Step::PgDump => "dump",
             v1::Step::Stream => "stream",
             v1::Step::PgRestore => "pg_restore",
             v1::Step::PostRestoreSql => "post-restore SQL",

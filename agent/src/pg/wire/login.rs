@@ -101,7 +101,9 @@ impl Wire {
     ) -> Result<Wire, String> {
         let stream = match &pg.endpoint {
             Endpoint::Socket { port, .. } if route == Route::Loopback => {
-                let ip = pg.copy_over_tcp.ok_or("no postgres.copy_over_tcp")?;
+                let ip = pg
+                    .copy_over_tcp
+                    .ok_or("postgres.copy_over_tcp is not set")?;
                 let tcp = TcpStream::connect((ip, *port)).await.map_err(|e| {
                     format!(
                         "{e} (the server must listen on {ip} (listen_addresses) and pg_hba.conf let the role in from there)"

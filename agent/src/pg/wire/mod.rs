@@ -1,9 +1,10 @@
 //! The copy lanes' own sessions, on both sides: as much of the PostgreSQL
 //! wire protocol as a session that imports a snapshot and runs `COPY … TO
 //! STDOUT`, or runs `COPY … FROM STDIN` in a transaction, needs; over the
-//! server's unix socket or over TCP with TLS (the certificate checked as
-//! for every other session), logging in with no password (peer, trust),
-//! SCRAM-SHA-256, MD5 or a plain password (an RDS IAM token).
+//! server's unix socket, over TCP with TLS (the certificate checked as for
+//! every other session) or, for a source lane, plain TCP to a loopback
+//! address (`postgres.copy_over_tcp`), logging in with no password (peer,
+//! trust), SCRAM-SHA-256, MD5 or a plain password (an RDS IAM token).
 //!
 //! A lane carries a COPY's CopyData messages as the source server sent
 //! them: the source cuts the bytes it reads off the socket at message

@@ -2,6 +2,8 @@
 //! TCP with TLS, or plain TCP on this host for a source lane when
 //! `postgres.copy_over_tcp` is set), the startup message and the login.
 
+use std::net::IpAddr;
+
 use bytes::BytesMut;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
@@ -27,8 +29,9 @@ pub enum Login<'a> {
 enum Route {
     /// As `postgres` says: its unix socket, or TCP with TLS.
     Endpoint,
-    /// Plain TCP to `postgres.copy_over_tcp` on the endpoint's port.
-    Loopback,
+    /// Plain TCP to this address (`postgres.copy_over_tcp`) on the
+    /// endpoint's port.
+    Loopback(IpAddr),
 }
 
 impl Wire {
@@ -43,7 +46,7 @@ impl Wire {
     /// of rows, not for each of the server's 8 KiB writes).
     pub async fn connect_for_rows(pg: &PostgresConfig, database: &str) -> Result<Wire, String> {
         let route = match pg.copy_over_tcp {
-            Some(_) => Route::Loopback,
+            Some(ip) => Route::Loopback(ip),
             None => Route::Endpoint,
         };
         Self::connect_via(pg, database, Login::Agent, route).await
@@ -69,12 +72,14 @@ impl Wire {
             Login::Agent => pg.user.as_str(),
             Login::As { role, .. } => role,
         };
-        let at = || match (route, pg.copy_over_tcp) {
-            (Route::Loopback, Some(ip)) => format!(
+        let at = || match route {
+            Route::Loopback(ip) => format!(
                 "PostgreSQL at {} (postgres.copy_over_tcp) as role {role:?}",
                 std::net::SocketAddr::new(ip, pg.endpoint.port())
             ),
-            _ => format!("PostgreSQL at {} as role {role:?}", pg.endpoint.describe()),
+            Route::Endpoint => {
+                format!("PostgreSQL at {} as role {role:?}", pg.endpoint.describe())
+            }
         };
         let opened = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -99,11 +104,9 @@ impl Wire {
         login: Login<'_>,
         route: Route,
     ) -> Result<Wire, String> {
-        let stream = match &pg.endpoint {
-            Endpoint::Socket { port, .. } if route == Route::Loopback => {
-                let ip = pg
-                    .copy_over_tcp
-                    .ok_or("postgres.copy_over_tcp is not set")?;
+        // (The configuration allows a loopback route beside a socket only.)
+        let stream = match (&pg.endpoint, route) {
+            (Endpoint::Socket { port, .. }, Route::Loopback(ip)) => {
                 let tcp = TcpStream::connect((ip, *port)).await.map_err(|e| {
                     format!(
                         "{e} (the server must listen on {ip} (listen_addresses) and pg_hba.conf let the role in from there)"
@@ -113,7 +116,7 @@ impl Wire {
                 let _ = tcp.set_nodelay(true);
                 Socket::Tcp(tcp)
             }
-            Endpoint::Socket { dir, port } => {
+            (Endpoint::Socket { dir, port }, _) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 Socket::Unix(
                     UnixStream::connect(&path)
@@ -121,7 +124,7 @@ impl Wire {
                         .map_err(|e| e.to_string())?,
                 )
             }
-            Endpoint::Tcp { host, port, tls } => {
+            (Endpoint::Tcp { host, port, tls }, _) => {
                 let mut tcp = TcpStream::connect((host.as_str(), *port))
                     .await
                     .map_err(|e| e.to_string())?;
